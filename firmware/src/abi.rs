@@ -1,0 +1,58 @@
+//! The contract between memvisor's VMM and its guest kernel.
+//!
+//! This one file is compiled into both sides (vmm includes it with `#[path]`),
+//! so the port numbers and record layout can never drift apart. Everything here
+//! exists because exits are expensive on the hosts we run on (~70 µs from CPL3,
+//! see HOST_FACTS): the guest hands over whole lines in one port write instead
+//! of pushing bytes through a UART.
+#![allow(dead_code)]
+
+/// QEMU's isa-debug-exit port: a 32-bit write ends the VM with that status, so
+/// the same guest also ends cleanly under QEMU.
+pub const EXIT_PORT: u16 = 0xf4;
+
+/// A 32-bit write of the guest-physical address (below 4 GiB) of a
+/// [`RecordHeader`] followed by `len` bytes hands one whole record to the VMM.
+pub const RESULTS_PORT: u16 = 0x6e0;
+
+/// A 32-bit write of a `MARK_*` value timestamps a boot milestone on the host
+/// clock (one ~10 µs exit from CPL0), so the report can show when the guest ran
+/// its first instruction without trusting the guest's clock.
+pub const MARK_PORT: u16 = 0x6e4;
+pub const MARK_FIRST_INSTRUCTION: u32 = 1;
+
+/// "MVR1": lets the VMM reject a stray or corrupted address cheaply.
+pub const RECORD_MAGIC: u32 = 0x3152_564d;
+/// Payload is one JSON object (one line of the report's `guest` stream).
+pub const RECORD_JSON: u32 = 1;
+/// Payload is human-readable console text (printed like serial output).
+pub const RECORD_CONSOLE: u32 = 2;
+/// Upper bound the VMM accepts for one record's payload.
+pub const RECORD_MAX_LEN: u32 = 64 * 1024;
+/// Size of [`RecordHeader`] in bytes.
+pub const RECORD_HEADER_LEN: u32 = 16;
+
+/// Layout of a record header in guest memory (little endian, packed as four
+/// u32 words): magic, kind, payload length, reserved (0).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct RecordHeader {
+    pub magic: u32,
+    pub kind: u32,
+    pub len: u32,
+    pub reserved: u32,
+}
+
+/// Values the guest writes to [`EXIT_PORT`].
+pub const GUEST_EXIT_SUCCESS: u32 = 0;
+pub const GUEST_EXIT_FAILURE: u32 = 1;
+/// The guest took an unexpected exception or panicked.
+pub const GUEST_EXIT_CRASH: u32 = 3;
+
+/// ELF note (name "memvisor") announcing the memvisor SMP entry: every vCPU
+/// starts at the ELF entry in 64-bit mode with `rdi` = vCPU index, `rsi` =
+/// boot_params, `rdx` = vCPU count, instead of only the BSP as in the Linux
+/// 64-bit boot protocol. Saves an INIT/SIPI round and a real-mode trampoline,
+/// thousands of emulated CPL0 instructions per vCPU on PVM hosts.
+pub const NOTE_NAME: &[u8] = b"memvisor\0";
+pub const NOTE_TYPE_SMP_ENTRY: u32 = 0x4d56_0001;

@@ -1,0 +1,68 @@
+//! The system-call gate: `int 0x80` from CPL3, `iretq` back. rax = number,
+//! rdi/rsi/rdx = arguments, result in rax.
+//!
+//! On ordinary VMX/SVM hosts `int 0x80` goes through a DPL-3 interrupt gate.
+//! On PVM hosts it arrives as #UD with RIP on the instruction (measured:
+//! `syscall` there jumps to LSTAR without leaving CPL3, and `sysretq`
+//! triple-faults), so the #UD handler recognises the two bytes `cd 80`, steps
+//! over them and dispatches the same call: one kernel, both hosts. Kept tiny:
+//! each call costs tens of microseconds on PVM, so CPL3 code asks for
+//! privileged work only.
+use crate::arch::cpu;
+use crate::trap::TrapFrame;
+use core::arch::{asm, global_asm};
+
+pub const SYSCALL_VECTOR: usize = 0x80;
+pub const SYS_NOP: u64 = 0;
+pub const SYS_HALT: u64 = 1;
+pub const SYS_READ_CR3: u64 = 2;
+/// Returned for an unknown number.
+pub const ENOSYS: u64 = u64::MAX;
+/// Encoding of `int 0x80`.
+pub const INT80: [u8; 2] = [0xcd, 0x80];
+
+// Same frame layout as an exception (vector 0x80, error 0), so one TrapFrame
+// type serves both.
+global_asm!(
+    ".section .text.cpl0, \"ax\"",
+    ".balign 16",
+    ".global syscall_entry",
+    "syscall_entry:",
+    "    push 0",
+    "    push 0x80",
+    "    push r15", "push r14", "push r13", "push r12", "push r11", "push r10", "push r9", "push r8",
+    "    push rbp", "push rdi", "push rsi", "push rdx", "push rcx", "push rbx", "push rax",
+    "    mov rdi, rsp",
+    "    call {dispatch}",
+    "    jmp trap_return",
+    dispatch = sym dispatch,
+);
+
+extern "C" {
+    pub static syscall_entry: u8;
+}
+
+#[link_section = ".text.cpl0"]
+pub extern "C" fn dispatch(f: &mut TrapFrame) {
+    f.rax = match f.rax {
+        SYS_NOP => 0,
+        SYS_HALT => cpu::halt_forever(),
+        SYS_READ_CR3 => cpu::read_cr3(),
+        _ => ENOSYS,
+    };
+}
+
+#[inline(always)]
+pub fn call0(nr: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: the gate saves and restores every register but rax.
+    unsafe { asm!("int 0x80", inlateout("rax") nr => ret, options(nostack)) }
+    ret
+}
+
+/// Parks this CPU in CPL0 `hlt` with interrupts off: the vCPU goes idle
+/// instead of spinning on a host core.
+pub fn halt() -> ! {
+    call0(SYS_HALT);
+    unreachable!("SYS_HALT returned")
+}

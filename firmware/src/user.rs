@@ -1,0 +1,114 @@
+//! The kernel proper, at CPL3: boot report, then the workload.
+use crate::arch::cpu;
+use crate::bootinfo::{BootInfo, E820_RAM};
+use crate::hostio::{self, LINE};
+use crate::{abi, cmdline, mm, smp, syscall, workloads, MAX_CPUS};
+
+/// Every CPU arrives here from the iretq in `_start`.
+pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
+    let cpu = cpu as usize;
+    let ncpus = ncpus as usize;
+    let here = 0u8;
+    smp::check_in(cpu, cpu::current_cpl(), cpu::rdtsc(), &raw const here as u64);
+    if cpu == 0 {
+        // SAFETY: rsi at entry; the VMM guarantees a zero page there.
+        bsp_main(unsafe { BootInfo::new(boot_params) }, ncpus)
+    }
+    ap_main(cpu, ncpus)
+}
+
+fn fail(message: &str) -> ! {
+    let mut l = LINE.lock();
+    l.begin(abi::RECORD_JSON);
+    l.raw("{\"event\":\"error\",\"message\":");
+    l.string(message);
+    l.raw("}");
+    hostio::send(l.finish());
+    l.begin(abi::RECORD_CONSOLE);
+    l.fmt(format_args!("memvisor-guest: {message}\n"));
+    hostio::send(l.finish());
+    drop(l);
+    hostio::exit(abi::GUEST_EXIT_FAILURE)
+}
+
+fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
+    let cmdline = boot.cmdline();
+    if ncpus == 0 || ncpus > MAX_CPUS {
+        let mut msg = crate::json::Line::new();
+        msg.begin(0);
+        msg.fmt(format_args!("{ncpus} vCPUs, but this kernel supports 1 to {MAX_CPUS}"));
+        fail(core::str::from_utf8(msg.payload()).unwrap_or("bad vCPU count"));
+    }
+    let wl_name = cmdline::get(cmdline, "workload").unwrap_or(workloads::DEFAULT);
+    let Some(wl) = workloads::find(wl_name) else {
+        let mut msg = crate::json::Line::new();
+        msg.begin(0);
+        msg.fmt(format_args!("unknown workload '{wl_name}'; valid workloads: "));
+        for (i, w) in workloads::ALL.iter().enumerate() {
+            msg.raw(if i == 0 { "" } else { ", " });
+            msg.raw(w.name);
+        }
+        fail(core::str::from_utf8(msg.payload()).unwrap_or("unknown workload"));
+    };
+    let mm = match mm::init(&boot) {
+        Ok(s) => s,
+        Err(e) => fail(e),
+    };
+    smp::wait_all_checked_in(ncpus);
+    let gate_ok = syscall::call0(syscall::SYS_NOP) == 0;
+
+    {
+        let mut l = LINE.lock();
+        l.begin(abi::RECORD_JSON);
+        l.raw("{\"event\":\"ready\",\"kernel\":\"memvisor-guest\",\"version\":");
+        l.string(env!("CARGO_PKG_VERSION"));
+        l.fmt(format_args!(",\"vcpus\":{ncpus},\"cmdline\":"));
+        l.string(cmdline);
+        l.raw(",\"workload\":");
+        l.string(wl.name);
+        l.raw(",\"e820\":[");
+        for (i, e) in boot.e820().enumerate() {
+            l.fmt(format_args!(
+                "{}{{\"addr\":{},\"size\":{},\"type\":{}}}",
+                if i == 0 { "" } else { "," },
+                e.addr,
+                e.size,
+                e.kind
+            ));
+        }
+        let e820_ram: u64 = boot.e820().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        l.fmt(format_args!(
+            "],\"e820_ram_bytes\":{e820_ram},\"total_pages\":{},\"reserved_pages\":{},\"free_pages\":{},\
+             \"kernel_start\":{},\"kernel_end\":{},\"syscall_gate\":{gate_ok},\"cpus\":[",
+            mm.total_pages, mm.reserved_pages, mm.free_pages, mm.kernel_start, mm.kernel_end
+        ));
+        for (i, c) in smp::CHECKINS.iter().take(ncpus).enumerate() {
+            use core::sync::atomic::Ordering::Relaxed;
+            l.fmt(format_args!(
+                "{}{{\"id\":{i},\"cpl\":{},\"stack\":{},\"tsc\":{}}}",
+                if i == 0 { "" } else { "," },
+                c.cpl.load(Relaxed),
+                c.stack.load(Relaxed),
+                c.tsc.load(Relaxed)
+            ));
+        }
+        l.raw("]}");
+        hostio::send(l.finish());
+    }
+
+    smp::GO.store(wl.index(), core::sync::atomic::Ordering::Release);
+    let ok = (wl.run)(0, ncpus);
+    hostio::exit(if ok { abi::GUEST_EXIT_SUCCESS } else { abi::GUEST_EXIT_FAILURE })
+}
+
+fn ap_main(cpu: usize, ncpus: usize) -> ! {
+    use core::sync::atomic::Ordering::Acquire;
+    let idx = loop {
+        match smp::GO.load(Acquire) {
+            u32::MAX => core::hint::spin_loop(),
+            i => break i as usize,
+        }
+    };
+    (workloads::ALL[idx].run)(cpu, ncpus);
+    syscall::halt()
+}

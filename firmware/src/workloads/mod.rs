@@ -1,0 +1,38 @@
+//! Workloads chosen with `workload=NAME` on the command line. Each runs on
+//! every CPU at once; CPU 0 reports the result line and returns the verdict.
+mod memtest;
+
+pub struct Workload {
+    pub name: &'static str,
+    /// Called on every CPU with (cpu, ncpus); CPU 0's return value decides
+    /// the exit status.
+    pub run: fn(usize, usize) -> bool,
+}
+
+pub const DEFAULT: &str = "memtest";
+
+pub static ALL: &[Workload] = &[
+    Workload { name: "memtest", run: memtest::run },
+    Workload { name: "boot", run: boot },
+];
+
+/// Boot only: report ready, then exit. What `memvisor bench boot` times.
+fn boot(cpu: usize, _ncpus: usize) -> bool {
+    if cpu == 0 {
+        let mut l = crate::hostio::LINE.lock();
+        l.begin(crate::abi::RECORD_JSON);
+        l.raw("{\"event\":\"workload\",\"name\":\"boot\",\"ok\":true}");
+        crate::hostio::send(l.finish());
+    }
+    true
+}
+
+pub fn find(name: &str) -> Option<&'static Workload> {
+    ALL.iter().find(|w| w.name == name)
+}
+
+impl Workload {
+    pub fn index(&self) -> u32 {
+        ALL.iter().position(|w| core::ptr::eq(w, self)).unwrap_or(0) as u32
+    }
+}

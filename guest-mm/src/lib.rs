@@ -1,0 +1,18 @@
+//! Guest memory management for memvisor, modelled on Linux mm/.
+//!
+//! `no_std` and heap-free so the guest kernel can link it before it has any
+//! allocator; all physical memory access goes through [`phys::PhysMemory`]
+//! so the same code is unit-tested on the host over simulated RAM.
+#![cfg_attr(not(test), no_std)]
+
+pub mod addr;
+pub mod frame_alloc;
+pub mod memblock;
+pub mod phys;
+pub mod sync;
+
+pub use addr::{align_down, align_up, Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
+pub use frame_alloc::{FrameAllocator, FrameError};
+pub use memblock::{FreeRanges, Memblock, MemblockError, Region, INIT_REGIONS};
+pub use phys::{IdentityMap, PhysMemory};
+pub use sync::{SpinLock, SpinLockGuard};

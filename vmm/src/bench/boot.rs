@@ -1,0 +1,129 @@
+//! `memvisor bench boot`: whole-process boot time, measured from outside.
+//!
+//! Each run spawns `memvisor run` with `MEMVISOR_SPAWN_NS` set to the clock
+//! reading taken just before the spawn, so the child's report gives every
+//! phase (and guest-ready) from that same instant; spawn→exit is measured
+//! here. The VMM's own memory cost is VmRSS minus guest-RAM Rss (smaps).
+use super::stats::{summarize, Summary};
+use crate::clock::{now_ns, SPAWN_ENV};
+use crate::config::format_size;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+pub struct BootBenchOptions {
+    pub runs: u32,
+    pub json: bool,
+    pub memory: u64,
+    pub vcpus: u32,
+    pub cmdline: String,
+}
+
+/// Anchors to print beside our figures (from the issue and HOST_FACTS).
+const ANCHORS: &[&str] = &[
+    "target: guest ready within 5 ms median of process start (256M, 1 vCPU); VMM RSS overhead <= 3 MiB",
+    "Firecracker: VMM start alone 6-60 ms wall (typ. 12 ms), RSS overhead promise <= 5 MiB",
+    "QEMU 7.2 microvm on this host: ~40 ms process start to exit of a trivial guest, ~39 MB peak RSS",
+];
+
+#[derive(Serialize)]
+struct BenchResult {
+    runs: u32,
+    memory: String,
+    vcpus: u32,
+    cmdline: String,
+    spawn_to_ready_ms: Summary,
+    spawn_to_exit_ms: Summary,
+    vmm_overhead_mib: Summary,
+    /// Median time spent in each phase (from the previous milestone), ms.
+    phase_median_ms: Vec<(String, f64)>,
+    anchors: &'static [&'static str],
+}
+
+pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
+    if o.runs == 0 {
+        bail!("--runs 0: at least 1 run is needed");
+    }
+    let exe = std::env::current_exe().context("locating the memvisor binary")?;
+    let dir = std::env::temp_dir().join(format!("memvisor-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut ready = Vec::new();
+    let mut exit = Vec::new();
+    let mut overhead = Vec::new();
+    let mut phase_spans: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
+    for i in 0..o.runs {
+        let report_path = dir.join(format!("run{i}.json"));
+        let mut cmd = Command::new(&exe);
+        cmd.args(["run", "--quiet", "--memory", &format_size(o.memory), "--vcpus", &o.vcpus.to_string()])
+            .args(["--cmdline", &o.cmdline])
+            .arg("--report")
+            .arg(&report_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let t0 = now_ns();
+        let status = cmd.env(SPAWN_ENV, t0.to_string()).status().context("spawning memvisor run")?;
+        let t1 = now_ns();
+        if !status.success() {
+            bail!("run {i} failed with {status} (report: {})", report_path.display());
+        }
+        let report: Value = serde_json::from_slice(&std::fs::read(&report_path)?).context("parsing the run's report")?;
+        if report["clock_origin"] != "spawn" {
+            bail!("the run did not take the spawn clock (clock_origin {})", report["clock_origin"]);
+        }
+        let phases = report["phases_us"].as_object().context("report without phases_us")?;
+        ready.push(phases.get("guest_ready").and_then(Value::as_f64).context("no guest_ready phase")? / 1000.0);
+        exit.push((t1 - t0) as f64 / 1e6);
+        overhead.push(report["memory"]["vmm_overhead_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64);
+        // Span of each phase = its timestamp minus the previous one, in boot order.
+        let order = ["vmm_main", "kvm_opened", "vm_created", "memory_ready", "kernel_loaded", "vcpus_created",
+            "first_kvm_run", "first_guest_instruction", "guest_ready", "workload_done", "guest_exit", "teardown_done"];
+        let mut prev = 0.0;
+        for (k, name) in order.iter().enumerate() {
+            if let Some(t) = phases.get(*name).and_then(Value::as_f64) {
+                phase_spans.entry(k).or_insert_with(|| (name.to_string(), Vec::new())).1.push((t - prev) / 1000.0);
+                prev = t;
+            }
+        }
+        let _ = std::fs::remove_file(&report_path);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    let result = BenchResult {
+        runs: o.runs,
+        memory: format_size(o.memory),
+        vcpus: o.vcpus,
+        cmdline: o.cmdline.clone(),
+        spawn_to_ready_ms: summarize(&ready).expect("runs > 0"),
+        spawn_to_exit_ms: summarize(&exit).expect("runs > 0"),
+        vmm_overhead_mib: summarize(&overhead).expect("runs > 0"),
+        phase_median_ms: phase_spans.into_values().map(|(n, v)| (n, summarize(&v).map_or(0.0, |s| s.median))).collect(),
+        anchors: ANCHORS,
+    };
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print_table(&result);
+    }
+    Ok(())
+}
+
+fn print_table(r: &BenchResult) {
+    println!("memvisor bench boot: {} runs, {} RAM, {} vCPU(s), cmdline '{}'", r.runs, r.memory, r.vcpus, r.cmdline);
+    println!("{:<26} {:>10} {:>10} {:>10}", "", "min", "median", "max");
+    for (name, s, unit) in [
+        ("spawn -> guest ready", r.spawn_to_ready_ms, "ms"),
+        ("spawn -> exit", r.spawn_to_exit_ms, "ms"),
+        ("VMM RSS overhead", r.vmm_overhead_mib, "MiB"),
+    ] {
+        println!("{:<26} {:>10.3} {:>10.3} {:>10.3}  {unit}", name, s.min, s.median, s.max);
+    }
+    let total: f64 = r.phase_median_ms.iter().map(|p| p.1).sum();
+    println!("phase (median ms since previous milestone, share of their sum):");
+    for (name, ms) in &r.phase_median_ms {
+        println!("  {:<26} {:>9.3} ms {:>5.1}%", name, ms, 100.0 * ms / total.max(1e-9));
+    }
+    for a in r.anchors {
+        println!("  {a}");
+    }
+}

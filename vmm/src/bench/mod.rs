@@ -1,0 +1,4 @@
+//! `memvisor bench …`: studies that print their figures (targets live here,
+//! never in timed unit tests).
+pub mod boot;
+pub mod stats;

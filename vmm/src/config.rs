@@ -1,0 +1,195 @@
+//! A validated description of one VM.
+//!
+//! Everything a user can get wrong is checked here, before any resource is
+//! taken, with a message that names the bad value and what would be valid.
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+/// Below this the guest has no room for its image, stacks and page tables.
+pub const MIN_MEMORY: u64 = 16 * MIB;
+/// Guest RAM is backed by transparent huge pages: keep it whole 2 MiB pages.
+pub const MEMORY_ALIGN: u64 = 2 * MIB;
+pub const DEFAULT_MEMORY: u64 = 256 * MIB;
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 workload=memtest";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    /// The guest kernel built with this binary.
+    Bundled,
+    Path(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: KernelSource,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub timeout: Duration,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: KernelSource::Bundled,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            vcpus: 1,
+            memory: DEFAULT_MEMORY,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the host allows, read once from KVM and /proc/meminfo.
+#[derive(Clone, Copy, Debug)]
+pub struct HostLimits {
+    pub max_vcpus: u32,
+    pub mem_total: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid size '{0}': expected a number with an optional K, M or G suffix, e.g. 256M or 1G")]
+    BadSize(String),
+    #[error("--memory {0}: at least {min} MiB is needed", min = MIN_MEMORY / MIB)]
+    MemoryTooSmall(String),
+    #[error("--memory {0}: must be a multiple of 2 MiB (guest RAM is backed by 2 MiB transparent huge pages)")]
+    MemoryUnaligned(String),
+    #[error("--memory {0}: more than this host's {host} MiB of memory", host = .1 / MIB)]
+    MemoryTooLarge(String, u64),
+    #[error("--vcpus 0: at least 1 vCPU is needed (valid: 1 to {0})")]
+    NoVcpus(u32),
+    #[error("--vcpus {0}: this host's KVM allows at most {1}")]
+    TooManyVcpus(u32, u32),
+    #[error("--timeout {0}: must be a positive number of seconds")]
+    BadTimeout(String),
+}
+
+/// Parses `256M`, `1G`, `512K`, `1048576` (bytes). Suffixes are binary.
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let t = s.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], MIB),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], GIB),
+        _ => (t, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| ConfigError::BadSize(s.to_string()))
+}
+
+/// Human form of a byte count, as a user would write it back.
+pub fn format_size(bytes: u64) -> String {
+    if bytes % GIB == 0 && bytes > 0 {
+        format!("{}G", bytes / GIB)
+    } else if bytes % MIB == 0 && bytes > 0 {
+        format!("{}M", bytes / MIB)
+    } else if bytes % 1024 == 0 && bytes > 0 {
+        format!("{}K", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
+pub fn parse_timeout(s: &str) -> Result<Duration, ConfigError> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(ConfigError::BadTimeout(s.to_string())),
+    }
+}
+
+impl VmConfig {
+    pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        let m = format_size(self.memory);
+        if self.memory < MIN_MEMORY {
+            return Err(ConfigError::MemoryTooSmall(m));
+        }
+        if self.memory % MEMORY_ALIGN != 0 {
+            return Err(ConfigError::MemoryUnaligned(m));
+        }
+        if self.memory > host.mem_total {
+            return Err(ConfigError::MemoryTooLarge(m, host.mem_total));
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::NoVcpus(host.max_vcpus));
+        }
+        if self.vcpus > host.max_vcpus {
+            return Err(ConfigError::TooManyVcpus(self.vcpus, host.max_vcpus));
+        }
+        Ok(())
+    }
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+pub fn host_mem_total() -> std::io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| std::io::Error::other("no MemTotal line in /proc/meminfo"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: HostLimits = HostLimits { max_vcpus: 8, mem_total: 4 * GIB };
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("256M"), Ok(256 * MIB));
+        assert_eq!(parse_size("1g"), Ok(GIB));
+        assert_eq!(parse_size("512K"), Ok(512 * 1024));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "12X", "-1M", "1.5G", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), Err(ConfigError::BadSize(bad.into())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn format_size_round_trips() {
+        for s in ["256M", "1G", "3K", "5"] {
+            assert_eq!(format_size(parse_size(s).unwrap()), s);
+        }
+    }
+
+    #[test]
+    fn memory_bounds_are_enforced() {
+        let mut c = VmConfig::default();
+        assert!(c.validate(&HOST).is_ok());
+        c.memory = 8 * MIB;
+        assert_eq!(c.validate(&HOST), Err(ConfigError::MemoryTooSmall("8M".into())));
+        c.memory = 17 * MIB;
+        assert_eq!(c.validate(&HOST), Err(ConfigError::MemoryUnaligned("17M".into())));
+        c.memory = 8 * GIB;
+        assert!(matches!(c.validate(&HOST), Err(ConfigError::MemoryTooLarge(..))));
+        c.memory = 4 * GIB;
+        assert!(c.validate(&HOST).is_ok());
+    }
+
+    #[test]
+    fn vcpu_bounds_are_enforced() {
+        let mut c = VmConfig { vcpus: 0, ..Default::default() };
+        assert_eq!(c.validate(&HOST), Err(ConfigError::NoVcpus(8)));
+        c.vcpus = 9;
+        assert_eq!(c.validate(&HOST), Err(ConfigError::TooManyVcpus(9, 8)));
+        c.vcpus = 8;
+        assert!(c.validate(&HOST).is_ok());
+    }
+
+    #[test]
+    fn error_messages_name_value_and_valid_range() {
+        let e = ConfigError::TooManyVcpus(9, 8).to_string();
+        assert!(e.contains('9') && e.contains("at most 8"), "{e}");
+        let e = ConfigError::MemoryTooSmall("8M".into()).to_string();
+        assert!(e.contains("8M") && e.contains("16 MiB"), "{e}");
+        assert!(parse_timeout("0").is_err() && parse_timeout("abc").is_err());
+        assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
+    }
+}

@@ -1,0 +1,169 @@
+//! The `memvisor` command line.
+use clap::{Args, Parser, Subcommand};
+use memvisor::bench::boot::{bench_boot, BootBenchOptions};
+use memvisor::builder::{install_sigint_handler, run_vm};
+use memvisor::config::{parse_size, parse_timeout, KernelSource, VmConfig, DEFAULT_CMDLINE};
+use memvisor::devices::console::Console;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit status for bad input or a VM that could not be set up.
+const EXIT_BAD_INPUT: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "memvisor", version, about = "KVM research VMM with a Linux-style guest-memory manager")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a microVM and run it until the guest exits.
+    ///
+    /// Exit status: 0 the guest reported success, 1 it reported failure,
+    /// 2 bad input (or the VM could not be set up), 3 the guest crashed,
+    /// 4 timeout, 130 interrupted.
+    Run(RunArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest).
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    vcpus: u32,
+    /// Guest RAM: at least 16M, a multiple of 2M, at most the host's MemTotal. K/M/G suffixes.
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size_arg)]
+    memory: u64,
+    /// Write the full JSON report to PATH (`-` for stdout, guest console then goes to stderr).
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
+    /// Stop the guest after SECS seconds (exit status 4).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_timeout_arg)]
+    timeout: Duration,
+    /// Print neither the guest console nor the summary (the report is still written).
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Boot-time benchmark: spawns `memvisor run` N times and prints
+    /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
+    /// and the VMM's own RSS overhead.
+    Boot {
+        /// Number of runs.
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Guest RAM for each run.
+        #[arg(long, default_value = "256M", value_parser = parse_size_arg)]
+        memory: u64,
+        /// vCPUs for each run.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Kernel command line for each run (default: boot, report ready, exit).
+        #[arg(long, default_value = "workload=boot")]
+        cmdline: String,
+    },
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_timeout_arg(s: &str) -> Result<Duration, String> {
+    parse_timeout(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    memvisor::clock::init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Bench(BenchCommand::Boot { runs, json, memory, vcpus, cmdline }) => {
+            match bench_boot(&BootBenchOptions { runs, json, memory, vcpus, cmdline }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench boot: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = VmConfig {
+        kernel: args.kernel.clone().map_or(KernelSource::Bundled, KernelSource::Path),
+        cmdline: args.cmdline.clone(),
+        vcpus: args.vcpus,
+        memory: args.memory,
+        timeout: args.timeout,
+    };
+    let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
+    let console = match (args.quiet, to_stdout) {
+        (true, _) => Console::sink(),
+        (false, true) => Console::stderr(),
+        (false, false) => Console::stdout(),
+    };
+    if let Err(e) = install_sigint_handler() {
+        eprintln!("memvisor: warning: cannot install the SIGINT handler: {e}");
+    }
+    let report = match run_vm(&config, console) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("memvisor: error: {}", error_chain(&e));
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let code = report.exit.code;
+    let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    match args.report {
+        Some(p) if p.as_os_str() == "-" => println!("{json}"),
+        Some(p) => {
+            if let Err(e) = std::fs::write(&p, json + "\n") {
+                eprintln!("memvisor: error: cannot write report {}: {e}", p.display());
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            print_summary(&report.summary(), args.quiet);
+        }
+        None => print_summary(&report.summary(), args.quiet),
+    }
+    ExitCode::from(code as u8)
+}
+
+fn print_summary(s: &str, quiet: bool) {
+    if !quiet {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(s.as_bytes());
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s += ": ";
+            s += &m;
+        }
+        cur = c.source();
+    }
+    s
+}

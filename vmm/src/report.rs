@@ -1,0 +1,216 @@
+//! The JSON report: host-side phase timings and memory figures merged with
+//! the guest's own JSON lines, plus the short human summary.
+use crate::clock::Origin;
+use crate::memory::layout::E820Entry;
+use crate::memory::rss::MemoryUsage;
+use crate::memory::RamRegion;
+use serde::Serialize;
+use serde_json::Value;
+
+/// How the run ended; `code()` is memvisor's process exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// The guest wrote 0 to the exit port.
+    Success,
+    /// The guest wrote another value (its workload failed).
+    Failure,
+    /// Exception, panic, triple fault, emulation failure, failed KVM_RUN.
+    Crash,
+    Timeout,
+    Interrupted,
+}
+
+impl ExitKind {
+    pub fn code(self) -> i32 {
+        match self {
+            ExitKind::Success => 0,
+            ExitKind::Failure => 1,
+            ExitKind::Crash => 3,
+            ExitKind::Timeout => 4,
+            ExitKind::Interrupted => 130,
+        }
+    }
+}
+
+/// Microseconds from the clock origin (see `clock`) to each milestone.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phases {
+    pub vmm_main: Option<f64>,
+    pub kvm_opened: Option<f64>,
+    pub vm_created: Option<f64>,
+    pub memory_ready: Option<f64>,
+    pub kernel_loaded: Option<f64>,
+    pub vcpus_created: Option<f64>,
+    pub first_kvm_run: Option<f64>,
+    pub first_guest_instruction: Option<f64>,
+    pub guest_ready: Option<f64>,
+    pub workload_done: Option<f64>,
+    pub guest_exit: Option<f64>,
+    pub teardown_done: Option<f64>,
+}
+
+impl Phases {
+    /// (name, µs) in boot order, present ones only.
+    pub fn list(&self) -> Vec<(&'static str, f64)> {
+        [
+            ("vmm_main", self.vmm_main),
+            ("kvm_opened", self.kvm_opened),
+            ("vm_created", self.vm_created),
+            ("memory_ready", self.memory_ready),
+            ("kernel_loaded", self.kernel_loaded),
+            ("vcpus_created", self.vcpus_created),
+            ("first_kvm_run", self.first_kvm_run),
+            ("first_guest_instruction", self.first_guest_instruction),
+            ("guest_ready", self.guest_ready),
+            ("workload_done", self.workload_done),
+            ("guest_exit", self.guest_exit),
+            ("teardown_done", self.teardown_done),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| v.map(|v| (n, v)))
+        .collect()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigReport {
+    pub kernel: String,
+    pub kernel_format: Option<crate::boot::KernelFormat>,
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_bytes: u64,
+    pub timeout_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryReport {
+    pub e820: Vec<E820Entry>,
+    pub e820_ram_bytes: u64,
+    pub e820_ram_pages: u64,
+    pub regions: Vec<RamRegion>,
+    #[serde(flatten)]
+    pub usage: MemoryUsage,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ExitCounts {
+    pub io: u64,
+    pub mmio: u64,
+    pub records: u64,
+    pub bad_records: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExitReport {
+    pub status: ExitKind,
+    pub code: i32,
+    /// The value the guest wrote to the exit port, if it did.
+    pub guest_status: Option<u32>,
+    pub reason: String,
+    pub vcpu: Option<u32>,
+    pub rip: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub memvisor_version: &'static str,
+    pub config: ConfigReport,
+    pub clock_origin: Origin,
+    pub phases_us: Phases,
+    pub memory: MemoryReport,
+    pub exits: ExitCounts,
+    pub exit: ExitReport,
+    /// The guest's JSON lines in arrival order, each with `vcpu` and `at_us`.
+    pub guest: Vec<Value>,
+    /// Problems the VMM saw in guest input (bad records), rate-limited.
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// The first guest line with `"event": name`.
+    pub fn guest_event(&self, name: &str) -> Option<&Value> {
+        self.guest.iter().find(|v| v.get("event").and_then(Value::as_str) == Some(name))
+    }
+
+    /// A few lines for humans; the JSON has everything.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let e = &self.exit;
+        s += &format!("memvisor: {} (exit {}): {}\n", status_word(e.status), e.code, e.reason);
+        let phases: Vec<String> = self
+            .phases_us
+            .list()
+            .into_iter()
+            .filter(|(n, _)| *n != "vmm_main")
+            .map(|(n, us)| format!("{n} {:.2}", us / 1000.0))
+            .collect();
+        let origin = match self.clock_origin {
+            Origin::Spawn => "spawn",
+            Origin::Main => "main",
+        };
+        s += &format!("  phases (ms since {origin}): {}\n", phases.join(", "));
+        let m = &self.memory;
+        s += &format!(
+            "  memory: {} MiB guest RAM, e820 {} pages; touched {:.1} MiB ({:.1} MiB THP); VMM overhead {:.2} MiB (VmRSS {:.1} MiB)\n",
+            self.config.memory_bytes >> 20,
+            m.e820_ram_pages,
+            mib(m.usage.guest_rss_bytes),
+            mib(m.usage.guest_anon_huge_bytes),
+            mib(m.usage.vmm_overhead_bytes),
+            mib(m.usage.vm_rss_bytes),
+        );
+        if let Some(r) = self.guest_event("ready") {
+            s += &format!(
+                "  guest ready: {} vCPUs, {} pages total, {} free, workload {}\n",
+                r["vcpus"], r["total_pages"], r["free_pages"], r["workload"]
+            );
+        }
+        if let Some(w) = self.guest_event("workload") {
+            s += &format!("  workload {}: ok={}", w["name"], w["ok"]);
+            if let Some(n) = w.get("pages_written") {
+                s += &format!(", {n} pages written, {} verified, {} errors", w["pages_verified"], w["errors"]);
+            }
+            s += "\n";
+        }
+        for w in &self.warnings {
+            s += &format!("  warning: {w}\n");
+        }
+        s
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+fn status_word(k: ExitKind) -> &'static str {
+    match k {
+        ExitKind::Success => "guest succeeded",
+        ExitKind::Failure => "guest reported failure",
+        ExitKind::Crash => "guest crashed",
+        ExitKind::Timeout => "timed out",
+        ExitKind::Interrupted => "interrupted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        let codes: Vec<i32> =
+            [ExitKind::Success, ExitKind::Failure, ExitKind::Crash, ExitKind::Timeout, ExitKind::Interrupted]
+                .iter()
+                .map(|k| k.code())
+                .collect();
+        assert_eq!(codes, [0, 1, 3, 4, 130]);
+    }
+
+    #[test]
+    fn phases_list_in_boot_order() {
+        let p = Phases { guest_ready: Some(3.0), vm_created: Some(1.0), ..Default::default() };
+        assert_eq!(p.list(), vec![("vm_created", 1.0), ("guest_ready", 3.0)]);
+    }
+}
