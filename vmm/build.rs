@@ -12,11 +12,21 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
     let fw = root.join("firmware");
-    for p in ["src", "Cargo.toml", "Cargo.lock", "link.ld", "build.rs", ".cargo/config.toml"] {
+    for p in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "link.ld",
+        "build.rs",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", fw.join(p).display());
     }
     for p in ["src", "Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", root.join("guest-mm").join(p).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join("guest-mm").join(p).display()
+        );
     }
 
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -40,7 +50,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo to build the guest kernel");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo to build the guest kernel");
     if !status.success() {
         panic!("building the guest kernel (firmware/) failed: {status}");
     }
@@ -51,5 +63,8 @@ fn main() {
 
 /// The workspace target directory: OUT_DIR is <target>/<profile>/build/<pkg>/out.
 fn target_dir(out: &Path) -> PathBuf {
-    out.ancestors().nth(4).map(Path::to_path_buf).unwrap_or_else(|| out.join("fw"))
+    out.ancestors()
+        .nth(4)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out.join("fw"))
 }

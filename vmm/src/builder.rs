@@ -30,7 +30,10 @@ pub enum BuildError {
     #[error(transparent)]
     Kvm(#[from] VmError),
     #[error("cannot read kernel {path}: {source}")]
-    KernelRead { path: PathBuf, source: std::io::Error },
+    KernelRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -38,7 +41,10 @@ pub enum BuildError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("{what}: {source}")]
-    Host { what: &'static str, source: std::io::Error },
+    Host {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 const MAX_CPUID_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
@@ -68,13 +74,19 @@ fn kernel_name(k: &KernelSource) -> String {
 /// Builds the VM described by `config`, runs it until the guest exits,
 /// crashes, times out or is interrupted, tears it down and reports.
 pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError> {
-    let mut phases = Phases { vmm_main: Some(since_origin_us(clock::origin().0)), ..Default::default() };
+    let mut phases = Phases {
+        vmm_main: Some(since_origin_us(clock::main_ns())),
+        ..Default::default()
+    };
     let mark = |p: &mut Option<f64>| *p = Some(since_origin_us(now_ns()));
 
     let kvm = vm::open_kvm(&vm::kvm_device_path())?;
     let host = HostLimits {
         max_vcpus: vm::max_vcpus(&kvm),
-        mem_total: config::host_mem_total().map_err(|source| BuildError::Host { what: "reading /proc/meminfo", source })?,
+        mem_total: config::host_mem_total().map_err(|source| BuildError::Host {
+            what: "reading /proc/meminfo",
+            source,
+        })?,
     };
     config.validate(&host)?;
     let what = kernel_name(&config.kernel);
@@ -82,7 +94,10 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
     let image: &[u8] = match &config.kernel {
         KernelSource::Bundled => firmware::BUNDLED,
         KernelSource::Path(p) => {
-            owned = std::fs::read(p).map_err(|source| BuildError::KernelRead { path: p.clone(), source })?;
+            owned = std::fs::read(p).map_err(|source| BuildError::KernelRead {
+                path: p.clone(),
+                source,
+            })?;
             &owned
         }
     };
@@ -94,6 +109,7 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
 
     let ram = Arc::new(GuestRam::new(config.memory)?);
     ram.register(&vm.fd)?;
+    vm.add_interrupt_controllers()?;
     mark(&mut phases.memory_ready);
 
     let mem = ram.memory();
@@ -106,12 +122,25 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
 
     let host_err = |what| move |source| BuildError::Host { what, source };
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(host_err("eventfd"))?;
-    vm.fd.register_irqfd(&irq, COM1_IRQ).map_err(|e| BuildError::Host { what: "KVM_IRQFD", source: e.into() })?;
+    vm.fd
+        .register_irqfd(&irq, COM1_IRQ)
+        .map_err(|e| BuildError::Host {
+            what: "KVM_IRQFD",
+            source: e.into(),
+        })?;
     let cpuid = kvm
         .get_supported_cpuid(MAX_CPUID_ENTRIES)
-        .map_err(|e| BuildError::Host { what: "KVM_GET_SUPPORTED_CPUID", source: e.into() })?;
-    let boot_state =
-        BootState { entry: kernel.entry, boot_params: zero_page, cr3, smp_entry: kernel.smp_entry, count: config.vcpus };
+        .map_err(|e| BuildError::Host {
+            what: "KVM_GET_SUPPORTED_CPUID",
+            source: e.into(),
+        })?;
+    let boot_state = BootState {
+        entry: kernel.entry,
+        boot_params: zero_page,
+        cr3,
+        smp_entry: kernel.smp_entry,
+        count: config.vcpus,
+    };
     let vcpus = (0..config.vcpus)
         .map(|id| vcpu::create_vcpu(&vm.fd, id, &cpuid, &boot_state))
         .collect::<Result<Vec<_>, _>>()?;
@@ -132,12 +161,20 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
             Ok(t) => threads.push(t),
             Err(source) => {
                 stop_all(&shared, threads);
-                return Err(BuildError::Host { what: "spawning a vCPU thread", source });
+                return Err(BuildError::Host {
+                    what: "spawning a vCPU thread",
+                    source,
+                });
             }
         }
     }
 
-    let mut run = RunState { phases, guest: Vec::new(), warnings: Vec::new(), console };
+    let mut run = RunState {
+        phases,
+        guest: Vec::new(),
+        warnings: Vec::new(),
+        console,
+    };
     let exit = run.event_loop(&rx, config.timeout);
     let usage = rss::measure(&ram.host_ranges()).unwrap_or_default();
     stop_all(&shared, threads);
@@ -194,7 +231,11 @@ struct RunState {
 }
 
 impl RunState {
-    fn event_loop(&mut self, rx: &std::sync::mpsc::Receiver<VmEvent>, timeout: Duration) -> ExitReport {
+    fn event_loop(
+        &mut self,
+        rx: &std::sync::mpsc::Receiver<VmEvent>,
+        timeout: Duration,
+    ) -> ExitReport {
         let deadline = Instant::now() + timeout;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now()).min(POLL);
@@ -206,14 +247,30 @@ impl RunState {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    return self.ended(ExitKind::Crash, None, "every vCPU stopped without an exit status".into(), None, None);
+                    return self.ended(
+                        ExitKind::Crash,
+                        None,
+                        "every vCPU stopped without an exit status".into(),
+                        None,
+                        None,
+                    );
                 }
             }
             if INTERRUPTED.load(Ordering::SeqCst) {
-                return self.ended(ExitKind::Interrupted, None, "interrupted (SIGINT)".into(), None, None);
+                return self.ended(
+                    ExitKind::Interrupted,
+                    None,
+                    "interrupted (SIGINT)".into(),
+                    None,
+                    None,
+                );
             }
             if Instant::now() >= deadline {
-                let last = self.guest.last().and_then(|v| v.get("event")).map(|e| e.to_string());
+                let last = self
+                    .guest
+                    .last()
+                    .and_then(|v| v.get("event"))
+                    .map(|e| e.to_string());
                 let reason = format!(
                     "no exit within {:.1} s (last guest event: {})",
                     timeout.as_secs_f64(),
@@ -224,42 +281,93 @@ impl RunState {
         }
     }
 
-    fn ended(&mut self, status: ExitKind, guest_status: Option<u32>, reason: String, vcpu: Option<u32>, rip: Option<u64>) -> ExitReport {
+    fn ended(
+        &mut self,
+        status: ExitKind,
+        guest_status: Option<u32>,
+        reason: String,
+        vcpu: Option<u32>,
+        rip: Option<u64>,
+    ) -> ExitReport {
         let _ = self.console.flush();
-        ExitReport { status, code: status.code(), guest_status, reason, vcpu, rip }
+        ExitReport {
+            status,
+            code: status.code(),
+            guest_status,
+            reason,
+            vcpu,
+            rip,
+        }
     }
 
     fn on_event(&mut self, ev: VmEvent) -> Option<ExitReport> {
         match ev {
             VmEvent::FirstRun { at_ns } => self.phases.first_kvm_run = Some(since_origin_us(at_ns)),
             VmEvent::Mark { value, at_ns, .. } => {
-                if value == abi::MARK_FIRST_INSTRUCTION && self.phases.first_guest_instruction.is_none() {
+                if value == abi::MARK_FIRST_INSTRUCTION
+                    && self.phases.first_guest_instruction.is_none()
+                {
                     self.phases.first_guest_instruction = Some(since_origin_us(at_ns));
                 }
             }
-            VmEvent::Record { vcpu, kind: RecordKind::Console, payload, .. } => {
+            VmEvent::Record {
+                vcpu,
+                kind: RecordKind::Console,
+                payload,
+                ..
+            } => {
                 let _ = self.console.write_all(&payload);
                 let _ = vcpu;
             }
-            VmEvent::Record { vcpu, kind: RecordKind::Json, payload, at_ns } => self.guest_line(vcpu, &payload, at_ns),
-            VmEvent::BadRecord { vcpu, error, .. } => self.warnings.push(format!("vCPU {vcpu}: {error}")),
-            VmEvent::GuestExit { vcpu, status, at_ns } => {
+            VmEvent::Record {
+                vcpu,
+                kind: RecordKind::Json,
+                payload,
+                at_ns,
+            } => self.guest_line(vcpu, &payload, at_ns),
+            VmEvent::BadRecord { vcpu, error, .. } => {
+                self.warnings.push(format!("vCPU {vcpu}: {error}"))
+            }
+            VmEvent::GuestExit {
+                vcpu,
+                status,
+                at_ns,
+            } => {
                 self.phases.guest_exit = Some(since_origin_us(at_ns));
                 let (kind, reason) = match status {
-                    abi::GUEST_EXIT_SUCCESS => (ExitKind::Success, "the guest reported success".to_string()),
+                    abi::GUEST_EXIT_SUCCESS => {
+                        (ExitKind::Success, "the guest reported success".to_string())
+                    }
                     abi::GUEST_EXIT_CRASH => (ExitKind::Crash, self.guest_crash_reason()),
                     s => (ExitKind::Failure, self.guest_failure_reason(s)),
                 };
                 return Some(self.ended(kind, Some(status), reason, Some(vcpu), None));
             }
-            VmEvent::Crash { vcpu, crash, rip, at_ns } => {
+            VmEvent::Crash {
+                vcpu,
+                crash,
+                rip,
+                at_ns,
+            } => {
                 self.phases.guest_exit = Some(since_origin_us(at_ns));
                 let at = rip.map(|r| format!(" at rip {r:#x}")).unwrap_or_default();
-                return Some(self.ended(ExitKind::Crash, None, format!("vCPU {vcpu}: {crash}{at}"), Some(vcpu), rip));
+                return Some(self.ended(
+                    ExitKind::Crash,
+                    None,
+                    format!("vCPU {vcpu}: {crash}{at}"),
+                    Some(vcpu),
+                    rip,
+                ));
             }
             VmEvent::Failed { vcpu, error, at_ns } => {
                 self.phases.guest_exit = Some(since_origin_us(at_ns));
-                return Some(self.ended(ExitKind::Crash, None, format!("vCPU {vcpu}: {error}"), Some(vcpu), None));
+                return Some(self.ended(
+                    ExitKind::Crash,
+                    None,
+                    format!("vCPU {vcpu}: {error}"),
+                    Some(vcpu),
+                    None,
+                ));
             }
         }
         None
@@ -281,27 +389,41 @@ impl RunState {
             v = json!({"event": "invalid_json", "error": "not a JSON object", "vcpu": vcpu, "at_us": at_us});
         }
         match v.get("event").and_then(Value::as_str) {
-            Some("ready") if self.phases.guest_ready.is_none() => self.phases.guest_ready = Some(at_us),
-            Some("workload") if self.phases.workload_done.is_none() => self.phases.workload_done = Some(at_us),
+            Some("ready") if self.phases.guest_ready.is_none() => {
+                self.phases.guest_ready = Some(at_us)
+            }
+            Some("workload") if self.phases.workload_done.is_none() => {
+                self.phases.workload_done = Some(at_us)
+            }
             _ => {}
         }
         self.guest.push(v);
     }
 
     fn last_event(&self, names: &[&str]) -> Option<&Value> {
-        self.guest.iter().rev().find(|v| v.get("event").and_then(Value::as_str).is_some_and(|e| names.contains(&e)))
+        self.guest.iter().rev().find(|v| {
+            v.get("event")
+                .and_then(Value::as_str)
+                .is_some_and(|e| names.contains(&e))
+        })
     }
 
     fn guest_crash_reason(&self) -> String {
         match self.last_event(&["exception", "panic"]) {
             Some(v) if v["event"] == "exception" => format!(
                 "guest exception {} ({}) at rip {} (error code {}, cr2 {}, cpl {})",
-                v["vector"], v["name"].as_str().unwrap_or("?"), v["rip"].as_str().unwrap_or("?"),
-                v["error_code"].as_str().unwrap_or("?"), v["cr2"].as_str().unwrap_or("?"), v["cpl"]
+                v["vector"],
+                v["name"].as_str().unwrap_or("?"),
+                v["rip"].as_str().unwrap_or("?"),
+                v["error_code"].as_str().unwrap_or("?"),
+                v["cr2"].as_str().unwrap_or("?"),
+                v["cpl"]
             ),
             Some(v) => format!(
                 "guest panic: {} at {}:{}",
-                v["message"].as_str().unwrap_or("?"), v["file"].as_str().unwrap_or("?"), v["line"]
+                v["message"].as_str().unwrap_or("?"),
+                v["file"].as_str().unwrap_or("?"),
+                v["line"]
             ),
             None => "the guest reported a crash".into(),
         }

@@ -10,7 +10,10 @@ pub const SPAWN_ENV: &str = "MEMVISOR_SPAWN_NS";
 
 /// Nanoseconds on CLOCK_MONOTONIC.
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -25,22 +28,33 @@ pub enum Origin {
     Main,
 }
 
-static ORIGIN: OnceLock<(u64, Origin)> = OnceLock::new();
+/// (origin ns, origin kind, main-entry ns).
+static ORIGIN: OnceLock<(u64, Origin, u64)> = OnceLock::new();
 
 /// Fixes the origin; call first thing in `main`. Later calls are no-ops.
 pub fn init() {
     ORIGIN.get_or_init(|| {
         let main = now_ns();
-        match std::env::var(SPAWN_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
-            Some(spawn) if spawn <= main => (spawn, Origin::Spawn),
-            _ => (main, Origin::Main),
+        match std::env::var(SPAWN_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            Some(spawn) if spawn <= main => (spawn, Origin::Spawn, main),
+            _ => (main, Origin::Main, main),
         }
     });
 }
 
 pub fn origin() -> (u64, Origin) {
     init();
-    *ORIGIN.get().expect("initialised")
+    let (ns, kind, _) = *ORIGIN.get().expect("initialised");
+    (ns, kind)
+}
+
+/// When `main` started (equal to the origin unless spawned by a timer).
+pub fn main_ns() -> u64 {
+    init();
+    ORIGIN.get().expect("initialised").2
 }
 
 /// Microseconds since the origin.

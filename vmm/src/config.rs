@@ -51,7 +51,9 @@ pub struct HostLimits {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("invalid size '{0}': expected a number with an optional K, M or G suffix, e.g. 256M or 1G")]
+    #[error(
+        "invalid size '{0}': expected a number with an optional K, M or G suffix, e.g. 256M or 1G"
+    )]
     BadSize(String),
     #[error("--memory {0}: at least {min} MiB is needed", min = MIN_MEMORY / MIB)]
     MemoryTooSmall(String),
@@ -139,7 +141,10 @@ pub fn host_mem_total() -> std::io::Result<u64> {
 mod tests {
     use super::*;
 
-    const HOST: HostLimits = HostLimits { max_vcpus: 8, mem_total: 4 * GIB };
+    const HOST: HostLimits = HostLimits {
+        max_vcpus: 8,
+        mem_total: 4 * GIB,
+    };
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {
@@ -148,7 +153,11 @@ mod tests {
         assert_eq!(parse_size("512K"), Ok(512 * 1024));
         assert_eq!(parse_size("4096"), Ok(4096));
         for bad in ["", "M", "12X", "-1M", "1.5G", "99999999999999999999G"] {
-            assert_eq!(parse_size(bad), Err(ConfigError::BadSize(bad.into())), "{bad}");
+            assert_eq!(
+                parse_size(bad),
+                Err(ConfigError::BadSize(bad.into())),
+                "{bad}"
+            );
         }
     }
 
@@ -164,18 +173,30 @@ mod tests {
         let mut c = VmConfig::default();
         assert!(c.validate(&HOST).is_ok());
         c.memory = 8 * MIB;
-        assert_eq!(c.validate(&HOST), Err(ConfigError::MemoryTooSmall("8M".into())));
+        assert_eq!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryTooSmall("8M".into()))
+        );
         c.memory = 17 * MIB;
-        assert_eq!(c.validate(&HOST), Err(ConfigError::MemoryUnaligned("17M".into())));
+        assert_eq!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryUnaligned("17M".into()))
+        );
         c.memory = 8 * GIB;
-        assert!(matches!(c.validate(&HOST), Err(ConfigError::MemoryTooLarge(..))));
+        assert!(matches!(
+            c.validate(&HOST),
+            Err(ConfigError::MemoryTooLarge(..))
+        ));
         c.memory = 4 * GIB;
         assert!(c.validate(&HOST).is_ok());
     }
 
     #[test]
     fn vcpu_bounds_are_enforced() {
-        let mut c = VmConfig { vcpus: 0, ..Default::default() };
+        let mut c = VmConfig {
+            vcpus: 0,
+            ..Default::default()
+        };
         assert_eq!(c.validate(&HOST), Err(ConfigError::NoVcpus(8)));
         c.vcpus = 9;
         assert_eq!(c.validate(&HOST), Err(ConfigError::TooManyVcpus(9, 8)));

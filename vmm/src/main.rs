@@ -13,7 +13,11 @@ use std::time::Duration;
 const EXIT_BAD_INPUT: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "memvisor", version, about = "KVM research VMM with a Linux-style guest-memory manager")]
+#[command(
+    name = "memvisor",
+    version,
+    about = "KVM research VMM with a Linux-style guest-memory manager"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,8 +99,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
-        Command::Bench(BenchCommand::Boot { runs, json, memory, vcpus, cmdline }) => {
-            match bench_boot(&BootBenchOptions { runs, json, memory, vcpus, cmdline }) {
+        Command::Bench(BenchCommand::Boot {
+            runs,
+            json,
+            memory,
+            vcpus,
+            cmdline,
+        }) => {
+            match bench_boot(&BootBenchOptions {
+                runs,
+                json,
+                memory,
+                vcpus,
+                cmdline,
+            }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench boot: {e:#}");
@@ -109,7 +125,10 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> ExitCode {
     let config = VmConfig {
-        kernel: args.kernel.clone().map_or(KernelSource::Bundled, KernelSource::Path),
+        kernel: args
+            .kernel
+            .clone()
+            .map_or(KernelSource::Bundled, KernelSource::Path),
         cmdline: args.cmdline.clone(),
         vcpus: args.vcpus,
         memory: args.memory,

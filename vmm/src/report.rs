@@ -130,14 +130,21 @@ pub struct Report {
 impl Report {
     /// The first guest line with `"event": name`.
     pub fn guest_event(&self, name: &str) -> Option<&Value> {
-        self.guest.iter().find(|v| v.get("event").and_then(Value::as_str) == Some(name))
+        self.guest
+            .iter()
+            .find(|v| v.get("event").and_then(Value::as_str) == Some(name))
     }
 
     /// A few lines for humans; the JSON has everything.
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let e = &self.exit;
-        s += &format!("memvisor: {} (exit {}): {}\n", status_word(e.status), e.code, e.reason);
+        s += &format!(
+            "memvisor: {} (exit {}): {}\n",
+            status_word(e.status),
+            e.code,
+            e.reason
+        );
         let phases: Vec<String> = self
             .phases_us
             .list()
@@ -169,7 +176,10 @@ impl Report {
         if let Some(w) = self.guest_event("workload") {
             s += &format!("  workload {}: ok={}", w["name"], w["ok"]);
             if let Some(n) = w.get("pages_written") {
-                s += &format!(", {n} pages written, {} verified, {} errors", w["pages_verified"], w["errors"]);
+                s += &format!(
+                    ", {n} pages written, {} verified, {} errors",
+                    w["pages_verified"], w["errors"]
+                );
             }
             s += "\n";
         }
@@ -200,17 +210,26 @@ mod tests {
 
     #[test]
     fn exit_codes_are_the_documented_ones() {
-        let codes: Vec<i32> =
-            [ExitKind::Success, ExitKind::Failure, ExitKind::Crash, ExitKind::Timeout, ExitKind::Interrupted]
-                .iter()
-                .map(|k| k.code())
-                .collect();
+        let codes: Vec<i32> = [
+            ExitKind::Success,
+            ExitKind::Failure,
+            ExitKind::Crash,
+            ExitKind::Timeout,
+            ExitKind::Interrupted,
+        ]
+        .iter()
+        .map(|k| k.code())
+        .collect();
         assert_eq!(codes, [0, 1, 3, 4, 130]);
     }
 
     #[test]
     fn phases_list_in_boot_order() {
-        let p = Phases { guest_ready: Some(3.0), vm_created: Some(1.0), ..Default::default() };
+        let p = Phases {
+            guest_ready: Some(3.0),
+            vm_created: Some(1.0),
+            ..Default::default()
+        };
         assert_eq!(p.list(), vec![("vm_created", 1.0), ("guest_ready", 3.0)]);
     }
 }

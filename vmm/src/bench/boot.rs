@@ -56,33 +56,79 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
     for i in 0..o.runs {
         let report_path = dir.join(format!("run{i}.json"));
         let mut cmd = Command::new(&exe);
-        cmd.args(["run", "--quiet", "--memory", &format_size(o.memory), "--vcpus", &o.vcpus.to_string()])
-            .args(["--cmdline", &o.cmdline])
-            .arg("--report")
-            .arg(&report_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        cmd.args([
+            "run",
+            "--quiet",
+            "--memory",
+            &format_size(o.memory),
+            "--vcpus",
+            &o.vcpus.to_string(),
+        ])
+        .args(["--cmdline", &o.cmdline])
+        .arg("--report")
+        .arg(&report_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
         let t0 = now_ns();
-        let status = cmd.env(SPAWN_ENV, t0.to_string()).status().context("spawning memvisor run")?;
+        let status = cmd
+            .env(SPAWN_ENV, t0.to_string())
+            .status()
+            .context("spawning memvisor run")?;
         let t1 = now_ns();
         if !status.success() {
-            bail!("run {i} failed with {status} (report: {})", report_path.display());
+            bail!(
+                "run {i} failed with {status} (report: {})",
+                report_path.display()
+            );
         }
-        let report: Value = serde_json::from_slice(&std::fs::read(&report_path)?).context("parsing the run's report")?;
+        let report: Value = serde_json::from_slice(&std::fs::read(&report_path)?)
+            .context("parsing the run's report")?;
         if report["clock_origin"] != "spawn" {
-            bail!("the run did not take the spawn clock (clock_origin {})", report["clock_origin"]);
+            bail!(
+                "the run did not take the spawn clock (clock_origin {})",
+                report["clock_origin"]
+            );
         }
-        let phases = report["phases_us"].as_object().context("report without phases_us")?;
-        ready.push(phases.get("guest_ready").and_then(Value::as_f64).context("no guest_ready phase")? / 1000.0);
+        let phases = report["phases_us"]
+            .as_object()
+            .context("report without phases_us")?;
+        ready.push(
+            phases
+                .get("guest_ready")
+                .and_then(Value::as_f64)
+                .context("no guest_ready phase")?
+                / 1000.0,
+        );
         exit.push((t1 - t0) as f64 / 1e6);
-        overhead.push(report["memory"]["vmm_overhead_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64);
+        overhead.push(
+            report["memory"]["vmm_overhead_bytes"]
+                .as_f64()
+                .unwrap_or(0.0)
+                / (1 << 20) as f64,
+        );
         // Span of each phase = its timestamp minus the previous one, in boot order.
-        let order = ["vmm_main", "kvm_opened", "vm_created", "memory_ready", "kernel_loaded", "vcpus_created",
-            "first_kvm_run", "first_guest_instruction", "guest_ready", "workload_done", "guest_exit", "teardown_done"];
+        let order = [
+            "vmm_main",
+            "kvm_opened",
+            "vm_created",
+            "memory_ready",
+            "kernel_loaded",
+            "vcpus_created",
+            "first_kvm_run",
+            "first_guest_instruction",
+            "guest_ready",
+            "workload_done",
+            "guest_exit",
+            "teardown_done",
+        ];
         let mut prev = 0.0;
         for (k, name) in order.iter().enumerate() {
             if let Some(t) = phases.get(*name).and_then(Value::as_f64) {
-                phase_spans.entry(k).or_insert_with(|| (name.to_string(), Vec::new())).1.push((t - prev) / 1000.0);
+                phase_spans
+                    .entry(k)
+                    .or_insert_with(|| (name.to_string(), Vec::new()))
+                    .1
+                    .push((t - prev) / 1000.0);
                 prev = t;
             }
         }
@@ -97,7 +143,10 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
         spawn_to_ready_ms: summarize(&ready).expect("runs > 0"),
         spawn_to_exit_ms: summarize(&exit).expect("runs > 0"),
         vmm_overhead_mib: summarize(&overhead).expect("runs > 0"),
-        phase_median_ms: phase_spans.into_values().map(|(n, v)| (n, summarize(&v).map_or(0.0, |s| s.median))).collect(),
+        phase_median_ms: phase_spans
+            .into_values()
+            .map(|(n, v)| (n, summarize(&v).map_or(0.0, |s| s.median)))
+            .collect(),
         anchors: ANCHORS,
     };
     if o.json {
@@ -109,19 +158,30 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
 }
 
 fn print_table(r: &BenchResult) {
-    println!("memvisor bench boot: {} runs, {} RAM, {} vCPU(s), cmdline '{}'", r.runs, r.memory, r.vcpus, r.cmdline);
+    println!(
+        "memvisor bench boot: {} runs, {} RAM, {} vCPU(s), cmdline '{}'",
+        r.runs, r.memory, r.vcpus, r.cmdline
+    );
     println!("{:<26} {:>10} {:>10} {:>10}", "", "min", "median", "max");
     for (name, s, unit) in [
         ("spawn -> guest ready", r.spawn_to_ready_ms, "ms"),
         ("spawn -> exit", r.spawn_to_exit_ms, "ms"),
         ("VMM RSS overhead", r.vmm_overhead_mib, "MiB"),
     ] {
-        println!("{:<26} {:>10.3} {:>10.3} {:>10.3}  {unit}", name, s.min, s.median, s.max);
+        println!(
+            "{:<26} {:>10.3} {:>10.3} {:>10.3}  {unit}",
+            name, s.min, s.median, s.max
+        );
     }
     let total: f64 = r.phase_median_ms.iter().map(|p| p.1).sum();
     println!("phase (median ms since previous milestone, share of their sum):");
     for (name, ms) in &r.phase_median_ms {
-        println!("  {:<26} {:>9.3} ms {:>5.1}%", name, ms, 100.0 * ms / total.max(1e-9));
+        println!(
+            "  {:<26} {:>9.3} ms {:>5.1}%",
+            name,
+            ms,
+            100.0 * ms / total.max(1e-9)
+        );
     }
     for a in r.anchors {
         println!("  {a}");

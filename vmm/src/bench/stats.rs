@@ -17,8 +17,16 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Some(Summary { min: v[0], median, max: v[n - 1] })
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Summary {
+        min: v[0],
+        median,
+        max: v[n - 1],
+    })
 }
 
 #[cfg(test)]
@@ -28,7 +36,14 @@ mod tests {
     #[test]
     fn median_min_max() {
         assert_eq!(summarize(&[]), None);
-        assert_eq!(summarize(&[3.0, 1.0, 2.0]), Some(Summary { min: 1.0, median: 2.0, max: 3.0 }));
+        assert_eq!(
+            summarize(&[3.0, 1.0, 2.0]),
+            Some(Summary {
+                min: 1.0,
+                median: 2.0,
+                max: 3.0
+            })
+        );
         assert_eq!(summarize(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
     }
 }

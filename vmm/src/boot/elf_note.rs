@@ -7,13 +7,19 @@ const PT_LOAD: u32 = 1;
 const PT_NOTE: u32 = 4;
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_le_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_le_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 fn u64_at(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_le_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// (p_type, p_offset, p_paddr, p_filesz, p_memsz) of each program header of
@@ -31,7 +37,13 @@ fn program_headers(elf: &[u8]) -> Option<Vec<(u32, u64, u64, u64, u64)>> {
     (0..phnum)
         .map(|i| {
             let p = phoff.checked_add(i.checked_mul(phentsize)?)?;
-            Some((u32_at(elf, p)?, u64_at(elf, p + 8)?, u64_at(elf, p + 24)?, u64_at(elf, p + 32)?, u64_at(elf, p + 40)?))
+            Some((
+                u32_at(elf, p)?,
+                u64_at(elf, p + 8)?,
+                u64_at(elf, p + 24)?,
+                u64_at(elf, p + 32)?,
+                u64_at(elf, p + 40)?,
+            ))
         })
         .collect()
 }
@@ -47,22 +59,35 @@ pub fn load_end(elf: &[u8]) -> Option<u64> {
 
 /// True if a PT_NOTE segment carries `abi::NOTE_NAME` / `NOTE_TYPE_SMP_ENTRY`.
 pub fn has_smp_entry(elf: &[u8]) -> bool {
-    let Some(phdrs) = program_headers(elf) else { return false };
-    phdrs.iter().filter(|p| p.0 == PT_NOTE).any(|&(_, off, _, filesz, _)| {
-        let (Ok(off), Ok(len)) = (usize::try_from(off), usize::try_from(filesz)) else { return false };
-        let Some(notes) = off.checked_add(len).and_then(|end| elf.get(off..end)) else { return false };
-        notes_contain(notes)
-    })
+    let Some(phdrs) = program_headers(elf) else {
+        return false;
+    };
+    phdrs
+        .iter()
+        .filter(|p| p.0 == PT_NOTE)
+        .any(|&(_, off, _, filesz, _)| {
+            let (Ok(off), Ok(len)) = (usize::try_from(off), usize::try_from(filesz)) else {
+                return false;
+            };
+            let Some(notes) = off.checked_add(len).and_then(|end| elf.get(off..end)) else {
+                return false;
+            };
+            notes_contain(notes)
+        })
 }
 
 fn notes_contain(mut notes: &[u8]) -> bool {
     let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
     while notes.len() >= 12 {
-        let (Some(namesz), Some(descsz), Some(kind)) = (u32_at(notes, 0), u32_at(notes, 4), u32_at(notes, 8)) else {
+        let (Some(namesz), Some(descsz), Some(kind)) =
+            (u32_at(notes, 0), u32_at(notes, 4), u32_at(notes, 8))
+        else {
             return false;
         };
         let name_end = 12 + namesz as usize;
-        let Some(next) = align4(name_end).and_then(|n| align4(n + descsz as usize)) else { return false };
+        let Some(next) = align4(name_end).and_then(|n| align4(n + descsz as usize)) else {
+            return false;
+        };
         if notes.get(12..name_end) == Some(abi::NOTE_NAME) && kind == abi::NOTE_TYPE_SMP_ENTRY {
             return true;
         }

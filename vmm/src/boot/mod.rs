@@ -19,9 +19,15 @@ pub enum BootError {
     #[error("{what} is neither an ELF executable nor a Linux bzImage (it starts with {head})")]
     UnknownFormat { what: String, head: String },
     #[error("cannot load ELF kernel {what}: {source:?}")]
-    Elf { what: String, source: linux_loader::loader::Error },
+    Elf {
+        what: String,
+        source: linux_loader::loader::Error,
+    },
     #[error("cannot load bzImage kernel {what}: {source:?}")]
-    BzImage { what: String, source: linux_loader::loader::Error },
+    BzImage {
+        what: String,
+        source: linux_loader::loader::Error,
+    },
     #[error("kernel {what} ends at {end:#x}, beyond the {ram:#x} bytes of guest RAM")]
     TooBig { what: String, end: u64, ram: u64 },
     #[error("kernel command line is {len} bytes; at most {max} fit")]
@@ -52,8 +58,15 @@ pub fn detect_format(image: &[u8], what: &str) -> Result<KernelFormat, BootError
         return Ok(KernelFormat::BzImage);
     }
     let head: Vec<String> = image.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let head = if head.is_empty() { "nothing (empty file)".to_string() } else { head.join(" ") };
-    Err(BootError::UnknownFormat { what: what.to_string(), head })
+    let head = if head.is_empty() {
+        "nothing (empty file)".to_string()
+    } else {
+        head.join(" ")
+    };
+    Err(BootError::UnknownFormat {
+        what: what.to_string(),
+        head,
+    })
 }
 
 /// What the loader learned about the kernel.
@@ -70,7 +83,12 @@ pub struct LoadedKernel {
 }
 
 /// Loads `image` (named `what` in errors) into guest memory.
-pub fn load_kernel(mem: &GuestMemoryMmap, ram_end: u64, image: &[u8], what: &str) -> Result<LoadedKernel, BootError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    ram_end: u64,
+    image: &[u8],
+    what: &str,
+) -> Result<LoadedKernel, BootError> {
     let format = detect_format(image, what)?;
     let himem = Some(GuestAddress(HIMEM_START));
     let mut cursor = Cursor::new(image);
@@ -80,10 +98,16 @@ pub fn load_kernel(mem: &GuestMemoryMmap, ram_end: u64, image: &[u8], what: &str
             // would only report a failed read).
             let end = elf_note::load_end(image).unwrap_or(0);
             if end > ram_end {
-                return Err(BootError::TooBig { what: what.into(), end, ram: ram_end });
+                return Err(BootError::TooBig {
+                    what: what.into(),
+                    end,
+                    ram: ram_end,
+                });
             }
-            let r = Elf::load(mem, None, &mut cursor, himem)
-                .map_err(|source| BootError::Elf { what: what.into(), source })?;
+            let r = Elf::load(mem, None, &mut cursor, himem).map_err(|source| BootError::Elf {
+                what: what.into(),
+                source,
+            })?;
             LoadedKernel {
                 format,
                 entry: r.kernel_load.0,
@@ -93,8 +117,12 @@ pub fn load_kernel(mem: &GuestMemoryMmap, ram_end: u64, image: &[u8], what: &str
             }
         }
         KernelFormat::BzImage => {
-            let r = BzImage::load(mem, None, &mut cursor, himem)
-                .map_err(|source| BootError::BzImage { what: what.into(), source })?;
+            let r = BzImage::load(mem, None, &mut cursor, himem).map_err(|source| {
+                BootError::BzImage {
+                    what: what.into(),
+                    source,
+                }
+            })?;
             LoadedKernel {
                 format,
                 entry: r.kernel_load.0 + BZIMAGE_ENTRY_64,
@@ -105,7 +133,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, ram_end: u64, image: &[u8], what: &str
         }
     };
     if loaded.kernel_end > ram_end {
-        return Err(BootError::TooBig { what: what.into(), end: loaded.kernel_end, ram: ram_end });
+        return Err(BootError::TooBig {
+            what: what.into(),
+            end: loaded.kernel_end,
+            ram: ram_end,
+        });
     }
     Ok(loaded)
 }
@@ -116,13 +148,21 @@ mod tests {
 
     #[test]
     fn formats_are_recognised_by_magic() {
-        assert_eq!(detect_format(b"\x7fELF\x02\x01", "k").unwrap(), KernelFormat::Elf);
+        assert_eq!(
+            detect_format(b"\x7fELF\x02\x01", "k").unwrap(),
+            KernelFormat::Elf
+        );
         let mut bz = vec![0u8; 0x300];
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         assert_eq!(detect_format(&bz, "k").unwrap(), KernelFormat::BzImage);
-        let e = detect_format(b"#!/bin/sh\n", "script.sh").unwrap_err().to_string();
+        let e = detect_format(b"#!/bin/sh\n", "script.sh")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("script.sh") && e.contains("23 21 2f 62"), "{e}");
-        assert!(detect_format(b"", "empty").unwrap_err().to_string().contains("empty file"));
+        assert!(detect_format(b"", "empty")
+            .unwrap_err()
+            .to_string()
+            .contains("empty file"));
     }
 
     #[test]
@@ -137,7 +177,8 @@ mod tests {
     #[test]
     fn kernel_larger_than_ram_is_refused() {
         let ram = crate::memory::GuestRam::new(2 << 20).unwrap();
-        let e = load_kernel(ram.memory(), ram.end(), crate::firmware::BUNDLED, "bundled").unwrap_err();
+        let e =
+            load_kernel(ram.memory(), ram.end(), crate::firmware::BUNDLED, "bundled").unwrap_err();
         assert!(matches!(e, BootError::TooBig { .. }), "{e}");
     }
 }

@@ -6,7 +6,7 @@
 //! faults. The U/S bit is set at every level because our kernel runs its
 //! workloads at CPL3 on this map; Linux replaces it with its own early on.
 use super::BootError;
-use crate::memory::layout::{PD_END, PD_START, PDPT, PML4};
+use crate::memory::layout::{PDPT, PD_END, PD_START, PML4};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const PRESENT: u64 = 1;
@@ -51,23 +51,37 @@ mod tests {
     /// Walks the map the way the MMU does.
     fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
         let mask = 0x000f_ffff_ffff_f000;
-        let pml4e: u64 = mem.read_obj(GuestAddress(cr3 + 8 * ((va >> 39) & 511))).ok()?;
+        let pml4e: u64 = mem
+            .read_obj(GuestAddress(cr3 + 8 * ((va >> 39) & 511)))
+            .ok()?;
         if pml4e & PRESENT == 0 {
             return None;
         }
-        let pdpte: u64 = mem.read_obj(GuestAddress((pml4e & mask) + 8 * ((va >> 30) & 511))).ok()?;
+        let pdpte: u64 = mem
+            .read_obj(GuestAddress((pml4e & mask) + 8 * ((va >> 30) & 511)))
+            .ok()?;
         if pdpte & PRESENT == 0 {
             return None;
         }
-        let pde: u64 = mem.read_obj(GuestAddress((pdpte & mask) + 8 * ((va >> 21) & 511))).ok()?;
-        (pde & PRESENT != 0 && pde & HUGE != 0 && pde & USER != 0).then(|| (pde & !0x1f_ffff & mask) | (va & 0x1f_ffff))
+        let pde: u64 = mem
+            .read_obj(GuestAddress((pdpte & mask) + 8 * ((va >> 21) & 511)))
+            .ok()?;
+        (pde & PRESENT != 0 && pde & HUGE != 0 && pde & USER != 0)
+            .then(|| (pde & !0x1f_ffff & mask) | (va & 0x1f_ffff))
     }
 
     #[test]
     fn maps_every_address_to_itself() {
         let ram = crate::memory::GuestRam::new(64 << 20).unwrap();
         let cr3 = build_identity_map(ram.memory(), ram.end()).unwrap();
-        for va in [0, 0x1234, 0x10_0000, (64 << 20) - 8, 3 << 30, (4u64 << 30) - 1] {
+        for va in [
+            0,
+            0x1234,
+            0x10_0000,
+            (64 << 20) - 8,
+            3 << 30,
+            (4u64 << 30) - 1,
+        ] {
             assert_eq!(translate(ram.memory(), cr3, va), Some(va), "{va:#x}");
         }
         assert_eq!(translate(ram.memory(), cr3, 4 << 30), None);

@@ -25,7 +25,10 @@ pub fn write_boot_params(
         _ => CMDLINE_MAX - 1,
     };
     if cmdline.len() > max {
-        return Err(BootError::CmdlineTooLong { len: cmdline.len(), max });
+        return Err(BootError::CmdlineTooLong {
+            len: cmdline.len(),
+            max,
+        });
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
@@ -44,7 +47,11 @@ pub fn write_boot_params(
     params.hdr.cmdline_size = cmdline.len() as u32 + 1;
     let n = e820.len().min(params.e820_table.len());
     for (slot, e) in params.e820_table.iter_mut().zip(&e820[..n]) {
-        *slot = boot_e820_entry { addr: e.addr, size: e.size, r#type: e.kind };
+        *slot = boot_e820_entry {
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
+        };
     }
     params.e820_entries = n as u8;
     mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
@@ -58,7 +65,13 @@ mod tests {
     use crate::memory::layout::e820_map;
 
     fn kernel() -> LoadedKernel {
-        LoadedKernel { format: KernelFormat::Elf, entry: 0x10_0000, kernel_end: 0x20_0000, smp_entry: true, setup_header: None }
+        LoadedKernel {
+            format: KernelFormat::Elf,
+            entry: 0x10_0000,
+            kernel_end: 0x20_0000,
+            smp_entry: true,
+            setup_header: None,
+        }
     }
 
     #[test]
@@ -76,8 +89,15 @@ mod tests {
         mem.read_slice(&mut buf, GuestAddress(ptr)).unwrap();
         assert_eq!(&buf, b"workload=memtest\0");
         // The firmware reads these fixed offsets (bootparam.h).
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(ZERO_PAGE + 0x1e8)).unwrap() as usize, map.len());
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(ZERO_PAGE + 0x228)).unwrap() as u64, CMDLINE);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(ZERO_PAGE + 0x1e8)).unwrap() as usize,
+            map.len()
+        );
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(ZERO_PAGE + 0x228))
+                .unwrap() as u64,
+            CMDLINE
+        );
     }
 
     #[test]
@@ -85,7 +105,19 @@ mod tests {
         let ram = crate::memory::GuestRam::new(32 << 20).unwrap();
         let long = "x".repeat(CMDLINE_MAX);
         let e = write_boot_params(ram.memory(), &kernel(), &long, &[]).unwrap_err();
-        assert!(matches!(e, BootError::CmdlineTooLong { len: 4096, max: 4095 }), "{e}");
-        assert!(matches!(write_boot_params(ram.memory(), &kernel(), "a\0b", &[]), Err(BootError::CmdlineNul)));
+        assert!(
+            matches!(
+                e,
+                BootError::CmdlineTooLong {
+                    len: 4096,
+                    max: 4095
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            write_boot_params(ram.memory(), &kernel(), "a\0b", &[]),
+            Err(BootError::CmdlineNul)
+        ));
     }
 }

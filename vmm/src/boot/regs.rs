@@ -66,7 +66,15 @@ pub fn long_mode_sregs(mut s: kvm_sregs, cr3: u64) -> kvm_sregs {
     s.gs = data;
     s.ss = data;
     // A busy 64-bit TSS; VMX refuses entry with an unusable TR.
-    s.tr = kvm_segment { base: 0, limit: 0xfffff, selector: 0, type_: 0xb, present: 1, s: 0, ..Default::default() };
+    s.tr = kvm_segment {
+        base: 0,
+        limit: 0xfffff,
+        selector: 0,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
     s.gdt.base = BOOT_GDT;
     s.gdt.limit = (8 * GDT.len() - 1) as u16;
     s.idt.base = BOOT_IDT;
@@ -82,12 +90,25 @@ pub fn long_mode_sregs(mut s: kvm_sregs, cr3: u64) -> kvm_sregs {
 /// memvisor SMP entry, which passes them in rdi and rdx.
 pub fn entry_regs(entry: u64, boot_params: u64, smp: Option<(u32, u32)>) -> kvm_regs {
     let (rdi, rdx) = smp.map_or((0, 0), |(i, n)| (i as u64, n as u64));
-    kvm_regs { rip: entry, rsp: BOOT_STACK_TOP, rbp: BOOT_STACK_TOP, rsi: boot_params, rdi, rdx, rflags: 2, ..Default::default() }
+    kvm_regs {
+        rip: entry,
+        rsp: BOOT_STACK_TOP,
+        rbp: BOOT_STACK_TOP,
+        rsi: boot_params,
+        rdi,
+        rdx,
+        rflags: 2,
+        ..Default::default()
+    }
 }
 
 /// x87 and SSE control words in their power-on defaults.
 pub fn fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -97,7 +118,10 @@ mod tests {
     #[test]
     fn code_segment_is_64_bit_ring0() {
         let s = long_mode_sregs(kvm_sregs::default(), 0x9000);
-        assert_eq!((s.cs.l, s.cs.db, s.cs.dpl, s.cs.present, s.cs.type_), (1, 0, 0, 1, 0xb));
+        assert_eq!(
+            (s.cs.l, s.cs.db, s.cs.dpl, s.cs.present, s.cs.type_),
+            (1, 0, 0, 1, 0xb)
+        );
         assert_eq!(s.cs.selector, 0x10);
         assert_eq!((s.ss.type_, s.ss.db, s.ss.selector), (3, 1, 0x18));
         assert_eq!(s.cs.limit, 0xfffff);
@@ -108,7 +132,10 @@ mod tests {
     #[test]
     fn smp_entry_passes_index_and_count() {
         let r = entry_regs(0x10_0000, 0x7000, Some((3, 4)));
-        assert_eq!((r.rip, r.rsi, r.rdi, r.rdx, r.rflags), (0x10_0000, 0x7000, 3, 4, 2));
+        assert_eq!(
+            (r.rip, r.rsi, r.rdi, r.rdx, r.rflags),
+            (0x10_0000, 0x7000, 3, 4, 2)
+        );
         let r = entry_regs(0x10_0200, 0x7000, None);
         assert_eq!((r.rdi, r.rdx), (0, 0));
     }

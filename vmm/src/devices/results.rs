@@ -17,11 +17,17 @@ pub enum RecordKind {
 pub enum RecordError {
     #[error("record header at {0:#x} is outside guest RAM")]
     HeaderOutside(u64),
-    #[error("record at {gpa:#x} has magic {found:#x}, expected {:#x}", abi::RECORD_MAGIC)]
+    #[error(
+        "record at {gpa:#x} has magic {found:#x}, expected {:#x}",
+        abi::RECORD_MAGIC
+    )]
     BadMagic { gpa: u64, found: u32 },
     #[error("record at {gpa:#x} has unknown kind {kind} (valid: 1 json, 2 console)")]
     BadKind { gpa: u64, kind: u32 },
-    #[error("record at {gpa:#x} claims {len} bytes; at most {} are accepted", abi::RECORD_MAX_LEN)]
+    #[error(
+        "record at {gpa:#x} claims {len} bytes; at most {} are accepted",
+        abi::RECORD_MAX_LEN
+    )]
     TooLong { gpa: u64, len: u32 },
     #[error("record payload at {gpa:#x} ({len} bytes) runs outside guest RAM")]
     PayloadOutside { gpa: u64, len: u32 },
@@ -29,7 +35,8 @@ pub enum RecordError {
 
 pub fn read_record(mem: &GuestMemoryMmap, gpa: u64) -> Result<(RecordKind, Vec<u8>), RecordError> {
     let mut hdr = [0u8; abi::RECORD_HEADER_LEN as usize];
-    mem.read_slice(&mut hdr, GuestAddress(gpa)).map_err(|_| RecordError::HeaderOutside(gpa))?;
+    mem.read_slice(&mut hdr, GuestAddress(gpa))
+        .map_err(|_| RecordError::HeaderOutside(gpa))?;
     let word = |i: usize| u32::from_le_bytes(hdr[4 * i..4 * i + 4].try_into().expect("4 bytes"));
     let (magic, kind, len) = (word(0), word(1), word(2));
     if magic != abi::RECORD_MAGIC {
@@ -44,8 +51,11 @@ pub fn read_record(mem: &GuestMemoryMmap, gpa: u64) -> Result<(RecordKind, Vec<u
         return Err(RecordError::TooLong { gpa, len });
     }
     let mut payload = vec![0u8; len as usize];
-    let start = gpa.checked_add(abi::RECORD_HEADER_LEN as u64).ok_or(RecordError::PayloadOutside { gpa, len })?;
-    mem.read_slice(&mut payload, GuestAddress(start)).map_err(|_| RecordError::PayloadOutside { gpa, len })?;
+    let start = gpa
+        .checked_add(abi::RECORD_HEADER_LEN as u64)
+        .ok_or(RecordError::PayloadOutside { gpa, len })?;
+    mem.read_slice(&mut payload, GuestAddress(start))
+        .map_err(|_| RecordError::PayloadOutside { gpa, len })?;
     Ok((kind, payload))
 }
 
@@ -66,8 +76,16 @@ mod tests {
     fn good_record_is_read_whole() {
         let ram = GuestRam::new(16 << 20).unwrap();
         let m = ram.memory();
-        put(m, 0x1000, [abi::RECORD_MAGIC, abi::RECORD_JSON, 7, 0], b"{\"a\":1}");
-        assert_eq!(read_record(m, 0x1000), Ok((RecordKind::Json, b"{\"a\":1}".to_vec())));
+        put(
+            m,
+            0x1000,
+            [abi::RECORD_MAGIC, abi::RECORD_JSON, 7, 0],
+            b"{\"a\":1}",
+        );
+        assert_eq!(
+            read_record(m, 0x1000),
+            Ok((RecordKind::Json, b"{\"a\":1}".to_vec()))
+        );
     }
 
     #[test]
@@ -76,15 +94,39 @@ mod tests {
         let m = ram.memory();
         let end = 16u64 << 20;
         put(m, 0x2000, [0x1234, abi::RECORD_JSON, 1, 0], b"x");
-        assert_eq!(read_record(m, 0x2000), Err(RecordError::BadMagic { gpa: 0x2000, found: 0x1234 }));
+        assert_eq!(
+            read_record(m, 0x2000),
+            Err(RecordError::BadMagic {
+                gpa: 0x2000,
+                found: 0x1234
+            })
+        );
         put(m, 0x3000, [abi::RECORD_MAGIC, 9, 1, 0], b"x");
-        assert_eq!(read_record(m, 0x3000), Err(RecordError::BadKind { gpa: 0x3000, kind: 9 }));
+        assert_eq!(
+            read_record(m, 0x3000),
+            Err(RecordError::BadKind {
+                gpa: 0x3000,
+                kind: 9
+            })
+        );
         put(m, 0x4000, [abi::RECORD_MAGIC, 1, u32::MAX, 0], b"x");
-        assert!(matches!(read_record(m, 0x4000), Err(RecordError::TooLong { .. })));
-        assert_eq!(read_record(m, end - 8), Err(RecordError::HeaderOutside(end - 8)));
+        assert!(matches!(
+            read_record(m, 0x4000),
+            Err(RecordError::TooLong { .. })
+        ));
+        assert_eq!(
+            read_record(m, end - 8),
+            Err(RecordError::HeaderOutside(end - 8))
+        );
         put(m, end - 32, [abi::RECORD_MAGIC, 1, 1000, 0], b"");
-        assert!(matches!(read_record(m, end - 32), Err(RecordError::PayloadOutside { .. })));
-        assert_eq!(read_record(m, 0xffff_ffff), Err(RecordError::HeaderOutside(0xffff_ffff)));
+        assert!(matches!(
+            read_record(m, end - 32),
+            Err(RecordError::PayloadOutside { .. })
+        ));
+        assert_eq!(
+            read_record(m, 0xffff_ffff),
+            Err(RecordError::HeaderOutside(0xffff_ffff))
+        );
     }
 
     proptest! {

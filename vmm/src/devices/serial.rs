@@ -26,10 +26,17 @@ impl SerialDevice {
 
     pub fn write(&self, offset: u8, value: u8) {
         // An output error (closed stdout) must not stop the guest.
-        let _ = self.0.lock().unwrap_or_else(|p| p.into_inner()).write(offset, value);
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(offset, value);
     }
 
     pub fn read(&self, offset: u8) -> u8 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).read(offset)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read(offset)
     }
 }

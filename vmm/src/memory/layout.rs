@@ -42,12 +42,20 @@ pub fn ram_regions(size: u64) -> Vec<(u64, u64)> {
 /// The e820 map the guest sees: usable RAM minus the legacy hole (EBDA, VGA,
 /// BIOS ROM) between 0x9fc00 and 1 MiB, which Linux expects to find there.
 pub fn e820_map(size: u64) -> Vec<E820Entry> {
-    let mut map = vec![E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM }];
+    let mut map = vec![E820Entry {
+        addr: 0,
+        size: EBDA_START,
+        kind: E820_RAM,
+    }];
     for (base, len) in ram_regions(size) {
         let start = base.max(HIMEM_START);
         let end = base + len;
         if end > start {
-            map.push(E820Entry { addr: start, size: end - start, kind: E820_RAM });
+            map.push(E820Entry {
+                addr: start,
+                size: end - start,
+                kind: E820_RAM,
+            });
         }
     }
     map
@@ -55,7 +63,10 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
 
 /// Bytes of RAM the e820 map declares.
 pub fn e820_ram_bytes(map: &[E820Entry]) -> u64 {
-    map.iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum()
+    map.iter()
+        .filter(|e| e.kind == E820_RAM)
+        .map(|e| e.size)
+        .sum()
 }
 
 /// Whole 4 KiB pages of RAM the e820 map declares (partial pages dropped, as
@@ -76,7 +87,14 @@ mod tests {
         assert_eq!(ram_regions(256 << 20), vec![(0, 256 << 20)]);
         let m = e820_map(256 << 20);
         assert_eq!(m.len(), 2);
-        assert_eq!(m[1], E820Entry { addr: HIMEM_START, size: (256 << 20) - HIMEM_START, kind: E820_RAM });
+        assert_eq!(
+            m[1],
+            E820Entry {
+                addr: HIMEM_START,
+                size: (256 << 20) - HIMEM_START,
+                kind: E820_RAM
+            }
+        );
         assert_eq!(e820_ram_pages(&m), 159 + (255 << 8));
     }
 
@@ -91,11 +109,21 @@ mod tests {
 
     #[test]
     fn low_memory_areas_do_not_overlap() {
-        let areas = [(BOOT_GDT, 0x20), (BOOT_IDT, 0x10), (ZERO_PAGE, 0x1000), (PML4, 0x1000), (PDPT, 0x1000),
-            (CMDLINE, CMDLINE_MAX as u64), (PD_START, PD_END - PD_START)];
+        let areas = [
+            (BOOT_GDT, 0x20),
+            (BOOT_IDT, 0x10),
+            (ZERO_PAGE, 0x1000),
+            (PML4, 0x1000),
+            (PDPT, 0x1000),
+            (CMDLINE, CMDLINE_MAX as u64),
+            (PD_START, PD_END - PD_START),
+        ];
         for (i, a) in areas.iter().enumerate() {
             for b in &areas[i + 1..] {
-                assert!(a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0, "{a:x?} overlaps {b:x?}");
+                assert!(
+                    a.0 + a.1 <= b.0 || b.0 + b.1 <= a.0,
+                    "{a:x?} overlaps {b:x?}"
+                );
             }
             assert!(a.0 + a.1 <= EBDA_START);
         }

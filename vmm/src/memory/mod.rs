@@ -73,7 +73,10 @@ const HUGE: usize = 2 << 20;
 /// Maps `size` bytes aligned to 2 MiB, so every guest 2 MiB page can be one
 /// host huge page, and asks for THP on it (the host's THP mode is `madvise`).
 fn map_aligned(size: usize) -> Result<HostMapping, MemoryError> {
-    let err = |source| MemoryError::Mmap { size: size as u64, source };
+    let err = |source| MemoryError::Mmap {
+        size: size as u64,
+        source,
+    };
     let span = size + HUGE;
     // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
     let raw = unsafe {
@@ -102,7 +105,10 @@ fn map_aligned(size: usize) -> Result<HostMapping, MemoryError> {
             libc::munmap((aligned + size) as *mut libc::c_void, tail);
         }
     }
-    let map = HostMapping { addr: aligned as *mut u8, size };
+    let map = HostMapping {
+        addr: aligned as *mut u8,
+        size,
+    };
     // SAFETY: advice on our own mapping. Failure (THP disabled) only costs speed.
     unsafe { libc::madvise(map.addr.cast(), size, libc::MADV_HUGEPAGE) };
     Ok(map)
@@ -129,12 +135,22 @@ impl GuestRam {
             .map_err(|e| MemoryError::Region(e.to_string()))?;
             let gr = GuestRegionMmap::new(region, GuestAddress(base))
                 .ok_or_else(|| MemoryError::Region(format!("region at {base:#x} overflows")))?;
-            regions.push(RamRegion { guest_base: base, size: len, host_addr: map.addr as u64, slot: slot as u32 });
+            regions.push(RamRegion {
+                guest_base: base,
+                size: len,
+                host_addr: map.addr as u64,
+                slot: slot as u32,
+            });
             mm_regions.push(gr);
             maps.push(map);
         }
-        let memory = GuestMemoryMmap::from_regions(mm_regions).map_err(|e| MemoryError::Region(e.to_string()))?;
-        Ok(GuestRam { memory, regions, _maps: maps })
+        let memory = GuestMemoryMmap::from_regions(mm_regions)
+            .map_err(|e| MemoryError::Region(e.to_string()))?;
+        Ok(GuestRam {
+            memory,
+            regions,
+            _maps: maps,
+        })
     }
 
     /// Installs one memslot per region: KVM builds the stage-2 (EPT/NPT, or
@@ -174,11 +190,18 @@ impl GuestRam {
 
     /// End of the highest region (exclusive).
     pub fn end(&self) -> u64 {
-        self.regions.iter().map(|r| r.guest_base + r.size).max().unwrap_or(0)
+        self.regions
+            .iter()
+            .map(|r| r.guest_base + r.size)
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn host_ranges(&self) -> Vec<(u64, u64)> {
-        self.regions.iter().map(|r| (r.host_addr, r.host_addr + r.size)).collect()
+        self.regions
+            .iter()
+            .map(|r| (r.host_addr, r.host_addr + r.size))
+            .collect()
     }
 }
 
@@ -194,8 +217,16 @@ mod tests {
         for r in ram.regions() {
             assert_eq!(r.host_addr % HUGE as u64, 0);
         }
-        ram.memory().write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(ram.memory().read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
-        assert!(ram.memory().read_obj::<u32>(GuestAddress(64 << 20)).is_err());
+        ram.memory()
+            .write_obj(0xdead_beefu32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            ram.memory().read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
+        assert!(ram
+            .memory()
+            .read_obj::<u32>(GuestAddress(64 << 20))
+            .is_err());
     }
 }

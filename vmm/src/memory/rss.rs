@@ -15,13 +15,22 @@ pub struct MemoryUsage {
 }
 
 fn kb_field(line: &str, name: &str) -> Option<u64> {
-    line.strip_prefix(name)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok().map(|k| k * 1024)
+    line.strip_prefix(name)?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|k| k * 1024)
 }
 
 /// Reads VmRSS and the smaps Rss/AnonHugePages of mappings inside `ranges`.
 pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let vm_rss = status.lines().find_map(|l| kb_field(l, "VmRSS:")).unwrap_or(0);
+    let vm_rss = status
+        .lines()
+        .find_map(|l| kb_field(l, "VmRSS:"))
+        .unwrap_or(0);
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let (rss, huge) = guest_rss_from_smaps(&smaps, ranges);
     Ok(MemoryUsage {
@@ -37,9 +46,15 @@ pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> (u64, u64) {
     let mut inside = false;
     let (mut rss, mut huge) = (0, 0);
     for line in smaps.lines() {
-        let header = line.split_once(' ').and_then(|(span, _)| span.split_once('-')).and_then(|(a, b)| {
-            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
-        });
+        let header = line
+            .split_once(' ')
+            .and_then(|(span, _)| span.split_once('-'))
+            .and_then(|(a, b)| {
+                Some((
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                ))
+            });
         if let Some((start, end)) = header {
             inside = ranges.iter().any(|&(s, e)| start >= s && end <= e);
         } else if inside {

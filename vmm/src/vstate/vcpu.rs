@@ -10,7 +10,7 @@ use crate::clock::now_ns;
 use crate::devices::results::{read_record, RecordKind};
 use crate::devices::serial::SerialDevice;
 use crate::memory::GuestRam;
-use kvm_bindings::{kvm_mp_state, CpuId, Msrs, kvm_msr_entry, KVM_MP_STATE_RUNNABLE};
+use kvm_bindings::{kvm_mp_state, kvm_msr_entry, CpuId, Msrs, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
@@ -48,13 +48,41 @@ pub struct BootState {
 /// Messages from vCPU threads to the VMM's main thread.
 #[derive(Debug)]
 pub enum VmEvent {
-    FirstRun { at_ns: u64 },
-    Mark { vcpu: u32, value: u32, at_ns: u64 },
-    Record { vcpu: u32, kind: RecordKind, payload: Vec<u8>, at_ns: u64 },
-    BadRecord { vcpu: u32, error: String, at_ns: u64 },
-    GuestExit { vcpu: u32, status: u32, at_ns: u64 },
-    Crash { vcpu: u32, crash: Crash, rip: Option<u64>, at_ns: u64 },
-    Failed { vcpu: u32, error: String, at_ns: u64 },
+    FirstRun {
+        at_ns: u64,
+    },
+    Mark {
+        vcpu: u32,
+        value: u32,
+        at_ns: u64,
+    },
+    Record {
+        vcpu: u32,
+        kind: RecordKind,
+        payload: Vec<u8>,
+        at_ns: u64,
+    },
+    BadRecord {
+        vcpu: u32,
+        error: String,
+        at_ns: u64,
+    },
+    GuestExit {
+        vcpu: u32,
+        status: u32,
+        at_ns: u64,
+    },
+    Crash {
+        vcpu: u32,
+        crash: Crash,
+        rip: Option<u64>,
+        at_ns: u64,
+    },
+    Failed {
+        vcpu: u32,
+        error: String,
+        at_ns: u64,
+    },
 }
 
 /// Exit counters, for the report.
@@ -103,16 +131,24 @@ fn cpuid_for(base: &CpuId, id: u32) -> CpuId {
     c
 }
 
-pub fn create_vcpu(vm: &VmFd, id: u32, cpuid: &CpuId, boot: &BootState) -> Result<VcpuFd, VcpuError> {
+pub fn create_vcpu(
+    vm: &VmFd,
+    id: u32,
+    cpuid: &CpuId,
+    boot: &BootState,
+) -> Result<VcpuFd, VcpuError> {
     let err = |what| move |source| VcpuError { id, what, source };
     let vcpu = vm.create_vcpu(id as u64).map_err(err("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&cpuid_for(cpuid, id)).map_err(err("KVM_SET_CPUID2"))?;
+    vcpu.set_cpuid2(&cpuid_for(cpuid, id))
+        .map_err(err("KVM_SET_CPUID2"))?;
     set_lint(&vcpu).map_err(err("KVM_SET_LAPIC"))?;
     if id == 0 || boot.smp_entry {
-        let sregs = regs::long_mode_sregs(vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?, boot.cr3);
+        let sregs =
+            regs::long_mode_sregs(vcpu.get_sregs().map_err(err("KVM_GET_SREGS"))?, boot.cr3);
         vcpu.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
         let smp = boot.smp_entry.then_some((id, boot.count));
-        vcpu.set_regs(&regs::entry_regs(boot.entry, boot.boot_params, smp)).map_err(err("KVM_SET_REGS"))?;
+        vcpu.set_regs(&regs::entry_regs(boot.entry, boot.boot_params, smp))
+            .map_err(err("KVM_SET_REGS"))?;
         vcpu.set_fpu(&regs::fpu()).map_err(err("KVM_SET_FPU"))?;
         let msrs = Msrs::from_entries(&[kvm_msr_entry {
             index: MSR_IA32_MISC_ENABLE,
@@ -123,7 +159,10 @@ pub fn create_vcpu(vm: &VmFd, id: u32, cpuid: &CpuId, boot: &BootState) -> Resul
         vcpu.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;
         if id != 0 {
             // With an in-kernel LAPIC, APs otherwise wait for INIT/SIPI.
-            vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE }).map_err(err("KVM_SET_MP_STATE"))?;
+            vcpu.set_mp_state(kvm_mp_state {
+                mp_state: KVM_MP_STATE_RUNNABLE,
+            })
+            .map_err(err("KVM_SET_MP_STATE"))?;
         }
     }
     Ok(vcpu)
@@ -134,7 +173,8 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 /// Installs the (empty) handler for the kick signal: its only job is to make
 /// a blocked KVM_RUN return EINTR.
 pub fn install_kick_handler() -> std::io::Result<()> {
-    register_signal_handler(SIGRTMIN(), on_kick).map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    register_signal_handler(SIGRTMIN(), on_kick)
+        .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
 }
 
 pub struct VcpuThread {
@@ -145,11 +185,16 @@ pub struct VcpuThread {
 impl VcpuThread {
     pub fn spawn(mut vcpu: VcpuFd, id: u32, shared: Arc<VcpuShared>) -> std::io::Result<Self> {
         let immediate_exit = &mut vcpu.get_kvm_run().immediate_exit as *mut u8 as usize;
-        let handle = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
-            run_loop(&mut vcpu, id, &shared);
-            vcpu
-        })?;
-        Ok(VcpuThread { handle, immediate_exit })
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                run_loop(&mut vcpu, id, &shared);
+                vcpu
+            })?;
+        Ok(VcpuThread {
+            handle,
+            immediate_exit,
+        })
     }
 
     /// Makes the vCPU leave KVM_RUN now or at its next entry.
@@ -177,7 +222,10 @@ fn run_loop(vcpu: &mut VcpuFd, id: u32, s: &VcpuShared) {
         let exit = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 s.exits.io.fetch_add(1, Ordering::Relaxed);
-                match decide(Exit::IoIn { port, len: data.len() as u8 }) {
+                match decide(Exit::IoIn {
+                    port,
+                    len: data.len() as u8,
+                }) {
                     Action::SerialRead { offset } => data.fill(s.serial.read(offset)),
                     _ => data.fill(0xff),
                 }
@@ -193,11 +241,18 @@ fn run_loop(vcpu: &mut VcpuFd, id: u32, s: &VcpuShared) {
                 let mut b = [0u8; 4];
                 let n = data.len().min(4);
                 b[..n].copy_from_slice(&data[..n]);
-                Exit::IoOut { port, len: data.len() as u8, value: u32::from_le_bytes(b) }
+                Exit::IoOut {
+                    port,
+                    len: data.len() as u8,
+                    value: u32::from_le_bytes(b),
+                }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 s.exits.mmio.fetch_add(1, Ordering::Relaxed);
-                Exit::MmioWrite { addr, len: data.len() as u8 }
+                Exit::MmioWrite {
+                    addr,
+                    len: data.len() as u8,
+                }
             }
             Ok(VcpuExit::Hlt) => Exit::Hlt,
             Ok(VcpuExit::Shutdown) => Exit::Shutdown,
@@ -210,10 +265,16 @@ fn run_loop(vcpu: &mut VcpuFd, id: u32, s: &VcpuShared) {
             Ok(VcpuExit::FailEntry(reason, _)) => Exit::FailEntry { reason },
             Ok(VcpuExit::SystemEvent(kind, _)) => Exit::SystemEvent { kind },
             Ok(VcpuExit::Intr) => Exit::Interrupted,
-            Ok(_) => Exit::Other { reason: vcpu.get_kvm_run().exit_reason },
+            Ok(_) => Exit::Other {
+                reason: vcpu.get_kvm_run().exit_reason,
+            },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
             Err(e) => {
-                send(VmEvent::Failed { vcpu: id, error: format!("KVM_RUN: {e}"), at_ns: now_ns() });
+                send(VmEvent::Failed {
+                    vcpu: id,
+                    error: format!("KVM_RUN: {e}"),
+                    at_ns: now_ns(),
+                });
                 return;
             }
         };
@@ -223,19 +284,36 @@ fn run_loop(vcpu: &mut VcpuFd, id: u32, s: &VcpuShared) {
             Action::Record { gpa } => match read_record(s.ram.memory(), gpa) {
                 Ok((kind, payload)) => {
                     s.exits.records.fetch_add(1, Ordering::Relaxed);
-                    send(VmEvent::Record { vcpu: id, kind, payload, at_ns: now_ns() });
+                    send(VmEvent::Record {
+                        vcpu: id,
+                        kind,
+                        payload,
+                        at_ns: now_ns(),
+                    });
                 }
                 Err(e) => {
                     // Counted always, reported for the first few only: a
                     // guest must not be able to flood the report.
                     if s.exits.bad_records.fetch_add(1, Ordering::Relaxed) < 8 {
-                        send(VmEvent::BadRecord { vcpu: id, error: e.to_string(), at_ns: now_ns() });
+                        send(VmEvent::BadRecord {
+                            vcpu: id,
+                            error: e.to_string(),
+                            at_ns: now_ns(),
+                        });
                     }
                 }
             },
-            Action::Mark(value) => send(VmEvent::Mark { vcpu: id, value, at_ns: now_ns() }),
+            Action::Mark(value) => send(VmEvent::Mark {
+                vcpu: id,
+                value,
+                at_ns: now_ns(),
+            }),
             Action::GuestExit(status) => {
-                send(VmEvent::GuestExit { vcpu: id, status, at_ns: now_ns() });
+                send(VmEvent::GuestExit {
+                    vcpu: id,
+                    status,
+                    at_ns: now_ns(),
+                });
                 return;
             }
             Action::Idle => {
@@ -250,7 +328,12 @@ fn run_loop(vcpu: &mut VcpuFd, id: u32, s: &VcpuShared) {
             }
             Action::Crash(crash) => {
                 let rip = vcpu.get_regs().ok().map(|r| r.rip);
-                send(VmEvent::Crash { vcpu: id, crash, rip, at_ns: now_ns() });
+                send(VmEvent::Crash {
+                    vcpu: id,
+                    crash,
+                    rip,
+                    at_ns: now_ns(),
+                });
                 return;
             }
         }
