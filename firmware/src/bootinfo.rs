@@ -23,7 +23,9 @@ impl BootInfo {
     /// # Safety
     /// `bp` is the boot_params address the VMM passed in rsi, identity mapped.
     pub unsafe fn new(bp: u64) -> Self {
-        BootInfo { base: bp as *const u8 }
+        BootInfo {
+            base: bp as *const u8,
+        }
     }
 
     fn read<T: Copy>(&self, off: usize) -> T {
@@ -35,7 +37,11 @@ impl BootInfo {
         let n = (self.read::<u8>(E820_ENTRIES_OFF) as usize).min(E820_MAX);
         (0..n).map(move |i| {
             let off = E820_TABLE_OFF + 20 * i;
-            E820Entry { addr: self.read(off), size: self.read(off + 8), kind: self.read(off + 16) }
+            E820Entry {
+                addr: self.read(off),
+                size: self.read(off + 8),
+                kind: self.read(off + 16),
+            }
         })
     }
 

@@ -19,7 +19,12 @@ pub struct Line {
 
 impl Line {
     pub const fn new() -> Self {
-        Line { buf: [0; CAP], len: 0, kind: 0, overflow: false }
+        Line {
+            buf: [0; CAP],
+            len: 0,
+            kind: 0,
+            overflow: false,
+        }
     }
 
     pub fn begin(&mut self, kind: u32) {
@@ -89,7 +94,9 @@ impl Line {
     pub fn finish(&mut self) -> &[u8] {
         if self.overflow {
             self.begin(self.kind);
-            self.raw("{\"event\":\"error\",\"message\":\"record too long for the guest line buffer\"}");
+            self.raw(
+                "{\"event\":\"error\",\"message\":\"record too long for the guest line buffer\"}",
+            );
         }
         let payload = (self.len - HDR) as u32;
         let words = [abi::RECORD_MAGIC, self.kind, payload, 0];

@@ -25,18 +25,25 @@ pub struct MmSummary {
 pub fn init(boot: &BootInfo) -> Result<MmSummary, &'static str> {
     let mem = IdentityMap;
     let mut mb = MEMBLOCK.lock();
-    let (ks, ke) = (&raw const __kernel_start as u64, &raw const __kernel_end as u64);
+    let (ks, ke) = (
+        &raw const __kernel_start as u64,
+        &raw const __kernel_end as u64,
+    );
     // Live memory is reserved before any RAM is added, so memblock never
     // places its own arrays on it.
-    mb.reserve(&mem, PhysAddr(0), 0x10_0000).map_err(|_| "cannot reserve low memory")?;
-    mb.reserve(&mem, PhysAddr(ks), ke - ks).map_err(|_| "cannot reserve the kernel image")?;
+    mb.reserve(&mem, PhysAddr(0), 0x10_0000)
+        .map_err(|_| "cannot reserve low memory")?;
+    mb.reserve(&mem, PhysAddr(ks), ke - ks)
+        .map_err(|_| "cannot reserve the kernel image")?;
     for e in boot.e820().filter(|e| e.kind == E820_RAM) {
         // SAFETY: e820 RAM is RAM, identity mapped; everything live in it
         // (low memory, this image with its stacks and statics) is reserved.
-        unsafe { mb.add(&mem, PhysAddr(e.addr), e.size) }.map_err(|_| "memblock_add failed on an e820 entry")?;
+        unsafe { mb.add(&mem, PhysAddr(e.addr), e.size) }
+            .map_err(|_| "memblock_add failed on an e820 entry")?;
     }
     let total_pages = mb.total_pages();
-    let frames = FrameAllocator::from_memblock(&mut mb, &mem).map_err(|_| "frame allocator setup failed")?;
+    let frames =
+        FrameAllocator::from_memblock(&mut mb, &mem).map_err(|_| "frame allocator setup failed")?;
     let free_pages = frames.free_pages();
     *FRAMES.lock() = Some(frames);
     Ok(MmSummary {

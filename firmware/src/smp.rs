@@ -10,7 +10,11 @@ pub struct CheckIn {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const EMPTY: CheckIn = CheckIn { cpl: AtomicU32::new(u32::MAX), tsc: AtomicU64::new(0), stack: AtomicU64::new(0) };
+const EMPTY: CheckIn = CheckIn {
+    cpl: AtomicU32::new(u32::MAX),
+    tsc: AtomicU64::new(0),
+    stack: AtomicU64::new(0),
+};
 pub static CHECKINS: [CheckIn; MAX_CPUS] = [EMPTY; MAX_CPUS];
 static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
 
@@ -36,7 +40,9 @@ pub struct Barrier {
 
 impl Barrier {
     pub const fn new() -> Self {
-        Barrier { arrived: AtomicU64::new(0) }
+        Barrier {
+            arrived: AtomicU64::new(0),
+        }
     }
 
     pub fn wait(&self, n: usize) {

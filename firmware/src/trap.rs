@@ -38,14 +38,38 @@ pub struct TrapFrame {
 }
 
 const NAMES: [&[u8]; 32] = [
-    b"#DE divide error", b"#DB debug", b"NMI", b"#BP breakpoint", b"#OF overflow",
-    b"#BR bound range", b"#UD invalid opcode", b"#NM device not available",
-    b"#DF double fault", b"coprocessor overrun", b"#TS invalid TSS", b"#NP segment not present",
-    b"#SS stack fault", b"#GP general protection", b"#PF page fault", b"reserved",
-    b"#MF x87 error", b"#AC alignment check", b"#MC machine check", b"#XM SIMD error",
-    b"#VE virtualization", b"#CP control protection", b"reserved", b"reserved", b"reserved",
-    b"reserved", b"reserved", b"reserved", b"#HV hypervisor injection",
-    b"#VC VMM communication", b"#SX security", b"reserved",
+    b"#DE divide error",
+    b"#DB debug",
+    b"NMI",
+    b"#BP breakpoint",
+    b"#OF overflow",
+    b"#BR bound range",
+    b"#UD invalid opcode",
+    b"#NM device not available",
+    b"#DF double fault",
+    b"coprocessor overrun",
+    b"#TS invalid TSS",
+    b"#NP segment not present",
+    b"#SS stack fault",
+    b"#GP general protection",
+    b"#PF page fault",
+    b"reserved",
+    b"#MF x87 error",
+    b"#AC alignment check",
+    b"#MC machine check",
+    b"#XM SIMD error",
+    b"#VE virtualization",
+    b"#CP control protection",
+    b"reserved",
+    b"reserved",
+    b"reserved",
+    b"reserved",
+    b"reserved",
+    b"reserved",
+    b"#HV hypervisor injection",
+    b"#VC VMM communication",
+    b"#SX security",
+    b"reserved",
 ];
 
 static CRASHING: AtomicBool = AtomicBool::new(false);
@@ -114,8 +138,8 @@ fn dec_digits(v: u64, mut out: impl FnMut(u8)) {
 
 /// Names of the general registers in `TrapFrame` order.
 static REG_NAMES: [&[u8]; 15] = [
-    b"rax", b"rbx", b"rcx", b"rdx", b"rsi", b"rdi", b"rbp", b"r8", b"r9", b"r10", b"r11", b"r12", b"r13", b"r14",
-    b"r15",
+    b"rax", b"rbx", b"rcx", b"rdx", b"rsi", b"rdi", b"rbp", b"r8", b"r9", b"r10", b"r11", b"r12",
+    b"r13", b"r14", b"r15",
 ];
 
 /// Register `i` of the frame, read without building an array on the stack.
@@ -159,7 +183,10 @@ fn is_int80(rip: u64) -> bool {
     let p = rip as *const u8;
     // SAFETY: RIP of a CPL3 instruction that just faulted with #UD (not #PF),
     // so its bytes are mapped; identity map.
-    unsafe { p.read_volatile() == crate::syscall::INT80[0] && p.add(1).read_volatile() == crate::syscall::INT80[1] }
+    unsafe {
+        p.read_volatile() == crate::syscall::INT80[0]
+            && p.add(1).read_volatile() == crate::syscall::INT80[1]
+    }
 }
 
 #[link_section = ".text.cpl0"]
@@ -168,7 +195,11 @@ fn crash(f: &TrapFrame) -> ! {
         cpu::halt_forever(); // another CPU is already reporting
     }
     let vector = (f.vector & 0xff) as usize;
-    let name = if vector < 32 { NAMES[vector] } else { b"unknown" as &[u8] };
+    let name = if vector < 32 {
+        NAMES[vector]
+    } else {
+        b"unknown" as &[u8]
+    };
     let cr2 = cpu::read_cr2();
 
     com1(b"\r\nmemvisor-guest: exception ");

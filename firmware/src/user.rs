@@ -9,7 +9,12 @@ pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
     let cpu = cpu as usize;
     let ncpus = ncpus as usize;
     let here = 0u8;
-    smp::check_in(cpu, cpu::current_cpl(), cpu::rdtsc(), &raw const here as u64);
+    smp::check_in(
+        cpu,
+        cpu::current_cpl(),
+        cpu::rdtsc(),
+        &raw const here as u64,
+    );
     if cpu == 0 {
         // SAFETY: rsi at entry; the VMM guarantees a zero page there.
         bsp_main(unsafe { BootInfo::new(boot_params) }, ncpus)
@@ -36,14 +41,18 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
     if ncpus == 0 || ncpus > MAX_CPUS {
         let mut msg = crate::json::Line::new();
         msg.begin(0);
-        msg.fmt(format_args!("{ncpus} vCPUs, but this kernel supports 1 to {MAX_CPUS}"));
+        msg.fmt(format_args!(
+            "{ncpus} vCPUs, but this kernel supports 1 to {MAX_CPUS}"
+        ));
         fail(core::str::from_utf8(msg.payload()).unwrap_or("bad vCPU count"));
     }
     let wl_name = cmdline::get(cmdline, "workload").unwrap_or(workloads::DEFAULT);
     let Some(wl) = workloads::find(wl_name) else {
         let mut msg = crate::json::Line::new();
         msg.begin(0);
-        msg.fmt(format_args!("unknown workload '{wl_name}'; valid workloads: "));
+        msg.fmt(format_args!(
+            "unknown workload '{wl_name}'; valid workloads: "
+        ));
         for (i, w) in workloads::ALL.iter().enumerate() {
             msg.raw(if i == 0 { "" } else { ", " });
             msg.raw(w.name);
@@ -76,7 +85,11 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
                 e.kind
             ));
         }
-        let e820_ram: u64 = boot.e820().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum();
+        let e820_ram: u64 = boot
+            .e820()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
         l.fmt(format_args!(
             "],\"e820_ram_bytes\":{e820_ram},\"total_pages\":{},\"reserved_pages\":{},\"free_pages\":{},\
              \"kernel_start\":{},\"kernel_end\":{},\"syscall_gate\":{gate_ok},\"cpus\":[",
@@ -98,7 +111,11 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
 
     smp::GO.store(wl.index(), core::sync::atomic::Ordering::Release);
     let ok = (wl.run)(0, ncpus);
-    hostio::exit(if ok { abi::GUEST_EXIT_SUCCESS } else { abi::GUEST_EXIT_FAILURE })
+    hostio::exit(if ok {
+        abi::GUEST_EXIT_SUCCESS
+    } else {
+        abi::GUEST_EXIT_FAILURE
+    })
 }
 
 fn ap_main(cpu: usize, ncpus: usize) -> ! {

@@ -87,11 +87,11 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
 
 /// Human form of a byte count, as a user would write it back.
 pub fn format_size(bytes: u64) -> String {
-    if bytes % GIB == 0 && bytes > 0 {
+    if bytes.is_multiple_of(GIB) && bytes > 0 {
         format!("{}G", bytes / GIB)
-    } else if bytes % MIB == 0 && bytes > 0 {
+    } else if bytes.is_multiple_of(MIB) && bytes > 0 {
         format!("{}M", bytes / MIB)
-    } else if bytes % 1024 == 0 && bytes > 0 {
+    } else if bytes.is_multiple_of(1024) && bytes > 0 {
         format!("{}K", bytes / 1024)
     } else {
         bytes.to_string()
@@ -111,7 +111,7 @@ impl VmConfig {
         if self.memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(m));
         }
-        if self.memory % MEMORY_ALIGN != 0 {
+        if !self.memory.is_multiple_of(MEMORY_ALIGN) {
             return Err(ConfigError::MemoryUnaligned(m));
         }
         if self.memory > host.mem_total {

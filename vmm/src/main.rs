@@ -41,7 +41,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest).
+    /// Kernel command line. The bundled kernel reads `workload=NAME`: memtest (write and verify every free page from every vCPU) or boot (report ready, exit).
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS.

@@ -6,7 +6,9 @@ use core::arch::asm;
 #[inline(always)]
 pub fn outb(port: u16, val: u8) {
     // SAFETY: port I/O has no memory effects visible to Rust.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags))
+    }
 }
 
 #[inline(always)]

@@ -16,9 +16,11 @@ pub const USTACK_SHIFT: u32 = 16; // 64 KiB CPL3 stack per CPU
 pub struct Stacks<const N: usize>([u8; N]);
 
 #[no_mangle]
-pub static mut KERNEL_STACKS: Stacks<{ MAX_CPUS << KSTACK_SHIFT }> = Stacks([0; MAX_CPUS << KSTACK_SHIFT]);
+pub static mut KERNEL_STACKS: Stacks<{ MAX_CPUS << KSTACK_SHIFT }> =
+    Stacks([0; MAX_CPUS << KSTACK_SHIFT]);
 #[no_mangle]
-pub static mut USER_STACKS: Stacks<{ MAX_CPUS << USTACK_SHIFT }> = Stacks([0; MAX_CPUS << USTACK_SHIFT]);
+pub static mut USER_STACKS: Stacks<{ MAX_CPUS << USTACK_SHIFT }> =
+    Stacks([0; MAX_CPUS << USTACK_SHIFT]);
 
 /// Top of `cpu`'s CPL0 stack: the TSS's RSP0.
 pub fn kernel_stack_top(cpu: usize) -> u64 {

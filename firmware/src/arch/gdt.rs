@@ -26,7 +26,11 @@ struct Tss {
     end: u8,
 }
 
-const TSS_INIT: Tss = Tss { words: [0; 26], iomap: [0; IOMAP_PORTS / 8], end: 0xff };
+const TSS_INIT: Tss = Tss {
+    words: [0; 26],
+    iomap: [0; IOMAP_PORTS / 8],
+    end: 0xff,
+};
 static mut TSS: [Tss; MAX_CPUS] = [TSS_INIT; MAX_CPUS];
 
 #[repr(C, align(16))]
@@ -56,7 +60,11 @@ pub struct DescriptorPointer {
 pub extern "C" fn cpu_init(cpu: u64, ncpus: u64) {
     let cpu = cpu as usize;
     if cpu == 0 {
-        let n = if ncpus as usize > MAX_CPUS { MAX_CPUS } else { ncpus as usize };
+        let n = if ncpus as usize > MAX_CPUS {
+            MAX_CPUS
+        } else {
+            ncpus as usize
+        };
         let mut i = 0;
         while i < n {
             set_tss_descriptor(i);
@@ -69,7 +77,10 @@ pub extern "C" fn cpu_init(cpu: u64, ncpus: u64) {
             core::hint::spin_loop();
         }
     }
-    let gdtr = DescriptorPointer { limit: (size_of::<Gdt>() - 1) as u16, base: addr_of!(GDT) as u64 };
+    let gdtr = DescriptorPointer {
+        limit: (size_of::<Gdt>() - 1) as u16,
+        base: addr_of!(GDT) as u64,
+    };
     let sel = TSS0 + 16 * cpu as u16;
     // SAFETY: GDT and IDT are static and filled; the selectors index them.
     // Reloading CS needs a far return; data segments are flat.

@@ -74,12 +74,19 @@ pub fn fill() {
         set_gate(v, stubs + v as u64 * STUB_STRIDE, 0);
         v += 1;
     }
-    set_gate(crate::syscall::SYSCALL_VECTOR, addr_of!(crate::syscall::syscall_entry) as u64, 3);
+    set_gate(
+        crate::syscall::SYSCALL_VECTOR,
+        addr_of!(crate::syscall::syscall_entry) as u64,
+        3,
+    );
 }
 
 #[link_section = ".text.cpl0"]
 pub fn load() {
-    let idtr = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: addr_of!(IDT) as u64 };
+    let idtr = DescriptorPointer {
+        limit: (size_of::<Idt>() - 1) as u16,
+        base: addr_of!(IDT) as u64,
+    };
     // SAFETY: the IDT is static and filled before TABLES_READY.
     unsafe { asm!("lidt [{}]", in(reg) &idtr, options(nostack)) }
 }

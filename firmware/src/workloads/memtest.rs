@@ -42,7 +42,12 @@ static FREE_BEFORE: AtomicU64 = AtomicU64::new(0);
 fn words(pfn: u64, frames: u64) -> &'static mut [u64] {
     // SAFETY: the frames were handed to this CPU by the allocator and are
     // identity mapped; nothing else uses them until they are freed.
-    unsafe { core::slice::from_raw_parts_mut((pfn * PAGE_SIZE) as *mut u64, (frames * PAGE_SIZE / 8) as usize) }
+    unsafe {
+        core::slice::from_raw_parts_mut(
+            (pfn * PAGE_SIZE) as *mut u64,
+            (frames * PAGE_SIZE / 8) as usize,
+        )
+    }
 }
 
 fn fill(pfn: u64, frames: u64) {
@@ -86,7 +91,10 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
     let mem = IdentityMap;
     let me = &PER_CPU[cpu];
     if cpu == 0 {
-        FREE_BEFORE.store(FRAMES.lock().as_ref().map_or(0, |f| f.free_pages()), Relaxed);
+        FREE_BEFORE.store(
+            FRAMES.lock().as_ref().map_or(0, |f| f.free_pages()),
+            Relaxed,
+        );
     }
     let t0 = cpu::rdtsc();
     BARRIER.wait(ncpus);
@@ -95,7 +103,11 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
     // becomes a list page when the current one is full.
     let mut list: Option<&mut [u64]> = None;
     loop {
-        let Some((Pfn(pfn), frames)) = FRAMES.lock().as_mut().and_then(|f| f.alloc_run(&mem, RUN_FRAMES)) else {
+        let Some((Pfn(pfn), frames)) = FRAMES
+            .lock()
+            .as_mut()
+            .and_then(|f| f.alloc_run(&mem, RUN_FRAMES))
+        else {
             break;
         };
         let (mut pfn, mut frames) = (pfn, frames);
@@ -133,7 +145,13 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
 
     // Phase 3: give everything back, list pages last.
     let free = |pfn: u64, frames: u64| {
-        if frames > 0 && FRAMES.lock().as_mut().map(|f| f.free_run(&mem, Pfn(pfn), frames)).is_none_or(|r| r.is_err()) {
+        if frames > 0
+            && FRAMES
+                .lock()
+                .as_mut()
+                .map(|f| f.free_run(&mem, Pfn(pfn), frames))
+                .is_none_or(|r| r.is_err())
+        {
             me.free_errors.fetch_add(1, Relaxed);
         }
     };
@@ -157,9 +175,13 @@ fn report(ncpus: usize, cycles: u64) -> bool {
     let cpus = &PER_CPU[..ncpus];
     let written: u64 = cpus.iter().map(|c| c.written.load(Relaxed)).sum();
     let verified: u64 = cpus.iter().map(|c| c.verified.load(Relaxed)).sum();
-    let errors: u64 = cpus.iter().map(|c| c.errors.load(Relaxed) + c.free_errors.load(Relaxed)).sum();
+    let errors: u64 = cpus
+        .iter()
+        .map(|c| c.errors.load(Relaxed) + c.free_errors.load(Relaxed))
+        .sum();
     let every_cpu_wrote = cpus.iter().all(|c| c.written.load(Relaxed) > 0);
-    let ok = errors == 0 && written > 0 && verified == written && after == before && every_cpu_wrote;
+    let ok =
+        errors == 0 && written > 0 && verified == written && after == before && every_cpu_wrote;
 
     let mut l = LINE.lock();
     l.begin(abi::RECORD_JSON);

@@ -12,8 +12,18 @@ pub struct Workload {
 pub const DEFAULT: &str = "memtest";
 
 pub static ALL: &[Workload] = &[
-    Workload { name: "memtest", run: memtest::run },
-    Workload { name: "boot", run: boot },
+    Workload {
+        name: "memtest",
+        run: memtest::run,
+    },
+    Workload {
+        name: "boot",
+        run: boot,
+    },
+    Workload {
+        name: "fault",
+        run: fault,
+    },
 ];
 
 /// Boot only: report ready, then exit. What `memvisor bench boot` times.
@@ -35,4 +45,17 @@ impl Workload {
     pub fn index(&self) -> u32 {
         ALL.iter().position(|w| core::ptr::eq(w, self)).unwrap_or(0) as u32
     }
+}
+
+/// Unmapped: above every RAM the boot identity map can cover.
+const UNMAPPED: u64 = 0x7f00_0000_0000;
+
+/// A deliberate page fault at CPL3, to exercise the exception path end to
+/// end: the CPL0 dump names vector 14, RIP and CR2, and the VM exits 3.
+fn fault(cpu: usize, _ncpus: usize) -> bool {
+    if cpu == 0 {
+        // SAFETY: not safe by design: this read faults and never returns.
+        unsafe { core::ptr::read_volatile(UNMAPPED as *const u64) };
+    }
+    true
 }

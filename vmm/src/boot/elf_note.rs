@@ -22,9 +22,11 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     ))
 }
 
-/// (p_type, p_offset, p_paddr, p_filesz, p_memsz) of each program header of
-/// a little-endian ELF64 file.
-fn program_headers(elf: &[u8]) -> Option<Vec<(u32, u64, u64, u64, u64)>> {
+/// (p_type, p_offset, p_paddr, p_filesz, p_memsz) of one program header.
+type Phdr = (u32, u64, u64, u64, u64);
+
+/// The program headers of a little-endian ELF64 file.
+fn program_headers(elf: &[u8]) -> Option<Vec<Phdr>> {
     if !elf.starts_with(b"\x7fELF\x02\x01") {
         return None;
     }
