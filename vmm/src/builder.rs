@@ -272,7 +272,7 @@ impl RunState {
                     .and_then(|v| v.get("event"))
                     .map(|e| e.to_string());
                 let reason = format!(
-                    "no exit within {:.1} s (last guest event: {})",
+                    "no exit within {} s (last guest event: {})",
                     timeout.as_secs_f64(),
                     last.unwrap_or_else(|| "none".into())
                 );

@@ -1,3 +1,53 @@
 //! The guest kernel built from `firmware/` by build.rs, embedded so that
 //! `memvisor run` needs no file on disk.
 pub static BUNDLED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/memvisor-guest"));
+
+#[cfg(test)]
+mod tests {
+    use super::BUNDLED;
+    use std::process::Command;
+
+    fn symbol(nm: &str, name: &str) -> u64 {
+        let line = nm
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .unwrap_or_else(|| panic!("no symbol {name}"));
+        u64::from_str_radix(line.split_whitespace().next().unwrap(), 16).unwrap()
+    }
+
+    /// CPL0 code is emulated on PVM hosts and the emulator rejects SSE
+    /// instructions (HOST_FACTS), so nothing linked into `.text.cpl0` (entry,
+    /// bring-up, exception dump, system-call gate) may touch an XMM register.
+    /// The compiler emits SSE for innocent-looking array initialisers, so this
+    /// is checked on the built image, with binutils' objdump.
+    #[test]
+    fn cpl0_code_uses_no_sse() {
+        let path = std::env::temp_dir().join(format!("memvisor-guest-{}", std::process::id()));
+        std::fs::write(&path, BUNDLED).unwrap();
+        let nm = Command::new("nm")
+            .arg(&path)
+            .output()
+            .expect("nm (binutils) is needed");
+        let nm = String::from_utf8_lossy(&nm.stdout).to_string();
+        let (start, end) = (symbol(&nm, "_start"), symbol(&nm, "__cpl0_text_end"));
+        let out = Command::new("objdump")
+            .args([
+                "-d",
+                "-M",
+                "intel",
+                &format!("--start-address={start:#x}"),
+                &format!("--stop-address={end:#x}"),
+            ])
+            .arg(&path)
+            .output()
+            .expect("objdump (binutils) is needed");
+        std::fs::remove_file(&path).ok();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.lines().count() > 100,
+            "disassembly looks empty:\n{text}"
+        );
+        let sse: Vec<&str> = text.lines().filter(|l| l.contains("xmm")).collect();
+        assert!(sse.is_empty(), "SSE in CPL0 code:\n{}", sse.join("\n"));
+    }
+}

@@ -67,7 +67,7 @@ mod tests {
             .read_obj(GuestAddress((pdpte & mask) + 8 * ((va >> 21) & 511)))
             .ok()?;
         (pde & PRESENT != 0 && pde & HUGE != 0 && pde & USER != 0)
-            .then(|| (pde & !0x1f_ffff & mask) | (va & 0x1f_ffff))
+            .then_some((pde & !0x1f_ffff & mask) | (va & 0x1f_ffff))
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! Bad input: every case exits with status 2 promptly, prints one clear
+//! error line on stderr naming the bad value (and what would be valid), and
+//! leaves no process behind.
+#[macro_use]
+mod common;
+
+use common::{host_mem_total_mib, run, run_env, Output, TempFile};
+use std::time::Duration;
+
+const PROMPT: Duration = Duration::from_secs(10);
+
+/// Checks exit status 2, promptness, no leftovers, no guest output on
+/// stdout, and that the first stderr line is an error containing every
+/// needle. Lines after it may only be clap's usage/help hints.
+fn assert_bad_input(out: &Output, needles: &[&str]) {
+    let ctx = out.describe();
+    assert_eq!(out.code, Some(2), "{ctx}");
+    assert!(out.elapsed < PROMPT, "took {:?}\n{ctx}", out.elapsed);
+    assert!(
+        out.leftovers.is_empty(),
+        "processes left behind: {:?}\n{ctx}",
+        out.leftovers
+    );
+    assert!(
+        out.stdout.trim().is_empty(),
+        "nothing should reach stdout\n{ctx}"
+    );
+    let mut lines = out.stderr.lines().filter(|l| !l.trim().is_empty());
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("nothing on stderr\n{ctx}"));
+    assert!(
+        first.starts_with("memvisor: error: ") || first.starts_with("error: "),
+        "not an error line: {first}\n{ctx}"
+    );
+    for n in needles {
+        assert!(
+            first.contains(n),
+            "the error line does not mention {n:?}: {first}\n{ctx}"
+        );
+    }
+    for rest in lines {
+        assert!(
+            rest.starts_with("Usage:")
+                || rest.starts_with("For more information")
+                || rest.trim_start().starts_with("tip:"),
+            "more than one error line on stderr: {rest:?}\n{ctx}"
+        );
+    }
+    if let Some(r) = &out.report {
+        panic!("no report should be written for bad input, got {r:#}");
+    }
+}
+
+// --- KVM device ---------------------------------------------------------
+// These do not need a real /dev/kvm: memvisor is pointed elsewhere.
+
+#[test]
+fn kvm_device_missing() {
+    let missing = common::unique_path("no-such-kvm");
+    let p = missing.to_str().unwrap();
+    let out = run_env(&["--memory", "128M"], &[("MEMVISOR_KVM_DEVICE", p)]);
+    assert_bad_input(&out, &[p, "cannot open KVM device"]);
+}
+
+#[test]
+fn kvm_device_is_a_regular_file() {
+    let f = TempFile::with_contents("not-kvm", b"not a device\n");
+    let out = run_env(
+        &["--memory", "128M"],
+        &[("MEMVISOR_KVM_DEVICE", f.as_str())],
+    );
+    assert_bad_input(&out, &[f.as_str(), "not a KVM device"]);
+}
+
+// --- kernel -------------------------------------------------------------
+
+#[test]
+fn kernel_missing() {
+    require_kvm!();
+    let missing = common::unique_path("no-such-kernel");
+    let p = missing.to_str().unwrap();
+    let out = run(&["--kernel", p, "--memory", "128M"]);
+    assert_bad_input(&out, &[p, "cannot read kernel"]);
+}
+
+#[test]
+fn kernel_neither_elf_nor_bzimage() {
+    require_kvm!();
+    let f = TempFile::with_contents("text-kernel", b"this is just a text file\n");
+    let out = run(&["--kernel", f.as_str(), "--memory", "128M"]);
+    assert_bad_input(&out, &[f.as_str(), "neither an ELF", "bzImage"]);
+}
+
+#[test]
+fn kernel_empty_file() {
+    require_kvm!();
+    let f = TempFile::with_contents("empty-kernel", b"");
+    let out = run(&["--kernel", f.as_str(), "--memory", "128M"]);
+    assert_bad_input(&out, &[f.as_str(), "neither an ELF", "bzImage", "empty"]);
+}
+
+// --- memory -------------------------------------------------------------
+
+#[test]
+fn memory_below_minimum() {
+    require_kvm!();
+    let out = run(&["--memory", "8M"]);
+    assert_bad_input(&out, &["--memory 8M", "16 MiB"]);
+}
+
+#[test]
+fn memory_not_2m_aligned() {
+    require_kvm!();
+    let out = run(&["--memory", "17M"]);
+    assert_bad_input(&out, &["--memory 17M", "multiple of 2 MiB"]);
+}
+
+#[test]
+fn memory_above_host_memory() {
+    require_kvm!();
+    let out = run(&["--memory", "100000G"]);
+    let host = format!("{} MiB", host_mem_total_mib());
+    assert_bad_input(&out, &["--memory 100000G", &host]);
+}
+
+/// Syntax errors are caught before KVM is touched: no /dev/kvm needed.
+#[test]
+fn memory_not_a_size() {
+    let out = run(&["--memory", "abc"]);
+    assert_bad_input(&out, &["'abc'", "--memory", "K, M or G"]);
+}
+
+// --- vCPUs --------------------------------------------------------------
+
+#[test]
+fn vcpus_zero() {
+    require_kvm!();
+    let out = run(&["--vcpus", "0", "--memory", "128M"]);
+    assert_bad_input(&out, &["--vcpus 0", "valid: 1 to "]);
+}
+
+#[test]
+fn vcpus_above_kvm_max() {
+    require_kvm!();
+    let out = run(&["--vcpus", "100000", "--memory", "128M"]);
+    assert_bad_input(&out, &["--vcpus 100000", "at most "]);
+}
+
+// --- command line -------------------------------------------------------
+
+#[test]
+fn unknown_flag() {
+    let out = run(&["--bogus"]);
+    assert_bad_input(&out, &["'--bogus'"]);
+    assert!(
+        out.stderr.contains("--help"),
+        "no pointer to the valid flags\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn timeout_zero() {
+    let out = run(&["--timeout", "0", "--memory", "128M"]);
+    assert_bad_input(&out, &["--timeout", "'0'", "positive number of seconds"]);
+}
