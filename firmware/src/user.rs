@@ -8,6 +8,9 @@ use crate::{abi, cmdline, mm, smp, syscall, workloads, MAX_CPUS};
 pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
     let cpu = cpu as usize;
     let ncpus = ncpus as usize;
+    if cpu == 0 {
+        crate::arch::gdt::finish_tables(ncpus);
+    }
     let here = 0u8;
     smp::check_in(
         cpu,
@@ -59,12 +62,16 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         }
         fail(core::str::from_utf8(msg.payload()).unwrap_or("unknown workload"));
     };
+    let tsc_mm_start = cpu::rdtsc();
     let mm = match mm::init(&boot) {
         Ok(s) => s,
         Err(e) => fail(e),
     };
+    let tsc_mm_done = cpu::rdtsc();
     smp::wait_all_checked_in(ncpus);
+    let tsc_all_in = cpu::rdtsc();
     let gate_ok = syscall::call0(syscall::SYS_NOP) == 0;
+    let tsc_gate = cpu::rdtsc();
 
     {
         let mut l = LINE.lock();
@@ -105,7 +112,20 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
                 c.tsc.load(Relaxed)
             ));
         }
-        l.raw("]}");
+        // SAFETY: written once by the BSP at CPL0 before it got here.
+        let entry = unsafe { crate::arch::entry::ENTRY_TSC };
+        let cpl3 = smp::CHECKINS[0]
+            .tsc
+            .load(core::sync::atomic::Ordering::Relaxed);
+        l.fmt(format_args!(
+            "],\"boot_cycles\":{{\"cpl0\":{},\"to_mm\":{},\"mm\":{},\"checkins\":{},\"syscall\":{},\"to_ready\":{}}}}}",
+            cpl3.wrapping_sub(entry),
+            tsc_mm_start.wrapping_sub(cpl3),
+            tsc_mm_done - tsc_mm_start,
+            tsc_all_in - tsc_mm_done,
+            tsc_gate - tsc_all_in,
+            cpu::rdtsc() - tsc_gate
+        ));
         hostio::send(l.finish());
     }
 

@@ -145,6 +145,7 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
         .map(|id| vcpu::create_vcpu(&vm.fd, id, &cpuid, &boot_state))
         .collect::<Result<Vec<_>, _>>()?;
     mark(&mut phases.vcpus_created);
+    let tsc_khz = vcpus.first().and_then(|v| v.get_tsc_khz().ok());
 
     vcpu::install_kick_handler().map_err(host_err("installing the vCPU kick handler"))?;
     let (tx, rx) = channel();
@@ -198,6 +199,7 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
             timeout_s: config.timeout.as_secs_f64(),
         },
         clock_origin: clock::origin().1,
+        tsc_khz,
         phases_us: run.phases,
         memory: MemoryReport {
             e820_ram_bytes: e820_ram_bytes(&e820),

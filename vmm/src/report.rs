@@ -117,6 +117,8 @@ pub struct Report {
     pub memvisor_version: &'static str,
     pub config: ConfigReport,
     pub clock_origin: Origin,
+    /// The guest's TSC frequency, to read cycle counts the guest reports.
+    pub tsc_khz: Option<u32>,
     pub phases_us: Phases,
     pub memory: MemoryReport,
     pub exits: ExitCounts,

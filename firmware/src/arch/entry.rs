@@ -22,6 +22,11 @@ pub static mut KERNEL_STACKS: Stacks<{ MAX_CPUS << KSTACK_SHIFT }> =
 pub static mut USER_STACKS: Stacks<{ MAX_CPUS << USTACK_SHIFT }> =
     Stacks([0; MAX_CPUS << USTACK_SHIFT]);
 
+/// The BSP's TSC at its first instruction: boot steps are reported relative
+/// to it, in cycles (the VMM reports the TSC frequency).
+#[no_mangle]
+pub static mut ENTRY_TSC: u64 = 0;
+
 /// Top of `cpu`'s CPL0 stack: the TSS's RSP0.
 pub fn kernel_stack_top(cpu: usize) -> u64 {
     (&raw const KERNEL_STACKS) as u64 + ((cpu as u64 + 1) << KSTACK_SHIFT)
@@ -48,6 +53,10 @@ global_asm!(
     "    mov dx, {mark_port}",
     "    mov eax, {mark_first}",
     "    out dx, eax",
+    "    rdtsc",
+    "    shl rdx, 32",
+    "    or rax, rdx",
+    "    mov [rip + {entry_tsc}], rax",
     "2:  mov rdi, r12",
     "    mov rsi, r14",
     "    call {cpu_init}",
@@ -85,6 +94,7 @@ global_asm!(
     user_ds = const gdt::USER_DS as u32,
     user_cs = const gdt::USER_CS as u32,
     user_main = sym crate::user::user_main,
+    entry_tsc = sym ENTRY_TSC,
 );
 
 // The memvisor SMP-entry note (see abi::NOTE_TYPE_SMP_ENTRY). desc: flags, 1.

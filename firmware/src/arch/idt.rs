@@ -52,13 +52,12 @@ global_asm!(
     handler = sym crate::trap::exception,
 );
 
-#[link_section = ".text.cpl0"]
 fn set_gate(vector: usize, handler: u64, dpl: u64) {
     let low = (handler & 0xffff)
         | ((KERNEL_CS as u64) << 16)
         | ((0x8e | (dpl << 5)) << 40) // present interrupt gate: IF cleared on entry
         | (((handler >> 16) & 0xffff) << 48);
-    // SAFETY: BSP only, before the IDT is loaded anywhere.
+    // SAFETY: BSP only, before any exception can be taken (see gdt::cpu_init).
     unsafe {
         let idt = addr_of_mut!(IDT.0) as *mut u64;
         write_volatile(idt.add(2 * vector), low);
@@ -66,7 +65,7 @@ fn set_gate(vector: usize, handler: u64, dpl: u64) {
     }
 }
 
-#[link_section = ".text.cpl0"]
+/// Fills the gates; runs at CPL3 (see `gdt::cpu_init`).
 pub fn fill() {
     let stubs = addr_of!(trap_stubs) as u64;
     let mut v = 0;
