@@ -3,11 +3,12 @@
 //! `no_std` and heap-free so the guest kernel can link it before it has any
 //! allocator; all physical memory access goes through [`phys::PhysMemory`]
 //! so the same code is unit-tested on the host over simulated RAM.
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "sim")), no_std)]
 
 pub mod addr;
 pub mod frame_alloc;
 pub mod memblock;
+pub mod mmzone;
 pub mod phys;
 pub mod sync;
 

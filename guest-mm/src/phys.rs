@@ -47,8 +47,8 @@ unsafe impl PhysMemory for IdentityMap {
     }
 }
 
-/// Host-side stand-in for guest RAM, for tests.
-#[cfg(test)]
+/// Host-side stand-in for guest RAM, for tests and benchmarks (feature `sim`).
+#[cfg(any(test, feature = "sim"))]
 pub mod sim {
     use super::PhysMemory;
     use crate::addr::PhysAddr;
