@@ -7,10 +7,18 @@
 
 pub mod addr;
 pub mod frame_alloc;
+pub mod gfp;
 pub mod memblock;
+pub mod mempolicy;
 pub mod mmzone;
+pub mod page;
+pub mod page_alloc;
+pub mod pcp;
 pub mod phys;
+pub mod slab;
 pub mod sync;
+pub mod vmstat;
+pub mod zonelist;
 
 pub use addr::{align_down, align_up, Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
 pub use frame_alloc::{FrameAllocator, FrameError};

@@ -1,0 +1,123 @@
+//! Frame descriptors: one compact `struct page` per frame (seed 0.1).
+//!
+//! 16 bytes instead of Linux's 64: list links are 32-bit indices into the
+//! descriptor array rather than pointers (enough for 16 TiB of 4 KiB frames),
+//! and only the fields the allocator uses exist. The array (`mem_map`) lives
+//! in physical memory taken from memblock, reached through `PhysMemory`.
+use crate::addr::{Pfn, PAGE_SIZE};
+use crate::mmzone::MigrateType;
+
+/// "No page": the end of a list.
+pub const NIL: u32 = u32::MAX;
+
+/// Never handed to the allocator (memblock-reserved, holes, the mem_map).
+pub const PG_RESERVED: u8 = 1 << 0;
+/// Head of a free block on a buddy free list; `order` is its order.
+pub const PG_BUDDY: u8 = 1 << 1;
+/// On a per-CPU list; `order` is its order.
+pub const PG_PCP: u8 = 1 << 2;
+/// Head of an allocated block; `order` is what was allocated, so a free of
+/// the wrong order, a tail page or a free page is caught.
+pub const PG_ALLOC: u8 = 1 << 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub next: u32,
+    pub prev: u32,
+    /// References to an allocated block (1 after allocation).
+    pub refcount: u32,
+    pub flags: u8,
+    pub order: u8,
+    /// Migrate type of the list the block is on, or it was allocated as.
+    pub mt: u8,
+    /// Migrate type of the pageblock; valid on a pageblock's first page.
+    pub pageblock_mt: u8,
+}
+
+impl Page {
+    pub const RESERVED: Page = Page {
+        next: NIL,
+        prev: NIL,
+        refcount: 0,
+        flags: PG_RESERVED,
+        order: 0,
+        mt: 0,
+        pageblock_mt: 0,
+    };
+    pub fn migratetype(&self) -> MigrateType {
+        MigrateType::from_index(self.mt as usize)
+    }
+}
+
+/// The descriptor array for frames `[start_pfn, start_pfn + nr)`.
+///
+/// Accessors hand out `&mut Page` from `&self`: callers hold the lock that
+/// owns the page in question (the zone lock for buddy pages, the CPU's pcp
+/// lock for pages on its lists, nobody else touches an allocated page's
+/// descriptor but its owner).
+pub struct MemMap {
+    base: *mut Page,
+    start_pfn: u64,
+    nr: u64,
+}
+
+// SAFETY: the array is plain memory; access discipline is documented above
+// and enforced by the allocator's locks.
+unsafe impl Send for MemMap {}
+// SAFETY: as above.
+unsafe impl Sync for MemMap {}
+
+pub const PAGE_DESC_SIZE: u64 = core::mem::size_of::<Page>() as u64;
+const _: () = assert!(PAGE_DESC_SIZE == 16);
+
+impl MemMap {
+    /// # Safety
+    /// `base` points to `nr` writable descriptors that nothing else uses,
+    /// for as long as the MemMap lives.
+    pub const unsafe fn new(base: *mut Page, start_pfn: u64, nr: u64) -> Self {
+        MemMap {
+            base,
+            start_pfn,
+            nr,
+        }
+    }
+
+    /// Bytes of descriptors needed for `nr` frames, whole pages.
+    pub const fn bytes_for(nr: u64) -> u64 {
+        (nr * PAGE_DESC_SIZE).div_ceil(PAGE_SIZE) * PAGE_SIZE
+    }
+
+    pub fn start_pfn(&self) -> u64 {
+        self.start_pfn
+    }
+    pub fn end_pfn(&self) -> u64 {
+        self.start_pfn + self.nr
+    }
+    pub fn contains(&self, pfn: u64) -> bool {
+        pfn >= self.start_pfn && pfn < self.start_pfn + self.nr
+    }
+
+    /// Index of `pfn` in the array; the caller checked `contains`.
+    #[inline(always)]
+    pub fn idx(&self, pfn: u64) -> u32 {
+        debug_assert!(self.contains(pfn));
+        (pfn - self.start_pfn) as u32
+    }
+    #[inline(always)]
+    pub fn pfn(&self, idx: u32) -> u64 {
+        self.start_pfn + idx as u64
+    }
+    pub fn to_pfn(&self, idx: u32) -> Pfn {
+        Pfn(self.pfn(idx))
+    }
+
+    /// The descriptor at `idx`.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn at(&self, idx: u32) -> &mut Page {
+        assert!((idx as u64) < self.nr, "page index out of range");
+        // SAFETY: in bounds (checked); exclusive use per the type's contract.
+        unsafe { &mut *self.base.add(idx as usize) }
+    }
+}

@@ -1,0 +1,398 @@
+//! The buddy free lists of one zone: split, merge, and stealing between
+//! migrate types (seed 2.2.1, 2.2.7, 3.3).
+//!
+//! Everything here runs under the zone lock and works on indices into the
+//! descriptor array. A free block is its head page, flagged `PG_BUDDY`, on
+//! the doubly linked list for its (order, migrate type).
+use crate::gfp::AllocFlags;
+use crate::mmzone::{
+    MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
+};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP, PG_RESERVED};
+
+#[derive(Clone, Copy, Debug)]
+pub struct FreeList {
+    pub head: u32,
+    pub tail: u32,
+    pub count: u64,
+}
+
+impl FreeList {
+    pub const EMPTY: FreeList = FreeList {
+        head: NIL,
+        tail: NIL,
+        count: 0,
+    };
+}
+
+/// What stealing did, for the caller's counters and watermark boost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StealOutcome {
+    /// A block of another type was taken (an external-fragmentation event).
+    pub fallback: bool,
+    /// Pageblocks whose type changed.
+    pub retyped: u32,
+    /// The whole pageblock (or more) was taken.
+    pub whole_block: bool,
+}
+
+/// A zone's free area, guarded by the zone lock.
+pub struct FreeArea {
+    pub lists: [[FreeList; MIGRATE_TYPES]; NR_ORDERS],
+    /// Free blocks per order, all types.
+    pub nr_free: [u64; NR_ORDERS],
+    /// Free pages in the buddy lists (not on per-CPU lists).
+    pub free_pages: u64,
+    /// Pages in pageblocks reserved as HighAtomic.
+    pub nr_reserved_highatomic: u64,
+    /// Lock acquisitions, for the per-CPU-list checks (row 14).
+    pub lock_acquisitions: u64,
+    pub fallbacks: u64,
+    pub steals_whole_block: u64,
+    pub retypes: u64,
+}
+
+impl FreeArea {
+    pub const EMPTY: FreeArea = FreeArea {
+        lists: [[FreeList::EMPTY; MIGRATE_TYPES]; NR_ORDERS],
+        nr_free: [0; NR_ORDERS],
+        free_pages: 0,
+        nr_reserved_highatomic: 0,
+        lock_acquisitions: 0,
+        fallbacks: 0,
+        steals_whole_block: 0,
+        retypes: 0,
+    };
+
+    pub fn is_empty(&self, order: usize, mt: MigrateType) -> bool {
+        self.lists[order][mt as usize].head == NIL
+    }
+}
+
+/// The zone's free area together with what it needs to know about the zone.
+pub struct Buddy<'a> {
+    pub map: &'a MemMap,
+    pub area: &'a mut FreeArea,
+    /// The zone's span: buddies outside it are never merged.
+    pub start_pfn: u64,
+    pub end_pfn: u64,
+    /// Grouping by mobility (seed 3.3.1); when off every block is Unmovable.
+    pub grouping: bool,
+}
+
+impl Buddy<'_> {
+    fn in_zone(&self, pfn: u64) -> bool {
+        pfn >= self.start_pfn && pfn < self.end_pfn
+    }
+
+    pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
+        let l = &mut self.area.lists[order][mt as usize];
+        let p = self.map.at(idx);
+        p.flags = (p.flags & !(PG_PCP | PG_ALLOC)) | PG_BUDDY;
+        p.order = order as u8;
+        p.mt = mt as u8;
+        if l.head == NIL {
+            p.next = NIL;
+            p.prev = NIL;
+            l.head = idx;
+            l.tail = idx;
+        } else if tail {
+            p.next = NIL;
+            p.prev = l.tail;
+            self.map.at(l.tail).next = idx;
+            l.tail = idx;
+        } else {
+            p.prev = NIL;
+            p.next = l.head;
+            self.map.at(l.head).prev = idx;
+            l.head = idx;
+        }
+        l.count += 1;
+        self.area.nr_free[order] += 1;
+    }
+
+    pub fn del(&mut self, idx: u32) {
+        let p = *self.map.at(idx);
+        debug_assert!(p.flags & PG_BUDDY != 0);
+        let (order, mt) = (p.order as usize, p.mt as usize);
+        let l = &mut self.area.lists[order][mt];
+        if p.prev == NIL {
+            l.head = p.next;
+        } else {
+            self.map.at(p.prev).next = p.next;
+        }
+        if p.next == NIL {
+            l.tail = p.prev;
+        } else {
+            self.map.at(p.next).prev = p.prev;
+        }
+        l.count -= 1;
+        self.area.nr_free[order] -= 1;
+        let q = self.map.at(idx);
+        q.flags &= !PG_BUDDY;
+        q.next = NIL;
+        q.prev = NIL;
+    }
+
+    fn move_to(&mut self, idx: u32, mt: MigrateType) {
+        let order = self.map.at(idx).order as usize;
+        self.del(idx);
+        self.add(idx, order, mt, false);
+    }
+
+    pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
+        let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
+        MigrateType::from_index(
+            self.map
+                .at(self.map.idx(start.max(self.map.start_pfn())))
+                .pageblock_mt as usize,
+        )
+    }
+
+    pub fn set_pageblock_mt(&mut self, pfn: u64, mt: MigrateType) {
+        let mt = if self.grouping || mt == MigrateType::Isolate {
+            mt
+        } else {
+            MigrateType::Unmovable
+        };
+        let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
+        self.map
+            .at(self.map.idx(start.max(self.map.start_pfn())))
+            .pageblock_mt = mt as u8;
+    }
+
+    /// Splits a block of order `high` at `idx` down to `low`, giving the
+    /// upper halves back to the free lists (expand()).
+    fn expand(&mut self, idx: u32, low: usize, mut high: usize, mt: MigrateType) {
+        while high > low {
+            high -= 1;
+            self.add(idx + (1u32 << high), high, mt, false);
+        }
+    }
+
+    /// Takes the smallest free block of `mt` of at least `order`
+    /// (__rmqueue_smallest).
+    pub fn rmqueue_smallest(&mut self, order: usize, mt: MigrateType) -> Option<u32> {
+        for cur in order..NR_ORDERS {
+            let idx = self.area.lists[cur][mt as usize].head;
+            if idx == NIL {
+                continue;
+            }
+            self.del(idx);
+            self.expand(idx, order, cur, mt);
+            return Some(idx);
+        }
+        None
+    }
+
+    /// A free block of order `order` from `mt`, stealing from other types
+    /// when its lists are empty (__rmqueue).
+    pub fn rmqueue(
+        &mut self,
+        order: usize,
+        mt: MigrateType,
+        flags: AllocFlags,
+    ) -> (Option<u32>, StealOutcome) {
+        if let Some(i) = self.rmqueue_smallest(order, mt) {
+            return (Some(i), StealOutcome::default());
+        }
+        if flags.has(AllocFlags::HIGHATOMIC) {
+            if let Some(i) = self.rmqueue_smallest(order, MigrateType::HighAtomic) {
+                return (Some(i), StealOutcome::default());
+            }
+        }
+        let outcome = self.rmqueue_fallback(order, mt, flags);
+        if !outcome.fallback {
+            return (None, outcome);
+        }
+        (self.rmqueue_smallest(order, mt), outcome)
+    }
+
+    /// Whether a request of `order` for `start` may take a whole pageblock's
+    /// worth of another type (can_steal_fallback): always for a pageblock or
+    /// more; for half a pageblock or more; always for the types that pollute
+    /// (Unmovable, Reclaimable); and always when grouping is off.
+    fn can_steal(&self, order: usize, start: MigrateType) -> bool {
+        order >= PAGEBLOCK_ORDER
+            || order >= PAGEBLOCK_ORDER / 2
+            || start == MigrateType::Reclaimable
+            || start == MigrateType::Unmovable
+            || !self.grouping
+    }
+
+    /// First fallback type with a free block of `order` (find_suitable_fallback).
+    fn suitable_fallback(&self, order: usize, start: MigrateType) -> Option<(MigrateType, bool)> {
+        start
+            .fallbacks()
+            .iter()
+            .find(|&&f| !self.area.is_empty(order, f))
+            .map(|&f| (f, self.can_steal(order, start)))
+    }
+
+    /// Steals from another type (seed 2.2.7, 3.3.2): search the fallback
+    /// types from the highest order down, since the biggest block most likely
+    /// has free neighbours worth claiming; but when the block could not be
+    /// claimed whole for a movable request, take the smallest sufficient
+    /// block instead of breaking up a large one for nothing. With
+    /// ALLOC_NOFRAGMENT a small request only takes whole pageblocks.
+    fn rmqueue_fallback(
+        &mut self,
+        order: usize,
+        start: MigrateType,
+        flags: AllocFlags,
+    ) -> StealOutcome {
+        let min_order = if order < PAGEBLOCK_ORDER && flags.has(AllocFlags::NOFRAGMENT) {
+            PAGEBLOCK_ORDER
+        } else {
+            order
+        };
+        let mut found = None;
+        let mut cur = MAX_ORDER as isize;
+        while cur >= min_order as isize {
+            let c = cur as usize;
+            if let Some((f, can_steal)) = self.suitable_fallback(c, start) {
+                if !can_steal && start == MigrateType::Movable && c > order {
+                    // find_smallest
+                    found = (order..NR_ORDERS)
+                        .find_map(|o| self.suitable_fallback(o, start).map(|(f, s)| (o, f, s)));
+                } else {
+                    found = Some((c, f, can_steal));
+                }
+                break;
+            }
+            cur -= 1;
+        }
+        let Some((cur, fallback_mt, can_steal)) = found else {
+            return StealOutcome::default();
+        };
+        let idx = self.area.lists[cur][fallback_mt as usize].head;
+        let mut out = StealOutcome {
+            fallback: true,
+            ..Default::default()
+        };
+        self.steal_suitable_fallback(idx, cur, start, can_steal, &mut out);
+        self.area.fallbacks += 1;
+        if out.whole_block {
+            self.area.steals_whole_block += 1;
+        }
+        self.area.retypes += out.retyped as u64;
+        out
+    }
+
+    /// steal_suitable_fallback: a block of a pageblock or more retypes every
+    /// pageblock it covers; otherwise, if allowed, move the pageblock's free
+    /// pages to the new type and retype it when at least half of it is free
+    /// or already used by the new type (Linux counts "alike" pages too; the
+    /// seed's summary says "more than half of it is free").
+    fn steal_suitable_fallback(
+        &mut self,
+        idx: u32,
+        order: usize,
+        start: MigrateType,
+        whole: bool,
+        out: &mut StealOutcome,
+    ) {
+        let pfn = self.map.pfn(idx);
+        let old = self.pageblock_mt(pfn);
+        if old == MigrateType::HighAtomic {
+            self.move_to(idx, start);
+            return;
+        }
+        if order >= PAGEBLOCK_ORDER {
+            let blocks = 1u64 << (order - PAGEBLOCK_ORDER);
+            for b in 0..blocks {
+                self.set_pageblock_mt(pfn + b * PAGEBLOCK_NR_PAGES, start);
+            }
+            out.retyped += blocks as u32;
+            out.whole_block = true;
+            self.move_to(idx, start);
+            return;
+        }
+        if !whole {
+            self.move_to(idx, start);
+            return;
+        }
+        let (free, alike) = self.move_freepages_block(pfn, start);
+        if free + alike >= PAGEBLOCK_NR_PAGES / 2 || !self.grouping {
+            self.set_pageblock_mt(pfn, start);
+            out.retyped += 1;
+        }
+        // The block we found was moved with the rest of its pageblock.
+        if self.map.at(idx).mt != start as u8 {
+            self.move_to(idx, start);
+        }
+    }
+
+    /// Moves every free block of the pageblock holding `pfn` to `mt`'s
+    /// lists; returns (free pages moved, allocated pages already of `mt`).
+    pub fn move_freepages_block(&mut self, pfn: u64, mt: MigrateType) -> (u64, u64) {
+        let start = (pfn & !(PAGEBLOCK_NR_PAGES - 1)).max(self.start_pfn);
+        let end = ((pfn & !(PAGEBLOCK_NR_PAGES - 1)) + PAGEBLOCK_NR_PAGES).min(self.end_pfn);
+        let (mut free, mut alike) = (0, 0);
+        let mut p = start;
+        while p < end {
+            let idx = self.map.idx(p);
+            let page = *self.map.at(idx);
+            let span = 1u64 << page.order;
+            if page.flags & PG_BUDDY != 0 {
+                if page.mt != mt as u8 {
+                    self.move_to(idx, mt);
+                }
+                free += span;
+                p += span;
+            } else if page.flags & PG_ALLOC != 0 {
+                if page.mt == mt as u8 {
+                    alike += span;
+                }
+                p += span;
+            } else {
+                p += 1;
+            }
+        }
+        (free, alike)
+    }
+
+    /// Frees a block, merging with its buddy while the buddy is free and of
+    /// the same order (seed 2.2.1: pfn ^ (1 << order)).
+    pub fn free_one(&mut self, idx: u32, order: usize, mt: MigrateType) {
+        let mut pfn = self.map.pfn(idx);
+        let mut order = order;
+        while order < MAX_ORDER {
+            let buddy_pfn = pfn ^ (1 << order);
+            if !self.in_zone(buddy_pfn) || !self.map.contains(buddy_pfn) {
+                break;
+            }
+            let b = *self.map.at(self.map.idx(buddy_pfn));
+            if b.flags & PG_BUDDY == 0 || b.order as usize != order || b.flags & PG_RESERVED != 0 {
+                break;
+            }
+            // Never merge an isolated pageblock into a usable one.
+            if order >= PAGEBLOCK_ORDER {
+                let (a, c) = (self.pageblock_mt(pfn), self.pageblock_mt(buddy_pfn));
+                if (a == MigrateType::Isolate) != (c == MigrateType::Isolate) {
+                    break;
+                }
+            }
+            self.del(self.map.idx(buddy_pfn));
+            pfn &= buddy_pfn;
+            order += 1;
+        }
+        let head = self.map.idx(pfn);
+        // Blocks of a pageblock or more go to the lists of their pageblock's
+        // type; smaller ones to the type they were freed as.
+        let mt = if order >= PAGEBLOCK_ORDER {
+            self.pageblock_mt(pfn)
+        } else {
+            mt
+        };
+        // Likely to merge further soon if the next-higher buddy is free: put
+        // it at the tail so it is not handed out first (buddy_merge_likely).
+        let tail = order < MAX_ORDER - 1 && {
+            let higher_buddy = (pfn & !((2u64 << order) - 1)) ^ (2u64 << order);
+            self.in_zone(higher_buddy)
+                && self.map.contains(higher_buddy)
+                && self.map.at(self.map.idx(higher_buddy)).flags & PG_BUDDY != 0
+        };
+        self.add(head, order, mt, tail);
+    }
+}

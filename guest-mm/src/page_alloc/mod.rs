@@ -1,0 +1,984 @@
+//! The page allocator: zones of buddy free lists with migrate types,
+//! watermarks, per-CPU lists and zonelists across NUMA nodes (seed 2.2, 3.3).
+//!
+//! Layout of the work:
+//! - `buddy`: the free lists of one zone, split/merge and stealing;
+//! - `zone`: a zone, its lock and its watermarks;
+//! - `crate::pcp`: per-CPU lists; `slowpath`: what happens when the fast
+//!   path fails, with hooks where kswapd, compaction and reclaim plug in.
+//!
+//! A CPU allocates through a [`CpuCache`], a guard over that CPU's per-CPU
+//! lists and counters. Holding it costs one uncontended lock for a whole
+//! burst of allocations instead of one per call; another CPU that needs to
+//! drain those lists takes the same lock and does the work itself.
+pub mod buddy;
+mod slowpath;
+pub mod zone;
+
+pub use slowpath::{CompactPriority, CompactResult, NoHooks, ReclaimHooks};
+pub use zone::{Zone, WMARK_HIGH, WMARK_LOW, WMARK_MIN};
+
+use crate::addr::{Pfn, PhysAddr, PAGE_SIZE};
+use crate::gfp::{AllocFlags, Gfp};
+use crate::memblock::{Memblock, MemblockError};
+use crate::mempolicy::{self, InterleaveState, Policy};
+use crate::mmzone::{
+    MigrateType, ZoneType, MAX_NR_ZONES, MAX_NUMNODES, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS,
+    PAGEBLOCK_NR_PAGES,
+};
+use crate::page::{MemMap, Page, PG_ALLOC, PG_RESERVED};
+use crate::pcp::{self, order_to_pindex, pcp_allowed_order, PerCpuPages};
+use crate::phys::PhysMemory;
+use crate::sync::{SpinLock, SpinLockGuard};
+use crate::vmstat::{EventCounters, FreeAreaCounts, VmEvent};
+use crate::zonelist::{Distances, NodeMask, Zonelist};
+use core::sync::atomic::Ordering;
+
+pub const MAX_CPUS: usize = 64;
+pub const MAX_ZONES: usize = MAX_NUMNODES * MAX_NR_ZONES;
+const MAX_ORDER_NR_PAGES: u64 = 1 << MAX_ORDER;
+
+/// Which memory and CPUs belong to which node.
+#[derive(Clone, Copy, Debug)]
+pub struct Topology {
+    pub nr_nodes: usize,
+    /// Physical [start, end) of each node.
+    pub node_range: [(u64, u64); MAX_NUMNODES],
+    pub distances: Distances,
+    pub ncpus: usize,
+    pub cpu_node: [u8; MAX_CPUS],
+}
+
+impl Topology {
+    /// One node holding all memory and all `ncpus` CPUs.
+    pub fn single(ncpus: usize) -> Self {
+        let mut node_range = [(0, 0); MAX_NUMNODES];
+        node_range[0] = (0, u64::MAX);
+        Topology {
+            nr_nodes: 1,
+            node_range,
+            distances: Distances::uniform(1),
+            ncpus,
+            cpu_node: [0; MAX_CPUS],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    NoMemory,
+    TooManyCpus,
+    BadTopology,
+    MemMap(MemblockError),
+}
+
+/// Why a free was refused; nothing changes when one is returned, so a
+/// kernel bug is reported instead of corrupting the free lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeError {
+    /// Not a frame this allocator manages.
+    Foreign(Pfn),
+    /// A frame that was never handed to the allocator (reserved at boot).
+    Reserved(Pfn),
+    /// Not aligned to the block size of `order`.
+    Misaligned { pfn: Pfn, order: u8 },
+    /// Not the head of an allocated block: free already, or inside a block.
+    NotAllocated(Pfn),
+    /// Allocated with another order.
+    WrongOrder { pfn: Pfn, allocated: u8, freed: u8 },
+}
+
+/// One CPU's per-CPU lists for every zone, and its event counters.
+pub struct CpuPages {
+    pub pcp: [PerCpuPages; MAX_ZONES],
+    pub events: EventCounters,
+}
+
+impl CpuPages {
+    const EMPTY: CpuPages = CpuPages {
+        pcp: [PerCpuPages::EMPTY; MAX_ZONES],
+        events: EventCounters::new(),
+    };
+}
+
+pub struct PageAllocator {
+    map: MemMap,
+    zones: [Zone; MAX_ZONES],
+    fallback: [Zonelist; MAX_NUMNODES],
+    thisnode: [Zonelist; MAX_NUMNODES],
+    topo: Topology,
+    grouping: bool,
+    cpus: [SpinLock<CpuPages>; MAX_CPUS],
+    hooks: &'static dyn ReclaimHooks,
+    total_managed: u64,
+}
+
+static NO_HOOKS: NoHooks = NoHooks;
+
+#[inline(always)]
+const fn zid(node: usize, zone: ZoneType) -> usize {
+    node * MAX_NR_ZONES + zone as usize
+}
+
+impl PageAllocator {
+    /// An allocator with no memory; [`PageAllocator::init`] fills it in
+    /// place (it is large: a guest keeps it in a static).
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const EMPTY: PageAllocator = PageAllocator {
+        // SAFETY: an empty map is never dereferenced (nr = 0).
+        map: unsafe { MemMap::new(core::ptr::null_mut(), 0, 0) },
+        zones: [Zone::EMPTY; MAX_ZONES],
+        fallback: [Zonelist::new(); MAX_NUMNODES],
+        thisnode: [Zonelist::new(); MAX_NUMNODES],
+        topo: Topology {
+            nr_nodes: 0,
+            node_range: [(0, 0); MAX_NUMNODES],
+            distances: Distances::uniform(1),
+            ncpus: 0,
+            cpu_node: [0; MAX_CPUS],
+        },
+        grouping: true,
+        cpus: [const { SpinLock::new(CpuPages::EMPTY) }; MAX_CPUS],
+        hooks: &NO_HOOKS,
+        total_managed: 0,
+    };
+
+    /// Takes over all free memory from memblock (memblock_free_all): the
+    /// descriptor array comes from memblock first, every page starts
+    /// reserved, and each free range is handed to the buddy lists in maximal
+    /// aligned blocks. All pageblocks start Movable (seed 3.3).
+    pub fn init(
+        &mut self,
+        mb: &mut Memblock,
+        mem: &dyn PhysMemory,
+        topo: Topology,
+    ) -> Result<(), InitError> {
+        if topo.ncpus == 0 || topo.ncpus > MAX_CPUS {
+            return Err(InitError::TooManyCpus);
+        }
+        if topo.nr_nodes == 0 || topo.nr_nodes > MAX_NUMNODES {
+            return Err(InitError::BadTopology);
+        }
+        let (min_pfn, max_pfn) = {
+            let regions = mb.memory();
+            let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
+                return Err(InitError::NoMemory);
+            };
+            (
+                first.base.0 / PAGE_SIZE / MAX_ORDER_NR_PAGES * MAX_ORDER_NR_PAGES,
+                (last.base.0 + last.size)
+                    .div_ceil(PAGE_SIZE)
+                    .div_ceil(MAX_ORDER_NR_PAGES)
+                    * MAX_ORDER_NR_PAGES,
+            )
+        };
+        let nr = max_pfn - min_pfn;
+        let bytes = MemMap::bytes_for(nr);
+        // Keep the descriptors out of the DMA zone when there is room.
+        let at = mb
+            .alloc(mem, bytes, PAGE_SIZE, PhysAddr(ZoneType::Dma.limit()))
+            .or_else(|_| mb.alloc(mem, bytes, PAGE_SIZE, PhysAddr(0)))
+            .map_err(InitError::MemMap)?;
+        let base = mem.phys_to_ptr(at) as *mut Page;
+        for i in 0..nr {
+            // SAFETY: memblock just reserved `bytes` ≥ nr descriptors at `at`.
+            unsafe { base.add(i as usize).write(Page::RESERVED) };
+        }
+        // SAFETY: as above; the allocator owns the array from now on.
+        self.map = unsafe { MemMap::new(base, min_pfn, nr) };
+        self.topo = topo;
+
+        // Zone spans: each node's range cut at the zone limits.
+        let regions = mb.memory();
+        for node in 0..topo.nr_nodes {
+            let (ns, ne) = topo.node_range[node];
+            let mut lo = 0u64;
+            for kind in ZoneType::ALL {
+                let hi = kind.limit();
+                let s = (ns.max(lo) / PAGE_SIZE).max(min_pfn);
+                let e = (ne.min(hi) / PAGE_SIZE).min(max_pfn);
+                let z = &mut self.zones[zid(node, kind)];
+                z.node = node;
+                z.kind = kind;
+                if s < e {
+                    z.start_pfn = s;
+                    z.end_pfn = e;
+                    z.present_pages = regions
+                        .iter()
+                        .map(|r| {
+                            let (rs, re) = (r.base.0 / PAGE_SIZE, (r.base.0 + r.size) / PAGE_SIZE);
+                            re.min(e).saturating_sub(rs.max(s))
+                        })
+                        .sum();
+                }
+                lo = hi;
+            }
+        }
+
+        let total_free = mb.free_pages();
+        self.grouping = total_free >= MAX_ORDER_NR_PAGES * MIGRATE_TYPES as u64;
+        let initial_mt = if self.grouping {
+            MigrateType::Movable
+        } else {
+            MigrateType::Unmovable
+        };
+        let mut pb = min_pfn;
+        while pb < max_pfn {
+            self.map.at(self.map.idx(pb)).pageblock_mt = initial_mt as u8;
+            pb += PAGEBLOCK_NR_PAGES;
+        }
+
+        // Hand every free page to its zone's buddy lists.
+        for (s, e) in mb.free_ranges() {
+            let (mut pfn, end) = (s.0 / PAGE_SIZE, e.0 / PAGE_SIZE);
+            while pfn < end {
+                let Some(z) = self.zone_index_of(pfn) else {
+                    pfn += 1;
+                    continue;
+                };
+                let zend = end.min(self.zones[z].end_pfn);
+                let mut order = (pfn.trailing_zeros() as usize).min(MAX_ORDER);
+                while order > 0 && pfn + (1 << order) > zend {
+                    order -= 1;
+                }
+                for p in pfn..pfn + (1 << order) {
+                    self.map.at(self.map.idx(p)).flags = 0;
+                }
+                let zone = &self.zones[z];
+                let mut area = zone.free.lock();
+                let mut b = zone.buddy(&self.map, &mut area, self.grouping);
+                let mt = b.pageblock_mt(pfn);
+                b.free_one(self.map.idx(pfn), order, mt);
+                area.free_pages += 1 << order;
+                drop(area);
+                self.zones[z].managed_pages += 1 << order;
+                pfn += 1 << order;
+            }
+        }
+        self.total_managed = self.zones.iter().map(|z| z.managed_pages).sum();
+        if self.total_managed == 0 {
+            return Err(InitError::NoMemory);
+        }
+        self.setup_watermarks();
+        self.setup_pcp();
+        self.build_zonelists();
+        Ok(())
+    }
+
+    /// Watermarks and lowmem reserves for every zone (seed 2.2.4).
+    fn setup_watermarks(&mut self) {
+        let total = self.total_managed;
+        for z in self.zones.iter_mut() {
+            z.watermark = zone::zone_watermarks(z.managed_pages, total);
+            z.nr_free.store(z.free.lock().free_pages, Ordering::Relaxed);
+        }
+        // A lower zone keeps back (managed pages of the zones above it, up
+        // to the allocation's highest zone) / ratio (setup_per_zone_lowmem_reserve).
+        for node in 0..self.topo.nr_nodes {
+            for lower in 0..MAX_NR_ZONES {
+                let mut sum = 0;
+                for upper in lower + 1..MAX_NR_ZONES {
+                    sum += self.zones[node * MAX_NR_ZONES + upper].managed_pages;
+                    let ratio = zone::LOWMEM_RESERVE_RATIO[lower];
+                    self.zones[node * MAX_NR_ZONES + lower].lowmem_reserve[upper] = sum / ratio;
+                }
+            }
+        }
+    }
+
+    fn setup_pcp(&mut self) {
+        for (i, z) in self.zones.iter_mut().enumerate() {
+            let local = (0..self.topo.ncpus)
+                .filter(|&c| self.topo.cpu_node[c] as usize == z.node)
+                .count();
+            z.pcp_batch = pcp::zone_batchsize(z.managed_pages);
+            z.pcp_high = pcp::zone_highsize(z.watermark[WMARK_LOW], z.pcp_batch, local as u32);
+            for c in self.cpus.iter_mut() {
+                let p = &mut c.get_mut().pcp[i];
+                p.batch = z.pcp_batch;
+                p.high = z.pcp_high;
+            }
+        }
+    }
+
+    fn build_zonelists(&mut self) {
+        let mut populated = [[false; MAX_NR_ZONES]; MAX_NUMNODES];
+        for (i, z) in self.zones.iter().enumerate() {
+            populated[i / MAX_NR_ZONES][i % MAX_NR_ZONES] = z.populated();
+        }
+        // Shared load spreads equidistant fallbacks across nodes as Linux's
+        // node_load does.
+        let mut load = crate::zonelist::NodeLoad::new();
+        for node in 0..self.topo.nr_nodes {
+            self.fallback[node] = Zonelist::build_fallback_balanced(
+                node,
+                &self.topo.distances,
+                &populated,
+                &mut load,
+            );
+            self.thisnode[node] = Zonelist::build_thisnode(node, &populated);
+        }
+    }
+
+    /// Plugs in kswapd, reclaim and compaction (see [`ReclaimHooks`]).
+    pub fn set_hooks(&mut self, hooks: &'static dyn ReclaimHooks) {
+        self.hooks = hooks;
+    }
+
+    fn zone_index_of(&self, pfn: u64) -> Option<usize> {
+        self.zones
+            .iter()
+            .position(|z| z.contains(pfn) && z.end_pfn > z.start_pfn)
+    }
+
+    pub fn zone(&self, node: usize, kind: ZoneType) -> &Zone {
+        &self.zones[zid(node, kind)]
+    }
+    pub fn zones(&self) -> impl Iterator<Item = &Zone> {
+        self.zones.iter().filter(|z| z.populated())
+    }
+    pub fn grouping_by_mobility(&self) -> bool {
+        self.grouping
+    }
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+    pub fn total_managed_pages(&self) -> u64 {
+        self.total_managed
+    }
+    pub fn mem_map(&self) -> &MemMap {
+        &self.map
+    }
+    pub fn zonelist(&self, node: usize, thisnode: bool) -> &Zonelist {
+        if thisnode {
+            &self.thisnode[node]
+        } else {
+            &self.fallback[node]
+        }
+    }
+
+    /// This CPU's allocation context: locks its per-CPU lists until dropped.
+    pub fn cpu(&self, cpu: usize) -> CpuCache<'_> {
+        assert!(cpu < self.topo.ncpus, "cpu {cpu} out of range");
+        CpuCache {
+            a: self,
+            cpu,
+            pages: self.cpus[cpu].lock(),
+        }
+    }
+
+    /// One-shot allocation on `cpu`'s local node.
+    pub fn alloc_pages(&self, cpu: usize, gfp: Gfp, order: usize) -> Option<Pfn> {
+        self.cpu(cpu).alloc(gfp, order)
+    }
+
+    pub fn free_pages(&self, cpu: usize, pfn: Pfn, order: usize) -> Result<(), FreeError> {
+        self.cpu(cpu).free(pfn, order)
+    }
+
+    /// Pages free in the buddy lists of all zones (not counting per-CPU lists).
+    pub fn free_pages_buddy(&self) -> u64 {
+        self.zones().map(|z| z.free_pages()).sum()
+    }
+
+    /// Pages on all per-CPU lists. Takes every CPU lock in turn.
+    pub fn pcp_pages(&self) -> u64 {
+        (0..self.topo.ncpus)
+            .map(|c| {
+                self.cpus[c]
+                    .lock()
+                    .pcp
+                    .iter()
+                    .map(|p| p.count as u64)
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Event counters summed over CPUs.
+    pub fn events(&self) -> EventCounters {
+        let mut e = EventCounters::new();
+        for c in 0..self.topo.ncpus {
+            e.merge(&self.cpus[c].lock().events);
+        }
+        e
+    }
+
+    /// The /proc/pagetypeinfo view of one zone.
+    pub fn pagetypeinfo(&self, node: usize, kind: ZoneType) -> FreeAreaCounts {
+        let area = self.zones[zid(node, kind)].free.lock();
+        let mut c = FreeAreaCounts::new();
+        for o in 0..NR_ORDERS {
+            for mt in 0..MIGRATE_TYPES {
+                c.blocks[o][mt] = area.lists[o][mt].count;
+            }
+        }
+        c
+    }
+
+    /// Pageblocks of each migrate type in a zone.
+    pub fn pageblock_counts(&self, node: usize, kind: ZoneType) -> [u64; MIGRATE_TYPES] {
+        let z = &self.zones[zid(node, kind)];
+        let mut n = [0; MIGRATE_TYPES];
+        if !z.populated() {
+            return n;
+        }
+        let mut pb = z.start_pfn & !(PAGEBLOCK_NR_PAGES - 1);
+        while pb < z.end_pfn {
+            n[self
+                .map
+                .at(self.map.idx(pb.max(self.map.start_pfn())))
+                .pageblock_mt as usize] += 1;
+            pb += PAGEBLOCK_NR_PAGES;
+        }
+        n
+    }
+
+    /// Migrate type of the pageblock holding `pfn`.
+    pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
+        let start = (pfn & !(PAGEBLOCK_NR_PAGES - 1)).max(self.map.start_pfn());
+        MigrateType::from_index(self.map.at(self.map.idx(start)).pageblock_mt as usize)
+    }
+
+    /// Zone lock acquisitions so far, all zones.
+    pub fn zone_lock_acquisitions(&self) -> u64 {
+        self.zones().map(|z| z.free.lock().lock_acquisitions).sum()
+    }
+
+    /// Drains every CPU's lists for `zone` (or all zones) back to the buddy
+    /// lists, CPUs holding pages only (seed 2.2.5.2). Call with no
+    /// [`CpuCache`] held by the caller (use [`CpuCache::drain_all`] then).
+    /// Returns the number of CPUs drained.
+    pub fn drain_all_pages(&self, zone: Option<(usize, ZoneType)>) -> usize {
+        let mut drained = 0;
+        for c in 0..self.topo.ncpus {
+            let mut pages = self.cpus[c].lock();
+            if self.drain_cpu(&mut pages, zone) {
+                drained += 1;
+            }
+        }
+        drained
+    }
+
+    fn drain_cpu(&self, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
+        let mut any = false;
+        for i in 0..MAX_ZONES {
+            if zone.is_some_and(|(n, k)| zid(n, k) != i) || pages.pcp[i].count == 0 {
+                continue;
+            }
+            any = true;
+            let n = pages.pcp[i].count;
+            self.free_pcp_bulk(&mut pages.pcp[i], i, n, 0);
+            pages.events.inc(VmEvent::PcpDrain);
+        }
+        any
+    }
+
+    /// Gives `count` pages of a CPU's lists for zone `z` back to the buddy
+    /// lists under one zone lock (free_pcppages_bulk).
+    fn free_pcp_bulk(&self, pcp: &mut PerCpuPages, z: usize, count: u32, first: usize) -> u32 {
+        let zone = &self.zones[z];
+        let mut area = zone.lock();
+        let mut b = zone.buddy(&self.map, &mut area, self.grouping);
+        let freed = pcp.bulk_take(&self.map, count, first, |idx, order, mt| {
+            b.free_one(idx, order, mt)
+        });
+        area.free_pages += freed as u64;
+        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        freed
+    }
+}
+
+/// A CPU's allocation context (see the module doc).
+pub struct CpuCache<'a> {
+    a: &'a PageAllocator,
+    cpu: usize,
+    pages: SpinLockGuard<'a, CpuPages>,
+}
+
+impl CpuCache<'_> {
+    pub fn cpu(&self) -> usize {
+        self.cpu
+    }
+    pub fn node(&self) -> usize {
+        self.a.topo.cpu_node[self.cpu] as usize
+    }
+    pub fn events(&self) -> &EventCounters {
+        &self.pages.events
+    }
+    pub fn pcp(&self, node: usize, kind: ZoneType) -> &PerCpuPages {
+        &self.pages.pcp[zid(node, kind)]
+    }
+
+    /// Allocates 2^order pages on this CPU's node, falling back as the
+    /// zonelist says.
+    #[inline]
+    pub fn alloc(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
+        let node = self.node();
+        self.alloc_node(gfp, order, node, None)
+    }
+
+    /// `__alloc_pages`: the fast path over the zonelist of `node`, then the
+    /// slow path.
+    pub fn alloc_node(
+        &mut self,
+        gfp: Gfp,
+        order: usize,
+        node: usize,
+        mask: Option<NodeMask>,
+    ) -> Option<Pfn> {
+        if order > MAX_ORDER || node >= self.a.topo.nr_nodes {
+            return None;
+        }
+        let mut flags = AllocFlags(AllocFlags::WMARK_LOW);
+        if gfp.contains(Gfp::KSWAPD_RECLAIM) {
+            flags = flags.with(AllocFlags::KSWAPD);
+        }
+        flags = flags.with(self.nofragment_flags(gfp, node, mask));
+        let idx = match self.get_page_from_freelist(gfp, order, flags, node, mask) {
+            Some(i) => Some(i),
+            None => self.slowpath(gfp, order, node, mask),
+        };
+        let Some(idx) = idx else {
+            self.pages.events.inc(VmEvent::AllocFail);
+            return None;
+        };
+        Some(self.prep_new_page(idx, order, gfp.migratetype()))
+    }
+
+    /// ALLOC_NOFRAGMENT when the preferred zone is Normal and the node has a
+    /// populated DMA32 below it (alloc_flags_nofragment, seed 2.2.6).
+    fn nofragment_flags(&self, gfp: Gfp, node: usize, mask: Option<NodeMask>) -> AllocFlags {
+        let zl = self.a.zonelist(node, gfp.contains(Gfp::THISNODE));
+        match zl.zones_for(gfp.highest_zone(), mask).next() {
+            Some(zr)
+                if zr.zone == ZoneType::Normal
+                    && self.a.zone(zr.node as usize, ZoneType::Dma32).populated() =>
+            {
+                AllocFlags::NOFRAGMENT
+            }
+            _ => AllocFlags::default(),
+        }
+    }
+
+    /// The fast path (get_page_from_freelist): walk the zonelist, take the
+    /// first zone whose watermark allows it. Nothing else: no reclaim, no
+    /// compaction (seed 2.2.1, row 2).
+    fn get_page_from_freelist(
+        &mut self,
+        gfp: Gfp,
+        order: usize,
+        mut flags: AllocFlags,
+        node: usize,
+        mask: Option<NodeMask>,
+    ) -> Option<u32> {
+        let a = self.a;
+        let highest = gfp.highest_zone();
+        let mt = gfp.migratetype();
+        let zl = a.zonelist(node, gfp.contains(Gfp::THISNODE));
+        loop {
+            let mut first = true;
+            for zr in zl.zones_for(highest, mask) {
+                let z = zid(zr.node as usize, zr.zone);
+                // A remote zone is never worth avoiding fragmentation for:
+                // retry locally without ALLOC_NOFRAGMENT first.
+                if flags.has(AllocFlags::NOFRAGMENT) && zr.node as usize != node {
+                    break;
+                }
+                if let Some(idx) = self.try_zone(z, order, mt, flags, highest) {
+                    let zone = &a.zones[z];
+                    if zone.boosted.swap(false, Ordering::Relaxed) && flags.has(AllocFlags::KSWAPD)
+                    {
+                        self.pages.events.inc(VmEvent::KswapdWake);
+                        a.hooks.wake_kswapd(zone.node, order, highest);
+                    }
+                    let ev = &mut self.pages.events;
+                    if !first {
+                        ev.inc(VmEvent::ZoneFallback);
+                    }
+                    ev.inc(if zr.node as usize == node {
+                        VmEvent::NumaHit
+                    } else {
+                        VmEvent::NumaMiss
+                    });
+                    return Some(idx);
+                }
+                first = false;
+            }
+            if !flags.has(AllocFlags::NOFRAGMENT) {
+                return None;
+            }
+            flags = flags.without(AllocFlags::NOFRAGMENT);
+            self.pages.events.inc(VmEvent::NoFragmentRetry);
+        }
+    }
+
+    /// Watermark check plus rmqueue for one zone.
+    fn try_zone(
+        &mut self,
+        z: usize,
+        order: usize,
+        mt: MigrateType,
+        flags: AllocFlags,
+        highest: ZoneType,
+    ) -> Option<u32> {
+        let a = self.a;
+        let zone = &a.zones[z];
+        if !zone.populated() {
+            return None;
+        }
+        let check = !flags.has(AllocFlags::NO_WATERMARKS);
+        let mark = zone.wmark(flags.wmark());
+        if pcp_allowed_order(order) && !flags.has(AllocFlags::HIGHATOMIC) {
+            if check && order == 0 && !zone::watermark_fast_order0(zone, mark, highest, flags) {
+                self.pages.events.inc(VmEvent::WatermarkFail);
+                return None;
+            }
+            if check && order > 0 {
+                let area = zone.lock();
+                if !zone::watermark_ok(zone, &area, order, mark, highest, flags, area.free_pages) {
+                    drop(area);
+                    self.pages.events.inc(VmEvent::WatermarkFail);
+                    return None;
+                }
+            }
+            return self.rmqueue_pcplist(z, order, mt, flags);
+        }
+        let mut area = zone.lock();
+        self.pages.events.inc(VmEvent::ZoneLockAcquire);
+        if check && !zone::watermark_ok(zone, &area, order, mark, highest, flags, area.free_pages) {
+            drop(area);
+            self.pages.events.inc(VmEvent::WatermarkFail);
+            return None;
+        }
+        let mut b = zone.buddy(&a.map, &mut area, a.grouping);
+        let (idx, steal) = b.rmqueue(order, mt, flags);
+        if let Some(_i) = idx {
+            area.free_pages -= 1 << order;
+            zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        }
+        drop(area);
+        self.account_steal(zone, steal);
+        idx
+    }
+
+    fn account_steal(&mut self, zone: &Zone, steal: buddy::StealOutcome) {
+        if !steal.fallback {
+            return;
+        }
+        let ev = &mut self.pages.events;
+        ev.inc(VmEvent::PgAllocFallback);
+        ev.add(VmEvent::PgRetypeBlock, steal.retyped as u64);
+        if steal.whole_block {
+            ev.inc(VmEvent::PgStealWholeBlock);
+        } else if zone.boost_watermark() {
+            ev.inc(VmEvent::WatermarkBoost);
+        }
+    }
+
+    /// Pops from this CPU's list, refilling `batch` blocks under one zone
+    /// lock when it is empty (rmqueue_pcplist / rmqueue_bulk).
+    #[inline]
+    fn rmqueue_pcplist(
+        &mut self,
+        z: usize,
+        order: usize,
+        mt: MigrateType,
+        flags: AllocFlags,
+    ) -> Option<u32> {
+        let a = self.a;
+        let pindex = order_to_pindex(mt, order);
+        let pcp = &mut self.pages.pcp[z];
+        pcp.free_factor >>= 1;
+        if let Some(idx) = pcp.pop_head(&a.map, pindex) {
+            self.pages.events.inc(VmEvent::PcpAllocHit);
+            return Some(idx);
+        }
+        let batch = if order == 0 {
+            pcp.batch
+        } else {
+            (pcp.batch >> order).max(2)
+        };
+        let zone = &a.zones[z];
+        let mut area = zone.lock();
+        let mut b = zone.buddy(&a.map, &mut area, a.grouping);
+        let mut got = 0u64;
+        let mut steals = [buddy::StealOutcome::default(); 4];
+        let mut nsteal = 0;
+        for _ in 0..batch {
+            let (idx, steal) = b.rmqueue(order, mt, flags);
+            if steal.fallback && nsteal < steals.len() {
+                steals[nsteal] = steal;
+                nsteal += 1;
+            }
+            let Some(idx) = idx else { break };
+            pcp.push_tail(&a.map, pindex, idx, order, mt);
+            got += 1;
+        }
+        area.free_pages -= got << order;
+        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        drop(area);
+        let ev = &mut self.pages.events;
+        ev.inc(VmEvent::PcpRefill);
+        ev.inc(VmEvent::ZoneLockAcquire);
+        for s in steals.into_iter().take(nsteal) {
+            self.account_steal(zone, s);
+        }
+        self.pages.pcp[z].pop_head(&a.map, pindex)
+    }
+
+    fn prep_new_page(&mut self, idx: u32, order: usize, mt: MigrateType) -> Pfn {
+        let p = self.a.map.at(idx);
+        p.flags = PG_ALLOC;
+        p.order = order as u8;
+        p.mt = mt as u8;
+        p.refcount = 1;
+        let ev = &mut self.pages.events;
+        ev.add(VmEvent::PgAlloc, 1 << order);
+        if order > 0 {
+            ev.inc(VmEvent::PgAllocHighOrder);
+        }
+        self.a.map.to_pfn(idx)
+    }
+
+    /// Frees a block allocated with `order`, after checking it really is one
+    /// (seed 2.2.1: merge with the free buddy; order ≤ 3 via the per-CPU lists).
+    pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
+        let a = self.a;
+        let map = &a.map;
+        if !map.contains(pfn.0) || order > MAX_ORDER {
+            return Err(FreeError::Foreign(pfn));
+        }
+        let idx = map.idx(pfn.0);
+        let page = map.at(idx);
+        if page.flags & PG_RESERVED != 0 {
+            return Err(FreeError::Reserved(pfn));
+        }
+        if pfn.0 & ((1 << order) - 1) != 0 {
+            return Err(FreeError::Misaligned {
+                pfn,
+                order: order as u8,
+            });
+        }
+        if page.flags & PG_ALLOC == 0 {
+            return Err(FreeError::NotAllocated(pfn));
+        }
+        if page.order as usize != order {
+            return Err(FreeError::WrongOrder {
+                pfn,
+                allocated: page.order,
+                freed: order as u8,
+            });
+        }
+        let Some(z) = a.zone_index_of(pfn.0) else {
+            return Err(FreeError::Foreign(pfn));
+        };
+        page.flags &= !PG_ALLOC;
+        page.refcount = 0;
+        self.pages.events.add(VmEvent::PgFree, 1 << order);
+        let zone = &a.zones[z];
+        // Reading the pageblock type without the zone lock races with
+        // stealing, as in Linux; the worst outcome is a block on a sibling list.
+        let block_mt = a.pageblock_mt(pfn.0);
+        if pcp_allowed_order(order) && block_mt != MigrateType::Isolate {
+            // HighAtomic blocks are cached on the Movable list (free_unref_page).
+            let mt = if (block_mt as usize) < crate::mmzone::MIGRATE_PCPTYPES {
+                block_mt
+            } else {
+                MigrateType::Movable
+            };
+            let pindex = order_to_pindex(mt, order);
+            let pages = &mut *self.pages;
+            let pcp = &mut pages.pcp[z];
+            pcp.push_head(map, pindex, idx, order, mt);
+            pages.events.inc(VmEvent::PcpFreeHit);
+            if pcp.count >= pcp.high {
+                let n = pcp.nr_to_free();
+                a.free_pcp_bulk(pcp, z, n, pindex);
+                pages.events.inc(VmEvent::PcpFreeBatch);
+                pages.events.inc(VmEvent::ZoneLockAcquire);
+            }
+            return Ok(());
+        }
+        let mut area = zone.lock();
+        let mut b = zone.buddy(map, &mut area, a.grouping);
+        b.free_one(idx, order, block_mt);
+        area.free_pages += 1 << order;
+        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        self.pages.events.inc(VmEvent::ZoneLockAcquire);
+        Ok(())
+    }
+
+    /// Allocates up to `out.len()` order-0 pages in one go (alloc_pages_bulk,
+    /// seed 2.2.5.4): one watermark check, then the per-CPU list, refilled a
+    /// batch per zone lock. Returns how many were allocated.
+    pub fn alloc_bulk(&mut self, gfp: Gfp, out: &mut [Pfn]) -> usize {
+        let node = self.node();
+        let a = self.a;
+        let highest = gfp.highest_zone();
+        let mt = gfp.migratetype();
+        let zl = a.zonelist(node, gfp.contains(Gfp::THISNODE));
+        let mut n = 0;
+        for zr in zl.zones_for(highest, None) {
+            let z = zid(zr.node as usize, zr.zone);
+            let zone = &a.zones[z];
+            let mark = zone.wmark(WMARK_LOW) + (out.len() - n) as u64;
+            if !zone.populated()
+                || !zone::watermark_fast_order0(zone, mark, highest, AllocFlags::default())
+            {
+                continue;
+            }
+            while n < out.len() {
+                let Some(idx) = self.rmqueue_pcplist(z, 0, mt, AllocFlags::default()) else {
+                    break;
+                };
+                out[n] = self.prep_new_page(idx, 0, mt);
+                n += 1;
+            }
+            if n == out.len() {
+                break;
+            }
+        }
+        if n == 0 && !out.is_empty() {
+            // Nothing through the fast route: one regular allocation, which
+            // may enter the slow path.
+            if let Some(p) = self.alloc(gfp, 0) {
+                out[0] = p;
+                n = 1;
+            }
+        }
+        n
+    }
+
+    /// Allocation that skips the per-CPU lists: straight from the buddy
+    /// lists under the zone lock (what `order-0 buddy` benchmarks, and what
+    /// Linux does for orders above PAGE_ALLOC_COSTLY_ORDER).
+    pub fn alloc_direct(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
+        let node = self.node();
+        let zl = self.a.zonelist(node, gfp.contains(Gfp::THISNODE));
+        for zr in zl.zones_for(gfp.highest_zone(), None) {
+            let z = zid(zr.node as usize, zr.zone);
+            let flags = AllocFlags(AllocFlags::WMARK_LOW);
+            let zone = &self.a.zones[z];
+            if !zone.populated() {
+                continue;
+            }
+            let mut area = zone.lock();
+            if !zone::watermark_ok(
+                zone,
+                &area,
+                order,
+                zone.wmark(WMARK_LOW),
+                gfp.highest_zone(),
+                flags,
+                area.free_pages,
+            ) {
+                continue;
+            }
+            let mut b = zone.buddy(&self.a.map, &mut area, self.a.grouping);
+            let (idx, steal) = b.rmqueue(order, gfp.migratetype(), flags);
+            if idx.is_some() {
+                area.free_pages -= 1 << order;
+                zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+            }
+            drop(area);
+            self.account_steal(zone, steal);
+            if let Some(idx) = idx {
+                return Some(self.prep_new_page(idx, order, gfp.migratetype()));
+            }
+        }
+        None
+    }
+
+    /// Frees without the per-CPU lists (pairs with `alloc_direct`).
+    pub fn free_direct(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
+        // Validation is shared with `free`; orders above the pcp limit
+        // already take the direct route there.
+        if pcp_allowed_order(order) {
+            let a = self.a;
+            let map = &a.map;
+            if !map.contains(pfn.0) {
+                return Err(FreeError::Foreign(pfn));
+            }
+            let page = *map.at(map.idx(pfn.0));
+            if page.flags & PG_RESERVED != 0 {
+                return Err(FreeError::Reserved(pfn));
+            }
+            if pfn.0 & ((1 << order) - 1) != 0 {
+                return Err(FreeError::Misaligned {
+                    pfn,
+                    order: order as u8,
+                });
+            }
+            if page.flags & PG_ALLOC == 0 {
+                return Err(FreeError::NotAllocated(pfn));
+            }
+            if page.order as usize != order {
+                return Err(FreeError::WrongOrder {
+                    pfn,
+                    allocated: page.order,
+                    freed: order as u8,
+                });
+            }
+            let Some(z) = a.zone_index_of(pfn.0) else {
+                return Err(FreeError::Foreign(pfn));
+            };
+            let idx = map.idx(pfn.0);
+            let p = map.at(idx);
+            p.flags &= !PG_ALLOC;
+            p.refcount = 0;
+            self.pages.events.add(VmEvent::PgFree, 1 << order);
+            let zone = &a.zones[z];
+            let mut area = zone.lock();
+            let mut b = zone.buddy(map, &mut area, a.grouping);
+            let mt = b.pageblock_mt(pfn.0);
+            b.free_one(idx, order, mt);
+            area.free_pages += 1 << order;
+            zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.free(pfn, order)
+    }
+
+    /// Allocates under a memory policy (seed 2.2.3): the attempts of
+    /// `mempolicy::plan`, in order; PREFERRED_MANY's first attempt neither
+    /// reclaims nor warns, its second drops the node set.
+    pub fn alloc_policy(
+        &mut self,
+        gfp: Gfp,
+        order: usize,
+        policy: &Policy,
+        il: &mut InterleaveState,
+    ) -> Option<Pfn> {
+        let plan = mempolicy::plan(policy, self.node(), il, &self.a.topo.distances);
+        for att in plan.iter() {
+            let g = if att.no_reclaim_nowarn {
+                gfp.without(Gfp::DIRECT_RECLAIM).union(Gfp::NOWARN)
+            } else {
+                gfp
+            };
+            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, att.nodemask) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Drains all CPUs' lists (this one through the held guard).
+    pub fn drain_all(&mut self, zone: Option<(usize, ZoneType)>) -> usize {
+        let a = self.a;
+        let mut drained = 0;
+        for c in 0..a.topo.ncpus {
+            let ok = if c == self.cpu {
+                a.drain_cpu(&mut self.pages, zone)
+            } else {
+                a.drain_cpu(&mut a.cpus[c].lock(), zone)
+            };
+            drained += ok as usize;
+        }
+        drained
+    }
+}
+
+#[cfg(test)]
+mod tests;

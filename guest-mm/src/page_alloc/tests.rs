@@ -1,0 +1,679 @@
+//! Scenario and property tests of the page allocator, each naming the seed
+//! section (or checklist row) whose rule it shows.
+use super::buddy::FreeArea;
+use super::*;
+use crate::phys::sim::SimMemory;
+use crate::zonelist::{Distances, NodeMask};
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+
+const MIB: u64 = 1 << 20;
+
+pub(crate) struct Fixture {
+    pub a: Box<PageAllocator>,
+    // Keeps the simulated RAM alive as long as the allocator points into it.
+    _mem: Box<SimMemory>,
+}
+
+/// RAM [0, size) with the first MiB reserved, one node, `ncpus` CPUs.
+pub(crate) fn fixture(size: u64, ncpus: usize) -> Fixture {
+    fixture_topo(size, Topology::single(ncpus))
+}
+
+pub(crate) fn fixture_topo(size: u64, topo: Topology) -> Fixture {
+    let mem = Box::new(SimMemory::new(PhysAddr(0), size));
+    let mut mb = Memblock::new();
+    mb.reserve(&*mem, PhysAddr(0), MIB).unwrap();
+    // SAFETY: simulated RAM, its first MiB reserved before it is added.
+    unsafe { mb.add(&*mem, PhysAddr(0), size).unwrap() };
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &*mem, topo).unwrap();
+    Fixture { a, _mem: mem }
+}
+
+impl Fixture {
+    fn managed(&self) -> u64 {
+        self.a.total_managed_pages()
+    }
+    /// Free blocks (pfn, order, list type) of every zone.
+    fn free_blocks(&self) -> Vec<(u64, usize, MigrateType)> {
+        let mut v = Vec::new();
+        for z in self.a.zones() {
+            let area = z.free.lock();
+            for o in 0..NR_ORDERS {
+                for mt in MigrateType::ALL {
+                    let mut i = area.lists[o][mt as usize].head;
+                    while i != crate::page::NIL {
+                        v.push((self.a.map.pfn(i), o, mt));
+                        i = self.a.map.at(i).next;
+                    }
+                }
+            }
+        }
+        v
+    }
+}
+
+#[test]
+fn init_hands_all_free_memory_to_buddy_in_maximal_blocks() {
+    let f = fixture(64 * MIB, 1);
+    let managed = f.managed();
+    assert_eq!(
+        managed,
+        (64 - 1) * 256 - MemMap::bytes_for(64 * 256) / PAGE_SIZE
+    );
+    assert_eq!(f.a.free_pages_buddy(), managed);
+    // Zones: DMA below 16 MiB, DMA32 above.
+    assert!(f.a.zone(0, ZoneType::Dma).populated() && f.a.zone(0, ZoneType::Dma32).populated());
+    assert!(!f.a.zone(0, ZoneType::Normal).populated());
+    // Row 1: every aligned 1,024-page region wholly free is one order-10 block.
+    let blocks = f.free_blocks();
+    let order10 = blocks.iter().filter(|b| b.1 == MAX_ORDER).count() as u64;
+    assert!(order10 >= (64 - 16) / 4 - 1, "{order10}");
+    for (pfn, o, _) in &blocks {
+        assert_eq!(pfn % (1 << o), 0, "block at {pfn} misaligned for order {o}");
+    }
+}
+
+#[test]
+fn memblock_plus_buddy_accounts_for_every_page() {
+    // Row 55: buddy free + reserved == total.
+    let mem = SimMemory::new(PhysAddr(0), 32 * MIB);
+    let mut mb = Memblock::new();
+    mb.reserve(&mem, PhysAddr(0), MIB).unwrap();
+    // SAFETY: simulated RAM with its live part reserved first.
+    unsafe { mb.add(&mem, PhysAddr(0), 32 * MIB).unwrap() };
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &mem, Topology::single(1)).unwrap();
+    let reserved: u64 = mb.total_pages() - mb.free_pages();
+    assert_eq!(a.free_pages_buddy() + reserved, mb.total_pages());
+}
+
+#[test]
+fn alloc_free_round_trip_restores_maximal_blocks() {
+    let f = fixture(64 * MIB, 2);
+    let before = f.free_blocks().len();
+    let mut held = Vec::new();
+    {
+        let mut c = f.a.cpu(0);
+        for o in [0, 1, 3, 5, 9, 10, 0, 2] {
+            held.push((c.alloc(Gfp::KERNEL, o).unwrap(), o));
+        }
+        for &(p, o) in &held {
+            c.free(p, o).unwrap();
+        }
+    }
+    f.a.drain_all_pages(None);
+    assert_eq!(f.a.free_pages_buddy(), f.managed());
+    assert_eq!(f.free_blocks().len(), before);
+}
+
+#[test]
+fn bad_frees_are_reported_and_change_nothing() {
+    let f = fixture(32 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let p = c.alloc(Gfp::KERNEL, 2).unwrap();
+    let free_before = f.a.zones().map(|z| z.free_pages()).sum::<u64>();
+    assert_eq!(
+        c.free(Pfn(p.0 + 1), 0),
+        Err(FreeError::NotAllocated(Pfn(p.0 + 1))),
+        "tail page"
+    );
+    assert_eq!(
+        c.free(Pfn(p.0 + 1), 2),
+        Err(FreeError::Misaligned {
+            pfn: Pfn(p.0 + 1),
+            order: 2
+        })
+    );
+    assert_eq!(
+        c.free(p, 1),
+        Err(FreeError::WrongOrder {
+            pfn: p,
+            allocated: 2,
+            freed: 1
+        })
+    );
+    assert_eq!(
+        c.free(Pfn(10), 0),
+        Err(FreeError::Reserved(Pfn(10))),
+        "first MiB is reserved"
+    );
+    assert_eq!(
+        c.free(Pfn(1 << 40), 0),
+        Err(FreeError::Foreign(Pfn(1 << 40)))
+    );
+    assert_eq!(
+        f.a.zones().map(|z| z.free_pages()).sum::<u64>(),
+        free_before
+    );
+    c.free(p, 2).unwrap();
+    assert_eq!(c.free(p, 2), Err(FreeError::NotAllocated(p)), "double free");
+    let q = c.alloc(Gfp::KERNEL, 0).unwrap();
+    c.free(q, 0).unwrap();
+    assert_eq!(
+        c.free(q, 0),
+        Err(FreeError::NotAllocated(q)),
+        "double free of a per-CPU page"
+    );
+}
+
+#[test]
+fn pcp_takes_the_zone_lock_once_per_batch() {
+    // Row 14: lock acquisitions per order-0 pairs ≈ ops / batch, count ≤ high.
+    let f = fixture(256 * MIB, 1);
+    let lock0 = f.a.zone_lock_acquisitions();
+    let mut c = f.a.cpu(0);
+    let batch = c.pcp(0, ZoneType::Dma32).batch as u64;
+    let high = c.pcp(0, ZoneType::Dma32).high;
+    let mut held = Vec::new();
+    for _ in 0..10_000 {
+        held.push(c.alloc(Gfp::KERNEL, 0).unwrap());
+        assert!(c.pcp(0, ZoneType::Dma32).count <= high);
+    }
+    for p in held.drain(..) {
+        c.free(p, 0).unwrap();
+        assert!(c.pcp(0, ZoneType::Dma32).count < high);
+    }
+    for _ in 0..100_000 {
+        let p = c.alloc(Gfp::KERNEL, 0).unwrap();
+        c.free(p, 0).unwrap();
+    }
+    drop(c);
+    let locks = f.a.zone_lock_acquisitions() - lock0;
+    // 10,000 allocations refill every `batch`; frees return in growing
+    // batches; the 100,000 steady pairs never touch the zone.
+    assert!(
+        locks <= 10_000 / batch + 1 + 10_000 / batch + 1,
+        "{locks} locks, batch {batch}"
+    );
+    assert_eq!(
+        f.a.events().get(VmEvent::PcpAllocHit) + f.a.events().get(VmEvent::PcpRefill),
+        110_000
+    );
+}
+
+#[test]
+fn drain_all_empties_every_cpu_and_restores_high_orders() {
+    // Row 17: after drain_all every PCP count is 0 and high-order blocks
+    // appear; a CPU that is not running (no guard held) is drained too.
+    let f = fixture(64 * MIB, 3);
+    for cpu in 0..3 {
+        let mut c = f.a.cpu(cpu);
+        let v: Vec<_> = (0..200)
+            .map(|_| c.alloc(Gfp::USER_MOVABLE, 0).unwrap())
+            .collect();
+        for p in v {
+            c.free(p, 0).unwrap();
+        }
+    }
+    assert!(f.a.pcp_pages() > 0);
+    assert_eq!(f.a.drain_all_pages(None), 3);
+    assert_eq!(f.a.pcp_pages(), 0);
+    assert_eq!(f.a.free_pages_buddy(), f.managed());
+    assert_eq!(
+        f.a.drain_all_pages(None),
+        0,
+        "only CPUs holding pages are drained"
+    );
+}
+
+#[test]
+fn bulk_allocation_locks_once_per_batch() {
+    // Row 19: n = 512 takes the lock at most ceil(n / batch) times.
+    let f = fixture(256 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let batch = c.pcp(0, ZoneType::Dma32).batch as u64;
+    let lock0 = f.a.zone(0, ZoneType::Dma32).free.lock().lock_acquisitions;
+    let mut out = [Pfn(0); 512];
+    assert_eq!(c.alloc_bulk(Gfp::KERNEL, &mut out), 512);
+    let locks = f.a.zone(0, ZoneType::Dma32).free.lock().lock_acquisitions - lock0;
+    assert!(
+        locks <= 512u64.div_ceil(batch),
+        "{locks} > ceil(512/{batch})"
+    );
+    let set: BTreeSet<u64> = out.iter().map(|p| p.0).collect();
+    assert_eq!(set.len(), 512);
+}
+
+#[test]
+fn order_aware_watermark_needs_a_block_of_the_order() {
+    // Row 5: free > high but no order-k block: ok(k) false, ok(0) true.
+    let f = fixture(32 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let mut area = FreeArea::EMPTY;
+    area.nr_free[0] = 10_000;
+    area.lists[0][MigrateType::Movable as usize].head = 0;
+    let free = z.watermark[WMARK_HIGH] * 4;
+    let f0 = AllocFlags::default();
+    assert!(zone::watermark_ok(
+        z,
+        &area,
+        0,
+        z.watermark[WMARK_HIGH],
+        ZoneType::Dma32,
+        f0,
+        free
+    ));
+    assert!(!zone::watermark_ok(
+        z,
+        &area,
+        3,
+        z.watermark[WMARK_HIGH],
+        ZoneType::Dma32,
+        f0,
+        free
+    ));
+}
+
+#[test]
+fn grouping_by_mobility_cutoff() {
+    // Row 9 (seed 3.3): off below MAX_ORDER_NR_PAGES × MIGRATE_TYPES pages.
+    let tiny = fixture(20 * MIB, 1); // < 1024 × 5 pages free after the reserve
+    assert!(!tiny.a.grouping_by_mobility());
+    let big = fixture(64 * MIB, 1);
+    assert!(big.a.grouping_by_mobility());
+    assert_eq!(
+        big.a.pageblock_counts(0, ZoneType::Dma32)[MigrateType::Unmovable as usize],
+        0,
+        "all start Movable"
+    );
+}
+
+/// Fills every free list of `mt`'s own type in zone `z` by allocating them
+/// (so the next request must fall back), returning what was taken.
+fn exhaust(c: &mut CpuCache<'_>, gfp: Gfp, order: usize, n: usize) -> Vec<Pfn> {
+    (0..n).map_while(|_| c.alloc_direct(gfp, order)).collect()
+}
+
+#[test]
+fn stealing_retypes_a_pageblock_for_unmovable_requests() {
+    // Row 10 (seed 2.2.7, 3.3.2): the first unmovable request in an
+    // all-movable zone steals from the highest order and, since unmovable
+    // requests may take a whole pageblock and it is more than half free,
+    // retypes that pageblock.
+    let f = fixture(64 * MIB, 1);
+    let counts0 = f.a.pageblock_counts(0, ZoneType::Dma32);
+    let mut c = f.a.cpu(0);
+    let p = c.alloc_direct(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap();
+    let ev = *c.events();
+    drop(c);
+    assert_eq!(ev.get(VmEvent::PgAllocFallback), 1);
+    let counts = f.a.pageblock_counts(0, ZoneType::Dma32);
+    assert_eq!(
+        counts[MigrateType::Unmovable as usize],
+        counts0[MigrateType::Unmovable as usize] + 2,
+        "order-10 block covers 2 pageblocks"
+    );
+    assert_eq!(f.a.pageblock_mt(p.0), MigrateType::Unmovable);
+    assert!(
+        ev.get(VmEvent::PgStealWholeBlock) == 1,
+        "an order-10 block was taken whole"
+    );
+}
+
+#[test]
+fn movable_fallback_takes_the_smallest_block_when_it_cannot_claim() {
+    // Seed 2.2.7 (4.13): a movable request that may not steal a whole
+    // pageblock splits the smallest sufficient foreign block instead.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let dma32 = Gfp::DMA32;
+    // Make an unmovable pageblock with free space of several orders, then
+    // use up every movable block.
+    let u = exhaust(&mut c, Gfp::KERNEL.union(dma32), 0, 1);
+    let movable = exhaust(&mut c, Gfp::USER_MOVABLE.union(dma32), 0, 100_000);
+    assert!(!movable.is_empty() && !u.is_empty());
+    let before = c.events().get(VmEvent::PgAllocFallback);
+    // Whatever is free now is on Unmovable/Reclaimable lists only.
+    let p = c.alloc_direct(Gfp::USER_MOVABLE.union(dma32), 0);
+    if let Some(p) = p {
+        assert!(c.events().get(VmEvent::PgAllocFallback) > before);
+        assert_ne!(
+            f.a.pageblock_mt(p.0),
+            MigrateType::Movable,
+            "not retyped: order 0 movable cannot claim"
+        );
+    }
+}
+
+fn two_zone_fixture() -> Fixture {
+    // DMA32 [1 MiB, 4 GiB) would need 4 GiB of simulated RAM; instead put
+    // a small Normal zone above a DMA32 zone by moving the zone limit with
+    // a memory map that starts just below 4 GiB.
+    let base = (4u64 << 30) - 32 * MIB;
+    let size = 64 * MIB;
+    let mem = Box::new(SimMemory::new(PhysAddr(base), size));
+    let mut mb = Memblock::new();
+    // SAFETY: simulated RAM [base, base + size), nothing live in it.
+    unsafe { mb.add(&*mem, PhysAddr(base), size).unwrap() };
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &*mem, Topology::single(1)).unwrap();
+    Fixture { a, _mem: mem }
+}
+
+#[test]
+fn nofragment_prefers_the_lower_zone_over_fragmenting() {
+    // Row 11 (seed 2.2.6): a small unmovable request whose Normal zone has
+    // no free whole pageblock of its type is served from DMA32 (never DMA)
+    // rather than by splitting a foreign pageblock; no fallback happens.
+    let f = two_zone_fixture();
+    let normal = f.a.zone(0, ZoneType::Normal);
+    let dma32 = f.a.zone(0, ZoneType::Dma32);
+    assert!(normal.populated() && dma32.populated());
+    let mut c = f.a.cpu(0);
+    // Fragment Normal: fill it with movable pages, free every other one.
+    let mut m = Vec::new();
+    while let Some(p) = c.alloc_direct(Gfp::USER_MOVABLE, 0) {
+        if !normal.contains(p.0) {
+            c.free_direct(p, 0).unwrap();
+            break;
+        }
+        m.push(p);
+    }
+    for p in m.iter().step_by(2) {
+        c.free_direct(*p, 0).unwrap();
+    }
+    // DMA32 gets an unmovable pageblock to serve from.
+    c.alloc_direct(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap();
+    let fallbacks = c.events().get(VmEvent::PgAllocFallback);
+    let p = c.alloc(Gfp::KERNEL, 0).unwrap();
+    assert!(
+        dma32.contains(p.0),
+        "served from DMA32, not by fragmenting Normal (pfn {:#x})",
+        p.0
+    );
+    assert_eq!(
+        c.events().get(VmEvent::PgAllocFallback),
+        fallbacks,
+        "no fallback event"
+    );
+    assert!(c.events().get(VmEvent::ZoneFallback) >= 1);
+    drop(c);
+    assert_eq!(
+        f.a.pageblock_counts(0, ZoneType::Normal)[MigrateType::Unmovable as usize],
+        0
+    );
+}
+
+#[test]
+fn watermark_bands_wake_kswapd_and_block_below_min() {
+    // Rows 3/4 (seed 2.2.4): the fast path stops at low; between min and
+    // low the slow path still succeeds and wakes kswapd; at min a normal
+    // allocation fails (nothing to reclaim) while __GFP_HIGH and a
+    // reclaimer (PF_MEMALLOC) may go below.
+    let f = fixture(64 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let [min, low, _] = z.watermark;
+    let mut c = f.a.cpu(0);
+    let gfp = Gfp::NOWAIT.union(Gfp::DMA32).union(Gfp::MOVABLE);
+    while c.alloc_direct(gfp, 0).is_some() {}
+    assert!(
+        z.free_pages() <= low + 1 && z.free_pages() > min,
+        "fast path stops at low"
+    );
+    let wakes = c.events().get(VmEvent::KswapdWake);
+    let slow = c.events().get(VmEvent::AllocSlowpath);
+    assert!(c.alloc(gfp, 0).is_some(), "between min and low: succeeds");
+    assert!(
+        c.events().get(VmEvent::KswapdWake) > wakes
+            && c.events().get(VmEvent::AllocSlowpath) > slow
+    );
+    while c.alloc(gfp, 0).is_some() {}
+    let batch = c.pcp(0, ZoneType::Dma32).batch as u64;
+    assert!(
+        z.free_pages() <= min + batch,
+        "stops at min: {} vs {min}",
+        z.free_pages()
+    );
+    assert!(c.alloc(gfp, 0).is_none());
+    assert!(
+        c.alloc(Gfp::ATOMIC.union(Gfp::DMA32), 0).is_some(),
+        "__GFP_HIGH may use the reserve"
+    );
+    assert!(
+        c.alloc(gfp.union(Gfp::MEMALLOC), 0).is_some(),
+        "reclaimers ignore watermarks"
+    );
+}
+
+#[test]
+fn fast_path_never_enters_the_slow_path_above_low() {
+    // Row 2: with free > low, 10^5 allocations cause no slow path, reclaim
+    // or compaction.
+    let f = fixture(256 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    for i in 0..100_000 {
+        let p = c.alloc(Gfp::KERNEL, i % 2).unwrap();
+        c.free(p, i % 2).unwrap();
+    }
+    let e = c.events();
+    assert_eq!(
+        e.get(VmEvent::AllocSlowpath)
+            + e.get(VmEvent::DirectReclaim)
+            + e.get(VmEvent::DirectCompact),
+        0
+    );
+}
+
+#[test]
+fn zonelist_follows_numa_distance_and_thisnode_fails_fast() {
+    // Rows 6/7: with node 0 full the next allocation comes from the nearest
+    // node; THISNODE on a full node fails and leaves other nodes untouched.
+    let mut d = Distances::uniform(3);
+    d.set(0, 1, 30);
+    d.set(0, 2, 15);
+    d.set(1, 2, 20);
+    let mut topo = Topology::single(3);
+    topo.nr_nodes = 3;
+    topo.distances = d;
+    topo.node_range[0] = (0, 32 * MIB);
+    topo.node_range[1] = (32 * MIB, 64 * MIB);
+    topo.node_range[2] = (64 * MIB, 96 * MIB);
+    topo.cpu_node[1] = 1;
+    topo.cpu_node[2] = 2;
+    let f = fixture_topo(96 * MIB, topo);
+    let mut c = f.a.cpu(0);
+    let thisnode = Gfp::NOWAIT.union(Gfp::THISNODE);
+    while c.alloc(thisnode, 0).is_some() {}
+    let free1 = f.a.zone(1, ZoneType::Dma32).free_pages();
+    let free2 = f.a.zone(2, ZoneType::Dma32).free_pages();
+    assert!(c.alloc(thisnode, 0).is_none());
+    assert_eq!(
+        (
+            f.a.zone(1, ZoneType::Dma32).free_pages(),
+            f.a.zone(2, ZoneType::Dma32).free_pages()
+        ),
+        (free1, free2)
+    );
+    let p = c.alloc(Gfp::NOWAIT, 0).unwrap();
+    assert!(
+        p.0 * PAGE_SIZE >= 64 * MIB,
+        "node 2 (distance 15) before node 1 (30): got pfn {}",
+        p.0
+    );
+    assert!(c.events().get(VmEvent::NumaMiss) >= 1);
+}
+
+#[test]
+fn nodemask_restricts_and_bind_fails_instead_of_spilling() {
+    let mut topo = Topology::single(2);
+    topo.nr_nodes = 2;
+    topo.distances = Distances::uniform(2);
+    topo.node_range[0] = (0, 32 * MIB);
+    topo.node_range[1] = (32 * MIB, 64 * MIB);
+    topo.cpu_node[1] = 1;
+    let f = fixture_topo(64 * MIB, topo);
+    let mut c = f.a.cpu(0);
+    let only1 = Some(NodeMask::single(1));
+    let p = c.alloc_node(Gfp::NOWAIT, 0, 0, only1).unwrap();
+    assert!(p.0 * PAGE_SIZE >= 32 * MIB);
+    while c.alloc_node(Gfp::NOWAIT, 0, 1, only1).is_some() {}
+    assert!(
+        c.alloc_node(Gfp::NOWAIT, 0, 1, only1).is_none(),
+        "bound to a full node"
+    );
+    assert!(
+        c.alloc_node(Gfp::NOWAIT, 0, 1, None).is_some(),
+        "unbound spills to node 0"
+    );
+}
+
+#[test]
+fn boost_follows_a_fragmentation_event() {
+    // Row 12 (seed 2.2.6): a steal smaller than a pageblock boosts the
+    // watermarks and wakes kswapd on the next allocation.
+    let f = fixture(256 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let mut c = f.a.cpu(0);
+    // Use up all unmovable-capable space with movable data first, leaving
+    // movable blocks only; then an unmovable order-0 request must steal.
+    let _m: Vec<_> = (0..2000)
+        .map(|_| {
+            c.alloc_direct(Gfp::USER_MOVABLE.union(Gfp::DMA32), 0)
+                .unwrap()
+        })
+        .collect();
+    let fallbacks = c.events().get(VmEvent::PgAllocFallback);
+    let _u: Vec<_> = (0..600)
+        .map(|_| c.alloc_direct(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap())
+        .collect();
+    assert!(c.events().get(VmEvent::PgAllocFallback) > fallbacks);
+    // Either it stole whole blocks (no boost needed) or it boosted.
+    let boosted = z.boost.load(Ordering::Relaxed) > 0;
+    assert_eq!(boosted, c.events().get(VmEvent::WatermarkBoost) > 0);
+}
+
+/// Operations for the property test.
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        cpu: usize,
+        order: usize,
+        mt: u8,
+        direct: bool,
+    },
+    Free {
+        which: usize,
+    },
+    Drain,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..2usize, prop_oneof![5 => 0..4usize, 1 => 0..=MAX_ORDER], 0..3u8, any::<bool>())
+            .prop_map(|(cpu, order, mt, direct)| Op::Alloc { cpu, order, mt, direct }),
+        5 => any::<usize>().prop_map(|which| Op::Free { which }),
+        1 => Just(Op::Drain),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random alloc/free/drain: no frame handed out twice, counts add up,
+    /// and after freeing everything only maximal merged blocks remain, each
+    /// large block on its pageblock's list.
+    #[test]
+    fn allocator_matches_model(ops in proptest::collection::vec(op(), 1..400)) {
+        let f = fixture(48 * MIB, 2);
+        let managed = f.managed();
+        let blocks0: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
+        let mut live: Vec<(u64, usize)> = Vec::new();
+        let mut taken: BTreeSet<u64> = BTreeSet::new();
+        for o in ops {
+            match o {
+                Op::Alloc { cpu, order, mt, direct } => {
+                    let gfp = [Gfp::KERNEL, Gfp::USER_MOVABLE, Gfp::KERNEL_RECLAIMABLE][mt as usize];
+                    let mut c = f.a.cpu(cpu);
+                    let p = if direct { c.alloc_direct(gfp, order) } else { c.alloc(gfp, order) };
+                    if let Some(p) = p {
+                        prop_assert_eq!(p.0 % (1 << order), 0);
+                        for q in p.0..p.0 + (1 << order) {
+                            prop_assert!(taken.insert(q), "frame {} handed out twice", q);
+                        }
+                        live.push((p.0, order));
+                    }
+                }
+                Op::Free { which } if !live.is_empty() => {
+                    let (p, order) = live.swap_remove(which % live.len());
+                    f.a.free_pages(which % 2, Pfn(p), order).unwrap();
+                    for q in p..p + (1 << order) {
+                        taken.remove(&q);
+                    }
+                }
+                Op::Free { .. } => {}
+                Op::Drain => { f.a.drain_all_pages(None); }
+            }
+            prop_assert_eq!(f.a.free_pages_buddy() + f.a.pcp_pages() + taken.len() as u64, managed);
+        }
+        for (p, order) in live.drain(..) {
+            f.a.free_pages(0, Pfn(p), order).unwrap();
+        }
+        f.a.drain_all_pages(None);
+        prop_assert_eq!(f.a.free_pages_buddy(), managed);
+        let blocks: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
+        prop_assert_eq!(&blocks, &blocks0, "not merged back to the initial maximal blocks");
+        for (pfn, order, mt) in f.free_blocks() {
+            if order >= crate::mmzone::PAGEBLOCK_ORDER {
+                prop_assert_eq!(mt, f.a.pageblock_mt(pfn), "block {} order {} on the wrong list", pfn, order);
+            }
+        }
+        let mut pbs = 0;
+        for z in [ZoneType::Dma, ZoneType::Dma32] {
+            pbs += f.a.pageblock_counts(0, z).iter().sum::<u64>();
+        }
+        prop_assert!(pbs > 0);
+    }
+}
+
+fn three_nodes() -> Fixture {
+    // Distances from node 0: node 2 at 15, node 1 at 30.
+    let mut d = Distances::uniform(3);
+    d.set(0, 1, 30);
+    d.set(0, 2, 15);
+    d.set(1, 2, 20);
+    let mut topo = Topology::single(3);
+    topo.nr_nodes = 3;
+    topo.distances = d;
+    for n in 0..3 {
+        topo.node_range[n] = (n as u64 * 32 * MIB, (n as u64 + 1) * 32 * MIB);
+        topo.cpu_node[n] = n as u8;
+    }
+    fixture_topo(96 * MIB, topo)
+}
+
+fn node_of(p: Pfn) -> u64 {
+    p.0 * PAGE_SIZE / (32 * MIB)
+}
+
+#[test]
+fn memory_policies_choose_nodes_as_documented() {
+    // Row 60 (seed 2.2.3).
+    use crate::mempolicy::{InterleaveState, MemPolicy, Policy};
+    let f = three_nodes();
+    let mut c = f.a.cpu(0);
+    let mut il = InterleaveState::new();
+    let g = Gfp::NOWAIT;
+    let local = Policy::new(MemPolicy::Local);
+    assert_eq!(node_of(c.alloc_policy(g, 0, &local, &mut il).unwrap()), 0);
+    let pref = Policy::new(MemPolicy::Preferred(1));
+    assert_eq!(node_of(c.alloc_policy(g, 0, &pref, &mut il).unwrap()), 1);
+    // Interleave round-robins over its set.
+    let inter = Policy::new(MemPolicy::Interleave(NodeMask::of(&[0, 2])));
+    let nodes: Vec<u64> = (0..4)
+        .map(|_| node_of(c.alloc_policy(g, 0, &inter, &mut il).unwrap()))
+        .collect();
+    assert_eq!(nodes, [0, 2, 0, 2]);
+    // BIND on a full node fails instead of spilling.
+    let bind1 = Policy::new(MemPolicy::Bind(NodeMask::single(1)));
+    while c.alloc_policy(g, 0, &bind1, &mut il).is_some() {}
+    assert!(c.alloc_policy(g, 0, &bind1, &mut il).is_none());
+    // PREFERRED_MANY falls back to other nodes instead of failing.
+    let many = Policy::new(MemPolicy::PreferredMany(NodeMask::single(1)));
+    assert!(c.alloc_policy(g, 0, &many, &mut il).is_some());
+    // Home node: with BIND over {1, 2} and home 0, the nearest to the home
+    // node (2, at distance 15) comes first.
+    let home = Policy::new(MemPolicy::Bind(NodeMask::of(&[1, 2]))).with_home_node(0);
+    assert_eq!(node_of(c.alloc_policy(g, 0, &home, &mut il).unwrap()), 2);
+}

@@ -1,0 +1,233 @@
+//! A zone: its span, its free area under the zone lock, and its watermarks
+//! (seed 2.2.4, 2.2.6).
+use super::buddy::{Buddy, FreeArea};
+use crate::gfp::AllocFlags;
+use crate::mmzone::{
+    MigrateType, ZoneType, MAX_NR_ZONES, MIGRATE_PCPTYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES,
+};
+use crate::page::MemMap;
+use crate::sync::{SpinLock, SpinLockGuard};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+pub const WMARK_MIN: usize = 0;
+pub const WMARK_LOW: usize = 1;
+pub const WMARK_HIGH: usize = 2;
+
+/// [NOT IN SEED] Linux's watermark_scale_factor default: the low/high gap is
+/// 0.1% of the zone.
+pub const WATERMARK_SCALE_FACTOR: u64 = 10;
+/// [NOT IN SEED] Linux's watermark_boost_factor default: a boost may reach
+/// 150% of the high watermark.
+pub const WATERMARK_BOOST_FACTOR: u64 = 15_000;
+/// [NOT IN SEED] Linux's lowmem_reserve_ratio for DMA and DMA32 (Normal has
+/// no zone above it to protect against).
+pub const LOWMEM_RESERVE_RATIO: [u64; MAX_NR_ZONES] = [256, 256, 32];
+
+pub struct Zone {
+    pub node: usize,
+    pub kind: ZoneType,
+    pub start_pfn: u64,
+    pub end_pfn: u64,
+    pub present_pages: u64,
+    pub managed_pages: u64,
+    pub watermark: [u64; 3],
+    /// Temporary raise after a fragmentation event (seed 2.2.6).
+    pub boost: AtomicU64,
+    /// Set when a boost happened: the next allocation wakes kswapd.
+    pub boosted: AtomicBool,
+    /// Pages this zone keeps from allocations that could have used a higher
+    /// zone, indexed by that allocation's highest zone.
+    pub lowmem_reserve: [u64; MAX_NR_ZONES],
+    /// Mirror of `free.free_pages` for lock-free order-0 watermark checks.
+    pub nr_free: AtomicU64,
+    pub pcp_batch: u32,
+    pub pcp_high: u32,
+    pub free: SpinLock<FreeArea>,
+}
+
+impl Zone {
+    /// Array initialiser; each copy gets its own atomics and lock.
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const EMPTY: Zone = Zone {
+        node: 0,
+        kind: ZoneType::Normal,
+        start_pfn: 0,
+        end_pfn: 0,
+        present_pages: 0,
+        managed_pages: 0,
+        watermark: [0; 3],
+        boost: AtomicU64::new(0),
+        boosted: AtomicBool::new(false),
+        lowmem_reserve: [0; MAX_NR_ZONES],
+        nr_free: AtomicU64::new(0),
+        pcp_batch: 1,
+        pcp_high: 0,
+        free: SpinLock::new(FreeArea::EMPTY),
+    };
+
+    pub fn populated(&self) -> bool {
+        self.managed_pages > 0
+    }
+
+    pub fn contains(&self, pfn: u64) -> bool {
+        pfn >= self.start_pfn && pfn < self.end_pfn
+    }
+
+    /// Takes the zone lock, counting the acquisition.
+    pub fn lock(&self) -> SpinLockGuard<'_, FreeArea> {
+        let mut g = self.free.lock();
+        g.lock_acquisitions += 1;
+        g
+    }
+
+    pub fn buddy<'a>(&self, map: &'a MemMap, area: &'a mut FreeArea, grouping: bool) -> Buddy<'a> {
+        Buddy {
+            map,
+            area,
+            start_pfn: self.start_pfn,
+            end_pfn: self.end_pfn,
+            grouping,
+        }
+    }
+
+    /// A watermark plus the current boost (wmark_pages()).
+    pub fn wmark(&self, which: usize) -> u64 {
+        self.watermark[which] + self.boost.load(Ordering::Relaxed)
+    }
+
+    pub fn free_pages(&self) -> u64 {
+        self.nr_free.load(Ordering::Relaxed)
+    }
+
+    /// Raises the watermarks by a pageblock after a fragmentation event, up
+    /// to WATERMARK_BOOST_FACTOR of high; not at all on zones so small that
+    /// four pageblocks are a large share of them (boost_watermark()).
+    pub fn boost_watermark(&self) -> bool {
+        if PAGEBLOCK_NR_PAGES * 4 > self.managed_pages {
+            return false;
+        }
+        let max =
+            (self.watermark[WMARK_HIGH] * WATERMARK_BOOST_FACTOR / 10_000).max(PAGEBLOCK_NR_PAGES);
+        let cur = self.boost.load(Ordering::Relaxed);
+        self.boost
+            .store((cur + PAGEBLOCK_NR_PAGES).min(max), Ordering::Relaxed);
+        self.boosted.store(true, Ordering::Relaxed);
+        true
+    }
+}
+
+/// The reserve an allocation may not dip into, before the order check
+/// (the first half of __zone_watermark_ok).
+fn reserve_after_flags(mark: u64, flags: AllocFlags) -> u64 {
+    let mut min = mark;
+    if flags.has(AllocFlags::HIGH) {
+        min -= min / 2;
+    }
+    if flags.has(AllocFlags::HARDER) {
+        min -= min / 4;
+    }
+    min
+}
+
+/// __zone_watermark_ok (seed 2.2.4): enough free pages above `mark` (less
+/// what `flags` may use, plus the lowmem reserve for `highest`), and for
+/// order > 0 a free block of at least that order in a usable type.
+pub fn watermark_ok(
+    z: &Zone,
+    area: &FreeArea,
+    order: usize,
+    mark: u64,
+    highest: ZoneType,
+    flags: AllocFlags,
+    free_pages: u64,
+) -> bool {
+    let mut free = free_pages as i64 - ((1i64 << order) - 1);
+    if !flags.has(AllocFlags::HARDER) {
+        // Non-atomic requests may not count the HighAtomic reserve.
+        free -= area.nr_reserved_highatomic as i64;
+    }
+    let min = reserve_after_flags(mark, flags) as i64;
+    if free <= min + z.lowmem_reserve[highest as usize] as i64 {
+        return false;
+    }
+    if order == 0 {
+        return true;
+    }
+    for o in order..NR_ORDERS {
+        if area.nr_free[o] == 0 {
+            continue;
+        }
+        for mt in 0..MIGRATE_PCPTYPES {
+            if !area.is_empty(o, MigrateType::from_index(mt)) {
+                return true;
+            }
+        }
+        if flags.has(AllocFlags::HARDER) && !area.is_empty(o, MigrateType::HighAtomic) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The order-0 shortcut (zone_watermark_fast): no lock, only the counter.
+pub fn watermark_fast_order0(z: &Zone, mark: u64, highest: ZoneType, flags: AllocFlags) -> bool {
+    let min = reserve_after_flags(mark, flags);
+    z.free_pages() as i64 > (min + z.lowmem_reserve[highest as usize]) as i64
+}
+
+/// [NOT IN SEED] Linux's min_free_kbytes = sqrt(lowmem_kbytes × 16), clamped
+/// to [128 KiB, 256 MiB]; returned in pages.
+pub fn min_free_pages(total_managed_pages: u64) -> u64 {
+    let kbytes = total_managed_pages * 4;
+    let v = isqrt(kbytes * 16).clamp(128, 262_144);
+    v / 4
+}
+
+pub fn isqrt(n: u64) -> u64 {
+    if n < 2 {
+        return n;
+    }
+    let mut x = n;
+    let mut y = x.div_ceil(2);
+    while y < x {
+        x = y;
+        y = (x + n / x) / 2;
+    }
+    x
+}
+
+/// Per-zone watermarks (__setup_per_zone_wmarks): min is the zone's share
+/// of min_free_pages; low and high add max(min/4, 0.1% of the zone) each.
+pub fn zone_watermarks(zone_managed: u64, total_managed: u64) -> [u64; 3] {
+    if total_managed == 0 {
+        return [0; 3];
+    }
+    let min = min_free_pages(total_managed) * zone_managed / total_managed;
+    let gap = (min / 4).max(zone_managed * WATERMARK_SCALE_FACTOR / 10_000);
+    [min, min + gap, min + 2 * gap]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermarks_grow_with_the_zone() {
+        let [min, low, high] = zone_watermarks(262_144, 262_144); // 1 GiB
+        assert_eq!(min, isqrt(1 << 20 << 4) / 4); // sqrt(16 × 1 GiB in KiB) = 4096 KiB
+        assert!(min < low && low < high);
+        assert_eq!(high - low, low - min);
+        let small = zone_watermarks(256, 256); // 1 MiB: sqrt(16 × 1024) = 128 KiB
+        assert_eq!(small[0], 128 / 4);
+        assert_eq!(zone_watermarks(16, 16)[0], 128 / 4, "clamped at 128 KiB");
+        assert!(zone_watermarks(1 << 22, 1 << 22)[2] > zone_watermarks(1 << 20, 1 << 20)[2]);
+    }
+
+    #[test]
+    fn isqrt_is_exact() {
+        for n in [0u64, 1, 2, 3, 4, 15, 16, 17, 1 << 40, u32::MAX as u64] {
+            let r = isqrt(n);
+            assert!(r * r <= n && (r + 1) * (r + 1) > n, "{n}");
+        }
+    }
+}

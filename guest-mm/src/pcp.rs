@@ -1,0 +1,260 @@
+//! Per-CPU page lists (seed 2.2.5): order ≤ 3 allocations and frees go
+//! through a small per-CPU cache per zone, so the zone lock is taken once per
+//! `batch` pages instead of once per page.
+//!
+//! Lists are kept per (order, migrate type) as Linux 5.14 does, allocated
+//! from and freed to the head (hot), bulk-freed from the tail (cold). A
+//! CPU's lists are guarded by one lock per CPU that its owner holds while it
+//! allocates (see `page_alloc::CpuPages`), which lets another CPU drain them
+//! without any work from the owner, even when that vCPU is halted.
+use crate::mmzone::{MigrateType, MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP};
+use crate::page_alloc::buddy::FreeList;
+
+pub const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1);
+/// [seed 2.2.5.5] batch never exceeds PAGE_SHIFT · 8.
+pub const PCP_BATCH_CAP: u32 = 12 * 8;
+/// Adaptive freeing doubles at most this many times in a row.
+const MAX_FREE_FACTOR: u32 = 5;
+
+/// Orders that use the per-CPU lists (pcp_allowed_order).
+#[inline(always)]
+pub const fn pcp_allowed_order(order: usize) -> bool {
+    order <= PAGE_ALLOC_COSTLY_ORDER
+}
+
+#[inline(always)]
+pub const fn order_to_pindex(mt: MigrateType, order: usize) -> usize {
+    order * MIGRATE_PCPTYPES + mt as usize
+}
+
+/// Batch size, static per zone (zone_batchsize): about a quarter of a
+/// thousandth of the zone, at most 1 MiB's worth before the quarter, made
+/// 2^n - 1 to spread cache colours, capped at PAGE_SHIFT · 8. Gives the
+/// seed's default of 31 for a 512 MiB zone and 63 (the 1 MiB cap) from 1 GiB.
+pub fn zone_batchsize(managed_pages: u64) -> u32 {
+    let mut b = managed_pages / 1024;
+    if b > 256 {
+        b = 256; // 1 MiB of 4 KiB pages
+    }
+    b /= 4;
+    if b < 1 {
+        b = 1;
+    }
+    let b = b + b / 2;
+    let pow2 = 1u64 << (63 - b.leading_zeros());
+    ((pow2 - 1).max(1) as u32).min(PCP_BATCH_CAP)
+}
+
+/// High mark (zone_highsize, 5.14): the low watermark split among the
+/// node's CPUs, at least four batches. Grows with the zone, shrinks with the
+/// number of CPUs sharing it.
+pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
+    let per_cpu = low_wmark / local_cpus.max(1) as u64;
+    (per_cpu.min(u32::MAX as u64) as u32).max(batch * 4)
+}
+
+#[derive(Clone, Copy)]
+pub struct PerCpuPages {
+    /// Pages on all lists (counted in base pages).
+    pub count: u32,
+    pub high: u32,
+    pub batch: u32,
+    /// log2 of the next bulk-free multiplier (adaptive free, 5.14).
+    pub free_factor: u32,
+    pub lists: [FreeList; NR_PCP_LISTS],
+}
+
+impl PerCpuPages {
+    pub const EMPTY: PerCpuPages = PerCpuPages {
+        count: 0,
+        high: 0,
+        batch: 1,
+        free_factor: 0,
+        lists: [FreeList::EMPTY; NR_PCP_LISTS],
+    };
+
+    #[inline(always)]
+    pub fn push_head(
+        &mut self,
+        map: &MemMap,
+        pindex: usize,
+        idx: u32,
+        order: usize,
+        mt: MigrateType,
+    ) {
+        let l = &mut self.lists[pindex];
+        let p = map.at(idx);
+        p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
+        p.order = order as u8;
+        p.mt = mt as u8;
+        p.prev = NIL;
+        p.next = l.head;
+        if l.head == NIL {
+            l.tail = idx;
+        } else {
+            map.at(l.head).prev = idx;
+        }
+        l.head = idx;
+        l.count += 1;
+        self.count += 1 << order;
+    }
+
+    pub fn push_tail(
+        &mut self,
+        map: &MemMap,
+        pindex: usize,
+        idx: u32,
+        order: usize,
+        mt: MigrateType,
+    ) {
+        let l = &mut self.lists[pindex];
+        let p = map.at(idx);
+        p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
+        p.order = order as u8;
+        p.mt = mt as u8;
+        p.next = NIL;
+        p.prev = l.tail;
+        if l.tail == NIL {
+            l.head = idx;
+        } else {
+            map.at(l.tail).next = idx;
+        }
+        l.tail = idx;
+        l.count += 1;
+        self.count += 1 << order;
+    }
+
+    #[inline(always)]
+    pub fn pop_head(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        let idx = l.head;
+        if idx == NIL {
+            return None;
+        }
+        let p = map.at(idx);
+        l.head = p.next;
+        if p.next == NIL {
+            l.tail = NIL;
+        } else {
+            map.at(p.next).prev = NIL;
+        }
+        p.flags &= !PG_PCP;
+        l.count -= 1;
+        self.count -= 1 << p.order;
+        Some(idx)
+    }
+
+    pub fn pop_tail(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        let idx = l.tail;
+        if idx == NIL {
+            return None;
+        }
+        let p = map.at(idx);
+        l.tail = p.prev;
+        if p.prev == NIL {
+            l.head = NIL;
+        } else {
+            map.at(p.prev).next = NIL;
+        }
+        p.flags &= !PG_PCP;
+        l.count -= 1;
+        self.count -= 1 << p.order;
+        Some(idx)
+    }
+
+    /// How many pages to give back once `count` reached `high` (nr_pcp_free):
+    /// `batch` doubled for every free since the last allocation, keeping at
+    /// least `batch` pages on the lists.
+    pub fn nr_to_free(&mut self) -> u32 {
+        let (high, batch) = (self.high, self.batch);
+        if high < batch {
+            return 1;
+        }
+        let min_nr = batch;
+        let max_nr = high - batch;
+        let n = batch << self.free_factor;
+        if n < max_nr && self.free_factor < MAX_FREE_FACTOR {
+            self.free_factor += 1;
+        }
+        n.clamp(min_nr, max_nr.max(min_nr))
+    }
+
+    /// Picks the lists to free from, `first` first, then round-robin over
+    /// the others (free_pcppages_bulk's order); calls `free` with each page
+    /// until `count` pages went back. Returns pages freed.
+    pub fn bulk_take(
+        &mut self,
+        map: &MemMap,
+        count: u32,
+        first: usize,
+        mut free: impl FnMut(u32, usize, MigrateType),
+    ) -> u32 {
+        let mut left = count.min(self.count) as i64;
+        let mut freed = 0;
+        let mut pindex = first;
+        let mut tried_empty = 0;
+        while left > 0 && tried_empty < NR_PCP_LISTS {
+            if self.lists[pindex].head == NIL {
+                tried_empty += 1;
+                pindex = (pindex + 1) % NR_PCP_LISTS;
+                continue;
+            }
+            tried_empty = 0;
+            let order = pindex / MIGRATE_PCPTYPES;
+            while left > 0 {
+                let Some(idx) = self.pop_tail(map, pindex) else {
+                    break;
+                };
+                let mt = map.at(idx).migratetype();
+                free(idx, order, mt);
+                left -= 1 << order;
+                freed += 1 << order;
+            }
+            pindex = (pindex + 1) % NR_PCP_LISTS;
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_defaults_match_the_seed() {
+        assert_eq!(zone_batchsize(131_072), 31, "512 MiB zone");
+        assert_eq!(zone_batchsize(262_144), 63, "1 GiB zone: 1 MiB cap");
+        assert_eq!(zone_batchsize(1 << 22), 63, "16 GiB zone: 1 MiB cap");
+        assert_eq!(zone_batchsize(100), 1);
+        assert!(zone_batchsize(u64::MAX / 2) <= PCP_BATCH_CAP);
+    }
+
+    #[test]
+    fn high_is_monotonic_in_zone_size_and_at_least_four_batches() {
+        let mut last = 0;
+        for managed in [4096u64, 65_536, 262_144, 1 << 20, 1 << 22] {
+            let [_, low, _] = crate::page_alloc::zone::zone_watermarks(managed, managed);
+            let b = zone_batchsize(managed);
+            let h = zone_highsize(low, b, 2);
+            assert!(h >= last, "{managed}: {h} < {last}");
+            assert!(h >= 4 * b);
+            last = h;
+        }
+        assert!(zone_highsize(10_000, 31, 1) > zone_highsize(10_000, 31, 8));
+    }
+
+    #[test]
+    fn free_factor_doubles_then_clamps() {
+        let mut p = PerCpuPages {
+            high: 1000,
+            batch: 31,
+            ..PerCpuPages::EMPTY
+        };
+        let seq: [u32; 6] = core::array::from_fn(|_| p.nr_to_free());
+        assert_eq!(seq, [31, 62, 124, 248, 496, 969]);
+        p.free_factor >>= 1; // an allocation halves it
+        assert_eq!(p.nr_to_free(), 31 << 2);
+    }
+}
