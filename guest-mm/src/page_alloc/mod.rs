@@ -32,7 +32,7 @@ use crate::phys::PhysMemory;
 use crate::sync::{SpinLock, SpinLockGuard};
 use crate::vmstat::{EventCounters, FreeAreaCounts, VmEvent};
 use crate::zonelist::{Distances, NodeMask, Zonelist};
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 pub const MAX_CPUS: usize = 64;
 pub const MAX_ZONES: usize = MAX_NUMNODES * MAX_NR_ZONES;
@@ -109,6 +109,9 @@ pub struct PageAllocator {
     topo: Topology,
     grouping: bool,
     cpus: [SpinLock<CpuPages>; MAX_CPUS],
+    /// Set for a CPU whose lists could not be drained because it was busy
+    /// allocating; it drains itself when it drops its [`CpuCache`].
+    drain_requested: [AtomicBool; MAX_CPUS],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
 }
@@ -139,6 +142,7 @@ impl PageAllocator {
         },
         grouping: true,
         cpus: [const { SpinLock::new(CpuPages::EMPTY) }; MAX_CPUS],
+        drain_requested: [const { AtomicBool::new(false) }; MAX_CPUS],
         hooks: &NO_HOOKS,
         total_managed: 0,
     };
@@ -152,6 +156,18 @@ impl PageAllocator {
         mb: &mut Memblock,
         mem: &dyn PhysMemory,
         topo: Topology,
+    ) -> Result<(), InitError> {
+        self.init_with(mb, mem, topo, None)
+    }
+
+    /// [`PageAllocator::init`] with grouping by mobility forced on or off
+    /// (`None`: the seed's size cutoff decides), for experiments.
+    pub fn init_with(
+        &mut self,
+        mb: &mut Memblock,
+        mem: &dyn PhysMemory,
+        topo: Topology,
+        grouping: Option<bool>,
     ) -> Result<(), InitError> {
         if topo.ncpus == 0 || topo.ncpus > MAX_CPUS {
             return Err(InitError::TooManyCpus);
@@ -216,7 +232,7 @@ impl PageAllocator {
         }
 
         let total_free = mb.free_pages();
-        self.grouping = total_free >= MAX_ORDER_NR_PAGES * MIGRATE_TYPES as u64;
+        self.grouping = grouping.unwrap_or(total_free >= MAX_ORDER_NR_PAGES * MIGRATE_TYPES as u64);
         let initial_mt = if self.grouping {
             MigrateType::Movable
         } else {
@@ -434,6 +450,17 @@ impl PageAllocator {
         n
     }
 
+    /// The migrate type a request is served as: its mobility class, or
+    /// Unmovable for everything when grouping by mobility is off (Linux's
+    /// gfp_migratetype; otherwise the per-type free lists would still group).
+    pub fn migratetype(&self, gfp: Gfp) -> MigrateType {
+        if self.grouping {
+            gfp.migratetype()
+        } else {
+            MigrateType::Unmovable
+        }
+    }
+
     /// Migrate type of the pageblock holding `pfn`.
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
         let start = (pfn & !(PAGEBLOCK_NR_PAGES - 1)).max(self.map.start_pfn());
@@ -446,18 +473,27 @@ impl PageAllocator {
     }
 
     /// Drains every CPU's lists for `zone` (or all zones) back to the buddy
-    /// lists, CPUs holding pages only (seed 2.2.5.2). Call with no
+    /// lists, CPUs holding pages only (seed 2.2.5.2). The draining CPU does
+    /// the work itself, so idle and halted vCPUs need not run; a CPU that is
+    /// inside an allocation burst (its [`CpuCache`] held) is asked to drain
+    /// itself when the burst ends instead of being waited for, which keeps
+    /// two CPUs draining each other from deadlocking. Call with no
     /// [`CpuCache`] held by the caller (use [`CpuCache::drain_all`] then).
-    /// Returns the number of CPUs drained.
+    /// Returns the number of CPUs drained now.
     pub fn drain_all_pages(&self, zone: Option<(usize, ZoneType)>) -> usize {
-        let mut drained = 0;
-        for c in 0..self.topo.ncpus {
-            let mut pages = self.cpus[c].lock();
-            if self.drain_cpu(&mut pages, zone) {
-                drained += 1;
+        (0..self.topo.ncpus)
+            .filter(|&c| self.drain_remote(c, zone))
+            .count()
+    }
+
+    fn drain_remote(&self, c: usize, zone: Option<(usize, ZoneType)>) -> bool {
+        match self.cpus[c].try_lock() {
+            Some(mut pages) => self.drain_cpu(&mut pages, zone),
+            None => {
+                self.drain_requested[c].store(true, Ordering::Release);
+                false
             }
         }
-        drained
     }
 
     fn drain_cpu(&self, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
@@ -494,6 +530,14 @@ pub struct CpuCache<'a> {
     a: &'a PageAllocator,
     cpu: usize,
     pages: SpinLockGuard<'a, CpuPages>,
+}
+
+impl Drop for CpuCache<'_> {
+    fn drop(&mut self) {
+        if self.a.drain_requested[self.cpu].swap(false, Ordering::Acquire) {
+            self.a.drain_cpu(&mut self.pages, None);
+        }
+    }
 }
 
 impl CpuCache<'_> {
@@ -543,7 +587,7 @@ impl CpuCache<'_> {
             self.pages.events.inc(VmEvent::AllocFail);
             return None;
         };
-        Some(self.prep_new_page(idx, order, gfp.migratetype()))
+        Some(self.prep_new_page(idx, order, self.a.migratetype(gfp)))
     }
 
     /// ALLOC_NOFRAGMENT when the preferred zone is Normal and the node has a
@@ -574,7 +618,7 @@ impl CpuCache<'_> {
     ) -> Option<u32> {
         let a = self.a;
         let highest = gfp.highest_zone();
-        let mt = gfp.migratetype();
+        let mt = self.a.migratetype(gfp);
         let zl = a.zonelist(node, gfp.contains(Gfp::THISNODE));
         loop {
             let mut first = true;
@@ -816,7 +860,7 @@ impl CpuCache<'_> {
         let node = self.node();
         let a = self.a;
         let highest = gfp.highest_zone();
-        let mt = gfp.migratetype();
+        let mt = self.a.migratetype(gfp);
         let zl = a.zonelist(node, gfp.contains(Gfp::THISNODE));
         let mut n = 0;
         for zr in zl.zones_for(highest, None) {
@@ -876,7 +920,7 @@ impl CpuCache<'_> {
                 continue;
             }
             let mut b = zone.buddy(&self.a.map, &mut area, self.a.grouping);
-            let (idx, steal) = b.rmqueue(order, gfp.migratetype(), flags);
+            let (idx, steal) = b.rmqueue(order, self.a.migratetype(gfp), flags);
             if idx.is_some() {
                 area.free_pages -= 1 << order;
                 zone.nr_free.store(area.free_pages, Ordering::Relaxed);
@@ -884,7 +928,7 @@ impl CpuCache<'_> {
             drop(area);
             self.account_steal(zone, steal);
             if let Some(idx) = idx {
-                return Some(self.prep_new_page(idx, order, gfp.migratetype()));
+                return Some(self.prep_new_page(idx, order, self.a.migratetype(gfp)));
             }
         }
         None
@@ -972,7 +1016,7 @@ impl CpuCache<'_> {
             let ok = if c == self.cpu {
                 a.drain_cpu(&mut self.pages, zone)
             } else {
-                a.drain_cpu(&mut a.cpus[c].lock(), zone)
+                a.drain_remote(c, zone)
             };
             drained += ok as usize;
         }

@@ -90,7 +90,8 @@ impl CpuCache<'_> {
         // Costly orders (and unmovable high orders) try cheap async
         // compaction before reclaiming anything.
         if can_reclaim
-            && (costly || order > 0 && gfp.migratetype() != crate::mmzone::MigrateType::Movable)
+            && (costly
+                || order > 0 && self.a.migratetype(gfp) != crate::mmzone::MigrateType::Movable)
             && !gfp.contains(Gfp::MEMALLOC)
         {
             if let Some(i) = self.compact(gfp, order, node, mask, flags, CompactPriority::Async) {
