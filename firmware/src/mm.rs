@@ -1,18 +1,24 @@
-//! Hands the e820 map to guest-mm: memblock first, then the frame allocator.
+//! Hands the e820 map to guest-mm: memblock first, then the page allocator,
+//! which manages every free page from then on.
 //!
 //! The first megabyte (zero page, the VMM's page tables, command line, BIOS
 //! holes) and the kernel image are reserved, the way Linux reserves its low
 //! memory and `_text.._end` before it frees anything to the page allocator.
 use crate::bootinfo::{BootInfo, E820_RAM};
-use guest_mm::{FrameAllocator, IdentityMap, Memblock, PhysAddr, SpinLock};
+use core::ptr::addr_of_mut;
+use core::sync::atomic::{AtomicBool, Ordering};
+use guest_mm::page_alloc::{PageAllocator, Topology};
+use guest_mm::{IdentityMap, Memblock, PhysAddr};
 
 extern "C" {
     static __kernel_start: u8;
     static __kernel_end: u8;
 }
 
-pub static MEMBLOCK: SpinLock<Memblock> = SpinLock::new(Memblock::new());
-pub static FRAMES: SpinLock<Option<FrameAllocator>> = SpinLock::new(None);
+static mut MEMBLOCK: Memblock = Memblock::new();
+/// Written once by the BSP in `init`, shared read-only afterwards.
+static mut PAGE_ALLOC: PageAllocator = PageAllocator::EMPTY;
+static READY: AtomicBool = AtomicBool::new(false);
 
 pub struct MmSummary {
     pub total_pages: u64,
@@ -20,11 +26,28 @@ pub struct MmSummary {
     pub free_pages: u64,
     pub kernel_start: u64,
     pub kernel_end: u64,
+    pub grouping: bool,
 }
 
-pub fn init(boot: &BootInfo) -> Result<MmSummary, &'static str> {
+/// The page allocator, once `init` has run.
+pub fn allocator() -> &'static PageAllocator {
+    assert!(
+        READY.load(Ordering::Acquire),
+        "page allocator used before mm::init"
+    );
+    // SAFETY: after READY only shared references exist.
+    unsafe { &*addr_of_mut!(PAGE_ALLOC) }
+}
+
+/// BSP only, before any other CPU uses memory management.
+pub fn init(
+    boot: &BootInfo,
+    ncpus: usize,
+    grouping: Option<bool>,
+) -> Result<MmSummary, &'static str> {
     let mem = IdentityMap;
-    let mut mb = MEMBLOCK.lock();
+    // SAFETY: the BSP runs this once before anything else touches MEMBLOCK.
+    let mb = unsafe { &mut *addr_of_mut!(MEMBLOCK) };
     let (ks, ke) = (
         &raw const __kernel_start as u64,
         &raw const __kernel_end as u64,
@@ -42,15 +65,20 @@ pub fn init(boot: &BootInfo) -> Result<MmSummary, &'static str> {
             .map_err(|_| "memblock_add failed on an e820 entry")?;
     }
     let total_pages = mb.total_pages();
-    let frames =
-        FrameAllocator::from_memblock(&mut mb, &mem).map_err(|_| "frame allocator setup failed")?;
-    let free_pages = frames.free_pages();
-    *FRAMES.lock() = Some(frames);
+    // SAFETY: as for MEMBLOCK; READY is not yet set, so no shared
+    // reference to PAGE_ALLOC exists.
+    let a = unsafe { &mut *addr_of_mut!(PAGE_ALLOC) };
+    a.init_with(mb, &mem, Topology::single(ncpus), grouping)
+        .map_err(|_| "page allocator setup failed")?;
+    let free_pages = a.free_pages_buddy();
+    let grouping = a.grouping_by_mobility();
+    READY.store(true, Ordering::Release);
     Ok(MmSummary {
         total_pages,
         reserved_pages: total_pages - free_pages,
         free_pages,
         kernel_start: ks,
         kernel_end: ke,
+        grouping,
     })
 }

@@ -63,7 +63,13 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         fail(core::str::from_utf8(msg.payload()).unwrap_or("unknown workload"));
     };
     let tsc_mm_start = cpu::rdtsc();
-    let mm = match mm::init(&boot) {
+    let grouping = match cmdline::get(cmdline, "mobility_grouping") {
+        Some("on") => Some(true),
+        Some("off") => Some(false),
+        None | Some("auto") => None,
+        Some(_) => fail("mobility_grouping must be on, off or auto"),
+    };
+    let mm = match mm::init(&boot, ncpus, grouping) {
         Ok(s) => s,
         Err(e) => fail(e),
     };
@@ -99,8 +105,8 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
             .sum();
         l.fmt(format_args!(
             "],\"e820_ram_bytes\":{e820_ram},\"total_pages\":{},\"reserved_pages\":{},\"free_pages\":{},\
-             \"kernel_start\":{},\"kernel_end\":{},\"syscall_gate\":{gate_ok},\"cpus\":[",
-            mm.total_pages, mm.reserved_pages, mm.free_pages, mm.kernel_start, mm.kernel_end
+             \"kernel_start\":{},\"kernel_end\":{},\"grouping_by_mobility\":{},\"syscall_gate\":{gate_ok},\"cpus\":[",
+            mm.total_pages, mm.reserved_pages, mm.free_pages, mm.kernel_start, mm.kernel_end, mm.grouping
         ));
         for (i, c) in smp::CHECKINS.iter().take(ncpus).enumerate() {
             use core::sync::atomic::Ordering::Relaxed;

@@ -1,24 +1,30 @@
-//! memtest: every free page, from every CPU, through the frame allocator.
+//! memtest: every free page, from every CPU, through the page allocator.
 //!
-//! Each CPU takes runs of up to 2 MiB from the allocator until it is empty and
-//! fills them with `address ^ PATTERN` (an address-dependent pattern catches
-//! aliasing, not just stuck bits). After a barrier each CPU verifies the runs
-//! of its neighbour, so data written on one vCPU is read back on another.
-//! Then everything is freed and the allocator must be back where it started.
+//! Each CPU allocates blocks from the largest order down until nothing is
+//! left (as a reclaimer may: watermarks do not apply), and fills them with
+//! `address ^ PATTERN` (an address-dependent pattern catches aliasing, not
+//! just stuck bits). After a barrier each CPU verifies the blocks of its
+//! neighbour, so data written on one vCPU is read back on another. Then
+//! everything is freed, the per-CPU lists drained, and the allocator must be
+//! back to the free page count it started with.
 use crate::hostio::{self, LINE};
-use crate::mm::FRAMES;
+use crate::mm;
 use crate::smp::Barrier;
 use crate::{abi, arch::cpu, MAX_CPUS};
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use guest_mm::{IdentityMap, Pfn, PAGE_SIZE};
+use guest_mm::gfp::Gfp;
+use guest_mm::mmzone::MAX_ORDER;
+use guest_mm::{Pfn, PAGE_SIZE};
 
 const PATTERN: u64 = 0x5a5a_a5a5_0f0f_f0f0;
-const RUN_FRAMES: u64 = 512;
-/// A list page: [next, count, (pfn, frames) × ENTRIES].
+/// A list page: [next, count, (pfn, order) × ENTRIES].
 const ENTRIES: usize = (PAGE_SIZE as usize / 8 - 2) / 2;
+/// Movable, no reclaim, and allowed below the watermarks: take it all.
+const GFP: Gfp = Gfp::MOVABLE.union(Gfp::MEMALLOC).union(Gfp::NOWARN);
 
 struct PerCpu {
     list: AtomicU64,
+    list_pages: AtomicU64,
     written: AtomicU64,
     verified: AtomicU64,
     errors: AtomicU64,
@@ -29,6 +35,7 @@ struct PerCpu {
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: PerCpu = PerCpu {
     list: AtomicU64::new(0),
+    list_pages: AtomicU64::new(0),
     written: AtomicU64::new(0),
     verified: AtomicU64::new(0),
     errors: AtomicU64::new(0),
@@ -74,69 +81,72 @@ fn check(pfn: u64, frames: u64) -> (u64, u64) {
     (bad, first)
 }
 
-/// Visits every (pfn, frames) entry of a CPU's run list.
-fn for_each_run(head: u64, mut f: impl FnMut(u64, u64)) {
+/// Visits every (pfn, order) entry of a CPU's block list.
+fn for_each_block(head: u64, mut f: impl FnMut(u64, usize)) {
     let mut page = head;
     while page != 0 {
         let w = words(page / PAGE_SIZE, 1);
         let (next, n) = (w[0], w[1] as usize);
         for e in 0..n {
-            f(w[2 + 2 * e], w[3 + 2 * e]);
+            f(w[2 + 2 * e], w[3 + 2 * e] as usize);
         }
         page = next;
     }
 }
 
+fn free_pages_total() -> u64 {
+    let a = mm::allocator();
+    a.drain_all_pages(None);
+    a.free_pages_buddy()
+}
+
 pub fn run(cpu: usize, ncpus: usize) -> bool {
-    let mem = IdentityMap;
+    let a = mm::allocator();
     let me = &PER_CPU[cpu];
     if cpu == 0 {
-        FREE_BEFORE.store(
-            FRAMES.lock().as_ref().map_or(0, |f| f.free_pages()),
-            Relaxed,
-        );
+        FREE_BEFORE.store(free_pages_total(), Relaxed);
     }
     let t0 = cpu::rdtsc();
     BARRIER.wait(ncpus);
 
-    // Phase 1: take runs and write the pattern. The first frame of a run
-    // becomes a list page when the current one is full.
-    let mut list: Option<&mut [u64]> = None;
-    loop {
-        let Some((Pfn(pfn), frames)) = FRAMES
-            .lock()
-            .as_mut()
-            .and_then(|f| f.alloc_run(&mem, RUN_FRAMES))
-        else {
-            break;
-        };
-        let (mut pfn, mut frames) = (pfn, frames);
-        if list.as_ref().is_none_or(|l| l[1] as usize == ENTRIES) {
-            let page = words(pfn, 1);
-            page[0] = me.list.load(Relaxed);
-            page[1] = 0;
-            me.list.store(pfn * PAGE_SIZE, Relaxed);
-            list = Some(page);
-            pfn += 1;
-            frames -= 1;
-        }
-        let l = list.as_mut().expect("list page");
-        let n = l[1] as usize;
-        l[2 + 2 * n] = pfn;
-        l[3 + 2 * n] = frames;
-        l[1] += 1;
-        if frames > 0 {
-            fill(pfn, frames);
-            me.written.fetch_add(frames, Relaxed);
+    // Phase 1: take blocks, largest first, and write the pattern.
+    {
+        let mut c = a.cpu(cpu);
+        let mut list: Option<&mut [u64]> = None;
+        let mut order = MAX_ORDER;
+        loop {
+            if list.as_ref().is_none_or(|l| l[1] as usize == ENTRIES) {
+                let Some(Pfn(p)) = c.alloc(GFP, 0) else { break };
+                let page = words(p, 1);
+                page[0] = me.list.load(Relaxed);
+                page[1] = 0;
+                me.list.store(p * PAGE_SIZE, Relaxed);
+                me.list_pages.fetch_add(1, Relaxed);
+                list = Some(page);
+            }
+            let Some(Pfn(p)) = c.alloc(GFP, order) else {
+                if order == 0 {
+                    break;
+                }
+                order -= 1;
+                continue;
+            };
+            let l = list.as_mut().expect("list page");
+            let n = l[1] as usize;
+            l[2 + 2 * n] = p;
+            l[3 + 2 * n] = order as u64;
+            l[1] += 1;
+            fill(p, 1 << order);
+            me.written.fetch_add(1 << order, Relaxed);
         }
     }
     BARRIER.wait(ncpus);
 
-    // Phase 2: verify the neighbour's runs.
+    // Phase 2: verify the neighbour's blocks.
     let other = &PER_CPU[(cpu + 1) % ncpus];
-    for_each_run(other.list.load(Relaxed), |pfn, frames| {
-        let (bad, first) = check(pfn, frames);
-        me.verified.fetch_add(frames, Relaxed);
+    for_each_block(other.list.load(Relaxed), |pfn, order| {
+        let (bad, first) = check(pfn, 1 << order);
+        me.verified.fetch_add(1 << order, Relaxed);
         if bad > 0 && me.errors.fetch_add(bad, Relaxed) == 0 {
             me.first_bad.store(first, Relaxed);
         }
@@ -144,23 +154,21 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
     BARRIER.wait(ncpus);
 
     // Phase 3: give everything back, list pages last.
-    let free = |pfn: u64, frames: u64| {
-        if frames > 0
-            && FRAMES
-                .lock()
-                .as_mut()
-                .map(|f| f.free_run(&mem, Pfn(pfn), frames))
-                .is_none_or(|r| r.is_err())
-        {
-            me.free_errors.fetch_add(1, Relaxed);
+    {
+        let mut c = a.cpu(cpu);
+        let mut page = me.list.load(Relaxed);
+        for_each_block(page, |pfn, order| {
+            if c.free(Pfn(pfn), order).is_err() {
+                me.free_errors.fetch_add(1, Relaxed);
+            }
+        });
+        while page != 0 {
+            let next = words(page / PAGE_SIZE, 1)[0];
+            if c.free(Pfn(page / PAGE_SIZE), 0).is_err() {
+                me.free_errors.fetch_add(1, Relaxed);
+            }
+            page = next;
         }
-    };
-    let mut page = me.list.load(Relaxed);
-    for_each_run(page, free);
-    while page != 0 {
-        let next = words(page / PAGE_SIZE, 1)[0];
-        free(page / PAGE_SIZE, 1);
-        page = next;
     }
     BARRIER.wait(ncpus);
     if cpu != 0 {
@@ -171,23 +179,27 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
 
 fn report(ncpus: usize, cycles: u64) -> bool {
     let before = FREE_BEFORE.load(Relaxed);
-    let after = FRAMES.lock().as_ref().map_or(0, |f| f.free_pages());
+    let after = free_pages_total();
     let cpus = &PER_CPU[..ncpus];
-    let written: u64 = cpus.iter().map(|c| c.written.load(Relaxed)).sum();
-    let verified: u64 = cpus.iter().map(|c| c.verified.load(Relaxed)).sum();
-    let errors: u64 = cpus
-        .iter()
-        .map(|c| c.errors.load(Relaxed) + c.free_errors.load(Relaxed))
-        .sum();
+    let sum = |f: fn(&PerCpu) -> u64| cpus.iter().map(f).sum::<u64>();
+    let written = sum(|c| c.written.load(Relaxed));
+    let list_pages = sum(|c| c.list_pages.load(Relaxed));
+    let verified = sum(|c| c.verified.load(Relaxed));
+    let errors = sum(|c| c.errors.load(Relaxed) + c.free_errors.load(Relaxed));
     let every_cpu_wrote = cpus.iter().all(|c| c.written.load(Relaxed) > 0);
-    let ok =
-        errors == 0 && written > 0 && verified == written && after == before && every_cpu_wrote;
+    // Every free page was taken: written plus the pages holding the lists.
+    let ok = errors == 0
+        && written > 0
+        && verified == written
+        && written + list_pages == before
+        && after == before
+        && every_cpu_wrote;
 
     let mut l = LINE.lock();
     l.begin(abi::RECORD_JSON);
     l.fmt(format_args!(
         "{{\"event\":\"workload\",\"name\":\"memtest\",\"ok\":{ok},\"pattern\":\"address^{PATTERN:#x}\",\
-         \"pages_written\":{written},\"pages_verified\":{verified},\"errors\":{errors},\
+         \"pages_written\":{written},\"list_pages\":{list_pages},\"pages_verified\":{verified},\"errors\":{errors},\
          \"free_pages_before\":{before},\"free_pages_after\":{after},\"tsc_cycles\":{cycles},\"per_cpu\":["
     ));
     for (i, c) in cpus.iter().enumerate() {

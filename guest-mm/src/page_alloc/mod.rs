@@ -88,15 +88,67 @@ pub enum FreeError {
     WrongOrder { pfn: Pfn, allocated: u8, freed: u8 },
 }
 
+/// One CPU's per-CPU lists, indexed by zone id. The lists themselves live
+/// in memory taken from memblock at init, one set per CPU for the populated
+/// zones only (Linux allocates its pagesets per CPU too): a static array for
+/// every possible CPU × zone would put ~320 KiB into the guest image.
+pub struct PcpSet {
+    base: *mut PerCpuPages,
+    slot: [u8; MAX_ZONES],
+}
+
+const NO_SLOT: u8 = u8::MAX;
+
+// SAFETY: a PcpSet is reached only through its CPU's SpinLock<CpuPages>.
+unsafe impl Send for PcpSet {}
+
+impl PcpSet {
+    const EMPTY: PcpSet = PcpSet {
+        base: core::ptr::null_mut(),
+        slot: [NO_SLOT; MAX_ZONES],
+    };
+
+    /// The lists of every populated zone.
+    pub fn iter(&self) -> impl Iterator<Item = &PerCpuPages> {
+        // SAFETY: each slot indexes this CPU's run of initialised lists.
+        self.slot
+            .iter()
+            .filter(|&&s| s != NO_SLOT)
+            .map(move |&s| unsafe { &*self.base.add(s as usize) })
+    }
+    fn has(&self, z: usize) -> bool {
+        self.slot[z] != NO_SLOT
+    }
+}
+
+impl core::ops::Index<usize> for PcpSet {
+    type Output = PerCpuPages;
+    fn index(&self, z: usize) -> &PerCpuPages {
+        let s = self.slot[z];
+        assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
+        // SAFETY: slot is in range of this CPU's lists (set up in init).
+        unsafe { &*self.base.add(s as usize) }
+    }
+}
+
+impl core::ops::IndexMut<usize> for PcpSet {
+    fn index_mut(&mut self, z: usize) -> &mut PerCpuPages {
+        let s = self.slot[z];
+        assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
+        // SAFETY: as above; `&mut self` is exclusive through the CPU lock.
+        unsafe { &mut *self.base.add(s as usize) }
+    }
+}
+
 /// One CPU's per-CPU lists for every zone, and its event counters.
 pub struct CpuPages {
-    pub pcp: [PerCpuPages; MAX_ZONES],
+    pub pcp: PcpSet,
     pub events: EventCounters,
 }
 
 impl CpuPages {
     const EMPTY: CpuPages = CpuPages {
-        pcp: [PerCpuPages::EMPTY; MAX_ZONES],
+        pcp: PcpSet::EMPTY,
         events: EventCounters::new(),
     };
 }
@@ -231,6 +283,32 @@ impl PageAllocator {
             }
         }
 
+        // Per-CPU lists for zones that will have pages, from memblock before
+        // the rest of memory goes to the buddy lists.
+        let mut slot = [NO_SLOT; MAX_ZONES];
+        let mut nslots = 0u8;
+        for (i, z) in self.zones.iter().enumerate() {
+            if z.present_pages > 0 {
+                slot[i] = nslots;
+                nslots += 1;
+            }
+        }
+        let per_cpu = nslots as usize;
+        let bytes = (topo.ncpus * per_cpu * core::mem::size_of::<PerCpuPages>()) as u64;
+        let at = mb
+            .alloc(mem, bytes.max(1), 64, PhysAddr(0))
+            .map_err(InitError::MemMap)?;
+        let pcp_base = mem.phys_to_ptr(at) as *mut PerCpuPages;
+        for c in 0..topo.ncpus {
+            // SAFETY: memblock reserved ncpus × per_cpu lists at `at`.
+            let base = unsafe { pcp_base.add(c * per_cpu) };
+            for i in 0..per_cpu {
+                // SAFETY: as above.
+                unsafe { base.add(i).write(PerCpuPages::EMPTY) };
+            }
+            self.cpus[c].get_mut().pcp = PcpSet { base, slot };
+        }
+
         let total_free = mb.free_pages();
         self.grouping = grouping.unwrap_or(total_free >= MAX_ORDER_NR_PAGES * MIGRATE_TYPES as u64);
         let initial_mt = if self.grouping {
@@ -309,10 +387,12 @@ impl PageAllocator {
                 .count();
             z.pcp_batch = pcp::zone_batchsize(z.managed_pages);
             z.pcp_high = pcp::zone_highsize(z.watermark[WMARK_LOW], z.pcp_batch, local as u32);
-            for c in self.cpus.iter_mut() {
-                let p = &mut c.get_mut().pcp[i];
-                p.batch = z.pcp_batch;
-                p.high = z.pcp_high;
+            for c in self.cpus.iter_mut().take(self.topo.ncpus) {
+                let set = &mut c.get_mut().pcp;
+                if set.has(i) {
+                    set[i].batch = z.pcp_batch;
+                    set[i].high = z.pcp_high;
+                }
             }
         }
     }
@@ -499,7 +579,10 @@ impl PageAllocator {
     fn drain_cpu(&self, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
         let mut any = false;
         for i in 0..MAX_ZONES {
-            if zone.is_some_and(|(n, k)| zid(n, k) != i) || pages.pcp[i].count == 0 {
+            if zone.is_some_and(|(n, k)| zid(n, k) != i)
+                || !pages.pcp.has(i)
+                || pages.pcp[i].count == 0
+            {
                 continue;
             }
             any = true;

@@ -199,6 +199,9 @@ impl CpuCache<'_> {
         // so they can merge (seed: direct compaction drains the local PCP).
         let a = self.a;
         for z in 0..MAX_ZONES {
+            if !self.pages.pcp.has(z) {
+                continue;
+            }
             let n = self.pages.pcp[z].count;
             if n > 0 {
                 a.free_pcp_bulk(&mut self.pages.pcp[z], z, n, 0);
