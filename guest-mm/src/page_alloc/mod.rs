@@ -608,6 +608,26 @@ impl PageAllocator {
     }
 }
 
+/// The slab allocator buys its pages here: RECLAIMABLE caches from
+/// RECLAIMABLE pageblocks, the rest Unmovable (seed 2.3, row 57). Do not
+/// call it on a CPU whose [`CpuCache`] the caller holds: the per-CPU lock is
+/// not re-entrant.
+impl crate::slab::PageProvider for PageAllocator {
+    fn alloc_pages(&self, cpu: usize, order: u32, reclaimable: bool) -> Option<PhysAddr> {
+        let gfp = if reclaimable {
+            Gfp::KERNEL_RECLAIMABLE
+        } else {
+            Gfp::KERNEL
+        };
+        PageAllocator::alloc_pages(self, cpu, gfp, order as usize).map(|p| p.addr())
+    }
+
+    fn free_pages(&self, cpu: usize, addr: PhysAddr, order: u32) {
+        let r = PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize);
+        debug_assert!(r.is_ok(), "slab freed a block it did not get: {r:?}");
+    }
+}
+
 /// A CPU's allocation context (see the module doc).
 pub struct CpuCache<'a> {
     a: &'a PageAllocator,

@@ -721,7 +721,7 @@ fn grouping_by_mobility_keeps_huge_blocks_free_after_mixed_churn() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let gfp = if x % 10 == 0 {
+            let gfp = if x.is_multiple_of(10) {
                 Gfp::NOWAIT
             } else {
                 Gfp::NOWAIT.union(Gfp::MOVABLE)
@@ -753,5 +753,38 @@ fn grouping_by_mobility_keeps_huge_blocks_free_after_mixed_churn() {
     assert!(
         on > 2 * off.max(1),
         "grouping on: {on}/{max_on} order-9 blocks free, off: {off}/{max_off}"
+    );
+}
+
+#[test]
+fn reclaimable_slab_caches_live_in_reclaimable_pageblocks() {
+    // Row 57 with the real page allocator underneath: kmalloc-rcl slabs come
+    // from RECLAIMABLE pageblocks, ordinary kmalloc slabs never do.
+    use crate::slab::Kmalloc;
+    let f = fixture(64 * MIB, 1);
+    let mem = &*f._mem;
+    let k = Box::new(Kmalloc::new());
+    let mut rcl = Vec::new();
+    let mut plain = Vec::new();
+    for i in 0..2000 {
+        let size = 8 << (i % 8);
+        rcl.push(k.kmalloc(mem, &*f.a, 0, size, true).unwrap());
+        plain.push(k.kmalloc(mem, &*f.a, 0, size, false).unwrap());
+    }
+    for p in &rcl {
+        assert_eq!(f.a.pageblock_mt(p.pfn().0), MigrateType::Reclaimable);
+    }
+    for p in &plain {
+        assert_eq!(f.a.pageblock_mt(p.pfn().0), MigrateType::Unmovable);
+    }
+    for p in rcl.into_iter().chain(plain) {
+        k.kfree(mem, &*f.a, 0, p).unwrap();
+    }
+    let _ = k.shrink(mem, &*f.a, 0);
+    f.a.drain_all_pages(None);
+    assert_eq!(
+        f.a.free_pages_buddy(),
+        f.managed(),
+        "every slab page came back"
     );
 }
