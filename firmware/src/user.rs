@@ -39,8 +39,28 @@ fn fail(message: &str) -> ! {
     hostio::exit(abi::GUEST_EXIT_FAILURE)
 }
 
+static CMDLINE: core::sync::atomic::AtomicPtr<u8> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+static CMDLINE_LEN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// The kernel command line (empty before the BSP has read it).
+pub fn cmdline() -> &'static str {
+    use core::sync::atomic::Ordering::Acquire;
+    let (p, n) = (CMDLINE.load(Acquire), CMDLINE_LEN.load(Acquire));
+    if p.is_null() {
+        return "";
+    }
+    // SAFETY: published by bsp_main from a &'static str.
+    unsafe { core::str::from_utf8_unchecked(core::slice::from_raw_parts(p, n)) }
+}
+
 fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
     let cmdline = boot.cmdline();
+    CMDLINE_LEN.store(cmdline.len(), core::sync::atomic::Ordering::Release);
+    CMDLINE.store(
+        cmdline.as_ptr() as *mut u8,
+        core::sync::atomic::Ordering::Release,
+    );
     if ncpus == 0 || ncpus > MAX_CPUS {
         let mut msg = crate::json::Line::new();
         msg.begin(0);

@@ -1,5 +1,6 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
+mod alloc;
 mod memtest;
 
 pub struct Workload {
@@ -15,6 +16,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "memtest",
         run: memtest::run,
+    },
+    Workload {
+        name: "alloc",
+        run: alloc::run,
     },
     Workload {
         name: "boot",
