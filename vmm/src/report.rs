@@ -183,7 +183,22 @@ impl Report {
                     w["pages_verified"], w["errors"]
                 );
             }
+            if let Some(v) = w.get("vmstat") {
+                s += &format!(
+                    ", pgalloc {} pgfree {}, per-CPU hits {} refills {}",
+                    v["pgalloc"], v["pgfree"], v["pcp_alloc_hit"], v["pcp_refill"]
+                );
+            }
             s += "\n";
+            if let Some(f) = w.get("fragmentation") {
+                s += &format!(
+                    "  fragmentation: {} of {} possible order-9 blocks free after freeing the movable pages \
+                     (grouping by mobility {})\n",
+                    f["free_order9_blocks"],
+                    f["max_order9_blocks"],
+                    if f["grouping_by_mobility"] == true { "on" } else { "off" }
+                );
+            }
         }
         for w in &self.warnings {
             s += &format!("  warning: {w}\n");
