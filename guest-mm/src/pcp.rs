@@ -8,8 +8,7 @@
 //! allocates (see `page_alloc::CpuPages`), which lets another CPU drain them
 //! without any work from the owner, even when that vCPU is halted.
 use crate::mmzone::{MigrateType, MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER};
-use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP};
-use crate::page_alloc::buddy::FreeList;
+use crate::page::{MemMap, PG_ALLOC, PG_BUDDY, PG_PCP};
 
 pub const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1);
 /// [seed 2.2.5.5] batch never exceeds PAGE_SHIFT · 8.
@@ -54,6 +53,36 @@ pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
     (per_cpu.min(u32::MAX as u64) as u32).max(batch * 4)
 }
 
+/// One list: a ring of descriptor indices, newest (hot) at the top. A ring
+/// rather than Linux's intrusive list so that pushing and popping touch only
+/// the page's own descriptor and this array, the shape of the `Vec` bound the
+/// benchmark compares against; the bottom still holds the coldest page for
+/// bulk freeing.
+#[derive(Clone, Copy)]
+pub struct PcpList {
+    /// Offset of this list's ring in the CPU-zone's index array.
+    off: u32,
+    /// Ring size, a power of two (0: no storage).
+    cap: u32,
+    start: u32,
+    pub len: u32,
+}
+
+impl PcpList {
+    const EMPTY: PcpList = PcpList {
+        off: 0,
+        cap: 0,
+        start: 0,
+        len: 0,
+    };
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn is_full(&self) -> bool {
+        self.len == self.cap
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct PerCpuPages {
     /// Pages on all lists (counted in base pages).
@@ -62,7 +91,22 @@ pub struct PerCpuPages {
     pub batch: u32,
     /// log2 of the next bulk-free multiplier (adaptive free, 5.14).
     pub free_factor: u32,
-    pub lists: [FreeList; NR_PCP_LISTS],
+    pub lists: [PcpList; NR_PCP_LISTS],
+    /// The rings of all lists, back to back (memory from memblock).
+    buf: *mut u32,
+}
+
+// SAFETY: reached only through the owning CPU's lock (see page_alloc).
+unsafe impl Send for PerCpuPages {}
+
+/// Ring sizes for a zone whose `high` and `batch` are at most these: the
+/// whole of `high` plus a refill fits in any one list, so a push only finds
+/// a list full when the lists are far past `high` (handled by the caller).
+pub fn ring_caps(high_max: u32, batch_max: u32) -> [u32; NR_PCP_LISTS] {
+    core::array::from_fn(|pindex| {
+        let order = pindex / MIGRATE_PCPTYPES;
+        ((high_max >> order) + batch_max.max(2)).next_power_of_two()
+    })
 }
 
 impl PerCpuPages {
@@ -71,9 +115,48 @@ impl PerCpuPages {
         high: 0,
         batch: 1,
         free_factor: 0,
-        lists: [FreeList::EMPTY; NR_PCP_LISTS],
+        lists: [PcpList::EMPTY; NR_PCP_LISTS],
+        buf: core::ptr::null_mut(),
     };
 
+    /// Lists with rings of `caps` entries at `buf`.
+    ///
+    /// # Safety
+    /// `buf` holds `caps.iter().sum()` u32 entries owned by this set alone.
+    pub unsafe fn with_rings(buf: *mut u32, caps: &[u32; NR_PCP_LISTS]) -> PerCpuPages {
+        let mut p = PerCpuPages {
+            buf,
+            ..PerCpuPages::EMPTY
+        };
+        let mut off = 0;
+        for (l, &cap) in p.lists.iter_mut().zip(caps) {
+            debug_assert!(cap.is_power_of_two());
+            *l = PcpList {
+                off,
+                cap,
+                start: 0,
+                len: 0,
+            };
+            off += cap;
+        }
+        p
+    }
+
+    #[inline(always)]
+    fn slot(&self, l: &PcpList, i: u32) -> *mut u32 {
+        // SAFETY: `i` is masked into the list's ring inside `buf`.
+        unsafe { self.buf.add((l.off + (i & (l.cap - 1))) as usize) }
+    }
+
+    #[inline(always)]
+    fn mark(map: &MemMap, idx: u32, order: usize, mt: MigrateType) {
+        let p = map.at(idx);
+        p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
+        p.order = order as u8;
+        p.mt = mt as u8;
+    }
+
+    /// Pushes a freed (hot) page on top; false when the ring is full.
     #[inline(always)]
     pub fn push_head(
         &mut self,
@@ -82,24 +165,21 @@ impl PerCpuPages {
         idx: u32,
         order: usize,
         mt: MigrateType,
-    ) {
-        let l = &mut self.lists[pindex];
-        let p = map.at(idx);
-        p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
-        p.order = order as u8;
-        p.mt = mt as u8;
-        p.prev = NIL;
-        p.next = l.head;
-        if l.head == NIL {
-            l.tail = idx;
-        } else {
-            map.at(l.head).prev = idx;
+    ) -> bool {
+        let l = self.lists[pindex];
+        if l.len == l.cap {
+            return false;
         }
-        l.head = idx;
-        l.count += 1;
+        Self::mark(map, idx, order, mt);
+        // SAFETY: slot() stays inside this list's ring.
+        unsafe { self.slot(&l, l.start + l.len).write(idx) };
+        self.lists[pindex].len += 1;
         self.count += 1 << order;
+        true
     }
 
+    /// Adds a page at the bottom (refills keep the buddy order below the
+    /// hot pages); false when the ring is full.
     pub fn push_tail(
         &mut self,
         map: &MemMap,
@@ -107,59 +187,51 @@ impl PerCpuPages {
         idx: u32,
         order: usize,
         mt: MigrateType,
-    ) {
-        let l = &mut self.lists[pindex];
-        let p = map.at(idx);
-        p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
-        p.order = order as u8;
-        p.mt = mt as u8;
-        p.next = NIL;
-        p.prev = l.tail;
-        if l.tail == NIL {
-            l.head = idx;
-        } else {
-            map.at(l.tail).next = idx;
+    ) -> bool {
+        let l = self.lists[pindex];
+        if l.len == l.cap {
+            return false;
         }
-        l.tail = idx;
-        l.count += 1;
+        Self::mark(map, idx, order, mt);
+        let start = l.start.wrapping_sub(1) & (l.cap - 1);
+        // SAFETY: as above.
+        unsafe { self.slot(&l, start).write(idx) };
+        let m = &mut self.lists[pindex];
+        m.start = start;
+        m.len += 1;
         self.count += 1 << order;
+        true
     }
 
+    /// Takes the hottest page.
     #[inline(always)]
     pub fn pop_head(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
-        let l = &mut self.lists[pindex];
-        let idx = l.head;
-        if idx == NIL {
+        let l = self.lists[pindex];
+        if l.len == 0 {
             return None;
         }
+        // SAFETY: as above.
+        let idx = unsafe { self.slot(&l, l.start + l.len - 1).read() };
+        self.lists[pindex].len -= 1;
         let p = map.at(idx);
-        l.head = p.next;
-        if p.next == NIL {
-            l.tail = NIL;
-        } else {
-            map.at(p.next).prev = NIL;
-        }
         p.flags &= !PG_PCP;
-        l.count -= 1;
         self.count -= 1 << p.order;
         Some(idx)
     }
 
+    /// Takes the coldest page.
     pub fn pop_tail(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
-        let l = &mut self.lists[pindex];
-        let idx = l.tail;
-        if idx == NIL {
+        let l = self.lists[pindex];
+        if l.len == 0 {
             return None;
         }
+        // SAFETY: as above.
+        let idx = unsafe { self.slot(&l, l.start).read() };
+        let m = &mut self.lists[pindex];
+        m.start = (l.start + 1) & (l.cap - 1);
+        m.len -= 1;
         let p = map.at(idx);
-        l.tail = p.prev;
-        if p.prev == NIL {
-            l.head = NIL;
-        } else {
-            map.at(p.prev).next = NIL;
-        }
         p.flags &= !PG_PCP;
-        l.count -= 1;
         self.count -= 1 << p.order;
         Some(idx)
     }
@@ -196,7 +268,7 @@ impl PerCpuPages {
         let mut pindex = first;
         let mut tried_empty = 0;
         while left > 0 && tried_empty < NR_PCP_LISTS {
-            if self.lists[pindex].head == NIL {
+            if self.lists[pindex].is_empty() {
                 tried_empty += 1;
                 pindex = (pindex + 1) % NR_PCP_LISTS;
                 continue;

@@ -164,6 +164,9 @@ pub struct PageAllocator {
     /// Set for a CPU whose lists could not be drained because it was busy
     /// allocating; it drains itself when it drops its [`CpuCache`].
     drain_requested: [AtomicBool; MAX_CPUS],
+    /// First zone of each node's fallback zonelist for each highest zone:
+    /// where an allocation without a node mask looks first.
+    preferred: [[u8; MAX_NR_ZONES]; MAX_NUMNODES],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
 }
@@ -195,6 +198,7 @@ impl PageAllocator {
         grouping: true,
         cpus: [const { SpinLock::new(CpuPages::EMPTY) }; MAX_CPUS],
         drain_requested: [const { AtomicBool::new(false) }; MAX_CPUS],
+        preferred: [[NO_SLOT; MAX_NR_ZONES]; MAX_NUMNODES],
         hooks: &NO_HOOKS,
         total_managed: 0,
     };
@@ -294,17 +298,46 @@ impl PageAllocator {
             }
         }
         let per_cpu = nslots as usize;
+        // Ring sizes from upper bounds of each zone's high and batch: the
+        // present pages bound the managed ones, and the min watermark never
+        // exceeds min_free_pages of the whole machine.
+        let total_present: u64 = self.zones.iter().map(|z| z.present_pages).sum();
+        let mut caps = [[0u32; pcp::NR_PCP_LISTS]; MAX_ZONES];
+        let mut ring_words = 0usize;
+        for (i, z) in self.zones.iter().enumerate() {
+            if slot[i] == NO_SLOT {
+                continue;
+            }
+            let batch_max = pcp::zone_batchsize(z.present_pages);
+            let low_max = zone::min_free_pages(total_present) * 5 / 4 + z.present_pages / 1000 + 1;
+            let high_max = pcp::zone_highsize(low_max, batch_max, 1);
+            caps[i] = pcp::ring_caps(high_max, batch_max);
+            ring_words += caps[i].iter().sum::<u32>() as usize;
+        }
         let bytes = (topo.ncpus * per_cpu * core::mem::size_of::<PerCpuPages>()) as u64;
         let at = mb
             .alloc(mem, bytes.max(1), 64, PhysAddr(0))
             .map_err(InitError::MemMap)?;
         let pcp_base = mem.phys_to_ptr(at) as *mut PerCpuPages;
+        let ring_bytes = (topo.ncpus * ring_words * 4) as u64;
+        let at = mb
+            .alloc(mem, ring_bytes.max(4), 64, PhysAddr(0))
+            .map_err(InitError::MemMap)?;
+        let mut ring = mem.phys_to_ptr(at) as *mut u32;
         for c in 0..topo.ncpus {
-            // SAFETY: memblock reserved ncpus × per_cpu lists at `at`.
+            // SAFETY: memblock reserved ncpus × per_cpu lists at pcp_base.
             let base = unsafe { pcp_base.add(c * per_cpu) };
-            for i in 0..per_cpu {
-                // SAFETY: as above.
-                unsafe { base.add(i).write(PerCpuPages::EMPTY) };
+            for (i, &sl) in slot.iter().enumerate() {
+                if sl == NO_SLOT {
+                    continue;
+                }
+                // SAFETY: the rings of this CPU and zone: caps[i] words,
+                // carved in order out of the ncpus × ring_words reserved.
+                unsafe {
+                    base.add(sl as usize)
+                        .write(PerCpuPages::with_rings(ring, &caps[i]));
+                    ring = ring.add(caps[i].iter().sum::<u32>() as usize);
+                }
             }
             self.cpus[c].get_mut().pcp = PcpSet { base, slot };
         }
@@ -413,6 +446,12 @@ impl PageAllocator {
                 &mut load,
             );
             self.thisnode[node] = Zonelist::build_thisnode(node, &populated);
+            for highest in ZoneType::ALL {
+                self.preferred[node][highest as usize] = self.fallback[node]
+                    .zones_for(highest, None)
+                    .next()
+                    .map_or(NO_SLOT, |zr| zid(zr.node as usize, zr.zone) as u8);
+            }
         }
     }
 
@@ -459,6 +498,7 @@ impl PageAllocator {
         CpuCache {
             a: self,
             cpu,
+            node: self.topo.cpu_node[cpu] as usize,
             pages: self.cpus[cpu].lock(),
         }
     }
@@ -530,6 +570,52 @@ impl PageAllocator {
         n
     }
 
+    /// Checks that `pfn` heads a block allocated with `order`; returns its
+    /// descriptor index and zone. The common case is one compare on the
+    /// descriptor; the error cases are then told apart.
+    #[inline(always)]
+    fn check_free(&self, pfn: Pfn, order: usize) -> Result<(u32, usize), FreeError> {
+        let map = &self.map;
+        if !map.contains(pfn.0) || order > MAX_ORDER {
+            return Err(FreeError::Foreign(pfn));
+        }
+        let idx = map.idx(pfn.0);
+        let page = map.at(idx);
+        let aligned = pfn.0 & ((1 << order) - 1) == 0;
+        if page.flags == PG_ALLOC
+            && page.order as usize == order
+            && aligned
+            && (page.next as usize) < MAX_ZONES
+        {
+            return Ok((idx, page.next as usize));
+        }
+        Err(Self::free_error(page, pfn, order))
+    }
+
+    /// Tells the bad-free cases apart (off the fast path).
+    #[cold]
+    #[inline(never)]
+    fn free_error(page: &Page, pfn: Pfn, order: usize) -> FreeError {
+        if page.flags & PG_RESERVED != 0 {
+            FreeError::Reserved(pfn)
+        } else if pfn.0 & ((1 << order) - 1) != 0 {
+            FreeError::Misaligned {
+                pfn,
+                order: order as u8,
+            }
+        } else if page.flags & PG_ALLOC == 0 {
+            FreeError::NotAllocated(pfn)
+        } else if page.order as usize != order {
+            FreeError::WrongOrder {
+                pfn,
+                allocated: page.order,
+                freed: order as u8,
+            }
+        } else {
+            FreeError::Foreign(pfn)
+        }
+    }
+
     /// The migrate type a request is served as: its mobility class, or
     /// Unmovable for everything when grouping by mobility is off (Linux's
     /// gfp_migratetype; otherwise the per-type free lists would still group).
@@ -541,10 +627,16 @@ impl PageAllocator {
         }
     }
 
-    /// Migrate type of the pageblock holding `pfn`.
+    /// Migrate type of the pageblock holding `pfn` (which the map covers;
+    /// the map starts on a MAX_ORDER boundary, so the pageblock's first page
+    /// is in it too).
+    #[inline(always)]
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
-        let start = (pfn & !(PAGEBLOCK_NR_PAGES - 1)).max(self.map.start_pfn());
-        MigrateType::from_index(self.map.at(self.map.idx(start)).pageblock_mt as usize)
+        MigrateType::from_index(
+            self.map
+                .at(self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1)))
+                .pageblock_mt as usize,
+        )
     }
 
     /// Zone lock acquisitions so far, all zones.
@@ -632,6 +724,7 @@ impl crate::slab::PageProvider for PageAllocator {
 pub struct CpuCache<'a> {
     a: &'a PageAllocator,
     cpu: usize,
+    node: usize,
     pages: SpinLockGuard<'a, CpuPages>,
 }
 
@@ -648,7 +741,7 @@ impl CpuCache<'_> {
         self.cpu
     }
     pub fn node(&self) -> usize {
-        self.a.topo.cpu_node[self.cpu] as usize
+        self.node
     }
     pub fn events(&self) -> &EventCounters {
         &self.pages.events
@@ -662,7 +755,38 @@ impl CpuCache<'_> {
     #[inline]
     pub fn alloc(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
         let node = self.node();
+        if order == 0 {
+            if let Some(p) = self.alloc_pcp_hit(gfp, node) {
+                return Some(p);
+            }
+        }
         self.alloc_node(gfp, order, node, None)
+    }
+
+    /// The common case of the fast path, without the zonelist walk: an
+    /// order-0 page from this CPU's list for the preferred zone, which passes
+    /// its low watermark. Exactly what `get_page_from_freelist` would pick,
+    /// found in a few dozen instructions; anything else falls through to it.
+    #[inline(always)]
+    fn alloc_pcp_hit(&mut self, gfp: Gfp, node: usize) -> Option<Pfn> {
+        let a = self.a;
+        let highest = gfp.highest_zone();
+        let z = a.preferred[node][highest as usize] as usize;
+        let zone = a.zones.get(z)?;
+        let mark = zone.watermark[WMARK_LOW]
+            + zone.boost.load(Ordering::Relaxed)
+            + zone.lowmem_reserve[highest as usize];
+        if zone.nr_free.load(Ordering::Relaxed) <= mark || zone.boosted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mt = a.migratetype(gfp);
+        let pcp = &mut self.pages.pcp[z];
+        pcp.free_factor >>= 1;
+        let idx = pcp.pop_head(&a.map, order_to_pindex(mt, 0))?;
+        let ev = &mut self.pages.events;
+        ev.inc(VmEvent::PcpAllocHit);
+        ev.inc(VmEvent::NumaHit);
+        Some(self.prep_new_page(idx, 0, mt, z))
     }
 
     /// `__alloc_pages`: the fast path over the zonelist of `node`, then the
@@ -690,7 +814,11 @@ impl CpuCache<'_> {
             self.pages.events.inc(VmEvent::AllocFail);
             return None;
         };
-        Some(self.prep_new_page(idx, order, self.a.migratetype(gfp)))
+        let z = self
+            .a
+            .zone_index_of(self.a.map.pfn(idx))
+            .expect("allocated page in a zone");
+        Some(self.prep_new_page(idx, order, self.a.migratetype(gfp), z))
     }
 
     /// ALLOC_NOFRAGMENT when the preferred zone is Normal and the node has a
@@ -734,7 +862,9 @@ impl CpuCache<'_> {
                 }
                 if let Some(idx) = self.try_zone(z, order, mt, flags, highest) {
                     let zone = &a.zones[z];
-                    if zone.boosted.swap(false, Ordering::Relaxed) && flags.has(AllocFlags::KSWAPD)
+                    if zone.boosted.load(Ordering::Relaxed)
+                        && zone.boosted.swap(false, Ordering::Relaxed)
+                        && flags.has(AllocFlags::KSWAPD)
                     {
                         self.pages.events.inc(VmEvent::KswapdWake);
                         a.hooks.wake_kswapd(zone.node, order, highest);
@@ -859,7 +989,11 @@ impl CpuCache<'_> {
                 nsteal += 1;
             }
             let Some(idx) = idx else { break };
-            pcp.push_tail(&a.map, pindex, idx, order, mt);
+            if !pcp.push_tail(&a.map, pindex, idx, order, mt) {
+                // Ring full (lists far past high): the page goes back.
+                b.free_one(idx, order, mt);
+                break;
+            }
             got += 1;
         }
         area.free_pages -= got << order;
@@ -874,12 +1008,16 @@ impl CpuCache<'_> {
         self.pages.pcp[z].pop_head(&a.map, pindex)
     }
 
-    fn prep_new_page(&mut self, idx: u32, order: usize, mt: MigrateType) -> Pfn {
+    /// Marks an allocated block's head; its unused list link remembers the
+    /// zone so the free needs no search.
+    #[inline(always)]
+    fn prep_new_page(&mut self, idx: u32, order: usize, mt: MigrateType, z: usize) -> Pfn {
         let p = self.a.map.at(idx);
         p.flags = PG_ALLOC;
         p.order = order as u8;
         p.mt = mt as u8;
         p.refcount = 1;
+        p.next = z as u32;
         let ev = &mut self.pages.events;
         ev.add(VmEvent::PgAlloc, 1 << order);
         if order > 0 {
@@ -890,36 +1028,57 @@ impl CpuCache<'_> {
 
     /// Frees a block allocated with `order`, after checking it really is one
     /// (seed 2.2.1: merge with the free buddy; order ≤ 3 via the per-CPU lists).
+    #[inline]
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
+        let (idx, z) = self.a.check_free(pfn, order)?;
+        if order == 0 && self.free_pcp_hit(idx, pfn, z) {
+            return Ok(());
+        }
+        self.free_checked(idx, pfn, order, z);
+        Ok(())
+    }
+
+    /// The common free: an order-0 page onto this CPU's list for its
+    /// pageblock's type, when there is room and the type has a list.
+    #[inline(always)]
+    fn free_pcp_hit(&mut self, idx: u32, pfn: Pfn, z: usize) -> bool {
+        let a = self.a;
+        let block_mt = a.pageblock_mt(pfn.0);
+        if block_mt as usize >= crate::mmzone::MIGRATE_PCPTYPES {
+            return false;
+        }
+        let pages = &mut *self.pages;
+        let pcp = &mut pages.pcp[z];
+        if !pcp.push_head(&a.map, block_mt as usize, idx, 0, block_mt) {
+            return false;
+        }
+        a.map.at(idx).refcount = 0;
+        pages.events.inc(VmEvent::PgFree);
+        pages.events.inc(VmEvent::PcpFreeHit);
+        if pcp.count >= pcp.high {
+            self.pcp_over_high(z, block_mt as usize);
+        }
+        true
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn pcp_over_high(&mut self, z: usize, pindex: usize) {
+        let a = self.a;
+        let pages = &mut *self.pages;
+        let pcp = &mut pages.pcp[z];
+        let n = pcp.nr_to_free();
+        a.free_pcp_bulk(pcp, z, n, pindex);
+        pages.events.inc(VmEvent::PcpFreeBatch);
+        pages.events.inc(VmEvent::ZoneLockAcquire);
+    }
+
+    /// Every other free of a checked block.
+    #[inline(never)]
+    fn free_checked(&mut self, idx: u32, pfn: Pfn, order: usize, z: usize) {
         let a = self.a;
         let map = &a.map;
-        if !map.contains(pfn.0) || order > MAX_ORDER {
-            return Err(FreeError::Foreign(pfn));
-        }
-        let idx = map.idx(pfn.0);
         let page = map.at(idx);
-        if page.flags & PG_RESERVED != 0 {
-            return Err(FreeError::Reserved(pfn));
-        }
-        if pfn.0 & ((1 << order) - 1) != 0 {
-            return Err(FreeError::Misaligned {
-                pfn,
-                order: order as u8,
-            });
-        }
-        if page.flags & PG_ALLOC == 0 {
-            return Err(FreeError::NotAllocated(pfn));
-        }
-        if page.order as usize != order {
-            return Err(FreeError::WrongOrder {
-                pfn,
-                allocated: page.order,
-                freed: order as u8,
-            });
-        }
-        let Some(z) = a.zone_index_of(pfn.0) else {
-            return Err(FreeError::Foreign(pfn));
-        };
         page.flags &= !PG_ALLOC;
         page.refcount = 0;
         self.pages.events.add(VmEvent::PgFree, 1 << order);
@@ -937,7 +1096,13 @@ impl CpuCache<'_> {
             let pindex = order_to_pindex(mt, order);
             let pages = &mut *self.pages;
             let pcp = &mut pages.pcp[z];
-            pcp.push_head(map, pindex, idx, order, mt);
+            if !pcp.push_head(map, pindex, idx, order, mt) {
+                // Ring full: give the coldest half back first.
+                let n = pcp.lists[pindex].len / 2;
+                a.free_pcp_bulk(pcp, z, n << order, pindex);
+                let pushed = pcp.push_head(map, pindex, idx, order, mt);
+                debug_assert!(pushed);
+            }
             pages.events.inc(VmEvent::PcpFreeHit);
             if pcp.count >= pcp.high {
                 let n = pcp.nr_to_free();
@@ -945,7 +1110,7 @@ impl CpuCache<'_> {
                 pages.events.inc(VmEvent::PcpFreeBatch);
                 pages.events.inc(VmEvent::ZoneLockAcquire);
             }
-            return Ok(());
+            return;
         }
         let mut area = zone.lock();
         let mut b = zone.buddy(map, &mut area, a.grouping);
@@ -953,7 +1118,6 @@ impl CpuCache<'_> {
         area.free_pages += 1 << order;
         zone.nr_free.store(area.free_pages, Ordering::Relaxed);
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
-        Ok(())
     }
 
     /// Allocates up to `out.len()` order-0 pages in one go (alloc_pages_bulk,
@@ -979,7 +1143,7 @@ impl CpuCache<'_> {
                 let Some(idx) = self.rmqueue_pcplist(z, 0, mt, AllocFlags::default()) else {
                     break;
                 };
-                out[n] = self.prep_new_page(idx, 0, mt);
+                out[n] = self.prep_new_page(idx, 0, mt, z);
                 n += 1;
             }
             if n == out.len() {
@@ -1031,7 +1195,7 @@ impl CpuCache<'_> {
             drop(area);
             self.account_steal(zone, steal);
             if let Some(idx) = idx {
-                return Some(self.prep_new_page(idx, order, self.a.migratetype(gfp)));
+                return Some(self.prep_new_page(idx, order, self.a.migratetype(gfp), z));
             }
         }
         None
@@ -1044,33 +1208,7 @@ impl CpuCache<'_> {
         if pcp_allowed_order(order) {
             let a = self.a;
             let map = &a.map;
-            if !map.contains(pfn.0) {
-                return Err(FreeError::Foreign(pfn));
-            }
-            let page = *map.at(map.idx(pfn.0));
-            if page.flags & PG_RESERVED != 0 {
-                return Err(FreeError::Reserved(pfn));
-            }
-            if pfn.0 & ((1 << order) - 1) != 0 {
-                return Err(FreeError::Misaligned {
-                    pfn,
-                    order: order as u8,
-                });
-            }
-            if page.flags & PG_ALLOC == 0 {
-                return Err(FreeError::NotAllocated(pfn));
-            }
-            if page.order as usize != order {
-                return Err(FreeError::WrongOrder {
-                    pfn,
-                    allocated: page.order,
-                    freed: order as u8,
-                });
-            }
-            let Some(z) = a.zone_index_of(pfn.0) else {
-                return Err(FreeError::Foreign(pfn));
-            };
-            let idx = map.idx(pfn.0);
+            let (idx, z) = a.check_free(pfn, order)?;
             let p = map.at(idx);
             p.flags &= !PG_ALLOC;
             p.refcount = 0;
