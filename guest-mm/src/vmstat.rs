@@ -89,10 +89,14 @@ pub enum VmEvent {
     NumaMiss,
     /// Allocations meant for this node that landed elsewhere.
     NumaForeign,
+    /// Pageblocks set aside for high-order atomic allocations.
+    HighAtomicReserve,
+    /// Reserved pageblocks given back under memory pressure.
+    HighAtomicUnreserve,
 }
 
 /// Number of [`VmEvent`] variants; the length of an [`EventCounters`].
-pub const NR_VM_EVENTS: usize = VmEvent::NumaForeign as usize + 1;
+pub const NR_VM_EVENTS: usize = VmEvent::HighAtomicUnreserve as usize + 1;
 
 impl VmEvent {
     /// Every event, in discriminant order (`ALL[e as usize] == e`).
@@ -126,6 +130,8 @@ impl VmEvent {
         VmEvent::NumaHit,
         VmEvent::NumaMiss,
         VmEvent::NumaForeign,
+        VmEvent::HighAtomicReserve,
+        VmEvent::HighAtomicUnreserve,
     ];
 
     /// The /proc/vmstat-style name.
@@ -160,6 +166,8 @@ impl VmEvent {
             VmEvent::NumaHit => "numa_hit",
             VmEvent::NumaMiss => "numa_miss",
             VmEvent::NumaForeign => "numa_foreign",
+            VmEvent::HighAtomicReserve => "highatomic_reserve",
+            VmEvent::HighAtomicUnreserve => "highatomic_unreserve",
         }
     }
 

@@ -905,7 +905,14 @@ impl CpuCache<'_> {
             return None;
         }
         let check = !flags.has(AllocFlags::NO_WATERMARKS);
-        let mark = zone.wmark(flags.wmark());
+        // Atomic order-0 requests at the min mark ignore the boost (seed
+        // 2.2.4): a boost exists to make kswapd work ahead, not to fail
+        // interrupt-time allocations.
+        let mark = if order == 0 && flags.has(AllocFlags::HARDER) && flags.wmark() == WMARK_MIN {
+            zone.watermark[WMARK_MIN]
+        } else {
+            zone.wmark(flags.wmark())
+        };
         if pcp_allowed_order(order) && !flags.has(AllocFlags::HIGHATOMIC) {
             if check && order == 0 && !zone::watermark_fast_order0(zone, mark, highest, flags) {
                 self.pages.events.inc(VmEvent::WatermarkFail);
@@ -930,13 +937,40 @@ impl CpuCache<'_> {
         }
         let mut b = zone.buddy(&a.map, &mut area, a.grouping);
         let (idx, steal) = b.rmqueue(order, mt, flags);
-        if let Some(_i) = idx {
+        if let Some(i) = idx {
+            if order > 0
+                && flags.has(AllocFlags::HIGHATOMIC)
+                && b.reserve_highatomic(a.map.pfn(i), zone.managed_pages)
+            {
+                self.pages.events.inc(VmEvent::HighAtomicReserve);
+            }
             area.free_pages -= 1 << order;
             zone.nr_free.store(area.free_pages, Ordering::Relaxed);
         }
         drop(area);
         self.account_steal(zone, steal);
         idx
+    }
+
+    /// Gives one HighAtomic pageblock of the zonelist's zones back to `mt`
+    /// (see `Buddy::unreserve_highatomic`); true if one was.
+    pub(super) fn unreserve_highatomic(&mut self, node: usize, gfp: Gfp, force: bool) -> bool {
+        let a = self.a;
+        let mt = a.migratetype(gfp);
+        for zr in a.zonelist(node, false).zones_for(gfp.highest_zone(), None) {
+            let zone = &a.zones[zid(zr.node as usize, zr.zone)];
+            let mut area = zone.lock();
+            if area.nr_reserved_highatomic == 0 {
+                continue;
+            }
+            let mut b = zone.buddy(&a.map, &mut area, a.grouping);
+            if b.unreserve_highatomic(mt, force) {
+                drop(area);
+                self.pages.events.inc(VmEvent::HighAtomicUnreserve);
+                return true;
+            }
+        }
+        false
     }
 
     fn account_steal(&mut self, zone: &Zone, steal: buddy::StealOutcome) {

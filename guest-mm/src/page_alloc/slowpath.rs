@@ -129,6 +129,7 @@ impl CpuCache<'_> {
             }
             if progress == 0 && !drained {
                 drained = true;
+                self.unreserve_highatomic(node, gfp, false);
                 self.drain_all(None);
                 if let Some(i) = self.get_page_from_freelist(gfp, order, flags, node, mask) {
                     return Some(i);
@@ -150,6 +151,12 @@ impl CpuCache<'_> {
                 mask,
                 highest,
             ) {
+                continue;
+            }
+            // Before failing, the last HighAtomic reserve goes too.
+            if no_progress_loops > MAX_RECLAIM_RETRIES && self.unreserve_highatomic(node, gfp, true)
+            {
+                no_progress_loops = 0;
                 continue;
             }
             if progress > 0 && should_compact_retry(compact.err(), &mut prio, &mut compact_retries)

@@ -789,3 +789,91 @@ fn reclaimable_slab_caches_live_in_reclaimable_pageblocks() {
         "every slab page came back"
     );
 }
+
+#[test]
+fn high_order_atomic_allocations_reserve_a_pageblock_given_back_before_failing() {
+    // Seed 2.2.4 (ALLOC_HARDER) with Linux's HighAtomic reserve: a
+    // high-order atomic request in the slow path sets its pageblock aside;
+    // ordinary requests cannot use it, until memory runs out and the slow
+    // path gives it back rather than fail.
+    let f = fixture(64 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let mut c = f.a.cpu(0);
+    let movable = Gfp::NOWAIT.union(Gfp::DMA32).union(Gfp::MOVABLE);
+    while c.alloc_direct(movable, 0).is_some() {}
+    // Below low: the fast path refuses, the atomic slow path succeeds.
+    let p = c.alloc(Gfp::ATOMIC.union(Gfp::DMA32), 2).unwrap();
+    assert_eq!(c.events().get(VmEvent::HighAtomicReserve), 1);
+    assert_eq!(f.a.pageblock_mt(p.0), MigrateType::HighAtomic);
+    assert_eq!(
+        z.free.lock().nr_reserved_highatomic,
+        crate::mmzone::PAGEBLOCK_NR_PAGES
+    );
+    // Ordinary requests cannot take pages from the reserved pageblock.
+    let block = p.0 & !(crate::mmzone::PAGEBLOCK_NR_PAGES - 1);
+    while let Some(q) = c.alloc(
+        Gfp::NOWAIT
+            .union(Gfp::DMA32)
+            .union(Gfp::MOVABLE)
+            .union(Gfp::MEMALLOC),
+        0,
+    ) {
+        assert_ne!(
+            q.0 & !(crate::mmzone::PAGEBLOCK_NR_PAGES - 1),
+            block,
+            "reserve used by an ordinary request"
+        );
+    }
+    // Another atomic request still gets served from it (an order-0 one,
+    // which also ignores any watermark boost).
+    let q = c.alloc(Gfp::ATOMIC.union(Gfp::DMA32), 0).unwrap();
+    assert_eq!(q.0 & !(crate::mmzone::PAGEBLOCK_NR_PAGES - 1), block);
+    // Under pressure the reserve is given back, the last one only when the
+    // slow path is about to fail (force).
+    let g = Gfp::KERNEL.union(Gfp::DMA32);
+    assert!(
+        !c.unreserve_highatomic(0, g, false),
+        "the last reserved pageblock is kept"
+    );
+    assert!(c.unreserve_highatomic(0, g, true));
+    assert_eq!(z.free.lock().nr_reserved_highatomic, 0);
+    assert_eq!(f.a.pageblock_mt(p.0), MigrateType::Unmovable);
+}
+
+#[test]
+fn adaptive_bulk_free_doubles_and_keeps_a_batch() {
+    // Row 16 (seed 2.2.5.3): consecutive frees past high return batch,
+    // 2·batch, 4·batch…; an allocation halves the factor; at least `batch`
+    // pages stay on the list after every bulk free.
+    let f = fixture(256 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let (batch, high) = {
+        let p = c.pcp(0, ZoneType::Dma32);
+        (p.batch, p.high)
+    };
+    let held: Vec<_> = (0..(high as usize * 3))
+        .map(|_| c.alloc(Gfp::USER_MOVABLE, 0).unwrap())
+        .collect();
+    let mut freed_sizes = Vec::new();
+    let mut last = c.pcp(0, ZoneType::Dma32).count;
+    for p in held {
+        c.free(p, 0).unwrap();
+        let now = c.pcp(0, ZoneType::Dma32).count;
+        if now < last {
+            freed_sizes.push(last + 1 - now);
+            assert!(now >= batch, "list kept at least a batch: {now} < {batch}");
+        }
+        last = now;
+    }
+    assert!(freed_sizes.len() >= 3, "{freed_sizes:?}");
+    assert_eq!(freed_sizes[0], batch);
+    assert_eq!(freed_sizes[1], 2 * batch);
+    assert_eq!(freed_sizes[2], 4 * batch);
+    let factor = c.pcp(0, ZoneType::Dma32).free_factor;
+    c.alloc(Gfp::USER_MOVABLE, 0).unwrap();
+    assert_eq!(
+        c.pcp(0, ZoneType::Dma32).free_factor,
+        factor >> 1,
+        "an allocation halves it"
+    );
+}
