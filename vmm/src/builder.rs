@@ -90,7 +90,8 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
     };
     config.validate(&host)?;
     let what = kernel_name(&config.kernel);
-    let owned;
+    // A kernel read from disk is needed only until it is in guest RAM.
+    let mut owned = Vec::new();
     let image: &[u8] = match &config.kernel {
         KernelSource::Bundled => firmware::BUNDLED,
         KernelSource::Path(p) => {
@@ -114,6 +115,10 @@ pub fn run_vm(config: &VmConfig, console: Console) -> Result<Report, BuildError>
 
     let mem = ram.memory();
     let kernel = boot::load_kernel(mem, ram.end(), image, &what)?;
+    if config.kernel == KernelSource::Bundled {
+        firmware::release_bundled_pages();
+    }
+    drop(owned);
     regs::write_boot_tables(mem)?;
     let cr3 = pagetables::build_identity_map(mem, ram.end())?;
     let e820 = e820_map(config.memory);
