@@ -430,6 +430,13 @@ fn watermark_bands_wake_kswapd_and_block_below_min() {
         z.free_pages()
     );
     assert!(c.alloc(gfp, 0).is_none());
+    // Below min a request that may reclaim enters direct reclaim (and, with
+    // nothing reclaimable yet, fails after its retries).
+    let stalls = c.events().get(VmEvent::DirectReclaim);
+    assert!(c
+        .alloc(Gfp::KERNEL.union(Gfp::DMA32).union(Gfp::MOVABLE), 0)
+        .is_none());
+    assert!(c.events().get(VmEvent::DirectReclaim) > stalls);
     assert!(
         c.alloc(Gfp::ATOMIC.union(Gfp::DMA32), 0).is_some(),
         "__GFP_HIGH may use the reserve"
@@ -876,4 +883,55 @@ fn adaptive_bulk_free_doubles_and_keeps_a_batch() {
         factor >> 1,
         "an allocation halves it"
     );
+}
+
+#[test]
+fn a_million_random_operations_never_hand_out_a_frame_twice() {
+    // Row 1 (seed 2.2.1): 10^6 alloc/free of random orders and types from
+    // two CPUs: no overlap, and after freeing everything each aligned
+    // 1,024-page region is one order-10 block again.
+    let f = fixture(64 * MIB, 2);
+    let blocks0: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
+    let mut owner = vec![false; (64 * MIB / PAGE_SIZE) as usize];
+    let mut live: Vec<(u64, usize)> = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let gfps = [
+        Gfp::NOWAIT,
+        Gfp::NOWAIT.union(Gfp::MOVABLE),
+        Gfp::NOWAIT.union(Gfp::RECLAIMABLE),
+    ];
+    let mut cpus = [f.a.cpu(0), f.a.cpu(1)];
+    for _ in 0..1_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let c = &mut cpus[(x >> 60) as usize & 1];
+        if live.len() < 64 || (x % 3 != 0 && live.len() < 4096) {
+            let order = [0, 0, 0, 0, 1, 2, 3, 5, 9, 10][(x >> 8) as usize % 10];
+            if let Some(p) = c.alloc(gfps[(x >> 20) as usize % 3], order) {
+                for q in p.0..p.0 + (1 << order) {
+                    assert!(
+                        !std::mem::replace(&mut owner[q as usize], true),
+                        "frame {q} handed out twice"
+                    );
+                }
+                live.push((p.0, order));
+            }
+        } else {
+            let (p, order) = live.swap_remove((x >> 16) as usize % live.len());
+            c.free(Pfn(p), order).unwrap();
+            for q in p..p + (1 << order) {
+                owner[q as usize] = false;
+            }
+        }
+    }
+    for (p, order) in live {
+        cpus[0].free(Pfn(p), order).unwrap();
+    }
+    cpus[0].drain_all(None);
+    drop(cpus);
+    f.a.drain_all_pages(None);
+    assert_eq!(f.a.free_pages_buddy(), f.managed());
+    let blocks: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
+    assert_eq!(blocks, blocks0);
 }
