@@ -163,5 +163,5 @@ fn unknown_flag() {
 #[test]
 fn timeout_zero() {
     let out = run(&["--timeout", "0", "--memory", "128M"]);
-    assert_bad_input(&out, &["--timeout", "'0'", "positive number of seconds"]);
+    assert_bad_input(&out, &["--timeout", "'0'", "above 0 and below 1e9"]);
 }

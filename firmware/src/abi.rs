@@ -49,6 +49,10 @@ pub const GUEST_EXIT_FAILURE: u32 = 1;
 /// The guest took an unexpected exception or panicked.
 pub const GUEST_EXIT_CRASH: u32 = 3;
 
+/// vCPUs the bundled guest kernel supports (its per-CPU stacks and TSSs);
+/// the VMM refuses more when booting it.
+pub const MAX_VCPUS: usize = 64;
+
 /// ELF note (name "memvisor") announcing the memvisor SMP entry: every vCPU
 /// starts at the ELF entry in 64-bit mode with `rdi` = vCPU index, `rsi` =
 /// boot_params, `rdx` = vCPU count, instead of only the BSP as in the Linux

@@ -23,7 +23,7 @@ mod user;
 mod workloads;
 
 /// Upper bound on vCPUs: sizes the per-CPU stacks and TSS array.
-pub const MAX_CPUS: usize = 64;
+pub const MAX_CPUS: usize = abi::MAX_VCPUS;
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {

@@ -32,6 +32,7 @@ global_asm!(
     "    push 0x80",
     "    push r15", "push r14", "push r13", "push r12", "push r11", "push r10", "push r9", "push r8",
     "    push rbp", "push rdi", "push rsi", "push rdx", "push rcx", "push rbx", "push rax",
+    "    cld",
     "    mov rdi, rsp",
     "    call {dispatch}",
     "    jmp trap_return",

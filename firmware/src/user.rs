@@ -87,7 +87,14 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         Some("on") => Some(true),
         Some("off") => Some(false),
         None | Some("auto") => None,
-        Some(_) => fail("mobility_grouping must be on, off or auto"),
+        Some(v) => {
+            let mut msg = crate::json::Line::new();
+            msg.begin(0);
+            msg.fmt(format_args!(
+                "mobility_grouping={v}: must be on, off or auto"
+            ));
+            fail(core::str::from_utf8(msg.payload()).unwrap_or("bad mobility_grouping"))
+        }
     };
     let mm = match mm::init(&boot, ncpus, grouping) {
         Ok(s) => s,

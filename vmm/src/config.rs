@@ -65,7 +65,9 @@ pub enum ConfigError {
     NoVcpus(u32),
     #[error("--vcpus {0}: this host's KVM allows at most {1}")]
     TooManyVcpus(u32, u32),
-    #[error("--timeout {0}: must be a positive number of seconds")]
+    #[error("--vcpus {0}: the bundled guest kernel supports at most {1} (boot another kernel with --kernel for more)")]
+    TooManyVcpusForBundled(u32, usize),
+    #[error("--timeout {0}: must be a number of seconds above 0 and below 1e9")]
     BadTimeout(String),
 }
 
@@ -106,7 +108,8 @@ pub fn parse_timeout(s: &str) -> Result<Duration, ConfigError> {
 }
 
 impl VmConfig {
-    pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+    /// The checks that need no host facts (usable before KVM is opened).
+    pub fn validate_static(&self) -> Result<(), ConfigError> {
         let m = format_size(self.memory);
         if self.memory < MIN_MEMORY {
             return Err(ConfigError::MemoryTooSmall(m));
@@ -114,14 +117,26 @@ impl VmConfig {
         if !self.memory.is_multiple_of(MEMORY_ALIGN) {
             return Err(ConfigError::MemoryUnaligned(m));
         }
-        if self.memory > host.mem_total {
-            return Err(ConfigError::MemoryTooLarge(m, host.mem_total));
+        if self.kernel == KernelSource::Bundled && self.vcpus as usize > crate::abi::MAX_VCPUS {
+            return Err(ConfigError::TooManyVcpusForBundled(
+                self.vcpus,
+                crate::abi::MAX_VCPUS,
+            ));
         }
+        Ok(())
+    }
+
+    pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
+        let m = format_size(self.memory);
         if self.vcpus == 0 {
             return Err(ConfigError::NoVcpus(host.max_vcpus));
         }
         if self.vcpus > host.max_vcpus {
             return Err(ConfigError::TooManyVcpus(self.vcpus, host.max_vcpus));
+        }
+        self.validate_static()?;
+        if self.memory > host.mem_total {
+            return Err(ConfigError::MemoryTooLarge(m, host.mem_total));
         }
         Ok(())
     }
@@ -145,6 +160,27 @@ mod tests {
         max_vcpus: 8,
         mem_total: 4 * GIB,
     };
+
+    #[test]
+    fn bundled_kernel_caps_vcpus() {
+        let big = HostLimits {
+            max_vcpus: 1024,
+            mem_total: 4 * GIB,
+        };
+        let mut c = VmConfig {
+            vcpus: 65,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate(&big),
+            Err(ConfigError::TooManyVcpusForBundled(65, 64))
+        );
+        c.kernel = KernelSource::Path("/boot/vmlinuz".into());
+        assert!(c.validate(&big).is_ok());
+        c.vcpus = 64;
+        c.kernel = KernelSource::Bundled;
+        assert!(c.validate(&big).is_ok());
+    }
 
     #[test]
     fn sizes_parse_with_binary_suffixes() {

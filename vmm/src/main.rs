@@ -41,10 +41,10 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME`: memtest (write and verify every free page from every vCPU) or boot (report ready, exit).
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
-    /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS.
+    /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
     #[arg(long, value_name = "N", default_value_t = 1)]
     vcpus: u32,
     /// Guest RAM: at least 16M, a multiple of 2M, at most the host's MemTotal. K/M/G suffixes.
@@ -106,6 +106,19 @@ fn main() -> ExitCode {
             vcpus,
             cmdline,
         }) => {
+            let probe = VmConfig {
+                memory,
+                vcpus,
+                ..Default::default()
+            };
+            if let Err(e) = probe.validate_static() {
+                eprintln!("memvisor: bench boot: error: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            if runs == 0 || vcpus == 0 {
+                eprintln!("memvisor: bench boot: error: --runs and --vcpus must be at least 1 (got {runs} and {vcpus})");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
             match bench_boot(&BootBenchOptions {
                 runs,
                 json,
@@ -143,25 +156,44 @@ fn run(args: RunArgs) -> ExitCode {
     if let Err(e) = install_sigint_handler() {
         eprintln!("memvisor: warning: cannot install the SIGINT handler: {e}");
     }
+    // An unwritable report path is bad input: find out before the VM runs.
+    let mut report_file = match &args.report {
+        Some(p) if p.as_os_str() != "-" => match std::fs::File::create(p) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "memvisor: error: cannot create report file {}: {e}",
+                    p.display()
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+        _ => None,
+    };
     let report = match run_vm(&config, console) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("memvisor: error: {}", error_chain(&e));
+            // Leave nothing behind: the report file was created empty.
+            if let (Some(f), Some(p)) = (report_file.take(), args.report.as_ref()) {
+                drop(f);
+                let _ = std::fs::remove_file(p);
+            }
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
     let code = report.exit.code;
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
-    match args.report {
-        Some(p) if p.as_os_str() == "-" => println!("{json}"),
-        Some(p) => {
-            if let Err(e) = std::fs::write(&p, json + "\n") {
-                eprintln!("memvisor: error: cannot write report {}: {e}", p.display());
-                return ExitCode::from(EXIT_BAD_INPUT);
+    if to_stdout {
+        // stdout carries the JSON alone; the summary would corrupt it.
+        println!("{json}");
+    } else {
+        if let Some(f) = report_file.as_mut() {
+            if let Err(e) = f.write_all((json + "\n").as_bytes()) {
+                eprintln!("memvisor: warning: cannot write the report: {e}");
             }
-            print_summary(&report.summary(), args.quiet);
         }
-        None => print_summary(&report.summary(), args.quiet),
+        print_summary(&report.summary(), args.quiet);
     }
     ExitCode::from(code as u8)
 }

@@ -48,6 +48,7 @@ pub struct Phases {
     pub workload_done: Option<f64>,
     pub guest_exit: Option<f64>,
     pub teardown_done: Option<f64>,
+    pub vm_closed: Option<f64>,
 }
 
 impl Phases {
@@ -66,6 +67,7 @@ impl Phases {
             ("workload_done", self.workload_done),
             ("guest_exit", self.guest_exit),
             ("teardown_done", self.teardown_done),
+            ("vm_closed", self.vm_closed),
         ]
         .into_iter()
         .filter_map(|(n, v)| v.map(|v| (n, v)))
@@ -99,6 +101,8 @@ pub struct ExitCounts {
     pub mmio: u64,
     pub records: u64,
     pub bad_records: u64,
+    /// Times a vCPU was pulled out of KVM_RUN to stop it.
+    pub kicks: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -906,7 +906,7 @@ fn a_million_random_operations_never_hand_out_a_frame_twice() {
         x ^= x >> 7;
         x ^= x << 17;
         let c = &mut cpus[(x >> 60) as usize & 1];
-        if live.len() < 64 || (x % 3 != 0 && live.len() < 4096) {
+        if live.len() < 64 || (!x.is_multiple_of(3) && live.len() < 4096) {
             let order = [0, 0, 0, 0, 1, 2, 3, 5, 9, 10][(x >> 8) as usize % 10];
             if let Some(p) = c.alloc(gfps[(x >> 20) as usize % 3], order) {
                 for q in p.0..p.0 + (1 << order) {

@@ -42,19 +42,46 @@ struct BenchResult {
     anchors: &'static [&'static str],
 }
 
+/// A private directory for the runs' reports, removed on every path out.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let base = std::env::temp_dir();
+        for n in 0..100u32 {
+            let p = base.join(format!(
+                "memvisor-bench-{}-{}-{n}",
+                std::process::id(),
+                now_ns()
+            ));
+            match std::fs::create_dir(&p) {
+                Ok(()) => return Ok(TempDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).context("creating a directory for the run reports"),
+            }
+        }
+        bail!("cannot create a fresh directory in {}", base.display())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
     if o.runs == 0 {
         bail!("--runs 0: at least 1 run is needed");
     }
     let exe = std::env::current_exe().context("locating the memvisor binary")?;
-    let dir = std::env::temp_dir().join(format!("memvisor-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new()?;
     let mut ready = Vec::new();
     let mut exit = Vec::new();
     let mut overhead = Vec::new();
     let mut phase_spans: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
     for i in 0..o.runs {
-        let report_path = dir.join(format!("run{i}.json"));
+        let report_path = dir.0.join(format!("run{i}.json"));
         let mut cmd = Command::new(&exe);
         cmd.args([
             "run",
@@ -120,6 +147,7 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
             "workload_done",
             "guest_exit",
             "teardown_done",
+            "vm_closed",
         ];
         let mut prev = 0.0;
         for (k, name) in order.iter().enumerate() {
@@ -134,7 +162,7 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
         }
         let _ = std::fs::remove_file(&report_path);
     }
-    let _ = std::fs::remove_dir(&dir);
+    drop(dir);
     let result = BenchResult {
         runs: o.runs,
         memory: format_size(o.memory),

@@ -188,7 +188,18 @@ impl VcpuThread {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                run_loop(&mut vcpu, id, &shared);
+                // Even if the loop panics (tests unwind), hand the VcpuFd back:
+                // kick() writes into its kvm_run mapping until join().
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_loop(&mut vcpu, id, &shared)
+                }));
+                if r.is_err() {
+                    let _ = shared.events.send(VmEvent::Failed {
+                        vcpu: id,
+                        error: "the vCPU thread panicked".into(),
+                        at_ns: now_ns(),
+                    });
+                }
                 vcpu
             })?;
         Ok(VcpuThread {
@@ -317,7 +328,8 @@ fn run_loop(vcpu: &mut VcpuFd, id: u32, s: &VcpuShared) {
                 return;
             }
             Action::Idle => {
-                // No in-kernel LAPIC to wake us: park until told to stop.
+                // KVM_EXIT_HLT reaches us only without an in-kernel LAPIC
+                // (ours blocks in the kernel instead): park until told to stop.
                 while !s.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(std::time::Duration::from_millis(50));
                 }
