@@ -21,8 +21,9 @@ pub const ENOSYS: u64 = u64::MAX;
 /// Encoding of `int 0x80`.
 pub const INT80: [u8; 2] = [0xcd, 0x80];
 
-// Same frame layout as an exception (vector 0x80, error 0), so one TrapFrame
-// type serves both.
+// The gate pushes what an exception without an error code would (error 0,
+// vector 0x80) and shares the exception path's register save and iretq;
+// `trap::exception` hands vector 0x80 to `dispatch`.
 global_asm!(
     ".section .text.cpl0, \"ax\"",
     ".balign 16",
@@ -30,13 +31,7 @@ global_asm!(
     "syscall_entry:",
     "    push 0",
     "    push 0x80",
-    "    push r15", "push r14", "push r13", "push r12", "push r11", "push r10", "push r9", "push r8",
-    "    push rbp", "push rdi", "push rsi", "push rdx", "push rcx", "push rbx", "push rax",
-    "    cld",
-    "    mov rdi, rsp",
-    "    call {dispatch}",
-    "    jmp trap_return",
-    dispatch = sym dispatch,
+    "    jmp trap_common",
 );
 
 extern "C" {

@@ -166,10 +166,15 @@ fn com1_reg(name: &[u8], v: u64) {
     com1(b" ");
 }
 
-/// Entered from `trap_common` with the full frame. Returns (to `iretq`) only
-/// for the PVM form of the system-call gate; everything else is fatal.
+/// Entered from `trap_common` with the full frame. Returns (to `iretq`) for
+/// system calls, through the gate or in their PVM form (#UD on `int 0x80`);
+/// everything else is fatal.
 #[link_section = ".text.cpl0"]
 pub extern "C" fn exception(f: &mut TrapFrame) {
+    if f.vector & 0xff == crate::syscall::SYSCALL_VECTOR as u64 {
+        crate::syscall::dispatch(f);
+        return;
+    }
     if f.vector == 6 && f.cs & 3 == 3 && is_int80(f.rip) {
         f.rip += 2;
         crate::syscall::dispatch(f);

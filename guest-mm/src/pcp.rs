@@ -166,16 +166,7 @@ impl PerCpuPages {
         order: usize,
         mt: MigrateType,
     ) -> bool {
-        let l = self.lists[pindex];
-        if l.len == l.cap {
-            return false;
-        }
-        Self::mark(map, idx, order, mt);
-        // SAFETY: slot() stays inside this list's ring.
-        unsafe { self.slot(&l, l.start + l.len).write(idx) };
-        self.lists[pindex].len += 1;
-        self.count += 1 << order;
-        true
+        self.push(map, pindex, idx, order, mt, true)
     }
 
     /// Adds a page at the bottom (refills keep the buddy order below the
@@ -188,16 +179,35 @@ impl PerCpuPages {
         order: usize,
         mt: MigrateType,
     ) -> bool {
+        self.push(map, pindex, idx, order, mt, false)
+    }
+
+    #[inline(always)]
+    fn push(
+        &mut self,
+        map: &MemMap,
+        pindex: usize,
+        idx: u32,
+        order: usize,
+        mt: MigrateType,
+        top: bool,
+    ) -> bool {
         let l = self.lists[pindex];
         if l.len == l.cap {
             return false;
         }
         Self::mark(map, idx, order, mt);
-        let start = l.start.wrapping_sub(1) & (l.cap - 1);
-        // SAFETY: as above.
-        unsafe { self.slot(&l, start).write(idx) };
+        let at = if top {
+            l.start + l.len
+        } else {
+            l.start.wrapping_sub(1) & (l.cap - 1)
+        };
+        // SAFETY: slot() masks the position into this list's ring.
+        unsafe { self.slot(&l, at).write(idx) };
         let m = &mut self.lists[pindex];
-        m.start = start;
+        if !top {
+            m.start = at;
+        }
         m.len += 1;
         self.count += 1 << order;
         true

@@ -94,7 +94,9 @@ impl CpuCache<'_> {
                 || order > 0 && self.a.migratetype(gfp) != crate::mmzone::MigrateType::Movable)
             && !gfp.contains(Gfp::MEMALLOC)
         {
-            if let Some(i) = self.compact(gfp, order, node, mask, flags, CompactPriority::Async) {
+            if let Ok(i) =
+                self.compact_result(gfp, order, node, mask, flags, CompactPriority::Async)
+            {
                 return Some(i);
             }
             if costly && gfp.contains(Gfp::NORETRY) {
@@ -170,19 +172,6 @@ impl CpuCache<'_> {
             }
             return None;
         }
-    }
-
-    fn compact(
-        &mut self,
-        gfp: Gfp,
-        order: usize,
-        node: usize,
-        mask: Option<NodeMask>,
-        flags: AllocFlags,
-        prio: CompactPriority,
-    ) -> Option<u32> {
-        self.compact_result(gfp, order, node, mask, flags, prio)
-            .ok()
     }
 
     fn compact_result(
