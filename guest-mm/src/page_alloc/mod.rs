@@ -123,6 +123,7 @@ impl PcpSet {
 
 impl core::ops::Index<usize> for PcpSet {
     type Output = PerCpuPages;
+    #[inline(always)]
     fn index(&self, z: usize) -> &PerCpuPages {
         let s = self.slot[z];
         assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
@@ -132,6 +133,7 @@ impl core::ops::Index<usize> for PcpSet {
 }
 
 impl core::ops::IndexMut<usize> for PcpSet {
+    #[inline(always)]
     fn index_mut(&mut self, z: usize) -> &mut PerCpuPages {
         let s = self.slot[z];
         assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
@@ -1062,7 +1064,7 @@ impl CpuCache<'_> {
 
     /// Frees a block allocated with `order`, after checking it really is one
     /// (seed 2.2.1: merge with the free buddy; order ≤ 3 via the per-CPU lists).
-    #[inline]
+    #[inline(always)]
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
         let (idx, z) = self.a.check_free(pfn, order)?;
         if order == 0 && self.free_pcp_hit(idx, pfn, z) {
