@@ -45,6 +45,12 @@ impl Page {
         mt: 0,
         pageblock_mt: 0,
     };
+    /// A page handed to the allocator, before it is put on any list.
+    pub const FREE: Page = Page {
+        flags: 0,
+        ..Page::RESERVED
+    };
+
     pub fn migratetype(&self) -> MigrateType {
         MigrateType::from_index(self.mt as usize)
     }
@@ -110,6 +116,15 @@ impl MemMap {
     }
     pub fn to_pfn(&self, idx: u32) -> Pfn {
         Pfn(self.pfn(idx))
+    }
+
+    /// Sets `n` descriptors from `idx` on to `value` (boot-time init, where
+    /// per-element indexing cost milliseconds on multi-GiB guests).
+    pub fn fill(&self, idx: u32, n: u64, value: Page) {
+        assert!(idx as u64 + n <= self.nr, "descriptor range out of bounds");
+        // SAFETY: in bounds (checked); exclusive use per the type's contract.
+        unsafe { core::slice::from_raw_parts_mut(self.base.add(idx as usize), n as usize) }
+            .fill(value);
     }
 
     /// The descriptor at `idx`.

@@ -254,10 +254,9 @@ impl PageAllocator {
             .or_else(|_| mb.alloc(mem, bytes, PAGE_SIZE, PhysAddr(0)))
             .map_err(InitError::MemMap)?;
         let base = mem.phys_to_ptr(at) as *mut Page;
-        for i in 0..nr {
-            // SAFETY: memblock just reserved `bytes` ≥ nr descriptors at `at`.
-            unsafe { base.add(i as usize).write(Page::RESERVED) };
-        }
+        // SAFETY: memblock just reserved `bytes` ≥ nr descriptors at `at`,
+        // and nothing else refers to that memory.
+        unsafe { core::slice::from_raw_parts_mut(base, nr as usize) }.fill(Page::RESERVED);
         // SAFETY: as above; the allocator owns the array from now on.
         self.map = unsafe { MemMap::new(base, min_pfn, nr) };
         self.topo = topo;
@@ -370,9 +369,7 @@ impl PageAllocator {
                 while order > 0 && pfn + (1 << order) > zend {
                     order -= 1;
                 }
-                for p in pfn..pfn + (1 << order) {
-                    self.map.at(self.map.idx(p)).flags = 0;
-                }
+                self.map.fill(self.map.idx(pfn), 1 << order, Page::FREE);
                 let zone = &self.zones[z];
                 let mut area = zone.free.lock();
                 let mut b = zone.buddy(&self.map, &mut area, self.grouping);
