@@ -118,13 +118,15 @@ impl MemMap {
         Pfn(self.pfn(idx))
     }
 
-    /// Sets `n` descriptors from `idx` on to `value` (boot-time init, where
-    /// per-element indexing cost milliseconds on multi-GiB guests).
-    pub fn fill(&self, idx: u32, n: u64, value: Page) {
+    /// Clears the flags of `n` descriptors from `idx` on (boot-time hand-off
+    /// to the allocator; one bounds check for the whole run).
+    pub fn clear_flags(&self, idx: u32, n: u64) {
         assert!(idx as u64 + n <= self.nr, "descriptor range out of bounds");
         // SAFETY: in bounds (checked); exclusive use per the type's contract.
-        unsafe { core::slice::from_raw_parts_mut(self.base.add(idx as usize), n as usize) }
-            .fill(value);
+        for d in unsafe { core::slice::from_raw_parts_mut(self.base.add(idx as usize), n as usize) }
+        {
+            d.flags = 0;
+        }
     }
 
     /// The descriptor at `idx`.

@@ -369,7 +369,9 @@ impl PageAllocator {
                 while order > 0 && pfn + (1 << order) > zend {
                     order -= 1;
                 }
-                self.map.fill(self.map.idx(pfn), 1 << order, Page::FREE);
+                // Only the flags: a pageblock's first descriptor also holds
+                // the pageblock's migrate type, set above.
+                self.map.clear_flags(self.map.idx(pfn), 1 << order);
                 let zone = &self.zones[z];
                 let mut area = zone.free.lock();
                 let mut b = zone.buddy(&self.map, &mut area, self.grouping);
