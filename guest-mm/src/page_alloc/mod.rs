@@ -929,9 +929,27 @@ impl CpuCache<'_> {
             }
             return self.rmqueue_pcplist(z, order, mt, flags);
         }
+        self.rmqueue_buddy(z, order, mt, flags, check.then_some(mark), highest)
+    }
+
+    /// One block straight from a zone's buddy lists, the watermark (if
+    /// any) checked under the same zone lock (rmqueue_buddy).
+    fn rmqueue_buddy(
+        &mut self,
+        z: usize,
+        order: usize,
+        mt: MigrateType,
+        flags: AllocFlags,
+        mark: Option<u64>,
+        highest: ZoneType,
+    ) -> Option<u32> {
+        let a = self.a;
+        let zone = &a.zones[z];
         let mut area = zone.lock();
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
-        if check && !zone::watermark_ok(zone, &area, order, mark, highest, flags, area.free_pages) {
+        if mark.is_some_and(|m| {
+            !zone::watermark_ok(zone, &area, order, m, highest, flags, area.free_pages)
+        }) {
             drop(area);
             self.pages.events.inc(VmEvent::WatermarkFail);
             return None;
@@ -1113,11 +1131,7 @@ impl CpuCache<'_> {
     fn free_checked(&mut self, idx: u32, pfn: Pfn, order: usize, z: usize) {
         let a = self.a;
         let map = &a.map;
-        let page = map.at(idx);
-        page.flags &= !PG_ALLOC;
-        page.refcount = 0;
-        self.pages.events.add(VmEvent::PgFree, 1 << order);
-        let zone = &a.zones[z];
+        self.release_head(idx, order);
         // Reading the pageblock type without the zone lock races with
         // stealing, as in Linux; the worst outcome is a block on a sibling list.
         let block_mt = a.pageblock_mt(pfn.0);
@@ -1140,18 +1154,31 @@ impl CpuCache<'_> {
             }
             pages.events.inc(VmEvent::PcpFreeHit);
             if pcp.count >= pcp.high {
-                let n = pcp.nr_to_free();
-                a.free_pcp_bulk(pcp, z, n, pindex);
-                pages.events.inc(VmEvent::PcpFreeBatch);
-                pages.events.inc(VmEvent::ZoneLockAcquire);
+                self.pcp_over_high(z, pindex);
             }
             return;
         }
+        self.free_to_buddy(z, idx, order, block_mt);
+    }
+
+    /// Clears the allocated mark of a checked block and counts the free.
+    fn release_head(&mut self, idx: u32, order: usize) {
+        let page = self.a.map.at(idx);
+        page.flags &= !PG_ALLOC;
+        page.refcount = 0;
+        self.pages.events.add(VmEvent::PgFree, 1 << order);
+    }
+
+    /// Gives a block to its zone's buddy lists under the zone lock.
+    fn free_to_buddy(&mut self, z: usize, idx: u32, order: usize, mt: MigrateType) {
+        let a = self.a;
+        let zone = &a.zones[z];
         let mut area = zone.lock();
-        let mut b = zone.buddy(map, &mut area, a.grouping);
-        b.free_one(idx, order, block_mt);
+        let mut b = zone.buddy(&a.map, &mut area, a.grouping);
+        b.free_one(idx, order, mt);
         area.free_pages += 1 << order;
         zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        drop(area);
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
     }
 
@@ -1200,37 +1227,23 @@ impl CpuCache<'_> {
     /// lists under the zone lock (what `order-0 buddy` benchmarks, and what
     /// Linux does for orders above PAGE_ALLOC_COSTLY_ORDER).
     pub fn alloc_direct(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
-        let node = self.node();
-        let zl = self.a.zonelist(node, gfp.contains(Gfp::THISNODE));
-        for zr in zl.zones_for(gfp.highest_zone(), None) {
+        let a = self.a;
+        let mt = a.migratetype(gfp);
+        let highest = gfp.highest_zone();
+        for zr in a
+            .zonelist(self.node, gfp.contains(Gfp::THISNODE))
+            .zones_for(highest, None)
+        {
             let z = zid(zr.node as usize, zr.zone);
-            let flags = AllocFlags(AllocFlags::WMARK_LOW);
-            let zone = &self.a.zones[z];
+            let zone = &a.zones[z];
             if !zone.populated() {
                 continue;
             }
-            let mut area = zone.lock();
-            if !zone::watermark_ok(
-                zone,
-                &area,
-                order,
-                zone.wmark(WMARK_LOW),
-                gfp.highest_zone(),
-                flags,
-                area.free_pages,
-            ) {
-                continue;
-            }
-            let mut b = zone.buddy(&self.a.map, &mut area, self.a.grouping);
-            let (idx, steal) = b.rmqueue(order, self.a.migratetype(gfp), flags);
-            if idx.is_some() {
-                area.free_pages -= 1 << order;
-                zone.nr_free.store(area.free_pages, Ordering::Relaxed);
-            }
-            drop(area);
-            self.account_steal(zone, steal);
-            if let Some(idx) = idx {
-                return Some(self.prep_new_page(idx, order, self.a.migratetype(gfp), z));
+            let flags = AllocFlags(AllocFlags::WMARK_LOW);
+            if let Some(idx) =
+                self.rmqueue_buddy(z, order, mt, flags, Some(zone.wmark(WMARK_LOW)), highest)
+            {
+                return Some(self.prep_new_page(idx, order, mt, z));
             }
         }
         None
@@ -1241,20 +1254,9 @@ impl CpuCache<'_> {
         // Validation is shared with `free`; orders above the pcp limit
         // already take the direct route there.
         if pcp_allowed_order(order) {
-            let a = self.a;
-            let map = &a.map;
-            let (idx, z) = a.check_free(pfn, order)?;
-            let p = map.at(idx);
-            p.flags &= !PG_ALLOC;
-            p.refcount = 0;
-            self.pages.events.add(VmEvent::PgFree, 1 << order);
-            let zone = &a.zones[z];
-            let mut area = zone.lock();
-            let mut b = zone.buddy(map, &mut area, a.grouping);
-            let mt = b.pageblock_mt(pfn.0);
-            b.free_one(idx, order, mt);
-            area.free_pages += 1 << order;
-            zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+            let (idx, z) = self.a.check_free(pfn, order)?;
+            self.release_head(idx, order);
+            self.free_to_buddy(z, idx, order, self.a.pageblock_mt(pfn.0));
             return Ok(());
         }
         self.free(pfn, order)
