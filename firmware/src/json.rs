@@ -113,10 +113,3 @@ impl Write for Line {
         Ok(())
     }
 }
-
-impl Line {
-    /// The payload written so far (for building messages).
-    pub fn payload(&self) -> &[u8] {
-        &self.buf[HDR.min(self.len)..self.len]
-    }
-}

@@ -39,6 +39,15 @@ pub fn allocator() -> &'static PageAllocator {
     unsafe { &*addr_of_mut!(PAGE_ALLOC) }
 }
 
+/// Free pages once every CPU's per-CPU lists are back in the buddy lists:
+/// the count a workload must return to. CPUs still inside an allocation
+/// burst drain themselves when it ends.
+pub fn free_pages_drained() -> u64 {
+    let a = allocator();
+    a.drain_all_pages(None);
+    a.free_pages_buddy()
+}
+
 /// BSP only, before any other CPU uses memory management.
 pub fn init(
     boot: &BootInfo,

@@ -25,11 +25,12 @@ pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
     ap_main(cpu, ncpus)
 }
 
-fn fail(message: &str) -> ! {
+/// Reports a guest error (JSON and console) and exits with failure.
+fn fail(message: core::fmt::Arguments) -> ! {
     let mut l = LINE.lock();
     l.begin(abi::RECORD_JSON);
     l.raw("{\"event\":\"error\",\"message\":");
-    l.string(message);
+    l.string_fmt(message);
     l.raw("}");
     hostio::send(l.finish());
     l.begin(abi::RECORD_CONSOLE);
@@ -62,43 +63,29 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         core::sync::atomic::Ordering::Release,
     );
     if ncpus == 0 || ncpus > MAX_CPUS {
-        let mut msg = crate::json::Line::new();
-        msg.begin(0);
-        msg.fmt(format_args!(
+        fail(format_args!(
             "{ncpus} vCPUs, but this kernel supports 1 to {MAX_CPUS}"
         ));
-        fail(core::str::from_utf8(msg.payload()).unwrap_or("bad vCPU count"));
     }
     let wl_name = cmdline::get(cmdline, "workload").unwrap_or(workloads::DEFAULT);
     let Some(wl) = workloads::find(wl_name) else {
-        let mut msg = crate::json::Line::new();
-        msg.begin(0);
-        msg.fmt(format_args!(
-            "unknown workload '{wl_name}'; valid workloads: "
+        fail(format_args!(
+            "unknown workload '{wl_name}'; valid workloads: {}",
+            workloads::Names
         ));
-        for (i, w) in workloads::ALL.iter().enumerate() {
-            msg.raw(if i == 0 { "" } else { ", " });
-            msg.raw(w.name);
-        }
-        fail(core::str::from_utf8(msg.payload()).unwrap_or("unknown workload"));
     };
     let tsc_mm_start = cpu::rdtsc();
     let grouping = match cmdline::get(cmdline, "mobility_grouping") {
         Some("on") => Some(true),
         Some("off") => Some(false),
         None | Some("auto") => None,
-        Some(v) => {
-            let mut msg = crate::json::Line::new();
-            msg.begin(0);
-            msg.fmt(format_args!(
-                "mobility_grouping={v}: must be on, off or auto"
-            ));
-            fail(core::str::from_utf8(msg.payload()).unwrap_or("bad mobility_grouping"))
-        }
+        Some(v) => fail(format_args!(
+            "mobility_grouping={v}: must be on, off or auto"
+        )),
     };
     let mm = match mm::init(&boot, ncpus, grouping) {
         Ok(s) => s,
-        Err(e) => fail(e),
+        Err(e) => fail(format_args!("{e}")),
     };
     let tsc_mm_done = cpu::rdtsc();
     smp::wait_all_checked_in(ncpus);

@@ -139,12 +139,6 @@ fn one(cpu: usize, rng: &mut Rng) -> Slot {
     }
 }
 
-fn free_total() -> u64 {
-    let a = mm::allocator();
-    a.drain_all_pages(None);
-    a.free_pages_buddy()
-}
-
 pub fn run(cpu: usize, ncpus: usize) -> bool {
     if cpu == 0 {
         if let Some(n) =
@@ -152,7 +146,7 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
         {
             ITERS.store(n, Relaxed);
         }
-        FREE_BEFORE.store(free_total(), Relaxed);
+        FREE_BEFORE.store(mm::free_pages_drained(), Relaxed);
     }
     BARRIER.wait(ncpus);
     stress(cpu);
@@ -160,7 +154,7 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
     if cpu != 0 {
         return true;
     }
-    let after = free_total();
+    let after = mm::free_pages_drained();
     let frag = fragment();
     report(ncpus, after, frag)
 }
@@ -213,7 +207,7 @@ struct Frag {
 /// Chains pages through their first word: no bookkeeping memory needed.
 fn fragment() -> Frag {
     let a = mm::allocator();
-    let before = free_total();
+    let before = mm::free_pages_drained();
     let (mut mov_head, mut unmov_head) = (0u64, 0u64);
     let (mut movable, mut unmovable) = (0u64, 0u64);
     let mut rng = Rng(0x51a8_2f03_77c1_99d3);
@@ -262,7 +256,7 @@ fn fragment() -> Frag {
         movable,
         order9_free,
         order9_max,
-        restored: free_total() == before,
+        restored: mm::free_pages_drained() == before,
     }
 }
 

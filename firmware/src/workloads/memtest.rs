@@ -94,17 +94,11 @@ fn for_each_block(head: u64, mut f: impl FnMut(u64, usize)) {
     }
 }
 
-fn free_pages_total() -> u64 {
-    let a = mm::allocator();
-    a.drain_all_pages(None);
-    a.free_pages_buddy()
-}
-
 pub fn run(cpu: usize, ncpus: usize) -> bool {
     let a = mm::allocator();
     let me = &PER_CPU[cpu];
     if cpu == 0 {
-        FREE_BEFORE.store(free_pages_total(), Relaxed);
+        FREE_BEFORE.store(mm::free_pages_drained(), Relaxed);
     }
     let t0 = cpu::rdtsc();
     BARRIER.wait(ncpus);
@@ -179,7 +173,7 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
 
 fn report(ncpus: usize, cycles: u64) -> bool {
     let before = FREE_BEFORE.load(Relaxed);
-    let after = free_pages_total();
+    let after = mm::free_pages_drained();
     let cpus = &PER_CPU[..ncpus];
     let sum = |f: fn(&PerCpu) -> u64| cpus.iter().map(f).sum::<u64>();
     let written = sum(|c| c.written.load(Relaxed));

@@ -42,6 +42,18 @@ fn boot(cpu: usize, _ncpus: usize) -> bool {
     true
 }
 
+/// The workload names, comma-separated, for error messages.
+pub struct Names;
+
+impl core::fmt::Display for Names {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, w) in ALL.iter().enumerate() {
+            write!(f, "{}{}", if i == 0 { "" } else { ", " }, w.name)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn find(name: &str) -> Option<&'static Workload> {
     ALL.iter().find(|w| w.name == name)
 }
