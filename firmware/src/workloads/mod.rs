@@ -1,6 +1,7 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod flood;
 mod memtest;
 
 pub struct Workload {
@@ -29,7 +30,26 @@ pub static ALL: &[Workload] = &[
         name: "fault",
         run: fault,
     },
+    Workload {
+        name: "flood",
+        run: flood::run,
+    },
+    Workload {
+        name: "reset",
+        run: reset,
+    },
 ];
+
+/// Resets the machine the way Linux reboots: the i8042's "pulse reset line"
+/// command (0xfe to port 0x64). The VMM ends the run with status "reset".
+fn reset(cpu: usize, _ncpus: usize) -> bool {
+    if cpu == 0 {
+        crate::arch::cpu::outb(0x64, 0xfe);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
 
 /// Boot only: report ready, then exit. What `memvisor bench boot` times.
 fn boot(cpu: usize, _ncpus: usize) -> bool {
