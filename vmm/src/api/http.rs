@@ -81,7 +81,15 @@ pub(crate) struct Head {
 /// Reads up to the blank line ending the head. Returns the head and whatever
 /// was read past it (the start of the body).
 pub(crate) fn read_head(r: &mut impl Read) -> Result<(Head, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
+    read_head_after(r, Vec::with_capacity(1024))
+}
+
+/// [`read_head`] for a head whose first bytes were already read (past an
+/// interim response).
+pub(crate) fn read_head_after(
+    r: &mut impl Read,
+    mut buf: Vec<u8>,
+) -> Result<(Head, Vec<u8>), HeadError> {
     let mut chunk = [0u8; 1024];
     loop {
         if let Some((end, sep)) = find_head_end(&buf) {
