@@ -781,4 +781,66 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
         drop(handle);
     }
+
+    /// A Firecracker user's curl script, run with the real curl when the
+    /// host has one (it sends `Expect: 100-continue` above 1 KiB bodies).
+    #[test]
+    fn curl_drives_it_like_firecracker() {
+        let Ok(out) = std::process::Command::new("curl").arg("--version").output() else {
+            eprintln!("curl not installed; skipping");
+            return;
+        };
+        assert!(out.status.success());
+        let (dir, path) = tmp();
+        let (handle, vmm) = start(&path);
+        let curl = |method: &str, uri: &str, data: Option<&str>| -> (u16, String) {
+            let mut c = std::process::Command::new("curl");
+            c.args(["-s", "--max-time", "10", "--unix-socket"])
+                .arg(&path)
+                .args(["-X", method, "-w", "\n%{http_code}"])
+                .arg(format!("http://localhost{uri}"));
+            if let Some(d) = data {
+                c.args(["-H", "Content-Type: application/json", "-d", d]);
+            }
+            let out = c.output().unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            let (body, code) = text.rsplit_once('\n').unwrap();
+            (code.parse().unwrap(), body.to_string())
+        };
+        let boot_args = format!("console=ttyS0 {}", "x".repeat(2000));
+        let boot = format!(r#"{{"kernel_image_path": "/k", "boot_args": "{boot_args}"}}"#);
+        assert_eq!(
+            curl("PUT", "/boot-source", Some(&boot)),
+            (204, String::new())
+        );
+        let mc = r#"{"vcpu_count": 2, "mem_size_mib": 1024}"#;
+        assert_eq!(curl("PUT", "/machine-config", Some(mc)).0, 204);
+        assert_eq!(curl("PUT", "/entropy", Some("{}")).0, 204);
+        let start_vm = r#"{"action_type": "InstanceStart"}"#;
+        assert_eq!(curl("PUT", "/actions", Some(start_vm)).0, 204);
+        let (code, body) = curl("GET", "/", None);
+        assert_eq!(code, 200);
+        assert!(body.contains(r#""app_name":"memvisor""#), "{body}");
+        let (code, body) = curl("PUT", "/machine-config", Some(r#"{"vcpu_count": 2}"#));
+        assert_eq!(code, 400);
+        assert!(
+            fault_of(&body).contains("missing field `mem_size_mib`"),
+            "{body}"
+        );
+        let file = dir.as_path().join("big.json");
+        std::fs::write(
+            &file,
+            format!(r#"{{"kernel_image_path": "{}"}}"#, "a".repeat(60_000)),
+        )
+        .unwrap();
+        let (code, body) = curl("PUT", "/boot-source", Some(&format!("@{}", file.display())));
+        assert_eq!(code, 400);
+        assert!(fault_of(&body).contains("limit of 51200"), "{body}");
+        drop(handle);
+        let (seen, _) = vmm.join().unwrap();
+        assert!(
+            matches!(&seen[0], ApiRequest::PutBootSource(b) if b.boot_args.as_deref() == Some(boot_args.as_str()))
+        );
+        assert_eq!(seen.len(), 5, "{seen:?}");
+    }
 }

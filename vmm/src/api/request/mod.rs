@@ -196,3 +196,39 @@ mod tests {
         }
     }
 }
+
+/// The README quotes these messages; this keeps the quotes true.
+#[cfg(test)]
+mod readme {
+    use super::*;
+    use crate::api::InstanceState;
+
+    const README: &str = include_str!("../../../../README.md");
+
+    fn quoted(r: Result<ApiRequest, ApiResponse>) {
+        let e = r.unwrap_err();
+        let m = e.fault_message().unwrap();
+        assert!(README.contains(m), "README does not quote: {m}");
+    }
+
+    #[test]
+    fn quoted_messages_are_current() {
+        quoted(parse("DELETE", "/vm", b""));
+        quoted(parse(
+            "PUT",
+            "/machine-config",
+            br#"{"vcpu_count": "2", "mem_size_mib": 64}"#,
+        ));
+        quoted(parse("PUT", "/boot-source", b""));
+        quoted(parse("GET", "/", b"{}"));
+        quoted(parse("PUT", "/boot-source", &[b' '; 60_000]));
+        let put = ApiRequest::PutMachineConfig(Default::default());
+        quoted(put.allowed_in(InstanceState::Running).map(|_| put.clone()));
+        let patch = ApiRequest::PatchVm(vm::VmState::Paused);
+        quoted(
+            patch
+                .allowed_in(InstanceState::NotStarted)
+                .map(|_| patch.clone()),
+        );
+    }
+}
