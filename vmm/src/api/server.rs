@@ -664,14 +664,15 @@ mod tests {
     #[test]
     fn shutdown_answers_a_waiting_request() {
         let (_d, path) = tmp();
-        let (tx, _rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
         let handle = ApiServer::bind(&path)
             .unwrap()
             .spawn(tx, EventFd::new(EFD_NONBLOCK).unwrap())
             .unwrap();
         let p = path.clone();
         let client = std::thread::spawn(move || request(&p, "GET", "/", None).unwrap());
-        std::thread::sleep(Duration::from_millis(200));
+        // The request has reached the "VMM", which sits on it.
+        let _unanswered = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         let t0 = Instant::now();
         drop(handle);
         assert!(t0.elapsed() < Duration::from_secs(5));
