@@ -192,6 +192,17 @@ impl Drop for ApiHandle {
     }
 }
 
+/// What to do with a connection once its request is read (or not).
+enum Outcome {
+    /// Write this answer and close.
+    Answer(ApiResponse),
+    /// Write this refusal, then read and discard what the client may still
+    /// be sending (a body we never read), so it sees the refusal.
+    Refuse(ApiResponse),
+    /// The client is gone or broke off; nothing to answer.
+    HangUp,
+}
+
 struct Worker {
     listener: UnixListener,
     to_vmm: Sender<ApiMessage>,
@@ -255,8 +266,11 @@ impl Worker {
             return;
         }
         let mut reader = DeadlineReader::new(&stream, self.request_timeout);
-        let (response, drain) = self.answer(&mut reader, &stream);
-        let Some(response) = response else { return };
+        let (response, drain) = match self.answer(&mut reader, &stream) {
+            Outcome::Answer(r) => (r, false),
+            Outcome::Refuse(r) => (r, true),
+            Outcome::HangUp => return,
+        };
         let body = response.body.as_ref().map(|b| b.to_string());
         let mut w = &stream;
         if let Err(e) = http::write_response(&mut w, response.status, body.as_deref()) {
@@ -268,75 +282,54 @@ impl Worker {
         }
     }
 
-    /// The answer to the request on `stream` (None: nothing worth answering,
-    /// the client is gone) and whether unread body bytes may follow.
-    fn answer(
-        &self,
-        reader: &mut DeadlineReader,
-        stream: &UnixStream,
-    ) -> (Option<ApiResponse>, bool) {
+    fn answer(&self, reader: &mut DeadlineReader, stream: &UnixStream) -> Outcome {
         let (head, rest) = match http::read_head(reader) {
             Ok(h) => h,
-            Err(HeadError::Closed) => return (None, false),
             Err(HeadError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                return (
-                    Some(ApiResponse::fault(408, "timed out reading the request")),
-                    false,
-                )
+                return Outcome::Answer(ApiResponse::fault(408, "timed out reading the request"))
             }
-            Err(HeadError::Io(_)) => return (None, false),
-            Err(e) => return (Some(ApiResponse::bad_request(e.to_string())), true),
+            Err(HeadError::Closed | HeadError::Io(_)) => return Outcome::HangUp,
+            Err(e) => return Outcome::Refuse(ApiResponse::bad_request(e.to_string())),
         };
         let [method, target, version] = &head.start;
         if !version.starts_with("HTTP/1.") {
-            return (
-                Some(ApiResponse::bad_request(format!(
-                    "unsupported protocol version {:.16}",
-                    version
-                ))),
-                true,
-            );
+            return Outcome::Refuse(ApiResponse::bad_request(format!(
+                "unsupported protocol version {version:.16}"
+            )));
         }
         if head.chunked {
-            return (
-                Some(ApiResponse::bad_request(
-                    "chunked request bodies are not supported; send a Content-Length",
-                )),
-                true,
-            );
+            return Outcome::Refuse(ApiResponse::bad_request(
+                "chunked request bodies are not supported; send a Content-Length",
+            ));
         }
         let len = head.content_length.unwrap_or(0);
         let len = match usize::try_from(len) {
             Ok(n) if n <= MAX_PAYLOAD_BYTES => n,
             _ => {
                 let shown = usize::try_from(len).unwrap_or(usize::MAX);
-                return (Some(payload_too_large(shown)), true);
+                return Outcome::Refuse(payload_too_large(shown));
             }
         };
         if head.expect_continue && len > 0 {
             let mut w = stream;
             if http::write_continue(&mut w).is_err() {
-                return (None, false);
+                return Outcome::HangUp;
             }
         }
         let body = match http::read_body(reader, rest, len) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                return (
-                    Some(ApiResponse::fault(
-                        408,
-                        "timed out reading the request body",
-                    )),
-                    false,
-                )
+                return Outcome::Answer(ApiResponse::fault(
+                    408,
+                    "timed out reading the request body",
+                ))
             }
-            Err(_) => return (None, false),
+            Err(_) => return Outcome::HangUp,
         };
-        let request = match parse(method, target, &body) {
-            Ok(r) => r,
-            Err(refusal) => return (Some(refusal), false),
-        };
-        (Some(self.ask_vmm(request)), false)
+        match parse(method, target, &body) {
+            Ok(request) => Outcome::Answer(self.ask_vmm(request)),
+            Err(refusal) => Outcome::Answer(refusal),
+        }
     }
 
     fn ask_vmm(&self, request: super::ApiRequest) -> ApiResponse {
