@@ -2,7 +2,7 @@
 //! endpoints, field names, status codes and `fault_message` errors, so a
 //! Firecracker user's curl script drives memvisor unchanged.
 //!
-//! Three parts, kept apart so the VMM never sees HTTP and the HTTP side never
+//! Four parts, kept apart so the VMM never sees HTTP and the HTTP side never
 //! touches the VM:
 //!
 //! - [`request`]: a pure parser, `(method, path, body)` → a typed
@@ -16,15 +16,17 @@
 //!   waits (bounded) for the reply and writes it back.
 //! - [`client`]: a tiny blocking client for tests, `memvisor bench api` and the
 //!   `memvisor balloon …` commands.
+//! - [`inbox`]: the event loop's end of the channel ([`ApiInbox`]).
 //!
-//! The event loop's side of the contract: when the `EventFd` is readable, read
-//! it (to clear it), then drain the receiver with `try_recv`, and for each
-//! message check [`ApiRequest::allowed_in`] for the current state, act, and
-//! call [`ApiMessage::respond`]. Only the event-loop thread touches the VM and
-//! its devices, as in Firecracker's `rpc_interface.rs`.
+//! The event loop's side of the contract: when the inbox's `EventFd` is
+//! readable, [`ApiInbox::take`] every waiting message, and for each check
+//! [`ApiRequest::allowed_in`] for the current state, act, and call
+//! [`ApiMessage::respond`]. Only the event-loop thread touches the VM and its
+//! devices, as in Firecracker's `rpc_interface.rs`.
 
 pub mod client;
 mod http;
+pub mod inbox;
 pub mod request;
 pub mod server;
 
@@ -33,6 +35,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use inbox::ApiInbox;
 pub use request::actions::ActionType;
 pub use request::boot_source::BootSource;
 pub use request::entropy::{EntropyConfig, RateLimiterConfig, TokenBucketConfig};
