@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest request or response head (request line and headers) accepted.
@@ -31,18 +32,30 @@ pub(crate) enum HeadError {
 }
 
 /// Reads from a Unix stream with a whole-message deadline, so a peer that
-/// sends one byte a second cannot hold the other end for longer than it.
+/// sends one byte a second cannot hold the other end for longer than it; and,
+/// given a stop flag, gives up within [`STOP_SLICE`] of it being raised, so a
+/// stalled client cannot delay the VMM's teardown.
 pub(crate) struct DeadlineReader<'a> {
     stream: &'a UnixStream,
     deadline: Instant,
+    stop: Option<&'a AtomicBool>,
 }
+
+/// How often a blocked read looks at the stop flag.
+pub(crate) const STOP_SLICE: Duration = Duration::from_millis(50);
 
 impl<'a> DeadlineReader<'a> {
     pub(crate) fn new(stream: &'a UnixStream, timeout: Duration) -> Self {
         Self {
             stream,
             deadline: Instant::now() + timeout,
+            stop: None,
         }
+    }
+
+    pub(crate) fn with_stop(mut self, stop: &'a AtomicBool) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     pub(crate) fn remaining(&self) -> Option<Duration> {
@@ -54,16 +67,32 @@ impl<'a> DeadlineReader<'a> {
 
 impl Read for DeadlineReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self
-            .remaining()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))?;
-        self.stream.set_read_timeout(Some(left))?;
-        match self.stream.read(buf) {
-            // SO_RCVTIMEO expiring shows up as EAGAIN.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+        loop {
+            let left = self
+                .remaining()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))?;
+            let slice = if self.stop.is_some() {
+                left.min(STOP_SLICE)
+            } else {
+                left
+            };
+            self.stream.set_read_timeout(Some(slice))?;
+            match self.stream.read(buf) {
+                // SO_RCVTIMEO expiring shows up as EAGAIN.
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
+                    if self.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                        // Not Interrupted: read_exact would retry that.
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "shutting down",
+                        ));
+                    }
+                }
+                r => return r,
             }
-            r => r,
         }
     }
 }
