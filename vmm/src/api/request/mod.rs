@@ -78,8 +78,15 @@ pub(crate) fn payload_too_large(size: usize) -> ApiResponse {
 /// The path part of a request target: no scheme and authority (absolute
 /// form, `http://localhost/vm`), no query string.
 fn strip_target(target: &str) -> &str {
-    let target = match target.split_once("://") {
-        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let target = match ["http://", "https://"]
+        .iter()
+        .find(|s| lower.starts_with(*s))
+    {
+        Some(scheme) => {
+            let rest = &target[scheme.len()..];
+            rest.find('/').map_or("/", |i| &rest[i..])
+        }
         None => target,
     };
     target.split(['?', '#']).next().unwrap_or("")
@@ -112,6 +119,7 @@ mod tests {
             "//machine-config",
             "/machine-config?x=1",
             "http://localhost/machine-config",
+            "HTTP://localhost/machine-config",
             "machine-config",
         ] {
             assert_eq!(
@@ -145,6 +153,9 @@ mod tests {
         assert!(msg(parse("PATCH", "/boot-source", b"{}")).starts_with("Invalid request"));
         assert!(msg(parse("PUT", "/vm", b"{}")).starts_with("Invalid request method"));
         assert!(msg(parse("get", "/", b"")).starts_with("Invalid request method"));
+        // Only a leading scheme makes an absolute-form target.
+        assert!(msg(parse("GET", "/x://y", b"")).starts_with("Invalid request method"));
+        assert!(msg(parse("GET", "/x://y/machine-config", b"")).starts_with("Invalid request"));
         // Echoed paths are bounded.
         let long = format!("/{}", "a".repeat(10_000));
         assert!(msg(parse("GET", &long, b"")).len() < 300);
