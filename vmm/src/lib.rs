@@ -8,6 +8,7 @@
 #[path = "../../firmware/src/abi.rs"]
 pub mod abi;
 
+pub mod api;
 pub mod bench;
 pub mod boot;
 pub mod builder;
