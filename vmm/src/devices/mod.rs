@@ -1,5 +1,7 @@
-//! Devices the guest reaches through port I/O: COM1 and memvisor's results
-//! channel. (virtio-mmio devices arrive with the balloon.)
+//! Devices: the port-I/O ones (COM1, memvisor's results channel) and the
+//! virtio-mmio ones (`virtio/`), plus the token-bucket rate limiter they share.
 pub mod console;
+pub mod rate_limiter;
 pub mod results;
 pub mod serial;
+pub mod virtio;

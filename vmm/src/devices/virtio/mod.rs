@@ -1,0 +1,230 @@
+//! virtio devices over the virtio-mmio transport (virtio 1.2, modern only).
+//!
+//! The split of work, and which thread does what:
+//! - [`mmio::MmioTransport`] is the register file of one device (§4.2.2). It
+//!   runs on vCPU threads (MMIO exits through vm-device's `IoManager`), owns
+//!   the queue configuration until the driver writes DRIVER_OK, and then hands
+//!   checked [`virtio_queue::Queue`]s to the device through
+//!   [`VirtioDevice::activate`].
+//! - A device (`rng/`, ...) does its work on the event-loop thread, as an
+//!   `event_manager::MutEventSubscriber`: KVM signals guest kicks on the
+//!   queue's `EventFd` (an ioeventfd, so a kick never exits to userspace) and
+//!   the device raises interrupts through an irqfd ([`IrqTrigger`]), so no
+//!   vCPU ever waits for a device.
+//! - [`attach_mmio_device`] wires one device: window, IRQ, ioeventfds, irqfd,
+//!   bus registration and the `virtio_mmio.device=` command-line entry.
+//!
+//! Locking: vCPU threads lock the transport, then the device; the event loop
+//! locks only the device. Nothing locks in the other order.
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use linux_loader::cmdline::Cmdline;
+use virtio_queue::Queue;
+use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
+use vm_device::bus::{MmioAddress, MmioRange};
+use vm_device::device_manager::{IoManager, MmioManager};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::memory::layout::MMIO_DEVICE_SIZE;
+use crate::memory::GuestMemory;
+pub use mmio::{MmioMetrics, MmioTransport};
+
+/// Feature bits every device of ours offers or may offer (virtio 1.2 §6).
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// Interrupt causes (InterruptStatus bits, §4.2.2).
+pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
+
+/// Offset of QueueNotify in the window: where the ioeventfds sit.
+pub const NOTIFY_REG_OFFSET: u64 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioError {
+    #[error("queue max size {0} is not a power of two in 1..=32768")]
+    QueueMaxSize(u16),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("no free virtio-mmio window")]
+    AllocateWindow(#[source] vm_allocator::Error),
+    #[error("no free IRQ for a virtio device")]
+    AllocateIrq(#[source] vm_allocator::Error),
+    #[error("KVM rejected the ioeventfd for queue {queue}")]
+    IoEventFd {
+        queue: usize,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM rejected the irqfd for GSI {gsi}")]
+    IrqFd {
+        gsi: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot put the device on the MMIO bus: {0:?}")]
+    Bus(vm_device::bus::Error),
+    #[error("cannot announce the device on the kernel command line")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+}
+
+/// Why a device refused to start (the transport then sets
+/// DEVICE_NEEDS_RESET).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount { expected: usize, got: usize },
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    #[error("cannot signal the event loop: {0}")]
+    Signal(String),
+}
+
+/// The interrupt line of one device: InterruptStatus bits plus the irqfd
+/// that KVM turns into a guest interrupt. Shared by the transport (which
+/// reads and acknowledges the status) and the device (which raises it).
+#[derive(Debug)]
+pub struct IrqTrigger {
+    pub status: AtomicU32,
+    pub irqfd: EventFd,
+    /// ConfigGeneration (§4.2.2): bumped on every device-side config change.
+    pub config_generation: AtomicU32,
+}
+
+impl IrqTrigger {
+    pub fn new() -> Result<Self, VirtioError> {
+        Ok(IrqTrigger {
+            status: AtomicU32::new(0),
+            irqfd: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
+            config_generation: AtomicU32::new(0),
+        })
+    }
+
+    /// Sets `cause` in InterruptStatus and injects the interrupt.
+    pub fn trigger(&self, cause: u32) -> std::io::Result<()> {
+        self.status.fetch_or(cause, Ordering::SeqCst);
+        self.irqfd.write(1)
+    }
+
+    /// For devices whose config space changed: new generation, config
+    /// interrupt.
+    pub fn notify_config_change(&self) -> std::io::Result<()> {
+        self.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.trigger(VIRTIO_MMIO_INT_CONFIG)
+    }
+}
+
+/// One queue handed to a device on activation: the checked queue and a clone
+/// of the transport's notification EventFd (an ioeventfd once attached).
+#[derive(Debug)]
+pub struct VirtQueue {
+    pub queue: Queue,
+    pub event: EventFd,
+}
+
+/// What the transport needs from a device. Small on purpose: the transport
+/// does feature negotiation and queue setup; a device declares what it
+/// offers and starts work when handed its queues.
+pub trait VirtioDevice: Send {
+    /// virtio device ID (§5), e.g. 4 for entropy.
+    fn device_type(&self) -> u32;
+    /// Max size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Offered features; must include [`VIRTIO_F_VERSION_1`].
+    fn avail_features(&self) -> u64;
+    /// Told once the driver's FEATURES_OK was accepted (a subset of
+    /// `avail_features`, with VERSION_1).
+    fn set_acked_features(&mut self, features: u64);
+    /// Device-specific config space (offset from 0x100). Default: none,
+    /// reads as zeros.
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    /// Default: writes ignored.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Called on a vCPU thread when the driver writes DRIVER_OK. Must not do
+    /// the device's work here: store the state and wake the event loop.
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        queues: Vec<VirtQueue>,
+        interrupt: Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError>;
+    /// Called when the driver writes 0 to Status: drop queues and memory,
+    /// stop serving until the next `activate`.
+    fn reset(&mut self);
+}
+
+/// What [`attach_mmio_device`] allocated, for the device manager and the
+/// report.
+#[derive(Clone)]
+pub struct VirtioMmioSlot {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// Wires one virtio device into the VM:
+/// 1. allocates a 4 KiB window from `mmio` and an IRQ (= GSI) from `irqs`;
+/// 2. creates the transport (which owns one EventFd per queue and the
+///    [`IrqTrigger`]);
+/// 3. registers each queue's EventFd as a KVM ioeventfd on the window's
+///    QueueNotify with datamatch = queue index (u32), and the irqfd on the
+///    GSI;
+/// 4. puts the transport on the MMIO bus of `io`;
+/// 5. appends `virtio_mmio.device=4K@0x...:IRQ` to `cmdline`.
+///
+/// The in-kernel irqchip must exist before this is called (irqfd). The
+/// caller then adds the device to the event manager
+/// (`event_manager.add_subscriber(dev)`), which registers its activation
+/// event; the device registers its queue events itself once activated.
+pub fn attach_mmio_device<D: VirtioDevice + 'static>(
+    dev: Arc<Mutex<D>>,
+    mem: &GuestMemory,
+    vm: &VmFd,
+    io: &mut IoManager,
+    mmio: &mut AddressAllocator,
+    irqs: &mut IdAllocator,
+    cmdline: &mut Cmdline,
+) -> Result<VirtioMmioSlot, VirtioError> {
+    let range = mmio
+        .allocate(MMIO_DEVICE_SIZE, MMIO_DEVICE_SIZE, AllocPolicy::FirstMatch)
+        .map_err(VirtioError::AllocateWindow)?;
+    let base = range.start();
+    let irq = irqs.allocate_id().map_err(VirtioError::AllocateIrq)?;
+
+    let transport = MmioTransport::new(dev, mem.clone())?;
+    for (i, evt) in transport.queue_events().iter().enumerate() {
+        vm.register_ioevent(
+            evt,
+            &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+            i as u32,
+        )
+        .map_err(|source| VirtioError::IoEventFd { queue: i, source })?;
+    }
+    vm.register_irqfd(&transport.interrupt().irqfd, irq)
+        .map_err(|source| VirtioError::IrqFd { gsi: irq, source })?;
+
+    let transport = Arc::new(Mutex::new(transport));
+    io.register_mmio(
+        MmioRange::new(MmioAddress(base), MMIO_DEVICE_SIZE).map_err(VirtioError::Bus)?,
+        transport.clone(),
+    )
+    .map_err(VirtioError::Bus)?;
+    cmdline
+        .add_virtio_mmio_device(MMIO_DEVICE_SIZE, GuestAddress(base), irq, None)
+        .map_err(VirtioError::Cmdline)?;
+    Ok(VirtioMmioSlot {
+        base,
+        size: MMIO_DEVICE_SIZE,
+        irq,
+        transport,
+    })
+}
