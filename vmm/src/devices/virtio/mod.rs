@@ -353,6 +353,16 @@ mod tests {
         assert_eq!((m.requests, m.bytes, m.notifications), (2, 96, 1));
         assert_eq!(m.interrupts, 2);
         assert_eq!(t.metrics().notify_exits.load(Ordering::Relaxed), 1);
+        // The exits of that request as seen by the VMM: the notify (an
+        // ioeventfd in a VM) and, for its interrupt, status read and ACK.
+        let exits = |t: &MmioTransport| {
+            let m = t.metrics();
+            m.reads.load(Ordering::Relaxed) + m.writes.load(Ordering::Relaxed)
+        };
+        let before = exits(&t);
+        assert_eq!(rd(&mut t, reg::VIRTIO_MMIO_INTERRUPT_STATUS), 1);
+        wr(&mut t, reg::VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(exits(&t), before + 2);
 
         // Reset: the device stops; a kick is drained and ignored.
         wr(&mut t, reg::VIRTIO_MMIO_STATUS, 0);

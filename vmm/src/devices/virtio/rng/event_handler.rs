@@ -45,7 +45,7 @@ impl MutEventSubscriber for Rng {
             RngMetrics::add(&self.metrics().notifications, 1);
             self.process_queue(Instant::now());
         } else if fd == self.timer.as_raw_fd() {
-            // Readable, so this does not block.
+            // Non-blocking: a reset may have disarmed it since epoll woke us.
             _ = self.timer.wait();
             self.unblock();
             self.process_queue(Instant::now());
