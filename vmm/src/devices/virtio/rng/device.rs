@@ -30,6 +30,10 @@ use crate::devices::virtio::{
 };
 use crate::memory::GuestMemory;
 
+/// Most chains served per wake-up (at most 16 MiB of entropy at the
+/// per-request cap), so one guest cannot monopolise the event loop.
+pub const MAX_CHAINS_PER_PASS: usize = RNG_QUEUE_SIZE as usize;
+
 /// What the device holds between DRIVER_OK and reset.
 struct Active {
     mem: GuestMemory,
@@ -53,6 +57,8 @@ pub struct Rng {
     pub(super) activate_evt: EventFd,
     pub(super) timer: TimerFd,
     limiter: RateLimiter,
+    /// [`MAX_CHAINS_PER_PASS`]; lowered by tests.
+    pub(super) max_chains_per_pass: usize,
     /// Waiting for `timer`: kicks are left pending until it fires.
     pub(super) blocked: bool,
     metrics: Arc<RngMetrics>,
@@ -76,6 +82,7 @@ impl Rng {
             activate_evt: EventFd::new(EFD_NONBLOCK).map_err(RngError::Fd)?,
             timer,
             limiter,
+            max_chains_per_pass: MAX_CHAINS_PER_PASS,
             blocked: false,
             metrics: Arc::default(),
             scratch: Box::new([0; SCRATCH_SIZE]),
@@ -113,6 +120,17 @@ impl Rng {
                 break;
             }
             while let Some(chain) = act.queue.pop_descriptor_chain(&act.mem) {
+                if done == self.max_chains_per_pass {
+                    // A driver refilling as fast as we serve would keep the
+                    // event loop here. Yield, and kick ourselves so the rest
+                    // is served after the loop's other events (kicks are
+                    // armed, so the driver may not kick again).
+                    act.queue.go_to_previous_position();
+                    if let Some(evt) = &self.queue_evt {
+                        _ = evt.write(1);
+                    }
+                    break 'batch;
+                }
                 let head = chain.head_index();
                 let plan = check_chain(&act.mem, chain.clone());
                 let want = plan.as_ref().map_or(0, |&n| n);
@@ -544,6 +562,25 @@ mod tests {
         q.add_desc_chains(&many, 3).unwrap();
         assert_eq!(f.process(), 20);
         assert_eq!(f.interrupts(), 2);
+    }
+
+    #[test]
+    fn a_pass_is_bounded_and_reschedules_the_rest() {
+        let (mut f, mem) = fixture(EntropyConfig::default());
+        let q = mock(&mem);
+        f.activate(&q, false);
+        f.rng.max_chains_per_pass = 4;
+        let d: Vec<_> = (0..10).map(|i| w(BUF + 16 * i, 16)).collect();
+        q.add_desc_chains(&d, 0).unwrap();
+        let kick = |f: &Fixture| f.rng.queue_evt.as_ref().unwrap().read().is_ok();
+        assert_eq!(f.process(), 4);
+        assert!(kick(&f), "the device kicks itself to come back");
+        assert_eq!(f.process(), 4);
+        assert!(kick(&f));
+        assert_eq!(f.process(), 2);
+        assert!(!kick(&f));
+        assert_eq!(f.used_idx(), 10);
+        assert_eq!(f.interrupts(), 3);
     }
 
     #[test]
