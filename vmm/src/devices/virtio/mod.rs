@@ -16,6 +16,22 @@
 //!
 //! Locking: vCPU threads lock the transport, then the device; the event loop
 //! locks only the device. Nothing locks in the other order.
+//!
+//! Wiring one device (the device manager, at boot, after the in-kernel
+//! irqchip exists, before the command line is written to guest memory):
+//! ```ignore
+//! // once per VM
+//! let mut mmio = AddressAllocator::new(MMIO_DEVICES_START, MMIO_DEVICES_END - MMIO_DEVICES_START + 1)?;
+//! let mut irqs = IdAllocator::new(IRQ_BASE, IRQ_MAX)?;
+//! // per device
+//! let rng = Arc::new(Mutex::new(Rng::new(&entropy_config)?));
+//! let slot = attach_mmio_device(rng.clone(), &mem, &vm_fd, &mut io_manager, &mut mmio, &mut irqs, &mut cmdline)?;
+//! event_manager.add_subscriber(rng.clone()); // EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>
+//! // report: rng.lock().unwrap().metrics().snapshot(), slot.transport.lock().unwrap().metrics()
+//! ```
+//! vCPU threads then pass MMIO exits to `io_manager.mmio_read/mmio_write`;
+//! a guest kick is a 32-bit write of the queue index to base + 0x50, which
+//! KVM swallows (ioeventfd, datamatch = index).
 pub mod mmio;
 pub mod rng;
 
@@ -181,8 +197,9 @@ pub struct VirtioMmioSlot {
 /// 4. puts the transport on the MMIO bus of `io`;
 /// 5. appends `virtio_mmio.device=4K@0x...:IRQ` to `cmdline`.
 ///
-/// The in-kernel irqchip must exist before this is called (irqfd). The
-/// caller then adds the device to the event manager
+/// The in-kernel irqchip must exist before this is called (irqfd). An error
+/// leaves whatever was already registered in place: the caller is expected
+/// to abandon the VM. The caller then adds the device to the event manager
 /// (`event_manager.add_subscriber(dev)`), which registers its activation
 /// event; the device registers its queue events itself once activated.
 pub fn attach_mmio_device<D: VirtioDevice + 'static>(
