@@ -340,4 +340,48 @@ mod tests {
             .consume(u64::MAX, u64::MAX, t0)
             .is_ok());
     }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            /// Over any sequence of requests and clock steps, what is
+            /// granted never exceeds a full bucket plus the burst plus the
+            /// refill since start plus one oversized request, and a request
+            /// told to wait `w` succeeds after `w`.
+            #[test]
+            fn grants_stay_within_the_rate(
+                size in 1u64..10_000,
+                refill_ms in 1u64..1000,
+                burst in prop::option::of(0u64..10_000),
+                reqs in prop::collection::vec((0u64..20_000, 0u64..50), 1..200),
+            ) {
+                let t0 = Instant::now();
+                let cfg = bucket(size, burst, refill_ms);
+                let mut b = TokenBucket::new(&cfg, t0).unwrap().unwrap();
+                let mut now = t0;
+                let mut granted = 0u128;
+                let mut biggest = 0u128;
+                for (tokens, step_ms) in reqs {
+                    now += Duration::from_millis(step_ms);
+                    b.refill(now);
+                    if b.can_take(tokens) {
+                        b.take(tokens);
+                        granted += u128::from(tokens);
+                        biggest = biggest.max(u128::from(tokens));
+                    } else {
+                        let w = b.wait_for(tokens);
+                        let mut later = b.clone();
+                        prop_assert!(later.reduce(tokens, now + w), "wait_for lied");
+                    }
+                    let elapsed = (now - t0).as_nanos();
+                    let refilled = elapsed * u128::from(size) / (u128::from(refill_ms) * 1_000_000);
+                    let bound = u128::from(size) + u128::from(burst.unwrap_or(0)) + refilled + biggest;
+                    prop_assert!(granted <= bound, "{granted} > {bound}");
+                }
+            }
+        }
+    }
 }

@@ -965,4 +965,68 @@ pub(crate) mod tests {
         assert_eq!(f.t.metrics.notify_exits.load(Ordering::Relaxed), 2);
         assert_eq!(f.ignored(), 1);
     }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn offset() -> impl Strategy<Value = u64> {
+            prop_oneof![(0u64..0x40).prop_map(|r| r * 4), 0u64..0x1000]
+        }
+
+        fn value() -> impl Strategy<Value = u32> {
+            prop_oneof![
+                any::<u32>(),
+                0u32..16,
+                prop::sample::select(vec![0x1000u32, 0x2000, 0x3000, 0x4000, 16, 256, 0x0b]),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            /// Whatever a guest writes, in any order and size, the
+            /// transport never panics and never lets the device run on
+            /// features or queues it did not check.
+            #[test]
+            fn hostile_register_sequences_keep_the_invariants(
+                ops in prop::collection::vec(
+                    (offset(), value(), prop::sample::select(vec![1usize, 2, 4, 8]), any::<bool>()),
+                    0..200,
+                )
+            ) {
+                let mut f = fixture();
+                for (off, v, size, write) in ops {
+                    let mut b = [0u8; 8];
+                    b[..4].copy_from_slice(&v.to_le_bytes());
+                    b[4..].copy_from_slice(&v.to_le_bytes());
+                    if write {
+                        f.t.mmio_write(MmioAddress(0), off, &b[..size]);
+                    } else {
+                        f.t.mmio_read(MmioAddress(0), off, &mut b[..size]);
+                    }
+                    let st = f.t.status;
+                    if st & FEATURES_OK != 0 {
+                        prop_assert!(st & (ACKNOWLEDGE | DRIVER) == ACKNOWLEDGE | DRIVER);
+                        prop_assert!(f.t.features_acceptable());
+                    }
+                    if st & DRIVER_OK != 0 {
+                        prop_assert!(st & FEATURES_OK != 0);
+                    }
+                    for i in 0..f.t.ready.len() {
+                        if f.t.ready[i] {
+                            prop_assert!(f.t.check_queue(i).is_some());
+                        }
+                    }
+                    let dev = f.dev.lock().unwrap();
+                    prop_assert_eq!(dev.acked & !FEATURES, 0);
+                    if let Some(qs) = &dev.active {
+                        prop_assert!(dev.acked & VIRTIO_F_VERSION_1 != 0);
+                        for q in qs.iter().filter(|q| q.queue.ready()) {
+                            prop_assert!(q.queue.is_valid(&f.t.mem));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
