@@ -510,14 +510,14 @@ impl MutDeviceMmio for MmioTransport {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::devices::virtio::ActivateError;
     use crate::memory::GuestRam;
 
     /// A device that records what the transport tells it.
     #[derive(Default)]
-    pub(crate) struct FakeDevice {
+    struct FakeDevice {
         pub max_sizes: Vec<u16>,
         pub features: u64,
         pub acked: u64,

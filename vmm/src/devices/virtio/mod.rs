@@ -144,6 +144,29 @@ pub struct VirtQueue {
     pub event: EventFd,
 }
 
+/// Whether the driver wants an interrupt for the entries just added to the
+/// used ring: virtio-queue's `needs_notification` (the event-idx rule), and
+/// without event-idx the driver's VRING_AVAIL_F_NO_INTERRUPT flag
+/// (§2.7.7.2), which virtio-queue 0.18 does not read. Errors (rings made
+/// unreadable) err on the side of an interrupt.
+pub fn needs_interrupt(queue: &mut Queue, mem: &GuestMemory) -> bool {
+    use virtio_queue::QueueT;
+    use vm_memory::Bytes;
+    match queue.needs_notification(mem) {
+        Ok(false) => false,
+        // needs_notification's fence orders this read after our used-ring
+        // writes.
+        Ok(true) if !queue.event_idx_enabled() => mem
+            .read_obj::<u16>(GuestAddress(queue.avail_ring()))
+            .map_or(true, |flags| {
+                u16::from_le(flags)
+                    & virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16
+                    == 0
+            }),
+        _ => true,
+    }
+}
+
 /// What the transport needs from a device. Small on purpose: the transport
 /// does feature negotiation and queue setup; a device declares what it
 /// offers and starts work when handed its queues.

@@ -25,8 +25,8 @@ use super::{
 };
 use crate::devices::rate_limiter::RateLimiter;
 use crate::devices::virtio::{
-    ActivateError, IrqTrigger, VirtQueue, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_VRING,
-    VIRTIO_RING_F_EVENT_IDX,
+    needs_interrupt, ActivateError, IrqTrigger, VirtQueue, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_MMIO_INT_VRING, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::memory::GuestMemory;
 
@@ -166,7 +166,7 @@ impl Rng {
                 _ => break,
             }
         }
-        if done > 0 && act.queue.needs_notification(&act.mem).unwrap_or(true) {
+        if done > 0 && needs_interrupt(&mut act.queue, &act.mem) {
             RngMetrics::add(&m.interrupts, 1);
             _ = act.interrupt.trigger(VIRTIO_MMIO_INT_VRING);
         }
@@ -581,6 +581,21 @@ mod tests {
         assert!(!kick(&f));
         assert_eq!(f.used_idx(), 10);
         assert_eq!(f.interrupts(), 3);
+    }
+
+    #[test]
+    fn without_event_idx_no_interrupt_flag_is_honoured() {
+        let (mut f, mem) = fixture(EntropyConfig::default());
+        let q = mock(&mem);
+        f.activate(&q, false);
+        mem.write_obj(1u16, q.avail_addr()).unwrap(); // VRING_AVAIL_F_NO_INTERRUPT
+        q.add_desc_chains(&[w(BUF, 8)], 0).unwrap();
+        assert_eq!(f.process(), 1);
+        assert_eq!(f.interrupts(), 0);
+        mem.write_obj(0u16, q.avail_addr()).unwrap();
+        q.add_desc_chains(&[w(BUF, 8)], 1).unwrap();
+        assert_eq!(f.process(), 1);
+        assert_eq!(f.interrupts(), 1);
     }
 
     #[test]
