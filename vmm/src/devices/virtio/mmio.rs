@@ -281,7 +281,7 @@ impl MmioTransport {
     }
 
     fn write_driver_features(&mut self, v: u32) {
-        if self.status & !ACKNOWLEDGE != DRIVER {
+        if self.status != ACKNOWLEDGE | DRIVER {
             return self.ignored();
         }
         match self.driver_features_sel {
