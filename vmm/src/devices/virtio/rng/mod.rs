@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use device::Rng;
 pub use metrics::{RngMetrics, RngMetricsSnapshot};
 
-use crate::devices::rate_limiter::{RateLimiterConfig, RateLimiterError};
+use crate::devices::rate_limiter::{RateLimiter, RateLimiterConfig, RateLimiterError};
 
 /// virtio device ID of the entropy device.
 pub const VIRTIO_ID_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
@@ -40,6 +40,16 @@ pub const SCRATCH_SIZE: usize = 4096;
 pub struct EntropyConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl EntropyConfig {
+    /// The checks `Rng::new` makes, for the API to answer 400 before boot.
+    pub fn validate(&self) -> Result<(), RateLimiterError> {
+        match &self.rate_limiter {
+            Some(rl) => RateLimiter::new(rl, std::time::Instant::now()).map(drop),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,5 +76,13 @@ mod tests {
             EntropyConfig::default()
         );
         assert!(serde_json::from_str::<EntropyConfig>(r#"{"rate":1}"#).is_err());
+        assert!(c.validate().is_ok());
+        let bad: EntropyConfig = serde_json::from_str(&format!(
+            r#"{{"rate_limiter":{{"ops":{{"size":1,"refill_time":{}}}}}}}"#,
+            u64::MAX
+        ))
+        .unwrap();
+        assert!(bad.validate().is_err());
+        assert!(Rng::new(&bad).is_err());
     }
 }
