@@ -19,6 +19,7 @@ pub mod guest;
 pub mod memory;
 pub mod report;
 pub mod resources;
+pub mod rpc;
 pub mod signals;
 pub mod vmm;
 pub mod vstate;

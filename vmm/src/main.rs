@@ -34,6 +34,13 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the bundled guest kernel (an ELF) to PATH, e.g. for
+    /// `PUT /boot-source {"kernel_image_path": PATH}` or another VMM.
+    Kernel {
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -65,6 +72,18 @@ struct RunArgs {
     /// report's dropped_records/dropped_bytes.
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_budget_arg)]
     record_budget: u64,
+    /// Add a virtio-rng entropy device (virtio-mmio; the kernel command line
+    /// gets its `virtio_mmio.device=` token).
+    #[arg(long)]
+    entropy: bool,
+    /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
+    /// Unix socket during the run; the file is removed on exit.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// With --api-sock: build nothing until configured through the API and
+    /// started with PUT /actions {"action_type": "InstanceStart"}.
+    #[arg(long, requires = "api_sock")]
+    wait_for_start: bool,
 }
 
 #[derive(Subcommand)]
@@ -113,6 +132,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Kernel { output } => match std::fs::write(&output, memvisor::firmware::BUNDLED) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memvisor: error: cannot write {}: {e}", output.display());
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
         Command::Bench(BenchCommand::Boot {
             runs,
             json,
@@ -161,6 +187,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         timeout: args.timeout,
         record_budget: args.record_budget as usize,
+        entropy: args.entropy.then(Default::default),
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {
@@ -182,7 +209,12 @@ fn run(args: RunArgs) -> ExitCode {
         },
         _ => None,
     };
-    let report = match vmm::run(resources, RunOptions { console }) {
+    let opts = RunOptions {
+        console,
+        api_sock: args.api_sock.clone(),
+        wait_for_start: args.wait_for_start,
+    };
+    let report = match vmm::run(resources, opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("memvisor: error: {}", error_chain(&e));
@@ -192,7 +224,7 @@ fn run(args: RunArgs) -> ExitCode {
                 let _ = std::fs::remove_file(p);
             }
             let code = match e {
-                VmmError::Build(_) => EXIT_BAD_INPUT,
+                VmmError::Build(_) | VmmError::Api(_) | VmmError::WaitWithoutApi => EXIT_BAD_INPUT,
                 _ => 1,
             };
             return ExitCode::from(code);

@@ -36,6 +36,13 @@ pub struct TokenBucketConfig {
     pub refill_time: u64,
 }
 
+impl TokenBucketConfig {
+    /// Firecracker: a bucket with `size` or `refill_time` 0 limits nothing.
+    pub fn is_enabled(&self) -> bool {
+        self.size != 0 && self.refill_time != 0
+    }
+}
+
 /// Firecracker's `RateLimiter` body: a bandwidth bucket (bytes) and an ops
 /// bucket (requests), each optional.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -6,84 +6,39 @@
 //! Firecracker would silently turn into "no limit": a `refill_time` too large
 //! to express in nanoseconds.
 
-use serde::{Deserialize, Serialize};
-
 use super::json::{bad_body, from_json};
 use crate::api::{ApiRequest, ApiResponse};
 
 pub(crate) fn parse_put(body: &[u8]) -> Result<ApiRequest, ApiResponse> {
     let cfg: EntropyConfig = from_json(body)?;
     if let Some(rl) = &cfg.rate_limiter {
-        rl.validate("rate_limiter").map_err(bad_body)?;
+        validate_limiter(rl, "rate_limiter").map_err(bad_body)?;
     }
     Ok(ApiRequest::PutEntropy(cfg))
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntropyConfig {
-    #[serde(default)]
-    pub rate_limiter: Option<RateLimiterConfig>,
-}
+/// One definition of each config type: the device's.
+pub use crate::devices::rate_limiter::{RateLimiterConfig, TokenBucketConfig};
+pub use crate::devices::virtio::rng::EntropyConfig;
 
-/// Independent byte and operation limits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimiterConfig {
-    #[serde(default)]
-    pub bandwidth: Option<TokenBucketConfig>,
-    #[serde(default)]
-    pub ops: Option<TokenBucketConfig>,
-}
+/// Longest refill time whose nanosecond count fits a u64 (the unit the
+/// limiter computes refill in).
+pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
 
-impl RateLimiterConfig {
-    /// `path` names this limiter in the error ("rate_limiter"), so the same
-    /// check serves later devices' limiters.
-    pub fn validate(&self, path: &str) -> Result<(), String> {
-        for (name, bucket) in [("bandwidth", &self.bandwidth), ("ops", &self.ops)] {
-            if let Some(b) = bucket {
-                b.validate()
-                    .map_err(|(field, e)| format!("field `{path}.{name}.{field}`: {e}"))?;
+/// `path` names the limiter in the error ("rate_limiter"), so the same check
+/// serves later devices' limiters.
+pub fn validate_limiter(rl: &RateLimiterConfig, path: &str) -> Result<(), String> {
+    for (name, bucket) in [("bandwidth", &rl.bandwidth), ("ops", &rl.ops)] {
+        if let Some(b) = bucket {
+            if b.refill_time > MAX_REFILL_TIME_MS {
+                return Err(format!(
+                    "field `{path}.{name}.refill_time`: {} ms is more than the maximum of {MAX_REFILL_TIME_MS} ms",
+                    b.refill_time
+                ));
             }
         }
-        Ok(())
     }
-}
-
-/// `size` tokens, refilled completely every `refill_time` milliseconds, plus
-/// an initial `one_time_burst` that is not refilled.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenBucketConfig {
-    pub size: u64,
-    #[serde(default)]
-    pub one_time_burst: Option<u64>,
-    /// Milliseconds.
-    pub refill_time: u64,
-}
-
-impl TokenBucketConfig {
-    /// Longest refill time whose nanosecond count fits a u64 (the unit a
-    /// limiter computes refill in).
-    pub const MAX_REFILL_TIME_MS: u64 = u64::MAX / 1_000_000;
-
-    /// Firecracker: either zero disables the bucket.
-    pub fn is_enabled(&self) -> bool {
-        self.size != 0 && self.refill_time != 0
-    }
-
-    /// On error: the offending field and why.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.refill_time > Self::MAX_REFILL_TIME_MS {
-            let why = format!(
-                "{} ms is more than the maximum of {} ms",
-                self.refill_time,
-                Self::MAX_REFILL_TIME_MS
-            );
-            return Err(("refill_time", why));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -170,7 +125,7 @@ mod tests {
         );
         let ok = format!(
             r#"{{"rate_limiter": {{"bandwidth": {{"size": 5, "refill_time": {}}}}}}}"#,
-            TokenBucketConfig::MAX_REFILL_TIME_MS
+            MAX_REFILL_TIME_MS
         );
         assert!(parse("PUT", "/entropy", ok.as_bytes()).is_ok());
     }
