@@ -88,6 +88,22 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Control-API latency against a running guest: p50/p99 of
+    /// GET /machine-config, pause→Paused and resume→Running round trips.
+    Api {
+        /// GET requests to time.
+        #[arg(long, default_value_t = 1000)]
+        requests: u32,
+        /// Pause/resume pairs to time.
+        #[arg(long, default_value_t = 200)]
+        pauses: u32,
+        /// vCPUs of the guest.
+        #[arg(long, default_value_t = 2)]
+        vcpus: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -139,6 +155,37 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_BAD_INPUT)
             }
         },
+        Command::Bench(BenchCommand::Api {
+            requests,
+            pauses,
+            vcpus,
+            json,
+        }) => {
+            if requests == 0
+                || pauses == 0
+                || vcpus == 0
+                || vcpus as usize > memvisor::abi::MAX_VCPUS
+            {
+                eprintln!(
+                    "memvisor: bench api: error: --requests and --pauses must be at least 1 and --vcpus 1 to {} (got {requests}, {pauses}, {vcpus})",
+                    memvisor::abi::MAX_VCPUS
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::api::ApiBenchOptions {
+                requests,
+                pauses,
+                vcpus,
+                json,
+            };
+            match memvisor::bench::api::bench_api(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Boot {
             runs,
             json,

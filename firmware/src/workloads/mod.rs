@@ -38,7 +38,20 @@ pub static ALL: &[Workload] = &[
         name: "reset",
         run: reset,
     },
+    Workload {
+        name: "idle",
+        run: idle,
+    },
 ];
+
+/// Every vCPU spins at CPL3 until the VMM ends the run (signal, timeout or
+/// API): a guest that is always inside KVM_RUN, for `memvisor bench api`
+/// and runtime experiments.
+fn idle(_cpu: usize, _ncpus: usize) -> bool {
+    loop {
+        core::hint::spin_loop();
+    }
+}
 
 /// Resets the machine the way Linux reboots: the i8042's "pulse reset line"
 /// command (0xfe to port 0x64). The VMM ends the run with status "reset".
