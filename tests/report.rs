@@ -11,7 +11,9 @@ fn readme_report_section() -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("reading README.md");
     let start = readme.find("## The report").expect("a report section");
-    let end = readme[start..].find("\n## ").map_or(readme.len(), |e| start + e);
+    let end = readme[start..]
+        .find("\n## ")
+        .map_or(readme.len(), |e| start + e);
     readme[start..end].to_string()
 }
 
@@ -43,5 +45,8 @@ fn readme_names_every_report_field() {
         .iter()
         .filter(|f| !doc.contains(&format!("`{f}`")))
         .collect();
-    assert!(missing.is_empty(), "README's report section lacks {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README's report section lacks {missing:?}"
+    );
 }

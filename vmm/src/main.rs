@@ -82,7 +82,7 @@ struct RunArgs {
     api_sock: Option<PathBuf>,
     /// With --api-sock: build nothing until configured through the API and
     /// started with PUT /actions {"action_type": "InstanceStart"}.
-    #[arg(long, requires = "api_sock")]
+    #[arg(long)]
     wait_for_start: bool,
 }
 
