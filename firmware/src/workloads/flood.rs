@@ -31,7 +31,11 @@ fn option(key: &str, default: u64, max: u64) -> u64 {
 
 pub fn run(cpu: usize, ncpus: usize) -> bool {
     let records = option("records", 1000, 1 << 32);
-    let size = option("size", abi::RECORD_MAX_LEN as u64, abi::RECORD_MAX_LEN as u64) as usize;
+    let size = option(
+        "size",
+        abi::RECORD_MAX_LEN as u64,
+        abi::RECORD_MAX_LEN as u64,
+    ) as usize;
     let Some(Pfn(p)) = mm::allocator().alloc_pages(cpu, Gfp::KERNEL, ORDER) else {
         crate::user::fail(format_args!("flood: no memory for a record buffer"));
     };
