@@ -88,6 +88,8 @@ impl Vmm {
             what: "timerfd",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
+        // COM1 and console records together print at most the budget.
+        console.limit(resources.record_budget);
         Ok(Vmm {
             log: GuestLog::new(resources.record_budget),
             resources,
@@ -350,6 +352,7 @@ impl Vmm {
             q.dropped_records.load(Ordering::Relaxed),
             q.dropped_bytes.load(Ordering::Relaxed),
         );
+        self.log.dropped(0, self.console.dropped_bytes());
         let mut phases = self.phases.clone();
         let mut memory = MemoryReport::default();
         let mut exits = ExitCounts::default();
