@@ -155,7 +155,7 @@ impl GuestLog {
         self.lines
             .last()
             .and_then(|v| v.get("event"))
-            .map(|e| e.to_string())
+            .map(|e| shown(&e.to_string()))
     }
 
     /// Why the guest reported a crash, and the faulting rip if it said.
@@ -165,21 +165,21 @@ impl GuestLog {
                 let rip = v["rip"].as_str().and_then(parse_hex);
                 let reason = format!(
                     "guest exception {} ({}) at rip {} (error code {}, cr2 {}, cpl {})",
-                    v["vector"],
-                    v["name"].as_str().unwrap_or("?"),
-                    v["rip"].as_str().unwrap_or("?"),
-                    v["error_code"].as_str().unwrap_or("?"),
-                    v["cr2"].as_str().unwrap_or("?"),
-                    v["cpl"]
+                    json(&v["vector"]),
+                    text(&v["name"]),
+                    text(&v["rip"]),
+                    text(&v["error_code"]),
+                    text(&v["cr2"]),
+                    json(&v["cpl"])
                 );
                 (reason, rip)
             }
             Some(v) => (
                 format!(
                     "guest panic: {} at {}:{}",
-                    v["message"].as_str().unwrap_or("?"),
-                    v["file"].as_str().unwrap_or("?"),
-                    v["line"]
+                    text(&v["message"]),
+                    text(&v["file"]),
+                    json(&v["line"])
                 ),
                 None,
             ),
@@ -190,12 +190,48 @@ impl GuestLog {
     pub fn failure_reason(&self, status: u32) -> String {
         match self.last_event(&["error", "workload"]) {
             Some(v) if v["event"] == "error" => {
-                format!("guest error: {}", v["message"].as_str().unwrap_or("?"))
+                format!("guest error: {}", text(&v["message"]))
             }
-            Some(v) => format!("workload {} failed (guest exit status {status})", v["name"]),
+            Some(v) => format!(
+                "workload {} failed (guest exit status {status})",
+                json(&v["name"])
+            ),
             None => format!("guest exit status {status}"),
         }
     }
+}
+
+/// Longest guest-supplied value quoted in an exit reason.
+const SHOWN_MAX: usize = 120;
+
+/// A guest-supplied value as an exit reason quotes it. The reason goes raw
+/// to the operator's terminal in the summary line, so control characters
+/// are escaped (`\u{1b}`), as the console does for guest output, and the
+/// value is cut short: a 64 KiB `message` must not become a 64 KiB line.
+fn shown(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == SHOWN_MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A guest string field, or `?` when it is missing or not a string.
+fn text(v: &Value) -> String {
+    shown(v.as_str().unwrap_or("?"))
+}
+
+/// A guest field as JSON (numbers bare, strings quoted).
+fn json(v: &Value) -> String {
+    shown(&v.to_string())
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
@@ -235,6 +271,24 @@ mod tests {
         let (reason, rip) = log.crash_reason();
         assert_eq!(rip, Some(0xffff_1234));
         assert!(reason.contains("#PF"), "{reason}");
+    }
+
+    #[test]
+    fn exit_reasons_quote_guest_text_escaped_and_short() {
+        let mut log = GuestLog::new(DEFAULT_BUDGET);
+        let msg = format!("\\u001b]0;pwned\\u0007\\u009b2J{}", "a".repeat(60_000));
+        log.line(
+            0,
+            format!(r#"{{"event":"error","message":"{msg}"}}"#).as_bytes(),
+            0,
+        );
+        let panic = format!(r#"{{"event":"panic","message":"{msg}","file":"{msg}","line":1}}"#);
+        log.line(0, panic.as_bytes(), 0);
+        for r in [log.failure_reason(1), log.crash_reason().0] {
+            assert!(!r.chars().any(char::is_control), "{r:?}");
+            assert!(r.contains("pwned"), "{r:?}");
+            assert!(r.len() < 1000, "a reason of {} bytes", r.len());
+        }
     }
 
     #[test]
