@@ -14,6 +14,11 @@ pub const DEFAULT_BUDGET: usize = 4 << 20;
 /// Warnings kept; the rest are counted in the last one.
 const MAX_WARNINGS: usize = 16;
 const KEY_EVENTS: [&str; 5] = ["ready", "workload", "exception", "panic", "error"];
+/// Report bytes a key line that missed the budget may take; a larger one is
+/// kept as its name only. Pretty-printing a deeply nested 64 KiB line makes
+/// megabytes (every value on its own, deeply indented line), and five of
+/// them must not undo the budget.
+const KEY_LINE_MAX: usize = 16 << 10;
 
 #[derive(Debug)]
 pub struct GuestLog {
@@ -86,9 +91,7 @@ impl GuestLog {
         let key = event.as_deref().filter(|e| KEY_EVENTS.contains(e));
         // What the line will cost in the pretty-printed report (indented
         // one level deeper there), so the budget bounds the file itself.
-        let size = serde_json::to_string_pretty(&v).map_or(payload.len(), |t| {
-            t.len() + 4 * t.bytes().filter(|&b| b == b'\n').count() + 8
-        });
+        let size = report_size(&v).unwrap_or(payload.len());
         let kept = self.kept_bytes + size <= self.budget;
         if let Some(e) = key {
             self.key.retain(|k| k.0["event"] != e);
@@ -138,7 +141,13 @@ impl GuestLog {
     /// how the run ended.
     pub fn into_lines(self) -> Vec<Value> {
         let mut lines = self.lines;
-        lines.extend(self.key.into_iter().filter(|k| !k.1).map(|k| k.0));
+        lines.extend(self.key.into_iter().filter(|k| !k.1).map(|(v, _)| {
+            if report_size(&v).is_some_and(|n| n <= KEY_LINE_MAX) {
+                v
+            } else {
+                json!({"event": v["event"], "vcpu": v["vcpu"], "at_us": v["at_us"], "truncated": true})
+            }
+        }));
         lines
     }
 
@@ -199,6 +208,13 @@ impl GuestLog {
             None => format!("guest exit status {status}"),
         }
     }
+}
+
+/// What a line costs in the pretty-printed report (indented one level
+/// deeper there).
+fn report_size(v: &Value) -> Option<usize> {
+    let t = serde_json::to_string_pretty(v).ok()?;
+    Some(t.len() + 4 * t.bytes().filter(|&b| b == b'\n').count() + 8)
 }
 
 /// Longest guest-supplied value quoted in an exit reason.
@@ -271,6 +287,33 @@ mod tests {
         let (reason, rip) = log.crash_reason();
         assert_eq!(rip, Some(0xffff_1234));
         assert!(reason.contains("#PF"), "{reason}");
+    }
+
+    #[test]
+    fn key_lines_past_the_budget_cannot_blow_up_the_report() {
+        let budget = 4096;
+        let mut log = GuestLog::new(budget);
+        // 64 KiB that pretty-print to megabytes: zeros 100 arrays deep.
+        let depth = 100;
+        let zeros = (65_000 - 2 * depth - 40) / 2;
+        for e in KEY_EVENTS {
+            let line = format!(
+                r#"{{"event":"{e}","x":{}{}0{}}}"#,
+                "[".repeat(depth),
+                "0,".repeat(zeros),
+                "]".repeat(depth)
+            );
+            assert!(line.len() <= 65_536);
+            log.line(0, line.as_bytes(), 0);
+        }
+        let lines = log.into_lines();
+        assert_eq!(lines.len(), KEY_EVENTS.len(), "every key event is there");
+        let report = serde_json::to_string_pretty(&json!({ "guest": lines })).unwrap();
+        assert!(
+            report.len() < budget + KEY_EVENTS.len() * KEY_LINE_MAX,
+            "{} report bytes for a {budget}-byte budget",
+            report.len()
+        );
     }
 
     #[test]
