@@ -152,8 +152,13 @@ impl Vmm {
         Ok(r)
     }
 
+    /// Resumes paused vCPUs; a no-op when not paused. Resume is sent without
+    /// a kick (a paused vCPU waits on its channel), so a running vCPU in a
+    /// guest loop without exits never read it: the loop waited 2 s per vCPU
+    /// for a reply and answered 500, and the late reply then answered the
+    /// next pause.
     pub fn resume(&mut self) -> Result<Vec<Reply>, VcpuControlError> {
-        let Some(b) = self.built.as_mut() else {
+        let Some(b) = self.built.as_mut().filter(|_| self.paused) else {
             return Ok(Vec::new());
         };
         let r = vcpu::resume_all(&mut b.vcpus)?;
