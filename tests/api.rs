@@ -227,8 +227,12 @@ fn failed_start_then_start_then_double_pause_and_resume_then_sigterm() {
 
 /// A minimal ELF64 whose code at 1 MiB is `jmp $`.
 fn spin_elf() -> Vec<u8> {
+    elf(&[0xeb, 0xfe])
+}
+
+/// A minimal ELF64: `code` loaded and entered at 1 MiB.
+fn elf(code: &[u8]) -> Vec<u8> {
     let load: u64 = 0x10_0000;
-    let code = [0xeb, 0xfe];
     let mut e = Vec::new();
     e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
     e.extend_from_slice(&2u16.to_le_bytes());
@@ -243,10 +247,81 @@ fn spin_elf() -> Vec<u8> {
     }
     e.extend_from_slice(&1u32.to_le_bytes());
     e.extend_from_slice(&7u32.to_le_bytes());
-    for v in [0x1000, load, load, 2, 2, 0x1000] {
+    let n = code.len() as u64;
+    for v in [0x1000, load, load, n, n, 0x1000] {
         e.extend_from_slice(&v.to_le_bytes());
     }
     e.resize(0x1000, 0);
-    e.extend_from_slice(&code);
+    e.extend_from_slice(code);
     e
+}
+
+/// A pause that timed out (a vCPU stuck in a device: here COM1 writing to
+/// a stdout pipe nobody reads) still pauses the vCPUs that answer, and
+/// later; the VM must then count as paused, so that Resume resumes it.
+#[test]
+fn a_pause_that_timed_out_can_be_resumed() {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    require_kvm!();
+    // mov dx, 0x3f8; mov al, 'A'; 1: out dx, al; jmp 1b
+    let kernel = TempFile::with_contents(
+        "com1.elf",
+        &elf(&[0x66, 0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xeb, 0xfd]),
+    );
+    let sock = unique_path("api.sock");
+    let report = TempFile::new("api-report");
+    let mut child = Command::new(BIN)
+        .args(["run", "--timeout", "60", "--kernel", kernel.as_str()])
+        .args([
+            "--api-sock",
+            sock.to_str().unwrap(),
+            "--report",
+            report.as_str(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    // SAFETY: fcntl on our end of the child's stdout pipe.
+    unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&out),
+            libc::F_SETPIPE_SZ,
+            4096,
+        )
+    };
+    let t = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let call = |m: &str, u: &str, b: Option<&str>| request(&sock, m, u, b).unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // the pipe fills
+    let (code, body) = call("PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(code, 500, "the vCPU is stuck writing to the pipe: {body}");
+    let got = Arc::new(AtomicUsize::new(0));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = out.read(&mut buf) {
+            g.fetch_add(n, Ordering::SeqCst);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300)); // it reads the Pause
+    let (code, body) = call("PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert_eq!(code, 204, "{body}");
+    let before = got.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = got.load(Ordering::SeqCst);
+    assert!(
+        after > before + 100,
+        "the guest runs again after Resumed: {before} -> {after} console bytes"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
 }

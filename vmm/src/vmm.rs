@@ -141,13 +141,17 @@ impl Vmm {
         Ok(subs)
     }
 
-    /// Pauses every vCPU: returns once all are out of KVM_RUN.
+    /// Pauses every vCPU: returns once all are out of KVM_RUN. Even when it
+    /// fails (a vCPU did not answer in time), every vCPU got the message and
+    /// the ones that answer are paused: the VM counts as paused, so that
+    /// Resumed resumes them rather than leaving them stopped behind a
+    /// "Running" state.
     pub fn pause(&mut self) -> Result<Vec<Reply>, VcpuControlError> {
         let Some(b) = self.built.as_mut() else {
             return Ok(Vec::new());
         };
-        let r = vcpu::pause_all(&mut b.vcpus)?;
         self.paused = true;
+        let r = vcpu::pause_all(&mut b.vcpus)?;
         log::debug!("paused {} vCPUs", r.len());
         Ok(r)
     }
