@@ -88,6 +88,8 @@ impl Vmm {
             what: "timerfd",
             source: std::io::Error::from_raw_os_error(e.errno()),
         })?;
+        // COM1 and console records together print at most the budget.
+        console.limit(resources.record_budget);
         Ok(Vmm {
             log: GuestLog::new(resources.record_budget),
             resources,
@@ -139,19 +141,28 @@ impl Vmm {
         Ok(subs)
     }
 
-    /// Pauses every vCPU: returns once all are out of KVM_RUN.
+    /// Pauses every vCPU: returns once all are out of KVM_RUN. Even when it
+    /// fails (a vCPU did not answer in time), every vCPU got the message and
+    /// the ones that answer are paused: the VM counts as paused, so that
+    /// Resumed resumes them rather than leaving them stopped behind a
+    /// "Running" state.
     pub fn pause(&mut self) -> Result<Vec<Reply>, VcpuControlError> {
         let Some(b) = self.built.as_mut() else {
             return Ok(Vec::new());
         };
-        let r = vcpu::pause_all(&mut b.vcpus)?;
         self.paused = true;
+        let r = vcpu::pause_all(&mut b.vcpus)?;
         log::debug!("paused {} vCPUs", r.len());
         Ok(r)
     }
 
+    /// Resumes paused vCPUs; a no-op when not paused. Resume is sent without
+    /// a kick (a paused vCPU waits on its channel), so a running vCPU in a
+    /// guest loop without exits never read it: the loop waited 2 s per vCPU
+    /// for a reply and answered 500, and the late reply then answered the
+    /// next pause.
     pub fn resume(&mut self) -> Result<Vec<Reply>, VcpuControlError> {
-        let Some(b) = self.built.as_mut() else {
+        let Some(b) = self.built.as_mut().filter(|_| self.paused) else {
             return Ok(Vec::new());
         };
         let r = vcpu::resume_all(&mut b.vcpus)?;
@@ -350,6 +361,7 @@ impl Vmm {
             q.dropped_records.load(Ordering::Relaxed),
             q.dropped_bytes.load(Ordering::Relaxed),
         );
+        self.log.dropped(0, self.console.dropped_bytes());
         let mut phases = self.phases.clone();
         let mut memory = MemoryReport::default();
         let mut exits = ExitCounts::default();

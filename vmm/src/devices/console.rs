@@ -5,6 +5,10 @@
 //! `\x9b`): the bytes come from the guest, and raw escape sequences would let
 //! it retitle, clear or reprogram the operator's terminal. Newlines, tabs and
 //! carriage returns pass. Output to files and pipes is left byte-exact.
+//!
+//! The sink also holds the guest-output budget for everything printed: COM1
+//! writes cost the guest a VM exit per byte and nothing else, so without a
+//! limit a guest looping on `out` fills the operator's disk through stdout.
 use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +18,9 @@ struct Sink {
     /// A UTF-8 lead byte 0xc2 waiting for its continuation: 0xc2 0x80..0x9f
     /// encodes a C1 control (0x9b is CSI), so it must be seen whole.
     pending_c2: bool,
+    /// Bytes still allowed out ([`Console::limit`]); the rest are counted.
+    left: usize,
+    dropped: u64,
 }
 
 #[derive(Clone)]
@@ -47,7 +54,19 @@ impl Console {
             out,
             escape,
             pending_c2: false,
+            left: usize::MAX,
+            dropped: 0,
         })))
+    }
+
+    /// Prints at most `bytes` more bytes; later ones are dropped and counted.
+    pub fn limit(&self, bytes: usize) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).left = bytes;
+    }
+
+    /// Bytes dropped past the limit.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).dropped
     }
     pub fn stdout() -> Self {
         let tty = io::stdout().is_terminal();
@@ -66,8 +85,14 @@ impl Console {
 impl Write for Console {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let all = buf.len();
+        let n = all.min(s.left);
+        s.left -= n;
+        s.dropped += (all - n) as u64;
+        let buf = &buf[..n];
         if !s.escape {
-            return s.out.write(buf);
+            s.out.write_all(buf)?;
+            return Ok(all);
         }
         let mut esc = Vec::with_capacity(buf.len());
         let mut pending = s.pending_c2;
@@ -76,7 +101,7 @@ impl Write for Console {
         }
         s.pending_c2 = pending;
         s.out.write_all(&esc)?;
-        Ok(buf.len())
+        Ok(all)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).out.flush()
@@ -123,6 +148,20 @@ mod tests {
         );
         assert_eq!(out, "^[]0;pwned^Gok\n\\x9b2Jé\t".as_bytes());
         assert!(!out.contains(&0x1b));
+    }
+
+    #[test]
+    fn output_past_the_limit_is_dropped_and_counted() {
+        for escape in [false, true] {
+            let keep = Keep::default();
+            let mut c = Console::new(Box::new(keep.clone()), escape);
+            c.limit(5);
+            c.write_all(b"abc").unwrap();
+            c.write_all(b"defg").unwrap();
+            c.write_all(b"h").unwrap();
+            assert_eq!(*keep.0.lock().unwrap(), b"abcde");
+            assert_eq!(c.dropped_bytes(), 3);
+        }
     }
 
     #[test]

@@ -90,8 +90,12 @@ impl TokenBucket {
         }))
     }
 
+    /// Saturating: every u64 size is accepted, and refill_ns goes up to
+    /// u64::MAX, so tokens × refill_ns reaches ~2^128, past i128. Such a
+    /// bucket is practically unlimited, and saturation keeps it so instead
+    /// of wrapping (or panicking) into a starved one.
     fn units(tokens: u64, refill_ns: u64) -> i128 {
-        i128::from(tokens) * i128::from(refill_ns)
+        i128::from(tokens).saturating_mul(i128::from(refill_ns))
     }
 
     fn full(&self) -> i128 {
@@ -112,7 +116,8 @@ impl TokenBucket {
     /// Whole tokens available now (burst included).
     pub fn available(&mut self, now: Instant) -> u64 {
         self.refill(now);
-        let whole = (self.budget.max(0) / i128::from(self.refill_ns)) as u64;
+        let whole =
+            u64::try_from(self.budget.max(0) / i128::from(self.refill_ns)).unwrap_or(u64::MAX);
         whole.saturating_add(self.burst)
     }
 
@@ -127,19 +132,21 @@ impl TokenBucket {
     fn take(&mut self, tokens: u64) {
         let from_burst = tokens.min(self.burst);
         self.burst -= from_burst;
-        self.budget -= Self::units(tokens - from_burst, self.refill_ns);
+        self.budget = self
+            .budget
+            .saturating_sub(Self::units(tokens - from_burst, self.refill_ns));
     }
 
     /// Time until `tokens` could be taken (requests larger than the bucket
     /// wait for a full bucket).
     fn wait_for(&self, tokens: u64) -> Duration {
         let tokens = tokens.saturating_sub(self.burst).min(self.size);
-        let missing = Self::units(tokens, self.refill_ns) - self.budget;
+        let missing = Self::units(tokens, self.refill_ns).saturating_sub(self.budget);
         if missing <= 0 {
             return Duration::ZERO;
         }
         let size = i128::from(self.size);
-        let ns = (missing + size - 1) / size;
+        let ns = missing.saturating_add(size - 1) / size;
         Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
@@ -346,6 +353,25 @@ mod tests {
         assert!(RateLimiter::unlimited()
             .consume(u64::MAX, u64::MAX, t0)
             .is_ok());
+    }
+
+    #[test]
+    fn the_largest_accepted_buckets_neither_overflow_nor_starve() {
+        // Every size is accepted, and refill_time up to u64::MAX ns (what
+        // PUT /entropy lets through): size × refill_ns is then ~2^128.
+        let t0 = Instant::now();
+        let max_ms = u64::MAX / 1_000_000;
+        for burst in [None, Some(u64::MAX)] {
+            let cfg = RateLimiterConfig {
+                bandwidth: Some(bucket(u64::MAX, burst, max_ms)),
+                ops: Some(bucket(u64::MAX - 1, burst, max_ms)),
+            };
+            let mut rl = RateLimiter::new(&cfg, t0).unwrap();
+            assert!(rl.consume(1, 4096, t0).is_ok(), "a full bucket serves");
+            assert!(rl.consume(u64::MAX, u64::MAX, t0).is_ok() || burst.is_none());
+            let _ = rl.consume(u64::MAX, u64::MAX, t0);
+            let _ = rl.consume(1, 1, t0 + Duration::from_secs(1));
+        }
     }
 
     mod proptests {

@@ -8,9 +8,11 @@
 //! the loop to drain (back-pressure: a flooding guest is slowed, not
 //! believed), at most [`PUSH_WAIT`], after which it is dropped and counted,
 //! so a pause or a stuck loop never waits on a vCPU for long. Control
-//! events (exit, crash, reset) are never dropped, and they are few by
-//! construction: each ends its vCPU's run. Marks beyond the first few are
-//! only counted.
+//! events (exit, crash, reset) are never dropped while few: a crash ends
+//! its vCPU's run, but an exit-port write or an i8042 reset does not (the
+//! vCPU runs on until the loop stops it), so a guest looping on `out` would
+//! queue them without limit; only the first few are kept, and only the
+//! first ends the run anyway. Marks beyond the first few are only counted.
 use crate::guest::record::RecordKind;
 use crate::vstate::vcpu::exit::Crash;
 use std::collections::VecDeque;
@@ -77,6 +79,8 @@ pub struct QueueCounters {
     pub dropped_bytes: AtomicU64,
     pub bad_records: AtomicU64,
     pub marks: AtomicU64,
+    /// Guest exit-port writes and i8042 resets.
+    pub guest_exits: AtomicU64,
 }
 
 struct Inner {
@@ -123,6 +127,11 @@ impl VmEvents {
             VmEvent::Mark { .. } if c.marks.fetch_add(1, Ordering::Relaxed) >= MAX_MARKS => return,
             VmEvent::BadRecord { .. }
                 if c.bad_records.fetch_add(1, Ordering::Relaxed) >= MAX_MARKS =>
+            {
+                return
+            }
+            VmEvent::GuestExit { .. } | VmEvent::Reset { .. }
+                if c.guest_exits.fetch_add(1, Ordering::Relaxed) >= MAX_MARKS =>
             {
                 return
             }
@@ -216,6 +225,32 @@ mod tests {
         sender.join().unwrap();
         assert_eq!(q.drain().len(), 1, "and arrives once the loop drained");
         assert_eq!(q.counters.dropped_records.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_exit_port_flood_is_counted_not_queued() {
+        let q = VmEvents::with_limit(100).unwrap();
+        for i in 0..10_000 {
+            q.push(VmEvent::GuestExit {
+                vcpu: 0,
+                status: i,
+                at_ns: 0,
+            });
+            q.push(VmEvent::Reset { vcpu: 0, at_ns: 0 });
+        }
+        let got = q.drain();
+        assert_eq!(got.len(), MAX_MARKS as usize);
+        assert!(
+            matches!(got[0], VmEvent::GuestExit { status: 0, .. }),
+            "the first exit is kept"
+        );
+        q.push(VmEvent::Crash {
+            vcpu: 0,
+            crash: Crash::TripleFault,
+            rip: None,
+            at_ns: 0,
+        });
+        assert_eq!(q.drain().len(), 1, "crashes are never dropped");
     }
 
     #[test]

@@ -14,6 +14,11 @@ pub const DEFAULT_BUDGET: usize = 4 << 20;
 /// Warnings kept; the rest are counted in the last one.
 const MAX_WARNINGS: usize = 16;
 const KEY_EVENTS: [&str; 5] = ["ready", "workload", "exception", "panic", "error"];
+/// Report bytes a key line that missed the budget may take; a larger one is
+/// kept as its name only. Pretty-printing a deeply nested 64 KiB line makes
+/// megabytes (every value on its own, deeply indented line), and five of
+/// them must not undo the budget.
+const KEY_LINE_MAX: usize = 16 << 10;
 
 #[derive(Debug)]
 pub struct GuestLog {
@@ -86,9 +91,7 @@ impl GuestLog {
         let key = event.as_deref().filter(|e| KEY_EVENTS.contains(e));
         // What the line will cost in the pretty-printed report (indented
         // one level deeper there), so the budget bounds the file itself.
-        let size = serde_json::to_string_pretty(&v).map_or(payload.len(), |t| {
-            t.len() + 4 * t.bytes().filter(|&b| b == b'\n').count() + 8
-        });
+        let size = report_size(&v).unwrap_or(payload.len());
         let kept = self.kept_bytes + size <= self.budget;
         if let Some(e) = key {
             self.key.retain(|k| k.0["event"] != e);
@@ -138,7 +141,13 @@ impl GuestLog {
     /// how the run ended.
     pub fn into_lines(self) -> Vec<Value> {
         let mut lines = self.lines;
-        lines.extend(self.key.into_iter().filter(|k| !k.1).map(|k| k.0));
+        lines.extend(self.key.into_iter().filter(|k| !k.1).map(|(v, _)| {
+            if report_size(&v).is_some_and(|n| n <= KEY_LINE_MAX) {
+                v
+            } else {
+                json!({"event": v["event"], "vcpu": v["vcpu"], "at_us": v["at_us"], "truncated": true})
+            }
+        }));
         lines
     }
 
@@ -155,7 +164,7 @@ impl GuestLog {
         self.lines
             .last()
             .and_then(|v| v.get("event"))
-            .map(|e| e.to_string())
+            .map(|e| shown(&e.to_string()))
     }
 
     /// Why the guest reported a crash, and the faulting rip if it said.
@@ -165,21 +174,21 @@ impl GuestLog {
                 let rip = v["rip"].as_str().and_then(parse_hex);
                 let reason = format!(
                     "guest exception {} ({}) at rip {} (error code {}, cr2 {}, cpl {})",
-                    v["vector"],
-                    v["name"].as_str().unwrap_or("?"),
-                    v["rip"].as_str().unwrap_or("?"),
-                    v["error_code"].as_str().unwrap_or("?"),
-                    v["cr2"].as_str().unwrap_or("?"),
-                    v["cpl"]
+                    json(&v["vector"]),
+                    text(&v["name"]),
+                    text(&v["rip"]),
+                    text(&v["error_code"]),
+                    text(&v["cr2"]),
+                    json(&v["cpl"])
                 );
                 (reason, rip)
             }
             Some(v) => (
                 format!(
                     "guest panic: {} at {}:{}",
-                    v["message"].as_str().unwrap_or("?"),
-                    v["file"].as_str().unwrap_or("?"),
-                    v["line"]
+                    text(&v["message"]),
+                    text(&v["file"]),
+                    json(&v["line"])
                 ),
                 None,
             ),
@@ -190,12 +199,55 @@ impl GuestLog {
     pub fn failure_reason(&self, status: u32) -> String {
         match self.last_event(&["error", "workload"]) {
             Some(v) if v["event"] == "error" => {
-                format!("guest error: {}", v["message"].as_str().unwrap_or("?"))
+                format!("guest error: {}", text(&v["message"]))
             }
-            Some(v) => format!("workload {} failed (guest exit status {status})", v["name"]),
+            Some(v) => format!(
+                "workload {} failed (guest exit status {status})",
+                json(&v["name"])
+            ),
             None => format!("guest exit status {status}"),
         }
     }
+}
+
+/// What a line costs in the pretty-printed report (indented one level
+/// deeper there).
+fn report_size(v: &Value) -> Option<usize> {
+    let t = serde_json::to_string_pretty(v).ok()?;
+    Some(t.len() + 4 * t.bytes().filter(|&b| b == b'\n').count() + 8)
+}
+
+/// Longest guest-supplied value quoted in an exit reason.
+const SHOWN_MAX: usize = 120;
+
+/// A guest-supplied value as an exit reason quotes it. The reason goes raw
+/// to the operator's terminal in the summary line, so control characters
+/// are escaped (`\u{1b}`), as the console does for guest output, and the
+/// value is cut short: a 64 KiB `message` must not become a 64 KiB line.
+fn shown(s: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == SHOWN_MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A guest string field, or `?` when it is missing or not a string.
+fn text(v: &Value) -> String {
+    shown(v.as_str().unwrap_or("?"))
+}
+
+/// A guest field as JSON (numbers bare, strings quoted).
+fn json(v: &Value) -> String {
+    shown(&v.to_string())
 }
 
 fn parse_hex(s: &str) -> Option<u64> {
@@ -235,6 +287,51 @@ mod tests {
         let (reason, rip) = log.crash_reason();
         assert_eq!(rip, Some(0xffff_1234));
         assert!(reason.contains("#PF"), "{reason}");
+    }
+
+    #[test]
+    fn key_lines_past_the_budget_cannot_blow_up_the_report() {
+        let budget = 4096;
+        let mut log = GuestLog::new(budget);
+        // 64 KiB that pretty-print to megabytes: zeros 100 arrays deep.
+        let depth = 100;
+        let zeros = (65_000 - 2 * depth - 40) / 2;
+        for e in KEY_EVENTS {
+            let line = format!(
+                r#"{{"event":"{e}","x":{}{}0{}}}"#,
+                "[".repeat(depth),
+                "0,".repeat(zeros),
+                "]".repeat(depth)
+            );
+            assert!(line.len() <= 65_536);
+            log.line(0, line.as_bytes(), 0);
+        }
+        let lines = log.into_lines();
+        assert_eq!(lines.len(), KEY_EVENTS.len(), "every key event is there");
+        let report = serde_json::to_string_pretty(&json!({ "guest": lines })).unwrap();
+        assert!(
+            report.len() < budget + KEY_EVENTS.len() * KEY_LINE_MAX,
+            "{} report bytes for a {budget}-byte budget",
+            report.len()
+        );
+    }
+
+    #[test]
+    fn exit_reasons_quote_guest_text_escaped_and_short() {
+        let mut log = GuestLog::new(DEFAULT_BUDGET);
+        let msg = format!("\\u001b]0;pwned\\u0007\\u009b2J{}", "a".repeat(60_000));
+        log.line(
+            0,
+            format!(r#"{{"event":"error","message":"{msg}"}}"#).as_bytes(),
+            0,
+        );
+        let panic = format!(r#"{{"event":"panic","message":"{msg}","file":"{msg}","line":1}}"#);
+        log.line(0, panic.as_bytes(), 0);
+        for r in [log.failure_reason(1), log.crash_reason().0] {
+            assert!(!r.chars().any(char::is_control), "{r:?}");
+            assert!(r.contains("pwned"), "{r:?}");
+            assert!(r.len() < 1000, "a reason of {} bytes", r.len());
+        }
     }
 
     #[test]

@@ -67,6 +67,10 @@ enum Msg {
 pub struct Reply {
     pub state: VcpuState,
     pub rip: Option<u64>,
+    /// How many Pause and Resume messages the vCPU has handled: a reply
+    /// that arrives after its request timed out is told from the answer to
+    /// the next request, and skipped.
+    pub seq: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +106,8 @@ pub struct VcpuHandle {
     immediate_exit: usize,
     tx: Sender<Msg>,
     rx: Receiver<Reply>,
+    /// Pause and Resume messages sent; the reply to the latest has this seq.
+    sent: u64,
 }
 
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,6 +142,7 @@ impl VcpuHandle {
             immediate_exit,
             tx,
             rx,
+            sent: 0,
         })
     }
 
@@ -152,23 +159,32 @@ impl VcpuHandle {
         }
     }
 
-    fn send(&self, m: Msg, kick: bool) -> Result<(), VcpuControlError> {
+    fn send(&mut self, m: Msg, kick: bool) -> Result<(), VcpuControlError> {
         self.tx
             .send(m)
             .map_err(|_| VcpuControlError::Gone(self.id))?;
+        self.sent += 1;
         if kick {
             self.kick();
         }
         Ok(())
     }
 
+    /// The answer to the latest Pause or Resume; late answers to earlier
+    /// ones (which timed out) are skipped.
     fn reply(&mut self) -> Result<Reply, VcpuControlError> {
-        let r = self.rx.recv_timeout(REPLY_TIMEOUT).map_err(|e| match e {
-            RecvTimeoutError::Timeout => VcpuControlError::Timeout(self.id, REPLY_TIMEOUT),
-            RecvTimeoutError::Disconnected => VcpuControlError::Gone(self.id),
-        })?;
-        self.state = r.state;
-        Ok(r)
+        let deadline = std::time::Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let r = self.rx.recv_timeout(left).map_err(|e| match e {
+                RecvTimeoutError::Timeout => VcpuControlError::Timeout(self.id, REPLY_TIMEOUT),
+                RecvTimeoutError::Disconnected => VcpuControlError::Gone(self.id),
+            })?;
+            if r.seq == self.sent {
+                self.state = r.state;
+                return Ok(r);
+            }
+        }
     }
 
     /// Stops the thread and takes its VcpuFd back (dropped here).
@@ -194,14 +210,14 @@ impl Drop for VcpuHandle {
 /// Pauses every vCPU; returns when each is out of KVM_RUN (or already
 /// exited), with the rip each read from its registers.
 pub fn pause_all(vcpus: &mut [VcpuHandle]) -> Result<Vec<Reply>, VcpuControlError> {
-    for v in vcpus.iter() {
+    for v in vcpus.iter_mut() {
         v.send(Msg::Pause, true)?;
     }
     vcpus.iter_mut().map(VcpuHandle::reply).collect()
 }
 
 pub fn resume_all(vcpus: &mut [VcpuHandle]) -> Result<Vec<Reply>, VcpuControlError> {
-    for v in vcpus.iter() {
+    for v in vcpus.iter_mut() {
         v.send(Msg::Resume, false)?;
     }
     vcpus.iter_mut().map(VcpuHandle::reply).collect()
@@ -274,6 +290,7 @@ fn run(
     let push = |e| ctx.events.push(e);
     let c = &ctx.counters;
     let mut state = VcpuState::Running;
+    let mut seq = 0;
     if id == 0 {
         push(VmEvent::FirstRun { at_ns: now_ns() });
     }
@@ -297,9 +314,11 @@ fn run(
                 if state == VcpuState::Running {
                     state = VcpuState::Paused;
                 }
+                seq += 1;
                 let _ = replies.send(Reply {
                     state,
                     rip: rip(vcpu),
+                    seq,
                 });
                 continue;
             }
@@ -307,7 +326,12 @@ fn run(
                 if state == VcpuState::Paused {
                     state = VcpuState::Running;
                 }
-                let _ = replies.send(Reply { state, rip: None });
+                seq += 1;
+                let _ = replies.send(Reply {
+                    state,
+                    rip: None,
+                    seq,
+                });
             }
             None => {}
         }

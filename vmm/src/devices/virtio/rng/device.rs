@@ -113,14 +113,31 @@ impl Rng {
         };
         let m = &*self.metrics;
         let mut done = 0;
+        // Chains popped, served or not: what the per-pass cap counts.
+        let mut seen = 0;
         'batch: loop {
             // With event-idx this does nothing (the driver kicks only past
             // avail_event); without, it sets VRING_USED_F_NO_NOTIFY.
             if act.queue.disable_notification(&act.mem).is_err() {
                 break;
             }
-            while let Some(chain) = act.queue.pop_descriptor_chain(&act.mem) {
-                if done == self.max_chains_per_pass {
+            loop {
+                // Not `pop_descriptor_chain`: it logs every refusal at error
+                // level. A refusal (an avail index more than a queue ahead,
+                // an avail ring at 0) ends the pass: `enable_notification`
+                // would still see "more" and the pass would spin forever
+                // on the event loop. The driver must fix its ring or reset.
+                let chain = match act.queue.iter(&act.mem) {
+                    Ok(mut avail) => avail.next(),
+                    Err(_) => {
+                        RngMetrics::add(&m.bad_descriptors, 1);
+                        break 'batch;
+                    }
+                };
+                let Some(chain) = chain else {
+                    break;
+                };
+                if seen == self.max_chains_per_pass {
                     // A driver refilling as fast as we serve would keep the
                     // event loop here. Yield, and kick ourselves so the rest
                     // is served after the loop's other events (kicks are
@@ -131,7 +148,14 @@ impl Rng {
                     }
                     break 'batch;
                 }
+                seen += 1;
                 let head = chain.head_index();
+                if head >= act.queue.size() {
+                    // No used entry can name it (`add_used` would refuse,
+                    // and log): skip it and serve the rest.
+                    RngMetrics::add(&m.bad_descriptors, 1);
+                    continue;
+                }
                 let plan = check_chain(&act.mem, chain.clone());
                 let want = plan.as_ref().map_or(0, |&n| n);
                 if let Err(wait) = self.limiter.consume(1, want.into(), now) {
@@ -152,8 +176,8 @@ impl Rng {
                     }
                 };
                 if act.queue.add_used(&act.mem, head, len).is_err() {
-                    // Only a head index ≥ queue size gets here, which the
-                    // iterator already refuses; stop rather than spin.
+                    // The head index was checked and the used ring is in
+                    // RAM (checked at QueueReady); stop rather than spin.
                     break 'batch;
                 }
                 RngMetrics::add(&m.requests, 1);
@@ -499,6 +523,49 @@ mod tests {
         q.add_desc_chains(&[w(BUF + 0x400, 8)], 4).unwrap();
         assert_eq!(f.process(), 1);
         assert_eq!(f.used(2), (4, 8));
+    }
+
+    /// An avail index more than a queue ahead of the device makes
+    /// virtio-queue's iterator refuse, while `enable_notification` still
+    /// sees "more": the pass must end, not spin on the event loop.
+    #[test]
+    fn an_avail_index_beyond_the_queue_does_not_hang_the_pass() {
+        for event_idx in [false, true] {
+            let (mut f, mem) = fixture(EntropyConfig::default());
+            let q = mock(&mem);
+            f.activate(&q, event_idx);
+            q.avail().idx().store(RNG_QUEUE_SIZE + 100);
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let n = f.process();
+                let _ = tx.send((n, f.rng.metrics.snapshot().bad_descriptors));
+            });
+            let (n, bad) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("process_queue spun on a broken avail index");
+            assert_eq!(n, 0);
+            assert!(bad >= 1, "counted");
+        }
+    }
+
+    /// A head index past the queue has no used entry to give back; the
+    /// chains after it are still served in the same pass.
+    #[test]
+    fn a_head_index_beyond_the_queue_is_counted_and_skipped() {
+        let (mut f, mem) = fixture(EntropyConfig::default());
+        let q = mock(&mem);
+        f.activate(&q, false);
+        q.add_desc_chains(&[w(BUF, 16), w(BUF + 0x100, 8)], 0)
+            .unwrap();
+        q.avail()
+            .ring()
+            .ref_at(0)
+            .unwrap()
+            .store(RNG_QUEUE_SIZE + 3);
+        assert_eq!(f.process(), 1);
+        assert_eq!(f.used_idx(), 1);
+        assert_eq!(f.used(0), (1, 8));
+        assert_eq!(f.rng.metrics.snapshot().bad_descriptors, 1);
     }
 
     #[test]
