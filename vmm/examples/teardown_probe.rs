@@ -20,7 +20,8 @@
 //! `mem+irqchip+pit+vcpu` (one vCPU ran a few real-mode instructions up to
 //! a port write), `mem+vcpu` (no interrupt controller), `mem+split`
 //! (KVM_CAP_SPLIT_IRQCHIP: LAPIC in the kernel, PIC/IOAPIC/PIT not),
-//! `mem+split+vcpu`. A suffix `@MS` sleeps that long between building and
+//! `mem+split+vcpu`, `mem+split+ioeventfd+vcpu` (one ioeventfd: an io-bus
+//! device, like a virtio-mmio doorbell). A suffix `@MS` sleeps that long between building and
 //! closing (`irqchip@100`): a VM that lived longer closes faster.
 //!
 //! Process variants (spawn → reaped, as `memvisor bench boot` times; every
@@ -35,10 +36,11 @@ use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_reinject_control, kvm_userspace_memory_region,
     KVM_CAP_SPLIT_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
 
 const RAM: usize = 256 << 20;
 /// Real-mode code at 0x1000: `mov dx,0x3f8; mov al,'x'; out dx,al; hlt`.
@@ -54,6 +56,8 @@ struct Parts {
     /// KVM_REINJECT_CONTROL(pit_reinject = 0) right after KVM_CREATE_PIT2.
     noreinject: bool,
     split: bool,
+    /// One ioeventfd (a virtio-mmio doorbell): another io-bus device.
+    ioeventfd: bool,
     vcpu: bool,
     /// Sleep this long between building and closing (`@MS` suffix).
     age_ms: u64,
@@ -78,6 +82,7 @@ fn parts(name: &str) -> Parts {
             "noreinject" => p.noreinject = true,
             "split" => p.split = true,
             "vcpu" => p.vcpu = true,
+            "ioeventfd" => p.ioeventfd = true,
             _ => panic!("unknown part {w:?} in {name:?}"),
         }
     }
@@ -134,6 +139,7 @@ struct Built {
     vm: VmFd,
     vcpu: Option<VcpuFd>,
     ram: Option<Ram>,
+    evt: Option<EventFd>,
 }
 
 fn build(kvm: &Kvm, p: Parts) -> Built {
@@ -181,6 +187,12 @@ fn build(kvm: &Kvm, p: Parts) -> Built {
         cap.args[0] = 24;
         vm.enable_cap(&cap).expect("KVM_ENABLE_CAP(SPLIT_IRQCHIP)");
     }
+    let evt = p.ioeventfd.then(|| {
+        let e = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        vm.register_ioevent(&e, &IoEventAddress::Mmio(0xd000_0050), NoDatamatch)
+            .expect("KVM_IOEVENTFD");
+        e
+    });
     let vcpu = p.vcpu.then(|| {
         let mut v = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
         let mut s = v.get_sregs().expect("KVM_GET_SREGS");
@@ -199,7 +211,7 @@ fn build(kvm: &Kvm, p: Parts) -> Built {
         }
         v
     });
-    Built { vm, vcpu, ram }
+    Built { vm, vcpu, ram, evt }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -222,7 +234,9 @@ const INPROC: &[&str] = &[
     "mem+vcpu",
     "mem+split",
     "mem+split+vcpu",
+    "mem+split+ioeventfd+vcpu",
     "irqchip@100",
+    "mem+irqchip+vcpu@100",
     "mem+irqchip+pit+vcpu@100",
 ];
 
@@ -245,6 +259,7 @@ fn inproc(runs: usize, only: &[String]) {
             std::thread::sleep(Duration::from_millis(p.age_ms));
             let t1b = Instant::now();
             drop(b.vcpu);
+            drop(b.evt);
             drop(b.vm);
             let t2 = Instant::now();
             drop(b.ram);
