@@ -8,6 +8,7 @@
 //! cargo run --release -p memvisor --example teardown_probe -- inproc 20
 //! cargo run --release -p memvisor --example teardown_probe -- inproc 50 irqchip mem+split
 //! cargo run --release -p memvisor --example teardown_probe -- process 20
+//! cargo run --release -p memvisor --example teardown_probe -- process 30 close split-close
 //! # one process ending one way (for an outside timer such as /usr/bin/time):
 //! target/release/examples/teardown_probe child close
 //! ```
@@ -31,7 +32,7 @@
 //! process exits at once), `fork` (a forked child keeps the fds and closes
 //! them after the parent has exited), `nopit-close` (mem+irqchip+vcpu, no
 //! PIT), `split-close` (mem+split+vcpu), `none` (no VM at all: the cost of
-//! spawning this binary).
+//! spawning this binary). TEARDOWN_PROBE_GAP_MS=N pauses between spawns.
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_reinject_control, kvm_userspace_memory_region,
     KVM_CAP_SPLIT_IRQCHIP, KVM_PIT_SPEAKER_DUMMY,
@@ -357,14 +358,29 @@ const PROCESS: &[&str] = &[
     "split-close",
 ];
 
-fn process(runs: usize) {
+fn process(runs: usize, only: &[String]) {
+    let names: Vec<&str> = if only.is_empty() {
+        PROCESS.to_vec()
+    } else {
+        only.iter().map(String::as_str).collect()
+    };
     let me = std::env::current_exe().expect("current_exe");
-    println!("\nwhole process, spawn → reaped, {runs} runs each (interleaved), ms");
+    // Pause between spawns: TEARDOWN_PROBE_GAP_MS, default 0 (back to back,
+    // as `memvisor bench boot` spawns; a fork variant's teardown then
+    // overlaps the next spawn). After a 100 ms pause every VM variant was
+    // slower here (split-close median 2.8 → 8.3 ms).
+    let gap_ms: u64 = std::env::var("TEARDOWN_PROBE_GAP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    println!(
+        "\nwhole process, spawn → reaped, {runs} runs each (interleaved, {gap_ms} ms apart), ms"
+    );
     println!("| variant | median | min | max |");
     println!("|---|---|---|---|");
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); PROCESS.len()];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     for _ in 0..runs {
-        for (i, how) in PROCESS.iter().enumerate() {
+        for (i, how) in names.iter().enumerate() {
             let t0 = Instant::now();
             let st = Command::new(&me)
                 .args(["child", how])
@@ -374,11 +390,10 @@ fn process(runs: usize) {
             let t = ms(t0.elapsed());
             assert!(st.success(), "child {how} failed: {st}");
             times[i].push(t);
-            // Let a forked teardown finish before the next spawn.
-            std::thread::sleep(Duration::from_millis(30));
+            std::thread::sleep(Duration::from_millis(gap_ms));
         }
     }
-    for (how, t) in PROCESS.iter().zip(times) {
+    for (how, t) in names.iter().zip(times) {
         let (lo, hi) = (
             t.iter().cloned().fold(f64::MAX, f64::min),
             t.iter().cloned().fold(0.0, f64::max),
@@ -393,10 +408,10 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("child") => child(args.get(1).expect("child VARIANT")),
         Some("inproc") => inproc(runs(1), args.get(2..).unwrap_or_default()),
-        Some("process") => process(runs(1)),
+        Some("process") => process(runs(1), args.get(2..).unwrap_or_default()),
         None => {
             inproc(20, &[]);
-            process(20);
+            process(20, &[]);
         }
         Some(a) => {
             panic!("usage: teardown_probe [inproc|process [RUNS]] | child VARIANT (got {a:?})")
