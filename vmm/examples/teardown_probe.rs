@@ -19,7 +19,8 @@
 //! `empty`, `mem`, `mem-touched` (the host wrote every page first),
 //! `irqchip` (no memslot), `mem+irqchip`, `mem+irqchip+pit`,
 //! `mem+irqchip+pit+vcpu` (one vCPU ran a few real-mode instructions up to
-//! a port write), `mem+vcpu` (no interrupt controller), `mem+split`
+//! a port write), `mem+irqchip+pit+irqfd+vcpu` (plus an irqfd on GSI 4:
+//! what memvisor builds), `mem+vcpu` (no interrupt controller), `mem+split`
 //! (KVM_CAP_SPLIT_IRQCHIP: LAPIC in the kernel, PIC/IOAPIC/PIT not),
 //! `mem+split+vcpu`, `mem+split+ioeventfd+vcpu` (one ioeventfd: an io-bus
 //! device, like a virtio-mmio doorbell). A suffix `@MS` sleeps that long between building and
@@ -59,6 +60,8 @@ struct Parts {
     split: bool,
     /// One ioeventfd (a virtio-mmio doorbell): another io-bus device.
     ioeventfd: bool,
+    /// An irqfd on GSI 4 (memvisor's COM1 line into the in-kernel IOAPIC).
+    irqfd: bool,
     vcpu: bool,
     /// Sleep this long between building and closing (`@MS` suffix).
     age_ms: u64,
@@ -84,6 +87,7 @@ fn parts(name: &str) -> Parts {
             "split" => p.split = true,
             "vcpu" => p.vcpu = true,
             "ioeventfd" => p.ioeventfd = true,
+            "irqfd" => p.irqfd = true,
             _ => panic!("unknown part {w:?} in {name:?}"),
         }
     }
@@ -141,6 +145,7 @@ struct Built {
     vcpu: Option<VcpuFd>,
     ram: Option<Ram>,
     evt: Option<EventFd>,
+    irq: Option<EventFd>,
 }
 
 fn build(kvm: &Kvm, p: Parts) -> Built {
@@ -194,6 +199,11 @@ fn build(kvm: &Kvm, p: Parts) -> Built {
             .expect("KVM_IOEVENTFD");
         e
     });
+    let irq = p.irqfd.then(|| {
+        let e = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        vm.register_irqfd(&e, 4).expect("KVM_IRQFD");
+        e
+    });
     let vcpu = p.vcpu.then(|| {
         let mut v = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
         let mut s = v.get_sregs().expect("KVM_GET_SREGS");
@@ -212,7 +222,13 @@ fn build(kvm: &Kvm, p: Parts) -> Built {
         }
         v
     });
-    Built { vm, vcpu, ram, evt }
+    Built {
+        vm,
+        vcpu,
+        ram,
+        evt,
+        irq,
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -232,6 +248,7 @@ const INPROC: &[&str] = &[
     "mem+irqchip",
     "mem+irqchip+pit",
     "mem+irqchip+pit+vcpu",
+    "mem+irqchip+pit+irqfd+vcpu",
     "mem+vcpu",
     "mem+split",
     "mem+split+vcpu",
@@ -261,6 +278,7 @@ fn inproc(runs: usize, only: &[String]) {
             let t1b = Instant::now();
             drop(b.vcpu);
             drop(b.evt);
+            drop(b.irq);
             drop(b.vm);
             let t2 = Instant::now();
             drop(b.ram);
