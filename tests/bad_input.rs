@@ -242,7 +242,7 @@ fn guest_alloc_iters_bad_with_another_workload() {
 fn guest_mobility_grouping_bad() {
     assert_bad_guest_option(
         "workload=boot mobility_grouping=maybe",
-        &["mobility_grouping", "'maybe'", "on, off, auto"],
+        &["mobility_grouping", "'maybe'", "on, off or auto"],
     );
 }
 

@@ -36,7 +36,7 @@ pub static OPTIONS: &[Opt] = &[
     Opt {
         key: "mobility_grouping",
         what: "values",
-        valid: &"on, off, auto",
+        valid: &"on, off or auto",
         accepts: |v| parse_grouping(v).is_some(),
     },
     Opt {
