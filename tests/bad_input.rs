@@ -1,6 +1,8 @@
 //! Bad input: every case exits with status 2 promptly, prints one clear
 //! error line on stderr naming the bad value (and what would be valid), and
-//! leaves no process behind.
+//! leaves no process behind. Bad values of the bundled guest kernel's own
+//! options (`--cmdline`) are the guest's to reject: exit status 1, with an
+//! `error` line naming the option, the value and what is valid.
 #[macro_use]
 mod common;
 
@@ -221,4 +223,112 @@ fn a_closed_stdout_pipe_is_not_a_crash() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+// --- guest kernel options (--cmdline) -------------------------------------
+
+/// The guest rejected `cmdline`: exit 1 (guest failure) promptly, and its
+/// `error` line, the exit reason and the human-facing output (console and
+/// summary) contain every needle.
+fn assert_bad_guest_option(cmdline: &str, needles: &[&str]) {
+    require_kvm!();
+    let out = run(&["--cmdline", cmdline, "--memory", "128M"]);
+    let ctx = out.describe();
+    assert_eq!(out.code, Some(1), "{ctx}");
+    assert!(out.elapsed < PROMPT, "took {:?}\n{ctx}", out.elapsed);
+    assert!(
+        out.leftovers.is_empty(),
+        "processes left behind: {:?}\n{ctx}",
+        out.leftovers
+    );
+    let r = out.report();
+    assert_eq!(r["exit"]["status"], "failure", "{r:#}");
+    let msg = out.guest_event("error")["message"]
+        .as_str()
+        .expect("error.message is a string")
+        .to_string();
+    let reason = r["exit"]["reason"].as_str().unwrap_or_default();
+    let human = format!("{}{}", out.stdout, out.stderr);
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "the guest error does not mention {n:?}: {msg}"
+        );
+        assert!(
+            reason.contains(n),
+            "exit.reason does not mention {n:?}: {reason}"
+        );
+        assert!(
+            human.contains(n),
+            "the output does not mention {n:?}\n{ctx}"
+        );
+    }
+    assert!(
+        !r["guest"]
+            .as_array()
+            .expect("report.guest is an array")
+            .iter()
+            .any(|e| e["event"] == "workload"),
+        "a workload ran despite the bad option: {r:#}"
+    );
+}
+
+#[test]
+fn guest_alloc_iters_not_a_number() {
+    assert_bad_guest_option(
+        "workload=alloc alloc_iters=abc",
+        &["alloc_iters", "'abc'", "1 to 1000000000"],
+    );
+}
+
+#[test]
+fn guest_alloc_iters_zero() {
+    assert_bad_guest_option(
+        "workload=alloc alloc_iters=0",
+        &["alloc_iters", "'0'", "1 to 1000000000"],
+    );
+}
+
+/// Checked whichever workload runs: a typo is a typo.
+#[test]
+fn guest_alloc_iters_bad_with_another_workload() {
+    assert_bad_guest_option("workload=boot alloc_iters=12x", &["alloc_iters", "'12x'"]);
+}
+
+#[test]
+fn guest_mobility_grouping_bad() {
+    assert_bad_guest_option(
+        "workload=boot mobility_grouping=maybe",
+        &["mobility_grouping", "'maybe'", "on, off or auto"],
+    );
+}
+
+#[test]
+fn guest_option_without_value() {
+    assert_bad_guest_option(
+        "workload=boot alloc_iters",
+        &["alloc_iters", "needs a value"],
+    );
+}
+
+#[test]
+fn guest_empty_workload() {
+    assert_bad_guest_option("workload=", &["workload", "''", "memtest"]);
+}
+
+/// Keys the kernel does not know stay ignored: Linux-style command lines
+/// carry them (console=, virtio_mmio.device=, bare flags).
+#[test]
+fn guest_unknown_keys_are_ignored() {
+    require_kvm!();
+    let out = run(&[
+        "--cmdline",
+        "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 quiet foo=bar \
+         workload=boot mobility_grouping=off alloc_iters=10",
+        "--memory",
+        "128M",
+        "--quiet",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.guest_event("workload")["name"], "boot");
 }
