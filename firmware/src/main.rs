@@ -13,6 +13,7 @@ mod arch;
 mod bootinfo;
 mod cmdline;
 mod hostio;
+mod irq;
 mod json;
 mod mem;
 mod mm;

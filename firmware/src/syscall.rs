@@ -16,6 +16,11 @@ pub const SYSCALL_VECTOR: usize = 0x80;
 pub const SYS_NOP: u64 = 0;
 pub const SYS_HALT: u64 = 1;
 pub const SYS_READ_CR3: u64 = 2;
+/// Sets IF in the caller's saved RFLAGS: from the `iretq` on, this CPU takes
+/// the device interrupts routed to it while at CPL3 (CPL3 cannot set IF
+/// itself: `popf` ignores IF at IOPL 0).
+pub const SYS_INTERRUPTS_ON: u64 = 3;
+const RFLAGS_IF: u64 = 1 << 9;
 /// Returned for an unknown number.
 pub const ENOSYS: u64 = u64::MAX;
 /// Encoding of `int 0x80`.
@@ -44,6 +49,10 @@ pub extern "C" fn dispatch(f: &mut TrapFrame) {
         SYS_NOP => 0,
         SYS_HALT => cpu::halt_forever(),
         SYS_READ_CR3 => cpu::read_cr3(),
+        SYS_INTERRUPTS_ON => {
+            f.rflags |= RFLAGS_IF;
+            0
+        }
         _ => ENOSYS,
     };
 }
