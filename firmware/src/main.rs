@@ -21,6 +21,7 @@ mod smp;
 mod syscall;
 mod trap;
 mod user;
+mod virtio;
 mod workloads;
 
 /// Upper bound on vCPUs: sizes the per-CPU stacks and TSS array.

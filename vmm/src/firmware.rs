@@ -18,6 +18,18 @@ pub fn release_bundled_pages() {
     }
 }
 
+/// The guest's pure virtio helpers (command-line parsing, ring arithmetic),
+/// compiled here only to run their unit tests on the host: the freestanding
+/// guest crate has no test harness.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/cmdline.rs"]
+mod guest_virtio_cmdline;
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/ring.rs"]
+mod guest_virtio_ring;
+
 #[cfg(test)]
 mod tests {
     use super::{release_bundled_pages, BUNDLED};
