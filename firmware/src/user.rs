@@ -26,7 +26,7 @@ pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
 }
 
 /// Reports a guest error (JSON and console) and exits with failure.
-fn fail(message: core::fmt::Arguments) -> ! {
+pub fn fail(message: core::fmt::Arguments) -> ! {
     let mut l = LINE.lock();
     l.begin(abi::RECORD_JSON);
     l.raw("{\"event\":\"error\",\"message\":");
