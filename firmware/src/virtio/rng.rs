@@ -9,7 +9,9 @@
 //! back. It then spins at CPL3 on the pending mark the CPL0 stub sets,
 //! acknowledges the interrupt (two exits) and drains the used ring. A
 //! fallback look at the used ring every `POLL_CYCLES` covers a lost
-//! interrupt, and `WAIT_CYCLES` without progress is an error.
+//! interrupt (and, if nothing at all came back, notifies again in case the
+//! device's `avail_event` was stale); `WAIT_CYCLES` without the batch
+//! complete is an error.
 use super::queue::{Buffer, Virtqueue};
 use super::{Pages, Transport, VirtioError, F_RING_EVENT_IDX, F_VERSION_1};
 use crate::arch::cpu;
@@ -19,8 +21,9 @@ pub const REQUESTQ: u16 = 0;
 /// Buffers in flight per batch, and their size.
 pub const BATCH: usize = 8;
 pub const BUF_SIZE: usize = 4096;
-/// Between fallback looks at the used ring (~0.5 ms at 2-3 GHz).
-const POLL_CYCLES: u64 = 1_500_000;
+/// Between fallback looks at the used ring (~4 ms at 2-3 GHz): a watchdog
+/// for a lost interrupt, long enough that a late one is still waited for.
+const POLL_CYCLES: u64 = 10_000_000;
 /// Longest wait for a batch (several seconds at any TSC rate we run on).
 const WAIT_CYCLES: u64 = 20_000_000_000;
 /// Batches in a row that may return no bytes before we give up.
@@ -41,6 +44,10 @@ pub struct ReadStats {
     pub polled_batches: u64,
     /// Used lengths above what the buffer offered (clamped).
     pub overlong: u64,
+    /// Extra QueueNotify writes after a watchdog period without progress
+    /// (counted in `notifications` too). Non-zero means the device's
+    /// `avail_event` did not ask for a notification it then needed.
+    pub watchdog_kicks: u64,
 }
 
 pub struct VirtioRng {
@@ -126,30 +133,28 @@ impl VirtioRng {
             let mut last_poll = start;
             let mut by_interrupt = false;
             while done < posted {
-                let look = match self.t.service_interrupt()? {
+                let watchdog = match self.t.service_interrupt()? {
                     Some(_) => {
                         by_interrupt = true;
-                        true
+                        false
                     }
                     None => {
                         let now = cpu::rdtsc();
                         if now - start > WAIT_CYCLES {
+                            self.t.check()?;
                             return Err(VirtioError::Timeout {
                                 in_flight: self.q.in_flight(),
                             });
                         }
-                        if now - last_poll > POLL_CYCLES {
-                            last_poll = now;
-                            true
-                        } else {
+                        if now - last_poll <= POLL_CYCLES {
                             core::hint::spin_loop();
-                            false
+                            continue;
                         }
+                        last_poll = now;
+                        true
                     }
                 };
-                if !look {
-                    continue;
-                }
+                let before = done;
                 while let Some(u) = self.q.pop_used()? {
                     let slot = heads[..posted].iter().position(|&h| h == u.head).ok_or(
                         VirtioError::BadUsed {
@@ -168,6 +173,13 @@ impl VirtioRng {
                     sink(unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) });
                     got += len as u64;
                     done += 1;
+                }
+                if watchdog && done == before && !self.q.has_used() {
+                    // Nothing moved for a whole watchdog period: tell the
+                    // device again, in case its avail_event was stale.
+                    self.t.notify(&self.q);
+                    st.notifications += 1;
+                    st.watchdog_kicks += 1;
                 }
             }
             if !by_interrupt {

@@ -89,7 +89,7 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
     l.fmt(format_args!(
         "{{\"event\":\"workload\",\"name\":\"entropy\",\"ok\":{ok},\"bytes\":{},\"bytes_requested\":{bytes},\
          \"requests\":{},\"batches\":{},\"buffer_size\":{},\"notifications\":{},\"interrupts\":{},\
-         \"polled_batches\":{},\"notifications_per_request\":{per_request:.4},\
+         \"polled_batches\":{},\"watchdog_kicks\":{},\"notifications_per_request\":{per_request:.4},\
          \"interrupts_per_request\":{irq_per_request:.4},\"overlong_used\":{},\
          \"device\":{{\"base\":{base},\"irq\":{irq},\"queue_size\":{qsize},\"features\":{features},\
          \"event_idx\":{}}},\"distribution\":{{\"bins\":256,\"chi2\":{chi2:.2},\"chi2_bound\":{CHI2_BOUND:.1},\
@@ -102,6 +102,7 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
         stats.notifications,
         stats.interrupts,
         stats.polled_batches,
+        stats.watchdog_kicks,
         stats.overlong,
         features & F_RING_EVENT_IDX != 0,
     ));
