@@ -116,6 +116,11 @@ pub enum VirtioError {
     QueueInUse {
         queue: u16,
     },
+    /// QueueReady did not stick: the device refused the rings.
+    QueueRefused {
+        queue: u16,
+        size: u16,
+    },
     NoMemory {
         bytes: usize,
     },
@@ -173,6 +178,9 @@ impl fmt::Display for VirtioError {
             ResetStuck { status } => write!(f, "device reset did not complete (status {status:#x})"),
             QueueUnavailable { queue } => write!(f, "queue {queue} is not available (QueueNumMax 0)"),
             QueueInUse { queue } => write!(f, "queue {queue} is already ready before setup"),
+            QueueRefused { queue, size } => {
+                write!(f, "device refused queue {queue} (size {size}): QueueReady stayed 0")
+            }
             NoMemory { bytes } => write!(f, "no memory for {bytes} bytes of virtqueue or buffers"),
             NeedsReset { status } => write!(f, "device needs reset (status {status:#x})"),
             BadUsed { head } => write!(f, "device returned descriptor {head}, which is not in flight"),
@@ -413,6 +421,12 @@ impl Transport {
         const _: () = assert!(REG_QUEUE_DRIVER_HIGH == REG_QUEUE_DRIVER_LOW + 4);
         const _: () = assert!(REG_QUEUE_DEVICE_HIGH == REG_QUEUE_DEVICE_LOW + 4);
         self.write(REG_QUEUE_READY, 1);
+        // One more exit, for a clear error: a device that finds the rings
+        // unacceptable leaves QueueReady at 0.
+        if self.read(REG_QUEUE_READY) != 1 {
+            self.fail();
+            return Err(VirtioError::QueueRefused { queue: index, size });
+        }
         Ok((q, pages))
     }
 
