@@ -15,6 +15,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 pub const VECTOR_BASE: usize = 0x30;
 /// Pins of the IOAPIC (KVM's in-kernel IOAPIC has 24).
 pub const NR_IRQS: usize = 24;
+/// The LAPIC timer (the wait watchdog, see `crate::irq::wait`): marks
+/// [`TIMER_PENDING`] in `IRQ_PENDING`, above the pins.
+pub const TIMER_VECTOR: usize = VECTOR_BASE + NR_IRQS;
+pub const TIMER_PENDING: u32 = 1 << 31;
 /// The LAPIC's spurious vector; its gate is a bare `iretq` (no EOI).
 pub const SPURIOUS_VECTOR: usize = 0xff;
 /// xAPIC MMIO base and the EOI register.
@@ -47,6 +51,9 @@ global_asm!(
     "  jmp irq_eoi",
     "  .set irq, irq + 1",
     ".endr",
+    ".balign 32",
+    "irq_timer:",
+    "  lock or dword ptr [rip + {pending}], {timer}",
     "irq_eoi:",
     "    push rax",
     "    mov eax, {eoi}",
@@ -61,12 +68,14 @@ global_asm!(
     pending = sym IRQ_PENDING,
     count = sym IRQ_COUNT,
     eoi = const LAPIC_BASE + LAPIC_EOI,
+    timer = const TIMER_PENDING,
 );
 
 /// (vector, handler) of every device-interrupt gate, for `idt::fill`.
 pub fn gates() -> impl Iterator<Item = (usize, u64)> {
     let stubs = &raw const irq_stubs as u64;
-    (0..NR_IRQS)
+    // The timer stub follows the last pin's, one stride on.
+    (0..=NR_IRQS)
         .map(move |irq| (VECTOR_BASE + irq, stubs + irq as u64 * STUB_STRIDE))
         .chain(core::iter::once((
             SPURIOUS_VECTOR,
@@ -74,10 +83,26 @@ pub fn gates() -> impl Iterator<Item = (usize, u64)> {
         )))
 }
 
+/// System call body (CPL0, IF clear): unless a mark in `mask` is already
+/// pending, enable interrupts and halt until one arrives (any interrupt
+/// wakes it; the caller re-checks). `sti` holds interrupts off for one more
+/// instruction, so one arriving after the check still wakes the `hlt`.
+#[link_section = ".text.cpl0"]
+pub fn wait(mask: u32) {
+    if IRQ_PENDING.load(Ordering::Relaxed) & mask == 0 {
+        // SAFETY: CPL0; the interrupt taken inside returns after `hlt`.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) }
+    }
+}
+
 /// Takes pin `irq`'s pending mark (CPL3); true if it was set.
 pub fn take_pending(irq: u32) -> bool {
-    let bit = 1u32 << irq;
-    IRQ_PENDING.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    take_mask(1u32 << irq)
+}
+
+/// Takes the marks in `mask`; true if any was set.
+pub fn take_mask(mask: u32) -> bool {
+    IRQ_PENDING.fetch_and(!mask, Ordering::AcqRel) & mask != 0
 }
 
 /// Interrupts pin `irq` has delivered so far.

@@ -70,6 +70,36 @@ pub const F_VERSION_1: u64 = 1 << 32;
 pub const INT_USED_BUFFER: u32 = 1;
 pub const INT_CONFIG_CHANGE: u32 = 2;
 
+/// How a driver waits for its device between units of work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Sleep in CPL0 `hlt` (one system call per wait) until the device's
+    /// interrupt or the LAPIC-timer watchdog: the vCPU leaves the host
+    /// core to others, the VMM's device thread among them.
+    Halt,
+    /// Spin at CPL3 on the pending mark (no system call, no LAPIC write;
+    /// a host core stays busy).
+    Spin,
+}
+
+impl Wait {
+    /// From the kernel option `virtio_wait=hlt|spin` (default hlt).
+    pub fn from_cmdline(cmdline: &str) -> Result<Wait, &str> {
+        match crate::cmdline::get(cmdline, "virtio_wait") {
+            None | Some("hlt") => Ok(Wait::Halt),
+            Some("spin") => Ok(Wait::Spin),
+            Some(v) => Err(v),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Wait::Halt => "hlt",
+            Wait::Spin => "spin",
+        }
+    }
+}
+
 /// Why a device could not be found, set up or driven.
 #[derive(Clone, Copy, Debug)]
 pub enum VirtioError {

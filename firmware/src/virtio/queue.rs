@@ -232,11 +232,6 @@ impl Virtqueue {
         fence(Ordering::SeqCst);
     }
 
-    /// Whether the device has returned chains not yet popped.
-    pub fn has_used(&self) -> bool {
-        self.read_u16(self.layout.used + 2) != self.last_used
-    }
-
     /// The next chain the device has finished with, its descriptors freed.
     pub fn pop_used(&mut self) -> Result<Option<Used>, UsedError> {
         let used_idx = self.read_u16(self.layout.used + 2);

@@ -13,8 +13,9 @@
 //! device's `avail_event` was stale); `WAIT_CYCLES` without the batch
 //! complete is an error.
 use super::queue::{Buffer, Virtqueue};
-use super::{Pages, Transport, VirtioError, F_RING_EVENT_IDX, F_VERSION_1};
+use super::{Pages, Transport, VirtioError, Wait, F_RING_EVENT_IDX, F_VERSION_1};
 use crate::arch::cpu;
+use crate::irq;
 
 pub const DEVICE_ID: u32 = 4;
 pub const REQUESTQ: u16 = 0;
@@ -24,6 +25,8 @@ pub const BUF_SIZE: usize = 4096;
 /// Between fallback looks at the used ring (~4 ms at 2-3 GHz): a watchdog
 /// for a lost interrupt, long enough that a late one is still waited for.
 const POLL_CYCLES: u64 = 10_000_000;
+/// The same for `Wait::Halt`, as a LAPIC timer count (~ns under KVM).
+const POLL_NS: u32 = 4_000_000;
 /// Longest wait for a batch (several seconds at any TSC rate we run on).
 const WAIT_CYCLES: u64 = 20_000_000_000;
 /// Batches in a row that may return no bytes before we give up.
@@ -48,6 +51,8 @@ pub struct ReadStats {
     /// (counted in `notifications` too). Non-zero means the device's
     /// `avail_event` did not ask for a notification it then needed.
     pub watchdog_kicks: u64,
+    /// `Wait::Halt`: times the CPU slept waiting (system calls).
+    pub sleeps: u64,
 }
 
 pub struct VirtioRng {
@@ -87,10 +92,12 @@ impl VirtioRng {
         self.t.irq
     }
 
-    /// Reads `total` bytes, handing each filled buffer to `sink`.
+    /// Reads `total` bytes, handing each filled buffer to `sink`; waits for
+    /// each batch as `wait` says.
     pub fn read(
         &mut self,
         total: u64,
+        wait: Wait,
         mut sink: impl FnMut(&[u8]),
     ) -> Result<ReadStats, VirtioError> {
         let mut st = ReadStats::default();
@@ -130,8 +137,9 @@ impl VirtioRng {
             let mut got = 0u64;
             let mut done = 0;
             let start = cpu::rdtsc();
-            let mut last_poll = start;
+            let mut last_look = start;
             let mut by_interrupt = false;
+            let mut slept = false;
             while done < posted {
                 let watchdog = match self.t.service_interrupt()? {
                     Some(_) => {
@@ -146,11 +154,19 @@ impl VirtioRng {
                                 in_flight: self.q.in_flight(),
                             });
                         }
-                        if now - last_poll <= POLL_CYCLES {
-                            core::hint::spin_loop();
-                            continue;
+                        match wait {
+                            Wait::Spin if now - last_look <= POLL_CYCLES => {
+                                core::hint::spin_loop();
+                                continue;
+                            }
+                            Wait::Halt if !irq::take_mask(irq::WATCHDOG) => {
+                                irq::wait(self.t.irq, POLL_NS);
+                                st.sleeps += 1;
+                                slept = true;
+                                continue;
+                            }
+                            _ => {}
                         }
-                        last_poll = now;
                         true
                     }
                 };
@@ -174,13 +190,20 @@ impl VirtioRng {
                     got += len as u64;
                     done += 1;
                 }
-                if watchdog && done == before && !self.q.has_used() {
+                let now = cpu::rdtsc();
+                if watchdog && done == before && now - last_look > POLL_CYCLES {
                     // Nothing moved for a whole watchdog period: tell the
                     // device again, in case its avail_event was stale.
                     self.t.notify(&self.q);
                     st.notifications += 1;
                     st.watchdog_kicks += 1;
                 }
+                if done > before || watchdog {
+                    last_look = now;
+                }
+            }
+            if slept {
+                irq::stop_watchdog();
             }
             if !by_interrupt {
                 st.polled_batches += 1;

@@ -18,7 +18,7 @@
 //! that only "more than one distinct value" is checked (n >= 16).
 use crate::hostio::{self, LINE};
 use crate::virtio::rng::{self, VirtioRng};
-use crate::virtio::F_RING_EVENT_IDX;
+use crate::virtio::{Wait, F_RING_EVENT_IDX};
 use crate::{abi, arch::cpu, cmdline, user};
 
 pub const DEFAULT_BYTES: u64 = 65536;
@@ -38,13 +38,17 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
             )),
         },
     };
+    let wait = match Wait::from_cmdline(user::cmdline()) {
+        Ok(w) => w,
+        Err(v) => user::fail(format_args!("virtio_wait={v}: must be hlt or spin")),
+    };
     let mut dev = match VirtioRng::init(user::cmdline(), cpu) {
         Ok(d) => d,
         Err(e) => user::fail(format_args!("entropy: virtio-rng: {e}")),
     };
     let mut counts = [0u64; 256];
     let t0 = cpu::rdtsc();
-    let stats = match dev.read(bytes, |buf| {
+    let stats = match dev.read(bytes, wait, |buf| {
         for &b in buf {
             counts[b as usize] += 1;
         }
@@ -89,7 +93,7 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
     l.fmt(format_args!(
         "{{\"event\":\"workload\",\"name\":\"entropy\",\"ok\":{ok},\"bytes\":{},\"bytes_requested\":{bytes},\
          \"requests\":{},\"batches\":{},\"buffer_size\":{},\"notifications\":{},\"interrupts\":{},\
-         \"polled_batches\":{},\"watchdog_kicks\":{},\"notifications_per_request\":{per_request:.4},\
+         \"polled_batches\":{},\"watchdog_kicks\":{},\"wait\":\"{}\",\"sleeps\":{},\"notifications_per_request\":{per_request:.4},\
          \"interrupts_per_request\":{irq_per_request:.4},\"overlong_used\":{},\
          \"device\":{{\"base\":{base},\"irq\":{irq},\"queue_size\":{qsize},\"features\":{features},\
          \"event_idx\":{}}},\"distribution\":{{\"bins\":256,\"chi2\":{chi2:.2},\"chi2_bound\":{CHI2_BOUND:.1},\
@@ -103,6 +107,8 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
         stats.interrupts,
         stats.polled_batches,
         stats.watchdog_kicks,
+        wait.name(),
+        stats.sleeps,
         stats.overlong,
         features & F_RING_EVENT_IDX != 0,
     ));
