@@ -1,9 +1,9 @@
 //! The `memvisor` command line.
 use clap::{Args, Parser, Subcommand};
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
-use memvisor::builder::{install_sigint_handler, run_vm};
-use memvisor::config::{parse_size, parse_timeout, KernelSource, VmConfig, DEFAULT_CMDLINE};
 use memvisor::devices::console::Console;
+use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
+use memvisor::vmm::{self, RunOptions, VmmError};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,9 +27,9 @@ struct Cli {
 enum Command {
     /// Boot a microVM and run it until the guest exits.
     ///
-    /// Exit status: 0 the guest reported success, 1 it reported failure,
-    /// 2 bad input (or the VM could not be set up), 3 the guest crashed,
-    /// 4 timeout, 130 interrupted.
+    /// Exit status: 0 the guest reported success (or reset the machine),
+    /// 1 it reported failure, 2 bad input (or the VM could not be set up),
+    /// 3 the guest crashed, 4 timeout, 130/143/129 ended by SIGINT/SIGTERM/SIGHUP.
     Run(RunArgs),
     /// Benchmarks.
     #[command(subcommand)]
@@ -56,9 +56,15 @@ struct RunArgs {
     /// Stop the guest after SECS seconds (exit status 4).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_timeout_arg)]
     timeout: Duration,
-    /// Print neither the guest console nor the summary (the report is still written).
+    /// Print neither the guest console nor the summary (the report is still
+    /// written); a failed run still prints one line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Bytes of guest output kept: JSON lines in the report and console
+    /// records printed (K/M/G suffixes). Beyond it they are counted in the
+    /// report's dropped_records/dropped_bytes.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_budget_arg)]
+    record_budget: u64,
 }
 
 #[derive(Subcommand)]
@@ -89,6 +95,14 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+fn parse_budget_arg(s: &str) -> Result<u64, String> {
+    match parse_size(s) {
+        Ok(n) if (4096..=1 << 30).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{s}: the budget must be between 4K and 1G")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_timeout_arg(s: &str) -> Result<Duration, String> {
     parse_timeout(s).map_err(|e| e.to_string())
 }
@@ -106,7 +120,7 @@ fn main() -> ExitCode {
             vcpus,
             cmdline,
         }) => {
-            let probe = VmConfig {
+            let probe = VmResources {
                 memory,
                 vcpus,
                 ..Default::default()
@@ -137,7 +151,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = VmConfig {
+    let resources = VmResources {
         kernel: args
             .kernel
             .clone()
@@ -146,6 +160,7 @@ fn run(args: RunArgs) -> ExitCode {
         vcpus: args.vcpus,
         memory: args.memory,
         timeout: args.timeout,
+        record_budget: args.record_budget as usize,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {
@@ -153,9 +168,6 @@ fn run(args: RunArgs) -> ExitCode {
         (false, true) => Console::stderr(),
         (false, false) => Console::stdout(),
     };
-    if let Err(e) = install_sigint_handler() {
-        eprintln!("memvisor: warning: cannot install the SIGINT handler: {e}");
-    }
     // An unwritable report path is bad input: find out before the VM runs.
     let mut report_file = match &args.report {
         Some(p) if p.as_os_str() != "-" => match std::fs::File::create(p) {
@@ -170,7 +182,7 @@ fn run(args: RunArgs) -> ExitCode {
         },
         _ => None,
     };
-    let report = match run_vm(&config, console) {
+    let report = match vmm::run(resources, RunOptions { console }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("memvisor: error: {}", error_chain(&e));
@@ -179,30 +191,42 @@ fn run(args: RunArgs) -> ExitCode {
                 drop(f);
                 let _ = std::fs::remove_file(p);
             }
-            return ExitCode::from(EXIT_BAD_INPUT);
+            let code = match e {
+                VmmError::Build(_) => EXIT_BAD_INPUT,
+                _ => 1,
+            };
+            return ExitCode::from(code);
         }
     };
     let code = report.exit.code;
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    // Writes to stdout may meet a closed pipe (`| head`): that ends our
+    // output, not the run, and never a panic.
     if to_stdout {
         // stdout carries the JSON alone; the summary would corrupt it.
-        println!("{json}");
+        let _ = writeln!(std::io::stdout().lock(), "{json}");
     } else {
         if let Some(f) = report_file.as_mut() {
             if let Err(e) = f.write_all((json + "\n").as_bytes()) {
                 eprintln!("memvisor: warning: cannot write the report: {e}");
             }
         }
-        print_summary(&report.summary(), args.quiet);
+        if !args.quiet {
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(report.summary().as_bytes());
+        }
+    }
+    if code != 0 && (args.quiet || to_stdout) {
+        // Quiet hides the summary, not why a run failed.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "memvisor: {} (exit {code}): {}",
+            report.exit.status.word(),
+            report.exit.reason
+        );
     }
     ExitCode::from(code as u8)
-}
-
-fn print_summary(s: &str, quiet: bool) {
-    if !quiet {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(s.as_bytes());
-    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -6,7 +6,7 @@
 //! here. The VMM's own memory cost is VmRSS minus guest-RAM Rss (smaps).
 use super::stats::{summarize, Summary};
 use crate::clock::{now_ns, SPAWN_ENV};
-use crate::config::format_size;
+use crate::resources::format_size;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;

@@ -10,7 +10,8 @@
 //! workloads at CPL3 on this map; Linux replaces it with its own early on.
 use super::BootError;
 use crate::memory::layout::{MMIO_GAP_END, MMIO_GAP_START, PDPT, PD_END, PD_START, PML4};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 2;
@@ -26,7 +27,7 @@ pub fn mapped_gib(ram_end: u64) -> u64 {
 }
 
 /// Writes PML4, PDPT and one page directory per GiB; returns CR3.
-pub fn build_identity_map(mem: &GuestMemoryMmap, ram_end: u64) -> Result<u64, BootError> {
+pub fn build_identity_map(mem: &GuestMemory, ram_end: u64) -> Result<u64, BootError> {
     let gib = mapped_gib(ram_end);
     let max = (PD_END - PD_START) / 0x1000;
     if gib > max.min(512) {
@@ -59,12 +60,12 @@ mod tests {
     use super::*;
 
     /// Walks the map the way the MMU does.
-    fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
+    fn translate(mem: &GuestMemory, cr3: u64, va: u64) -> Option<u64> {
         leaf(mem, cr3, va).map(|pde| (pde & !0x1f_ffff & 0x000f_ffff_ffff_f000) | (va & 0x1f_ffff))
     }
 
     /// The 2 MiB leaf entry mapping `va`, if present and user-accessible.
-    fn leaf(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
+    fn leaf(mem: &GuestMemory, cr3: u64, va: u64) -> Option<u64> {
         let mask = 0x000f_ffff_ffff_f000;
         let pml4e: u64 = mem
             .read_obj(GuestAddress(cr3 + 8 * ((va >> 39) & 511)))
