@@ -6,12 +6,15 @@
 //! published with one index store, signalled with at most one QueueNotify
 //! (none if the device's `avail_event` says it is still looking), and the
 //! driver asks (`used_event`) for one interrupt when the whole batch is
-//! back. It then spins at CPL3 on the pending mark the CPL0 stub sets,
-//! acknowledges the interrupt (two exits) and drains the used ring. A
-//! fallback look at the used ring every `POLL_CYCLES` covers a lost
-//! interrupt (and, if nothing at all came back, notifies again in case the
-//! device's `avail_event` was stale); `WAIT_CYCLES` without the batch
-//! complete is an error.
+//! back. It then waits for the pending mark the CPL0 stub sets (asleep in
+//! `hlt`, or spinning at CPL3: `Wait`), acknowledges the interrupt (two
+//! exits) and drains the used ring. A watchdog look at the used ring after
+//! ~4 ms without one covers a lost interrupt (and, if nothing at all came
+//! back, notifies again in case the device's `avail_event` was stale);
+//! `WAIT_CYCLES` without the batch complete is an error.
+//!
+//! Every used element is checked: its head must be one of this batch's,
+//! and a length above what the buffer offered is clamped and counted.
 use super::queue::{Buffer, Virtqueue};
 use super::{Pages, Transport, VirtioError, Wait, F_RING_EVENT_IDX, F_VERSION_1};
 use crate::arch::cpu;
