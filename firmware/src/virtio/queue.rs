@@ -277,3 +277,250 @@ impl Virtqueue {
         Ok(Some(Used { head, len }))
     }
 }
+
+/// Host tests (run by the VMM's test build, which compiles this file with
+/// `ring.rs` next to it): the driver side against a small device model over
+/// the same memory, including index wrap-around and a hostile device.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[repr(C, align(4096))]
+    struct Area([u8; 8192]);
+
+    /// The device side of one queue, written from the spec.
+    struct Device {
+        base: usize,
+        size: u16,
+        layout: Layout,
+        last_avail: u16,
+        used_idx: u16,
+    }
+
+    impl Device {
+        fn new(q: &Virtqueue) -> Device {
+            Device {
+                base: q.base as usize,
+                size: q.size,
+                layout: q.layout,
+                last_avail: 0,
+                used_idx: 0,
+            }
+        }
+        fn r16(&self, off: usize) -> u16 {
+            unsafe { read_volatile((self.base + off) as *const u16) }
+        }
+        fn w16(&self, off: usize, v: u16) {
+            unsafe { write_volatile((self.base + off) as *mut u16, v) }
+        }
+        fn w32(&self, off: usize, v: u32) {
+            unsafe { write_volatile((self.base + off) as *mut u32, v) }
+        }
+        /// (addr, len, flags) of each descriptor of the chain at `head`.
+        fn chain(&self, head: u16) -> Vec<(u64, u32, u16)> {
+            let mut out = Vec::new();
+            let mut i = head;
+            loop {
+                let d = self.base + self.layout.desc + 16 * i as usize;
+                let (addr, len, flags, next) = unsafe {
+                    (
+                        read_volatile(d as *const u64),
+                        read_volatile((d + 8) as *const u32),
+                        read_volatile((d + 12) as *const u16),
+                        read_volatile((d + 14) as *const u16),
+                    )
+                };
+                out.push((addr, len, flags));
+                if flags & F_NEXT == 0 {
+                    return out;
+                }
+                assert!(out.len() <= self.size as usize, "descriptor loop");
+                i = next;
+            }
+        }
+        /// Uses up to `max` available chains, each with length `len`;
+        /// publishes avail_event = what it has seen. Returns the chains.
+        fn serve(&mut self, max: usize, len: u32) -> Vec<Vec<(u64, u32, u16)>> {
+            let avail_idx = self.r16(self.layout.avail + 2);
+            let mut served = Vec::new();
+            while self.last_avail != avail_idx && served.len() < max {
+                let slot = self.layout.avail + 4 + 2 * (self.last_avail % self.size) as usize;
+                let head = self.r16(slot);
+                served.push(self.chain(head));
+                let e = self.layout.used + 4 + 8 * (self.used_idx % self.size) as usize;
+                self.w32(e, head as u32);
+                self.w32(e + 4, len);
+                self.used_idx = self.used_idx.wrapping_add(1);
+                self.last_avail = self.last_avail.wrapping_add(1);
+            }
+            self.w16(self.layout.used + 2, self.used_idx);
+            self.w16(self.layout.avail_event(self.size), self.last_avail);
+            served
+        }
+        fn used_event(&self) -> u16 {
+            self.r16(self.layout.used_event(self.size))
+        }
+    }
+
+    fn queue(area: &mut Area, size: u16, event_idx: bool) -> Virtqueue {
+        assert!(Virtqueue::bytes(size) <= area.0.len());
+        // SAFETY: the area outlives the queue in every test.
+        unsafe { Virtqueue::new(0, size, area.0.as_mut_ptr() as u64, event_idx) }
+    }
+
+    fn w(addr: u64, len: u32) -> Buffer {
+        Buffer {
+            addr,
+            len,
+            device_writes: true,
+        }
+    }
+
+    #[test]
+    fn chains_go_round_trip_and_descriptors_come_back() {
+        let mut area = Box::new(Area([0; 8192]));
+        let mut q = queue(&mut area, 8, true);
+        let mut dev = Device::new(&q);
+        let r = Buffer {
+            addr: 0x1000,
+            len: 16,
+            device_writes: false,
+        };
+        let h1 = q.add(&[r, w(0x2000, 100), w(0x3000, 200)]).unwrap();
+        let h2 = q.add(&[w(0x4000, 4096)]).unwrap();
+        assert_eq!(q.num_free(), 4);
+        assert!(q.add(&[w(0, 1); 5]).is_none(), "only 4 free");
+        assert!(q.add(&[]).is_none());
+        assert!(q.publish(), "first publish passes avail_event 0");
+        assert!(!q.publish(), "nothing new");
+        let served = dev.serve(8, 7);
+        assert_eq!(
+            served[0],
+            vec![
+                (0x1000, 16, F_NEXT),
+                (0x2000, 100, F_NEXT | F_WRITE),
+                (0x3000, 200, F_WRITE)
+            ]
+        );
+        assert_eq!(served[1], vec![(0x4000, 4096, F_WRITE)]);
+        let u1 = q.pop_used().unwrap().unwrap();
+        let u2 = q.pop_used().unwrap().unwrap();
+        assert_eq!((u1.head, u1.len, u2.head, u2.len), (h1, 7, h2, 7));
+        assert!(q.pop_used().unwrap().is_none());
+        assert_eq!(q.num_free(), 8);
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn event_idx_notifies_only_when_the_device_asked() {
+        let mut area = Box::new(Area([0; 8192]));
+        let mut q = queue(&mut area, 16, true);
+        let mut dev = Device::new(&q);
+        q.add(&[w(0x1000, 8)]).unwrap();
+        assert!(q.publish());
+        // The device has not looked yet (avail_event still 0): adding more
+        // needs no second notification.
+        q.add(&[w(0x1000, 8)]).unwrap();
+        assert!(!q.publish());
+        dev.serve(16, 8); // sees both, asks to hear about index 2 onwards
+        q.add(&[w(0x1000, 8)]).unwrap();
+        assert!(q.publish());
+        // Without EVENT_IDX, only the used ring's NO_NOTIFY flag counts.
+        let mut area2 = Box::new(Area([0; 8192]));
+        let mut q2 = queue(&mut area2, 16, false);
+        let dev2 = Device::new(&q2);
+        q2.add(&[w(0x1000, 8)]).unwrap();
+        assert!(q2.publish());
+        dev2.w16(dev2.layout.used, USED_F_NO_NOTIFY);
+        q2.add(&[w(0x1000, 8)]).unwrap();
+        assert!(!q2.publish());
+    }
+
+    #[test]
+    fn used_event_asks_for_one_interrupt_per_batch() {
+        let mut area = Box::new(Area([0; 8192]));
+        let mut q = queue(&mut area, 16, true);
+        let mut dev = Device::new(&q);
+        q.interrupt_after(8);
+        assert_eq!(dev.used_event(), 7);
+        for _ in 0..8 {
+            q.add(&[w(0x1000, 8)]).unwrap();
+        }
+        q.publish();
+        let old = dev.used_idx;
+        dev.serve(3, 8);
+        assert!(!ring::need_event(dev.used_event(), dev.used_idx, old));
+        let old = dev.used_idx;
+        dev.serve(8, 8);
+        assert!(ring::need_event(dev.used_event(), dev.used_idx, old));
+        while q.pop_used().unwrap().is_some() {}
+        q.interrupt_after(0);
+        assert_eq!(dev.used_event(), 7, "n = 0: just behind the last used");
+    }
+
+    #[test]
+    fn indices_wrap_and_no_descriptor_leaks() {
+        let mut area = Box::new(Area([0; 8192]));
+        let mut q = queue(&mut area, 8, true);
+        let mut dev = Device::new(&q);
+        let mut popped = 0u32;
+        // 70,000 chains of 1-3 descriptors: the u16 indices wrap.
+        for i in 0..70_000u32 {
+            let n = 1 + (i % 3) as usize;
+            while q.num_free() < n as u16 {
+                q.publish();
+                dev.serve(2, 1);
+                while let Some(u) = q.pop_used().unwrap() {
+                    assert!(u.head < 8);
+                    popped += 1;
+                }
+            }
+            let bufs: Vec<Buffer> = (0..n).map(|k| w(0x1000 * (k as u64 + 1), i)).collect();
+            q.add(&bufs).unwrap();
+            if i % 5 == 0 {
+                q.publish();
+            }
+        }
+        q.publish();
+        dev.serve(usize::MAX, 1);
+        while q.pop_used().unwrap().is_some() {
+            popped += 1;
+        }
+        assert_eq!(popped, 70_000);
+        assert_eq!(q.num_free(), 8);
+        assert_eq!(q.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_hostile_used_ring_is_refused() {
+        let mut area = Box::new(Area([0; 8192]));
+        let mut q = queue(&mut area, 8, true);
+        let mut dev = Device::new(&q);
+        let h = q.add(&[w(0x1000, 8)]).unwrap();
+        q.publish();
+        // The used index runs ahead of what is in flight.
+        dev.w16(dev.layout.used + 2, 2);
+        assert!(matches!(
+            q.pop_used(),
+            Err(UsedError::TooMany {
+                used_idx: 2,
+                last_used: 0
+            })
+        ));
+        // An id out of range, then one not in flight.
+        let e = dev.layout.used + 4;
+        dev.w16(dev.layout.used + 2, 1);
+        dev.w32(e, 999);
+        assert!(matches!(
+            q.pop_used(),
+            Err(UsedError::BadHead { head: 999 })
+        ));
+        dev.w32(e, (h + 1) as u32);
+        assert!(matches!(q.pop_used(), Err(UsedError::BadHead { .. })));
+        // The honest answer still works.
+        dev.used_idx = 0;
+        dev.last_avail = 0;
+        dev.serve(1, 8);
+        assert_eq!(q.pop_used().unwrap().unwrap().head, h);
+    }
+}
