@@ -7,12 +7,13 @@ use crate::devices::console::Console;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::firmware;
 use crate::guest::events::VmEvents;
-use crate::memory::layout::{e820_map, E820Entry};
+use crate::memory::layout::{e820_map, E820Entry, CMDLINE_MAX};
 use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
 use crate::vstate::vcpu::{self, BootState, ExitCounters, VcpuContext, VcpuError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
+use linux_loader::cmdline::Cmdline;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -117,7 +118,17 @@ pub fn build(
     // so they come before the boot parameters are written.
     let mut devices = DeviceManager::new()?;
     devices.add_legacy(&vm.fd, vm.memory(), events, console)?;
-    let cmdline = res.cmdline.clone();
+    let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| DeviceError::Cmdline(e.to_string()))?;
+    cl.insert_str(&res.cmdline)
+        .map_err(|e| DeviceError::Cmdline(format!("{e} ({} bytes)", res.cmdline.len())))?;
+    if let Some(cfg) = &res.entropy {
+        devices.add_entropy(cfg, &vm.fd, vm.memory(), &mut cl)?;
+    }
+    let cmdline = cl
+        .as_cstring()
+        .map_err(|e| DeviceError::Cmdline(e.to_string()))?
+        .into_string()
+        .map_err(|e| DeviceError::Cmdline(e.to_string()))?;
     log::debug!("devices on the bus; kernel command line: {cmdline}");
 
     let mem = vm.memory();

@@ -8,6 +8,7 @@
 #[path = "../../firmware/src/abi.rs"]
 pub mod abi;
 
+pub mod api;
 pub mod bench;
 pub mod boot;
 pub mod builder;
@@ -18,6 +19,7 @@ pub mod guest;
 pub mod memory;
 pub mod report;
 pub mod resources;
+pub mod rpc;
 pub mod signals;
 pub mod vmm;
 pub mod vstate;

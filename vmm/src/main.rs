@@ -34,6 +34,13 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the bundled guest kernel (an ELF) to PATH, e.g. for
+    /// `PUT /boot-source {"kernel_image_path": PATH}` or another VMM.
+    Kernel {
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -41,7 +48,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device and check their distribution; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
@@ -65,10 +72,38 @@ struct RunArgs {
     /// report's dropped_records/dropped_bytes.
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_budget_arg)]
     record_budget: u64,
+    /// Add a virtio-rng entropy device (virtio-mmio; the kernel command line
+    /// gets its `virtio_mmio.device=` token).
+    #[arg(long)]
+    entropy: bool,
+    /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
+    /// Unix socket during the run; the file is removed on exit.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// With --api-sock: build nothing until configured through the API and
+    /// started with PUT /actions {"action_type": "InstanceStart"}.
+    #[arg(long)]
+    wait_for_start: bool,
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Control-API latency against a running guest: p50/p99 of
+    /// GET /machine-config, pause→Paused and resume→Running round trips.
+    Api {
+        /// GET requests to time.
+        #[arg(long, default_value_t = 1000)]
+        requests: u32,
+        /// Pause/resume pairs to time.
+        #[arg(long, default_value_t = 200)]
+        pauses: u32,
+        /// vCPUs of the guest.
+        #[arg(long, default_value_t = 2)]
+        vcpus: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -113,6 +148,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Kernel { output } => match std::fs::write(&output, memvisor::firmware::BUNDLED) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memvisor: error: cannot write {}: {e}", output.display());
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
+        Command::Bench(BenchCommand::Api {
+            requests,
+            pauses,
+            vcpus,
+            json,
+        }) => {
+            if requests == 0
+                || pauses == 0
+                || vcpus == 0
+                || vcpus as usize > memvisor::abi::MAX_VCPUS
+            {
+                eprintln!(
+                    "memvisor: bench api: error: --requests and --pauses must be at least 1 and --vcpus 1 to {} (got {requests}, {pauses}, {vcpus})",
+                    memvisor::abi::MAX_VCPUS
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::api::ApiBenchOptions {
+                requests,
+                pauses,
+                vcpus,
+                json,
+            };
+            match memvisor::bench::api::bench_api(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Boot {
             runs,
             json,
@@ -161,6 +234,7 @@ fn run(args: RunArgs) -> ExitCode {
         memory: args.memory,
         timeout: args.timeout,
         record_budget: args.record_budget as usize,
+        entropy: args.entropy.then(Default::default),
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {
@@ -182,7 +256,12 @@ fn run(args: RunArgs) -> ExitCode {
         },
         _ => None,
     };
-    let report = match vmm::run(resources, RunOptions { console }) {
+    let opts = RunOptions {
+        console,
+        api_sock: args.api_sock.clone(),
+        wait_for_start: args.wait_for_start,
+    };
+    let report = match vmm::run(resources, opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("memvisor: error: {}", error_chain(&e));
@@ -192,7 +271,7 @@ fn run(args: RunArgs) -> ExitCode {
                 let _ = std::fs::remove_file(p);
             }
             let code = match e {
-                VmmError::Build(_) => EXIT_BAD_INPUT,
+                VmmError::Build(_) | VmmError::Api(_) | VmmError::WaitWithoutApi => EXIT_BAD_INPUT,
                 _ => 1,
             };
             return ExitCode::from(code);

@@ -32,6 +32,8 @@ pub struct VmResources {
     pub timeout: Duration,
     /// Bytes of guest JSON lines kept in the report (`--record-budget`).
     pub record_budget: usize,
+    /// A virtio-rng device (`--entropy`, `PUT /entropy`).
+    pub entropy: Option<crate::devices::virtio::rng::EntropyConfig>,
 }
 
 impl Default for VmResources {
@@ -43,6 +45,7 @@ impl Default for VmResources {
             memory: DEFAULT_MEMORY,
             timeout: Duration::from_secs(60),
             record_budget: crate::guest::log::DEFAULT_BUDGET,
+            entropy: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! The loop (`run`) blocks in epoll with no timeout: nothing polls.
 use crate::abi;
+use crate::api::{ApiInbox, ApiMessage, ApiResponse, ApiServer, InstanceState};
 use crate::builder::{self, BuildError, BuiltVm};
 use crate::clock::{self, now_ns, since_origin_us};
 use crate::devices::console::Console;
@@ -15,20 +16,22 @@ use crate::memory::layout::{e820_ram_bytes, e820_ram_pages};
 use crate::memory::rss;
 use crate::report::{ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report};
 use crate::resources::VmResources;
+use crate::rpc::Followup;
 use crate::signals::{self, SignalFd};
 use crate::vstate::vcpu::{self, Reply, VcpuControlError};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 const EV_QUEUE: u32 = 1;
 const EV_SIGNAL: u32 = 2;
 const EV_TIMER: u32 = 3;
+const EV_API: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -36,6 +39,10 @@ pub enum VmmError {
     Build(#[from] BuildError),
     #[error("event loop: {0}")]
     EventLoop(String),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiError),
+    #[error("--wait-for-start needs --api-sock: the VM is configured and started through the API")]
+    WaitWithoutApi,
     #[error("{what}: {source}")]
     Host {
         what: &'static str,
@@ -48,15 +55,10 @@ pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 /// How the VMM was asked to run.
 pub struct RunOptions {
     pub console: Console,
-}
-
-/// Whether the VM runs: before start (API boot flow), running, finished.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum InstanceState {
-    #[serde(rename = "Not started")]
-    NotStarted,
-    Running,
-    Paused,
+    /// Serve the control API on this Unix socket.
+    pub api_sock: Option<PathBuf>,
+    /// Build nothing until `PUT /actions {"action_type": "InstanceStart"}`.
+    pub wait_for_start: bool,
 }
 
 pub struct Vmm {
@@ -71,6 +73,9 @@ pub struct Vmm {
     exit: Option<ExitReport>,
     console_bytes: usize,
     paused: bool,
+    api: Option<ApiInbox>,
+    /// An InstanceStart waiting for the loop to build the VM.
+    pending_start: Option<ApiMessage>,
 }
 
 impl Vmm {
@@ -98,6 +103,8 @@ impl Vmm {
             exit: None,
             console_bytes: 0,
             paused: false,
+            api: None,
+            pending_start: None,
         })
     }
 
@@ -303,6 +310,15 @@ impl Vmm {
         }
     }
 
+    fn on_api(&mut self) {
+        let msgs = self.api.as_ref().map(ApiInbox::take).unwrap_or_default();
+        for m in msgs {
+            if let Followup::Start(m) = self.handle_api(m) {
+                self.pending_start = Some(m);
+            }
+        }
+    }
+
     fn on_timer(&mut self) {
         let _ = self.timer.wait();
         if self.built.is_none() {
@@ -412,6 +428,9 @@ impl MutEventSubscriber for Vmm {
         add(ops, self.events.wake.as_raw_fd(), EV_QUEUE, "event queue");
         add(ops, self.signals.as_raw_fd(), EV_SIGNAL, "signalfd");
         add(ops, self.timer.as_raw_fd(), EV_TIMER, "timerfd");
+        if let Some(api) = &self.api {
+            add(ops, api.as_raw_fd(), EV_API, "API inbox");
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -419,34 +438,76 @@ impl MutEventSubscriber for Vmm {
             EV_QUEUE => self.on_queue(),
             EV_SIGNAL => self.on_signal(),
             EV_TIMER => self.on_timer(),
+            EV_API => self.on_api(),
             other => log::warn!("event for unknown source {other}"),
         }
     }
 }
 
-/// Builds the VM `resources` describes, runs it until the guest exits,
-/// crashes, times out or a signal ends it, tears it down and reports.
+/// Builds the VM `resources` describes (at once, or when the API says
+/// InstanceStart), runs it until the guest exits, crashes, times out or a
+/// signal ends it, tears it down and reports.
 pub fn run(resources: VmResources, opts: RunOptions) -> Result<Report, VmmError> {
-    let vmm = Arc::new(Mutex::new(Vmm::new(resources, opts.console)?));
+    if opts.wait_for_start && opts.api_sock.is_none() {
+        return Err(VmmError::WaitWithoutApi);
+    }
+    // Vmm::new blocks the handled signals: before any thread is spawned.
+    let mut vmm = Vmm::new(resources, opts.console)?;
+    let mut api_handle = None;
+    if let Some(path) = &opts.api_sock {
+        let server = ApiServer::bind(path)?;
+        let (inbox, tx, wake) = ApiInbox::new().map_err(|source| VmmError::Host {
+            what: "API channel",
+            source,
+        })?;
+        api_handle = Some(server.spawn(tx, wake).map_err(|source| VmmError::Host {
+            what: "spawning the API thread",
+            source,
+        })?);
+        vmm.api = Some(inbox);
+        log::debug!("API serving on {}", path.display());
+    }
+    let vmm = Arc::new(Mutex::new(vmm));
     let mut em: EventManager<Subscriber> =
         EventManager::new().map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
     em.add_subscriber(vmm.clone());
-    let subs = lock(&vmm).start()?;
-    for s in subs {
-        em.add_subscriber(s);
+    if !opts.wait_for_start {
+        let subs = lock(&vmm).start()?;
+        for s in subs {
+            em.add_subscriber(s);
+        }
     }
-    let started = Instant::now();
     while !lock(&vmm).finished() {
         em.run()
             .map_err(|e| VmmError::EventLoop(format!("{e:?}")))?;
+        let pending = lock(&vmm).pending_start.take();
+        if let Some(msg) = pending {
+            let started = lock(&vmm).start();
+            match started {
+                Ok(subs) => {
+                    for s in subs {
+                        em.add_subscriber(s);
+                    }
+                    msg.respond(ApiResponse::no_content());
+                }
+                Err(e) => {
+                    log::debug!("InstanceStart failed: {e}");
+                    msg.respond(ApiResponse::bad_request(format!(
+                        "cannot start the microVM: {e}"
+                    )));
+                }
+            }
+        }
     }
-    log::debug!("event loop done after {:?}", started.elapsed());
     drop(em);
     let vmm = Arc::try_unwrap(vmm)
         .map_err(|_| VmmError::EventLoop("the VMM is still shared after the loop".into()))?
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
-    Ok(vmm.into_report())
+    let report = vmm.into_report();
+    // The socket file goes with the API thread.
+    drop(api_handle);
+    Ok(report)
 }
 
 fn lock(v: &Mutex<Vmm>) -> std::sync::MutexGuard<'_, Vmm> {

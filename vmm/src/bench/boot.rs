@@ -43,10 +43,10 @@ struct BenchResult {
 }
 
 /// A private directory for the runs' reports, removed on every path out.
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let base = std::env::temp_dir();
         for n in 0..100u32 {
             let p = base.join(format!(

@@ -40,6 +40,12 @@ pub enum DeviceError {
     },
     #[error("address/IRQ allocator: {0}")]
     Allocator(#[from] vm_allocator::Error),
+    #[error("virtio-rng: {0}")]
+    Rng(#[from] crate::devices::virtio::rng::RngError),
+    #[error(transparent)]
+    Virtio(#[from] crate::devices::virtio::VirtioError),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
 }
 
 /// A device that has work to do on the event loop (virtio queues, timers).
@@ -53,6 +59,8 @@ pub struct DeviceManager {
     pub subscribers: Vec<Subscriber>,
     /// The results port, for its record count.
     pub results: Option<Arc<HostIo>>,
+    /// The entropy device, for its metrics.
+    pub rng: Option<Arc<Mutex<crate::devices::virtio::rng::Rng>>>,
 }
 
 impl DeviceManager {
@@ -66,6 +74,7 @@ impl DeviceManager {
             irqs: IdAllocator::new(IRQ_BASE, IRQ_MAX)?,
             subscribers: Vec::new(),
             results: None,
+            rng: None,
         })
     }
 
@@ -118,6 +127,31 @@ impl DeviceManager {
             }
             self.add_pio("host I/O port", which.port(), 4, dev)?;
         }
+        Ok(())
+    }
+
+    /// A virtio-rng device on virtio-mmio; its token goes on `cmdline`.
+    pub fn add_entropy(
+        &mut self,
+        cfg: &crate::devices::virtio::rng::EntropyConfig,
+        vm: &VmFd,
+        mem: &GuestMemory,
+        cmdline: &mut linux_loader::cmdline::Cmdline,
+    ) -> Result<(), DeviceError> {
+        use crate::devices::virtio::{attach_mmio_device, rng::Rng};
+        let rng = Arc::new(Mutex::new(Rng::new(cfg)?));
+        let slot = attach_mmio_device(
+            rng.clone(),
+            mem,
+            vm,
+            &mut self.io,
+            &mut self.mmio_addresses,
+            &mut self.irqs,
+            cmdline,
+        )?;
+        log::debug!("virtio-rng at {:#x}, IRQ {}", slot.base, slot.irq);
+        self.rng = Some(rng.clone());
+        self.subscribers.push(rng);
         Ok(())
     }
 

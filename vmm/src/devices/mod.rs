@@ -4,3 +4,5 @@ pub mod bus;
 pub mod console;
 pub mod legacy;
 pub mod manager;
+pub mod rate_limiter;
+pub mod virtio;

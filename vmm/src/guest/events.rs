@@ -3,8 +3,11 @@
 //!
 //! Why bounded and in bytes: a guest decides how many records it sends and
 //! how long each is. An unbounded channel let a 32 MiB guest sending legal
-//! 64 KiB records grow the VMM to gigabytes while the loop was busy. Records
-//! beyond [`QUEUE_BYTES`] in flight are dropped and counted here; control
+//! 64 KiB records grow the VMM to gigabytes while the loop was busy. A record
+//! that would take the queue past [`QUEUE_BYTES`] makes its vCPU wait for
+//! the loop to drain (back-pressure: a flooding guest is slowed, not
+//! believed), at most [`PUSH_WAIT`], after which it is dropped and counted,
+//! so a pause or a stuck loop never waits on a vCPU for long. Control
 //! events (exit, crash, reset) are never dropped, and they are few by
 //! construction: each ends its vCPU's run. Marks beyond the first few are
 //! only counted.
@@ -12,11 +15,14 @@ use crate::guest::record::RecordKind;
 use crate::vstate::vcpu::exit::Crash;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Record payload bytes allowed in the queue at once.
 pub const QUEUE_BYTES: usize = 8 << 20;
+/// Longest a vCPU waits for room in the queue before its record is dropped.
+pub const PUSH_WAIT: Duration = Duration::from_millis(100);
 /// Marks kept per run (only the first milestone marks mean anything).
 const MAX_MARKS: u64 = 64;
 
@@ -80,6 +86,8 @@ struct Inner {
 
 pub struct VmEvents {
     inner: Mutex<Inner>,
+    /// Signalled by `drain`: room for waiting records.
+    space: Condvar,
     /// Written once per push; the event loop reads it and drains the queue.
     pub wake: EventFd,
     pub counters: QueueCounters,
@@ -97,6 +105,7 @@ impl VmEvents {
                 queue: VecDeque::new(),
                 bytes: 0,
             }),
+            space: Condvar::new(),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             counters: QueueCounters::default(),
             limit,
@@ -126,6 +135,16 @@ impl VmEvents {
         {
             let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if size > 0 && g.bytes + size > self.limit {
+                // The loop may be asleep with the queue full of older
+                // records: wake it, then wait for room.
+                let _ = self.wake.write(1);
+                g = self
+                    .space
+                    .wait_timeout_while(g, PUSH_WAIT, |g| g.bytes + size > self.limit)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            if size > 0 && g.bytes + size > self.limit {
                 drop(g);
                 c.dropped_records.fetch_add(1, Ordering::Relaxed);
                 c.dropped_bytes.fetch_add(size as u64, Ordering::Relaxed);
@@ -143,7 +162,9 @@ impl VmEvents {
         let _ = self.wake.read();
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.bytes = 0;
-        g.queue.drain(..).collect()
+        let all = g.queue.drain(..).collect();
+        self.space.notify_all();
+        all
     }
 }
 
@@ -182,6 +203,19 @@ mod tests {
         // Draining frees the budget.
         q.push(record(60));
         assert_eq!(q.drain().len(), 1);
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_sender_wait_for_the_loop() {
+        let q = std::sync::Arc::new(VmEvents::with_limit(100).unwrap());
+        q.push(record(60));
+        let q2 = q.clone();
+        let sender = std::thread::spawn(move || q2.push(record(60)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(q.drain().len(), 1, "the second record waits for room");
+        sender.join().unwrap();
+        assert_eq!(q.drain().len(), 1, "and arrives once the loop drained");
+        assert_eq!(q.counters.dropped_records.load(Ordering::Relaxed), 0);
     }
 
     #[test]

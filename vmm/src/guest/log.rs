@@ -22,7 +22,8 @@ pub struct GuestLog {
     budget: usize,
     pub dropped_records: u64,
     pub dropped_bytes: u64,
-    key: Vec<Value>,
+    /// The latest line of each key event, and whether it is among `lines`.
+    key: Vec<(Value, bool)>,
     warnings: Vec<String>,
     suppressed_warnings: u64,
     /// µs from the clock origin of the first `ready` and `workload` lines.
@@ -48,6 +49,23 @@ impl GuestLog {
 
     /// Takes one JSON record from vCPU `vcpu`.
     pub fn line(&mut self, vcpu: u32, payload: &[u8], at_ns: u64) {
+        // Past the budget, a line matters only if it is a key event: find
+        // its name without building the whole value (a flood of 64 KiB
+        // lines must cost the loop little).
+        if self.kept_bytes + payload.len() > self.budget {
+            #[derive(serde::Deserialize)]
+            struct Name<'a> {
+                #[serde(borrow)]
+                event: Option<&'a str>,
+            }
+            let name = serde_json::from_slice::<Name>(payload)
+                .ok()
+                .and_then(|n| n.event);
+            if !name.is_some_and(|e| KEY_EVENTS.contains(&e)) {
+                self.dropped(1, payload.len() as u64);
+                return;
+            }
+        }
         let at_us = since_origin_us(at_ns);
         let mut v = serde_json::from_slice::<Value>(payload).unwrap_or_else(|e| {
             let raw: String = String::from_utf8_lossy(payload).chars().take(200).collect();
@@ -65,13 +83,19 @@ impl GuestLog {
             Some("workload") if self.workload_us.is_none() => self.workload_us = Some(at_us),
             _ => {}
         }
-        if let Some(e) = event.as_deref().filter(|e| KEY_EVENTS.contains(e)) {
-            self.key.retain(|k| k["event"] != e);
-            self.key.push(v.clone());
+        let key = event.as_deref().filter(|e| KEY_EVENTS.contains(e));
+        // What the line will cost in the pretty-printed report (indented
+        // one level deeper there), so the budget bounds the file itself.
+        let size = serde_json::to_string_pretty(&v).map_or(payload.len(), |t| {
+            t.len() + 4 * t.bytes().filter(|&b| b == b'\n').count() + 8
+        });
+        let kept = self.kept_bytes + size <= self.budget;
+        if let Some(e) = key {
+            self.key.retain(|k| k.0["event"] != e);
+            self.key.push((v.clone(), kept));
         }
-        let size = payload.len();
-        if self.kept_bytes + size > self.budget {
-            self.dropped(1, size as u64);
+        if !kept {
+            self.dropped(1, payload.len() as u64);
             return;
         }
         self.kept_bytes += size;
@@ -109,13 +133,18 @@ impl GuestLog {
         w
     }
 
+    /// The kept lines, then the latest line of each key event that did not
+    /// fit the budget (at most five more lines), so the report always says
+    /// how the run ended.
     pub fn into_lines(self) -> Vec<Value> {
-        self.lines
+        let mut lines = self.lines;
+        lines.extend(self.key.into_iter().filter(|k| !k.1).map(|k| k.0));
+        lines
     }
 
     /// The latest of `names` among the key lines.
     pub fn last_event(&self, names: &[&str]) -> Option<&Value> {
-        self.key.iter().rev().find(|v| {
+        self.key.iter().map(|k| &k.0).rev().find(|v| {
             v.get("event")
                 .and_then(Value::as_str)
                 .is_some_and(|e| names.contains(&e))
