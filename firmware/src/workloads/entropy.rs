@@ -18,7 +18,7 @@
 //! that only "more than one distinct value" is checked (n >= 16).
 use crate::hostio::{self, LINE};
 use crate::virtio::rng::{self, VirtioRng};
-use crate::virtio::{Wait, F_RING_EVENT_IDX};
+use crate::virtio::{VirtioError, Wait, F_RING_EVENT_IDX};
 use crate::{abi, arch::cpu, cmdline, user};
 
 pub const DEFAULT_BYTES: u64 = 65536;
@@ -44,6 +44,9 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
     };
     let mut dev = match VirtioRng::init(user::cmdline(), cpu) {
         Ok(d) => d,
+        Err(e @ VirtioError::NotFound { .. }) => user::fail(format_args!(
+            "entropy: virtio-rng: {e}; memvisor adds one with --entropy"
+        )),
         Err(e) => user::fail(format_args!("entropy: virtio-rng: {e}")),
     };
     let mut counts = [0u64; 256];
