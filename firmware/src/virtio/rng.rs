@@ -10,7 +10,8 @@
 //! `hlt`, or spinning at CPL3: `Wait`), acknowledges the interrupt (two
 //! exits) and drains the used ring. A watchdog look at the used ring after
 //! ~4 ms without one covers a lost interrupt (and, if nothing at all came
-//! back, notifies again in case the device's `avail_event` was stale);
+//! back for a batch that was not notified, notifies after all in case the
+//! device's `avail_event` was stale);
 //! `WAIT_CYCLES` without the batch complete is an error.
 //!
 //! Every used element is checked: its head must be one of this batch's,
@@ -50,9 +51,9 @@ pub struct ReadStats {
     pub polled_batches: u64,
     /// Used lengths above what the buffer offered (clamped).
     pub overlong: u64,
-    /// Extra QueueNotify writes after a watchdog period without progress
-    /// (counted in `notifications` too). Non-zero means the device's
-    /// `avail_event` did not ask for a notification it then needed.
+    /// QueueNotify writes after a watchdog period without progress for a
+    /// batch the device's `avail_event` had said needed none (counted in
+    /// `notifications` too). Non-zero means a stale `avail_event`.
     pub watchdog_kicks: u64,
     /// `Wait::Halt`: times the CPU slept waiting (system calls).
     pub sleeps: u64,
@@ -129,7 +130,8 @@ impl VirtioRng {
                 posted += 1;
             }
             self.q.interrupt_after(posted as u16);
-            if self.q.publish() {
+            let mut notified = self.q.publish();
+            if notified {
                 self.t.notify(&self.q);
                 st.notifications += 1;
             }
@@ -194,10 +196,14 @@ impl VirtioRng {
                     done += 1;
                 }
                 let now = cpu::rdtsc();
-                if watchdog && done == before && now - last_look > POLL_CYCLES {
-                    // Nothing moved for a whole watchdog period: tell the
-                    // device again, in case its avail_event was stale.
+                if watchdog && !notified && done == before && now - last_look > POLL_CYCLES {
+                    // Nothing moved for a whole watchdog period although
+                    // the device's avail_event said it would look by
+                    // itself: notify once after all. (After a notification
+                    // a slow device is only slow; notifying again would
+                    // add exits and nothing else.)
                     self.t.notify(&self.q);
+                    notified = true;
                     st.notifications += 1;
                     st.watchdog_kicks += 1;
                 }
