@@ -4,6 +4,8 @@
 //! reading taken just before the spawn, so the child's report gives every
 //! phase (and guest-ready) from that same instant; spawn→exit is measured
 //! here. The VMM's own memory cost is VmRSS minus guest-RAM Rss (smaps).
+//! Every run serves the control API (`--api-sock`), so the event loop, the
+//! API thread and its socket are in the figures.
 use super::stats::{summarize, Summary};
 use crate::clock::{now_ns, SPAWN_ENV};
 use crate::resources::format_size;
@@ -94,6 +96,9 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
         .args(["--cmdline", &o.cmdline])
         .arg("--report")
         .arg(&report_path)
+        // The API thread and its socket are part of what is measured.
+        .arg("--api-sock")
+        .arg(dir.0.join(format!("run{i}.sock")))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
         let t0 = now_ns();
