@@ -1,6 +1,7 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod entropy;
 mod flood;
 mod memtest;
 
@@ -21,6 +22,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "alloc",
         run: alloc::run,
+    },
+    Workload {
+        name: "entropy",
+        run: entropy::run,
     },
     Workload {
         name: "boot",
