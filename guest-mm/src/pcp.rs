@@ -150,7 +150,9 @@ impl PerCpuPages {
 
     #[inline(always)]
     fn mark(map: &MemMap, idx: u32, order: usize, mt: MigrateType) {
-        let p = map.at(idx);
+        // SAFETY: the page is entering this CPU's lists, whose lock the
+        // caller holds (`&mut PerCpuPages`); nobody else holds it.
+        let p = unsafe { map.at(idx) };
         p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
         p.order = order as u8;
         p.mt = mt as u8;
@@ -223,7 +225,8 @@ impl PerCpuPages {
         // SAFETY: as above.
         let idx = unsafe { self.slot(&l, l.start + l.len - 1).read() };
         self.lists[pindex].len -= 1;
-        let p = map.at(idx);
+        // SAFETY: the page was on this CPU's list, owned by its lock.
+        let p = unsafe { map.at(idx) };
         p.flags &= !PG_PCP;
         self.count -= 1 << p.order;
         Some(idx)
@@ -240,7 +243,8 @@ impl PerCpuPages {
         let m = &mut self.lists[pindex];
         m.start = (l.start + 1) & (l.cap - 1);
         m.len -= 1;
-        let p = map.at(idx);
+        // SAFETY: as in pop_head.
+        let p = unsafe { map.at(idx) };
         p.flags &= !PG_PCP;
         self.count -= 1 << p.order;
         Some(idx)
@@ -289,7 +293,8 @@ impl PerCpuPages {
                 let Some(idx) = self.pop_tail(map, pindex) else {
                     break;
                 };
-                let mt = map.at(idx).migratetype();
+                // SAFETY: just taken off this CPU's list; still ours.
+                let mt = unsafe { map.at(idx) }.migratetype();
                 free(idx, order, mt);
                 left -= 1 << order;
                 freed += 1 << order;

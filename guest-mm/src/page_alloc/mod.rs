@@ -352,7 +352,9 @@ impl PageAllocator {
         };
         let mut pb = min_pfn;
         while pb < max_pfn {
-            self.map.at(self.map.idx(pb)).pageblock_mt = initial_mt as u8;
+            let idx = self.map.idx(pb);
+            // SAFETY: `&mut self`: init owns every descriptor.
+            unsafe { self.map.at(idx) }.pageblock_mt = initial_mt as u8;
             pb += PAGEBLOCK_NR_PAGES;
         }
 
@@ -560,12 +562,13 @@ impl PageAllocator {
         if !z.populated() {
             return n;
         }
+        // Pageblock types change under the zone lock only.
+        let _area = z.free.lock();
         let mut pb = z.start_pfn & !(PAGEBLOCK_NR_PAGES - 1);
         while pb < z.end_pfn {
-            n[self
-                .map
-                .at(self.map.idx(pb.max(self.map.start_pfn())))
-                .pageblock_mt as usize] += 1;
+            let idx = self.map.idx(pb.max(self.map.start_pfn()));
+            // SAFETY: the zone lock, held, owns the zone's pageblock types.
+            n[unsafe { self.map.at(idx) }.pageblock_mt as usize] += 1;
             pb += PAGEBLOCK_NR_PAGES;
         }
         n
@@ -581,7 +584,12 @@ impl PageAllocator {
             return Err(FreeError::Foreign(pfn));
         }
         let idx = map.idx(pfn.0);
-        let page = map.at(idx);
+        // SAFETY: a valid free comes from the block's owner, who alone
+        // writes an allocated head; the read is of a copy, so nothing keeps
+        // a reference. (A bad free of a page that is on a list races with
+        // that list's lock holder, as Linux's free checks do; that is the
+        // caller's bug this check is there to report.)
+        let page = *unsafe { map.at(idx) };
         let aligned = pfn.0 & ((1 << order) - 1) == 0;
         if page.flags == PG_ALLOC
             && page.order as usize == order
@@ -590,7 +598,7 @@ impl PageAllocator {
         {
             return Ok((idx, page.next as usize));
         }
-        Err(Self::free_error(page, pfn, order))
+        Err(Self::free_error(&page, pfn, order))
     }
 
     /// Tells the bad-free cases apart (off the fast path).
@@ -633,11 +641,12 @@ impl PageAllocator {
     /// is in it too).
     #[inline(always)]
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
-        MigrateType::from_index(
-            self.map
-                .at(self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1)))
-                .pageblock_mt as usize,
-        )
+        let idx = self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1));
+        // SAFETY: a one-byte read without the zone lock, copied out at
+        // once, as Linux's get_pageblock_migratetype does on the free path:
+        // a stale type only puts a block on a sibling list (see
+        // `free_checked`).
+        MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
     }
 
     /// Zone lock acquisitions so far, all zones.
@@ -1065,7 +1074,9 @@ impl CpuCache<'_> {
     /// zone so the free needs no search.
     #[inline(always)]
     fn prep_new_page(&mut self, idx: u32, order: usize, mt: MigrateType, z: usize) -> Pfn {
-        let p = self.a.map.at(idx);
+        // SAFETY: the block was just taken off a list under its lock and
+        // is not yet handed out: this CPU alone holds it.
+        let p = unsafe { self.a.map.at(idx) };
         p.flags = PG_ALLOC;
         p.order = order as u8;
         p.mt = mt as u8;
@@ -1105,7 +1116,8 @@ impl CpuCache<'_> {
         if !pcp.push_head(&a.map, block_mt as usize, idx, 0, block_mt) {
             return false;
         }
-        a.map.at(idx).refcount = 0;
+        // SAFETY: the per-CPU lock, held, owns the page it just took.
+        unsafe { a.map.at(idx) }.refcount = 0;
         pages.events.inc(VmEvent::PgFree);
         pages.events.inc(VmEvent::PcpFreeHit);
         if pcp.count >= pcp.high {
@@ -1163,7 +1175,9 @@ impl CpuCache<'_> {
 
     /// Clears the allocated mark of a checked block and counts the free.
     fn release_head(&mut self, idx: u32, order: usize) {
-        let page = self.a.map.at(idx);
+        // SAFETY: `check_free` vouched for an allocated head, whose owner
+        // is handing it back through this call.
+        let page = unsafe { self.a.map.at(idx) };
         page.flags &= !PG_ALLOC;
         page.refcount = 0;
         self.pages.events.add(VmEvent::PgFree, 1 << order);

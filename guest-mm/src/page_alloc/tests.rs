@@ -45,7 +45,8 @@ impl Fixture {
                     let mut i = area.lists[o][mt as usize].head;
                     while i != crate::page::NIL {
                         v.push((self.a.map.pfn(i), o, mt));
-                        i = self.a.map.at(i).next;
+                        // SAFETY: the zone lock is held.
+                        i = unsafe { self.a.map.at(i) }.next;
                     }
                 }
             }
