@@ -11,10 +11,12 @@
 //! lists and counters. Holding it costs one uncontended lock for a whole
 //! burst of allocations instead of one per call; another CPU that needs to
 //! drain those lists takes the same lock and does the work itself.
+mod boost;
 pub mod buddy;
 mod slowpath;
 pub mod zone;
 
+pub use boost::BoostBalance;
 pub use slowpath::{CompactPriority, CompactResult, NoHooks, ReclaimHooks};
 pub use zone::{Zone, WMARK_HIGH, WMARK_LOW, WMARK_MIN};
 
@@ -32,7 +34,7 @@ use crate::phys::PhysMemory;
 use crate::sync::{SpinLock, SpinLockGuard};
 use crate::vmstat::{EventCounters, FreeAreaCounts, VmEvent};
 use crate::zonelist::{Distances, NodeMask, Zonelist};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub const MAX_CPUS: usize = 64;
 pub const MAX_ZONES: usize = MAX_NUMNODES * MAX_NR_ZONES;
@@ -171,6 +173,9 @@ pub struct PageAllocator {
     preferred: [[u8; MAX_NR_ZONES]; MAX_NUMNODES],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
+    /// kcompactd wake-ups from kswapd context, which has no per-CPU
+    /// counters of its own (added to [`VmEvent::KcompactdWake`]).
+    kcompactd_wakes: AtomicU64,
 }
 
 static NO_HOOKS: NoHooks = NoHooks;
@@ -203,6 +208,7 @@ impl PageAllocator {
         preferred: [[NO_SLOT; MAX_NR_ZONES]; MAX_NUMNODES],
         hooks: &NO_HOOKS,
         total_managed: 0,
+        kcompactd_wakes: AtomicU64::new(0),
     };
 
     /// Takes over all free memory from memblock (memblock_free_all): the
@@ -540,6 +546,10 @@ impl PageAllocator {
         for c in 0..self.topo.ncpus {
             e.merge(&self.cpus[c].lock().events);
         }
+        e.add(
+            VmEvent::KcompactdWake,
+            self.kcompactd_wakes.load(Ordering::Relaxed),
+        );
         e
     }
 
@@ -871,14 +881,7 @@ impl CpuCache<'_> {
                     break;
                 }
                 if let Some(idx) = self.try_zone(z, order, mt, flags, highest) {
-                    let zone = &a.zones[z];
-                    if zone.boosted.load(Ordering::Relaxed)
-                        && zone.boosted.swap(false, Ordering::Relaxed)
-                        && flags.has(AllocFlags::KSWAPD)
-                    {
-                        self.pages.events.inc(VmEvent::KswapdWake);
-                        a.hooks.wake_kswapd(zone.node, order, highest);
-                    }
+                    self.wake_kswapd_if_boosted(z, flags);
                     let ev = &mut self.pages.events;
                     if !first {
                         ev.inc(VmEvent::ZoneFallback);
@@ -1317,4 +1320,10 @@ impl CpuCache<'_> {
 }
 
 #[cfg(test)]
+mod pcp_tests;
+#[cfg(test)]
+mod steal_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod watermark_tests;

@@ -6,6 +6,7 @@ use crate::phys::sim::SimMemory;
 use crate::zonelist::{Distances, NodeMask};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
 
 const MIB: u64 = 1 << 20;
 
@@ -32,11 +33,11 @@ pub(crate) fn fixture_topo(size: u64, topo: Topology) -> Fixture {
 }
 
 impl Fixture {
-    fn managed(&self) -> u64 {
+    pub(crate) fn managed(&self) -> u64 {
         self.a.total_managed_pages()
     }
     /// Free blocks (pfn, order, list type) of every zone.
-    fn free_blocks(&self) -> Vec<(u64, usize, MigrateType)> {
+    pub(crate) fn free_blocks(&self) -> Vec<(u64, usize, MigrateType)> {
         let mut v = Vec::new();
         for z in self.a.zones() {
             let area = z.free.lock();
@@ -53,6 +54,52 @@ impl Fixture {
         }
         v
     }
+}
+
+/// Hooks that count what the allocator asked of kswapd, kcompactd,
+/// reclaim and compaction; `reclaim_boost` reports half the request freed.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    pub kswapd: AtomicU64,
+    pub kcompactd: AtomicU64,
+    pub boost_asked: AtomicU64,
+    pub compact: AtomicU64,
+    pub reclaim: AtomicU64,
+}
+
+impl ReclaimHooks for Recorder {
+    fn wake_kswapd(&self, _node: usize, _order: usize, _highest: ZoneType) {
+        self.kswapd.fetch_add(1, Ordering::Relaxed);
+    }
+    fn reclaim_boost(&self, _node: usize, nr_pages: u64) -> u64 {
+        self.boost_asked.fetch_add(nr_pages, Ordering::Relaxed);
+        nr_pages / 2
+    }
+    fn wake_kcompactd(&self, _node: usize, order: usize, _highest: ZoneType) {
+        assert_eq!(order, crate::mmzone::PAGEBLOCK_ORDER);
+        self.kcompactd.fetch_add(1, Ordering::Relaxed);
+    }
+    fn direct_reclaim(&self, _node: usize, _order: usize, _gfp: Gfp) -> u64 {
+        self.reclaim.fetch_add(1, Ordering::Relaxed);
+        0
+    }
+    fn direct_compact(
+        &self,
+        _node: usize,
+        _order: usize,
+        _gfp: Gfp,
+        _prio: CompactPriority,
+    ) -> CompactResult {
+        self.compact.fetch_add(1, Ordering::Relaxed);
+        CompactResult::Failed
+    }
+}
+
+/// A [`Recorder`] installed in `f`'s allocator.
+pub(crate) fn record(f: &mut Fixture) -> &'static Recorder {
+    let r: &'static Recorder = Box::leak(Box::default());
+    f.a.set_hooks(r);
+    r
 }
 
 #[test]
@@ -320,25 +367,37 @@ fn stealing_retypes_a_pageblock_for_unmovable_requests() {
 fn movable_fallback_takes_the_smallest_block_when_it_cannot_claim() {
     // Seed 2.2.7 (4.13): a movable request that may not steal a whole
     // pageblock splits the smallest sufficient foreign block instead.
-    let f = fixture(64 * MIB, 1);
+    let mut f = fixture(64 * MIB, 1);
+    // No watermarks in DMA32, so the lists can be emptied by hand.
+    f.a.zones[zid(0, ZoneType::Dma32)].watermark = [0; 3];
     let mut c = f.a.cpu(0);
     let dma32 = Gfp::DMA32;
-    // Make an unmovable pageblock with free space of several orders, then
-    // use up every movable block.
-    let u = exhaust(&mut c, Gfp::KERNEL.union(dma32), 0, 1);
-    let movable = exhaust(&mut c, Gfp::USER_MOVABLE.union(dma32), 0, 100_000);
-    assert!(!movable.is_empty() && !u.is_empty());
+    // An unmovable pageblock: the first unmovable page claims an order-10
+    // block, leaving free unmovable blocks of orders 0..=9 beside it; 63
+    // order-4 allocations then take every one of order 4 and up, so only
+    // orders 0..=3 stay free there, too small for a movable claim.
+    let u = exhaust(&mut c, Gfp::KERNEL.union(dma32), 0, 1)[0];
+    let big = exhaust(&mut c, Gfp::KERNEL.union(dma32), 4, 63);
+    assert_eq!(big.len(), 63);
+    assert!(big.iter().all(|p| p.0 >> MAX_ORDER == u.0 >> MAX_ORDER));
+    // Use up every movable block; the first movable allocation that has to
+    // fall back is the one under test.
     let before = c.events().get(VmEvent::PgAllocFallback);
-    // Whatever is free now is on Unmovable/Reclaimable lists only.
-    let p = c.alloc_direct(Gfp::USER_MOVABLE.union(dma32), 0);
-    if let Some(p) = p {
-        assert!(c.events().get(VmEvent::PgAllocFallback) > before);
-        assert_ne!(
-            f.a.pageblock_mt(p.0),
-            MigrateType::Movable,
-            "not retyped: order 0 movable cannot claim"
-        );
-    }
+    let mut taken = 0;
+    let p = loop {
+        let p = c.alloc_direct(Gfp::USER_MOVABLE.union(dma32), 0).unwrap();
+        if c.events().get(VmEvent::PgAllocFallback) > before {
+            break p;
+        }
+        taken += 1;
+    };
+    assert!(taken > 1000, "movable lists were used first ({taken})");
+    assert_eq!(p.0, u.0 + 1, "the order-0 block, not a split of order 3");
+    assert_eq!(
+        f.a.pageblock_mt(p.0),
+        MigrateType::Unmovable,
+        "not retyped: an order-0 movable request cannot claim"
+    );
 }
 
 fn two_zone_fixture() -> Fixture {
@@ -528,31 +587,6 @@ fn nodemask_restricts_and_bind_fails_instead_of_spilling() {
         c.alloc_node(Gfp::NOWAIT, 0, 1, None).is_some(),
         "unbound spills to node 0"
     );
-}
-
-#[test]
-fn boost_follows_a_fragmentation_event() {
-    // Row 12 (seed 2.2.6): a steal smaller than a pageblock boosts the
-    // watermarks and wakes kswapd on the next allocation.
-    let f = fixture(256 * MIB, 1);
-    let z = f.a.zone(0, ZoneType::Dma32);
-    let mut c = f.a.cpu(0);
-    // Use up all unmovable-capable space with movable data first, leaving
-    // movable blocks only; then an unmovable order-0 request must steal.
-    let _m: Vec<_> = (0..2000)
-        .map(|_| {
-            c.alloc_direct(Gfp::USER_MOVABLE.union(Gfp::DMA32), 0)
-                .unwrap()
-        })
-        .collect();
-    let fallbacks = c.events().get(VmEvent::PgAllocFallback);
-    let _u: Vec<_> = (0..600)
-        .map(|_| c.alloc_direct(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap())
-        .collect();
-    assert!(c.events().get(VmEvent::PgAllocFallback) > fallbacks);
-    // Either it stole whole blocks (no boost needed) or it boosted.
-    let boosted = z.boost.load(Ordering::Relaxed) > 0;
-    assert_eq!(boosted, c.events().get(VmEvent::WatermarkBoost) > 0);
 }
 
 /// Operations for the property test.

@@ -99,18 +99,23 @@ impl Zone {
         self.nr_free.load(Ordering::Relaxed)
     }
 
-    /// Raises the watermarks by a pageblock after a fragmentation event, up
-    /// to WATERMARK_BOOST_FACTOR of high; not at all on zones so small that
-    /// four pageblocks are a large share of them (boost_watermark()).
+    /// Raises the watermarks by a pageblock after a fragmentation event
+    /// (seed 2.2.6), up to WATERMARK_BOOST_FACTOR of high; not at all on
+    /// zones so small that four pageblocks are a large share of them (the
+    /// seed's "boost is limited on small zones"; the amounts are Linux's
+    /// boost_watermark(), [NOT IN SEED]). See `boost.rs` for how it ends.
     pub fn boost_watermark(&self) -> bool {
         if PAGEBLOCK_NR_PAGES * 4 > self.managed_pages {
             return false;
         }
         let max =
             (self.watermark[WMARK_HIGH] * WATERMARK_BOOST_FACTOR / 10_000).max(PAGEBLOCK_NR_PAGES);
-        let cur = self.boost.load(Ordering::Relaxed);
-        self.boost
-            .store((cur + PAGEBLOCK_NR_PAGES).min(max), Ordering::Relaxed);
+        // Atomic: CPUs raise it outside the zone lock, kswapd lowers it.
+        let _ = self
+            .boost
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                Some((cur + PAGEBLOCK_NR_PAGES).min(max))
+            });
         self.boosted.store(true, Ordering::Relaxed);
         true
     }
