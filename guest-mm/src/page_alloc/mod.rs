@@ -734,9 +734,14 @@ impl crate::slab::PageProvider for PageAllocator {
         PageAllocator::alloc_pages(self, cpu, gfp, order as usize).map(|p| p.addr())
     }
 
-    fn free_pages(&self, cpu: usize, addr: PhysAddr, order: u32) {
-        let r = PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize);
-        debug_assert!(r.is_ok(), "slab freed a block it did not get: {r:?}");
+    fn free_pages(
+        &self,
+        cpu: usize,
+        addr: PhysAddr,
+        order: u32,
+    ) -> Result<(), crate::slab::BadPageFree> {
+        PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize)
+            .map_err(|_| crate::slab::BadPageFree { addr, order })
     }
 }
 

@@ -970,3 +970,16 @@ fn a_million_random_operations_never_hand_out_a_frame_twice() {
     let blocks: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
     assert_eq!(blocks, blocks0);
 }
+
+#[test]
+fn slab_page_provider_reports_a_bad_free_in_every_build() {
+    // Row 57: the slab's page provider hands a refused free back as an
+    // error (release builds included) instead of dropping it.
+    use crate::slab::{BadPageFree, PageProvider};
+    let f = fixture(32 * MIB, 1);
+    let p = PageProvider::alloc_pages(&*f.a, 0, 1, false).unwrap();
+    let bad = |order| Err(BadPageFree { addr: p, order });
+    assert_eq!(PageProvider::free_pages(&*f.a, 0, p, 0), bad(0));
+    assert_eq!(PageProvider::free_pages(&*f.a, 0, p, 1), Ok(()));
+    assert_eq!(PageProvider::free_pages(&*f.a, 0, p, 1), bad(1));
+}
