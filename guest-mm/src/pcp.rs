@@ -27,10 +27,12 @@ pub const fn order_to_pindex(mt: MigrateType, order: usize) -> usize {
     order * MIGRATE_PCPTYPES + mt as usize
 }
 
-/// Batch size, static per zone (zone_batchsize): about a quarter of a
-/// thousandth of the zone, at most 1 MiB's worth before the quarter, made
-/// 2^n - 1 to spread cache colours, capped at PAGE_SHIFT · 8. Gives the
-/// seed's default of 31 for a 512 MiB zone and 63 (the 1 MiB cap) from 1 GiB.
+/// Batch size, static per zone. The seed (2.2.5.5) gives the default, 31,
+/// and the cap, PAGE_SHIFT · 8; the formula is [NOT IN SEED] and follows
+/// Linux's zone_batchsize: about a quarter of a thousandth of the zone, at
+/// most 1 MiB's worth before the quarter, made 2^n - 1 to spread cache
+/// colours, capped at PAGE_SHIFT · 8. It gives the seed's 31 for a 512 MiB
+/// zone and 63 (the 1 MiB cap) from 1 GiB.
 pub fn zone_batchsize(managed_pages: u64) -> u32 {
     let mut b = managed_pages / 1024;
     if b > 256 {
@@ -45,9 +47,12 @@ pub fn zone_batchsize(managed_pages: u64) -> u32 {
     ((pow2 - 1).max(1) as u32).min(PCP_BATCH_CAP)
 }
 
-/// High mark (zone_highsize, 5.14): the low watermark split among the
-/// node's CPUs, at least four batches. Grows with the zone, shrinks with the
-/// number of CPUs sharing it.
+/// High mark. The seed (2.2.5.5) says only that since 5.14 it scales with
+/// the zone's size and its local CPUs (its default of 6 · batch = 186
+/// predates that); the formula is [NOT IN SEED] and follows Linux 5.14's
+/// zone_highsize: the low watermark split among the node's CPUs, at least
+/// four batches. Grows with the zone, shrinks with the number of CPUs
+/// sharing it.
 pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
     let per_cpu = low_wmark / local_cpus.max(1) as u64;
     (per_cpu.min(u32::MAX as u64) as u32).max(batch * 4)

@@ -220,10 +220,13 @@ impl Buddy<'_> {
         (self.rmqueue_smallest(order, mt), outcome)
     }
 
-    /// Whether a request of `order` for `start` may take a whole pageblock's
-    /// worth of another type (can_steal_fallback): always for a pageblock or
-    /// more; for half a pageblock or more; always for the types that pollute
-    /// (Unmovable, Reclaimable); and always when grouping is off.
+    /// Whether a fallback block of `order` may be claimed, pageblock and
+    /// all, for a `start` request: always for a pageblock or more (seed
+    /// 3.3.2: whole pageblocks are retyped); the rest is [NOT IN SEED] — the
+    /// seed says only that RECLAIMABLE steals more aggressively — and
+    /// follows Linux's can_steal_fallback: a block of half a pageblock or
+    /// more, any Unmovable or Reclaimable request (the types that pollute a
+    /// pageblock anyway), and everything when grouping is off.
     fn can_steal(&self, order: usize, start: MigrateType) -> bool {
         order >= PAGEBLOCK_ORDER
             || order >= PAGEBLOCK_ORDER / 2
