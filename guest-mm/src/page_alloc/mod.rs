@@ -173,6 +173,9 @@ pub struct PageAllocator {
     preferred: [[u8; MAX_NR_ZONES]; MAX_NUMNODES],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
+    /// The highest zone type any node has memory in: node-restricting
+    /// policies apply only to requests that may use it (policy_zone).
+    policy_zone: ZoneType,
     /// kcompactd wake-ups from kswapd context, which has no per-CPU
     /// counters of its own (added to [`VmEvent::KcompactdWake`]).
     kcompactd_wakes: AtomicU64,
@@ -208,6 +211,7 @@ impl PageAllocator {
         preferred: [[NO_SLOT; MAX_NR_ZONES]; MAX_NUMNODES],
         hooks: &NO_HOOKS,
         total_managed: 0,
+        policy_zone: ZoneType::Dma,
         kcompactd_wakes: AtomicU64::new(0),
     };
 
@@ -443,6 +447,9 @@ impl PageAllocator {
         let mut populated = [[false; MAX_NR_ZONES]; MAX_NUMNODES];
         for (i, z) in self.zones.iter().enumerate() {
             populated[i / MAX_NR_ZONES][i % MAX_NR_ZONES] = z.populated();
+            if z.populated() {
+                self.policy_zone = self.policy_zone.max(z.kind);
+            }
         }
         // Shared load spreads equidistant fallbacks across nodes as Linux's
         // node_load does.
@@ -1295,13 +1302,18 @@ impl CpuCache<'_> {
         il: &mut InterleaveState,
     ) -> Option<Pfn> {
         let plan = mempolicy::plan(policy, self.node(), il, &self.a.topo.distances);
+        // A node set binds only requests that may use the policy zone: a
+        // DMA32-limited request ignores it, since the set's nodes may have
+        // no low memory at all ([NOT IN SEED]: Linux's apply_policy_zone).
+        let bound = mempolicy::policy_applies_to_zone(gfp.highest_zone(), self.a.policy_zone);
         for att in plan.iter() {
+            let mask = if bound { att.nodemask } else { None };
             let g = if att.no_reclaim_nowarn {
                 gfp.without(Gfp::DIRECT_RECLAIM).union(Gfp::NOWARN)
             } else {
                 gfp
             };
-            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, att.nodemask) {
+            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, mask) {
                 return Some(p);
             }
         }

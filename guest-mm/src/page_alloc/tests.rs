@@ -1067,3 +1067,38 @@ fn buddies_never_merge_across_a_zone_boundary_seed_2_2_1() {
     }
     check_free_lists(&f.a);
 }
+
+#[test]
+fn a_node_set_does_not_bind_requests_below_the_policy_zone_not_in_seed() {
+    // [NOT IN SEED] Linux's apply_policy_zone (seed 2.2.3 names BIND only):
+    // node 1 has only Normal memory, node 0 only DMA32. BIND {1} holds a
+    // request that may use Normal to node 1, but a DMA32-limited one could
+    // never be served there, so the set does not apply to it.
+    use crate::mempolicy::{InterleaveState, MemPolicy, Policy};
+    let base = (4u64 << 30) - 32 * MIB;
+    let mem = Box::new(SimMemory::new(PhysAddr(base), 64 * MIB));
+    let mut mb = Memblock::new();
+    // SAFETY: simulated RAM, nothing live in it.
+    unsafe { mb.add(&*mem, PhysAddr(base), 64 * MIB).unwrap() };
+    let mut topo = Topology::single(1);
+    topo.nr_nodes = 2;
+    topo.distances = Distances::uniform(2);
+    topo.node_range[0] = (0, 4 << 30);
+    topo.node_range[1] = (4 << 30, u64::MAX);
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &*mem, topo).unwrap();
+    let f = Fixture { a, _mem: mem };
+    assert!(!f.a.zone(1, ZoneType::Dma32).populated());
+    let mut c = f.a.cpu(0);
+    let mut il = InterleaveState::new();
+    let bind1 = Policy::new(MemPolicy::Bind(NodeMask::single(1)));
+    let p = c.alloc_policy(Gfp::NOWAIT, 0, &bind1, &mut il).unwrap();
+    assert!(
+        p.0 * PAGE_SIZE >= 4 << 30,
+        "Normal request: bound to node 1"
+    );
+    let q = c
+        .alloc_policy(Gfp::NOWAIT.union(Gfp::DMA32), 0, &bind1, &mut il)
+        .expect("a DMA32 request is not bound to a node without DMA32");
+    assert!(q.0 * PAGE_SIZE < 4 << 30);
+}
