@@ -1339,6 +1339,8 @@ impl CpuCache<'_> {
 #[cfg(test)]
 mod pcp_tests;
 #[cfg(test)]
+mod slowpath_tests;
+#[cfg(test)]
 mod steal_tests;
 #[cfg(test)]
 mod tests;

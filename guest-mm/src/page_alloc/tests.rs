@@ -108,8 +108,19 @@ pub(crate) fn check_free_lists(a: &PageAllocator) {
     }
 }
 
+/// One call the allocator made into its hooks, in a [`Recorder`]'s trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Call {
+    Kswapd,
+    Reclaim,
+    Compact(CompactPriority),
+    Oom,
+}
+
 /// Hooks that count what the allocator asked of kswapd, kcompactd,
-/// reclaim and compaction; `reclaim_boost` reports half the request freed.
+/// reclaim and compaction, and trace the slow path's calls in order;
+/// `reclaim_boost` reports half the request freed, direct reclaim
+/// `reclaim_gives` pages, and every zone `reclaimable` reclaimable pages.
 #[derive(Default)]
 pub(crate) struct Recorder {
     pub kswapd: AtomicU64,
@@ -117,11 +128,24 @@ pub(crate) struct Recorder {
     pub boost_asked: AtomicU64,
     pub compact: AtomicU64,
     pub reclaim: AtomicU64,
+    pub reclaim_gives: AtomicU64,
+    pub reclaimable: AtomicU64,
+    pub trace: std::sync::Mutex<Vec<Call>>,
+}
+
+impl Recorder {
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.trace.lock().unwrap().clone()
+    }
+    fn log(&self, c: Call) {
+        self.trace.lock().unwrap().push(c);
+    }
 }
 
 impl ReclaimHooks for Recorder {
     fn wake_kswapd(&self, _node: usize, _order: usize, _highest: ZoneType) {
         self.kswapd.fetch_add(1, Ordering::Relaxed);
+        self.log(Call::Kswapd);
     }
     fn reclaim_boost(&self, _node: usize, nr_pages: u64) -> u64 {
         self.boost_asked.fetch_add(nr_pages, Ordering::Relaxed);
@@ -133,16 +157,25 @@ impl ReclaimHooks for Recorder {
     }
     fn direct_reclaim(&self, _node: usize, _order: usize, _gfp: Gfp) -> u64 {
         self.reclaim.fetch_add(1, Ordering::Relaxed);
-        0
+        self.log(Call::Reclaim);
+        self.reclaim_gives.load(Ordering::Relaxed)
+    }
+    fn reclaimable_pages(&self, _node: usize, _zone: ZoneType) -> u64 {
+        self.reclaimable.load(Ordering::Relaxed)
+    }
+    fn out_of_memory(&self, _node: usize, _order: usize) -> bool {
+        self.log(Call::Oom);
+        false
     }
     fn direct_compact(
         &self,
         _node: usize,
         _order: usize,
         _gfp: Gfp,
-        _prio: CompactPriority,
+        prio: CompactPriority,
     ) -> CompactResult {
         self.compact.fetch_add(1, Ordering::Relaxed);
+        self.log(Call::Compact(prio));
         CompactResult::Failed
     }
 }

@@ -1,0 +1,141 @@
+//! Rows 13, 20, 21, 22 (seed 3.4.2, 4.1.2): the order of the slow path's
+//! steps, traced through recording hooks that never free anything.
+use super::slowpath::{MAX_COMPACT_RETRIES, MAX_RECLAIM_RETRIES};
+use super::tests::{fixture, record, Call, Fixture, Recorder};
+use super::*;
+use Call::*;
+use CompactPriority::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A 32 MiB guest (grouping by mobility on) with recording hooks, every
+/// page allocated with a reclaimer's rights and then every other one freed:
+/// half of memory free, all of it in order-0 blocks, so high orders fail
+/// and compaction is what could help; order 0 is at its watermarks' mercy.
+fn scattered() -> (Fixture, &'static Recorder) {
+    let mut f = fixture(32 * MIB, 1);
+    assert!(f.a.grouping_by_mobility());
+    let r = record(&mut f);
+    {
+        let mut c = f.a.cpu(0);
+        let mut all = Vec::new();
+        while let Some(p) = c.alloc(Gfp::NOWAIT.union(Gfp::MEMALLOC), 0) {
+            all.push(p);
+        }
+        all.sort();
+        for p in all.iter().filter(|p| p.0 % 2 == 0) {
+            c.free_direct(*p, 0).unwrap();
+        }
+        c.drain_all(None);
+    }
+    r.trace.lock().unwrap().clear();
+    (f, r)
+}
+
+#[test]
+fn costly_order_compacts_before_reclaim_and_never_ooms_seed_3_4_2_7() {
+    // Rows 13/20: order 4 (costly): async compaction before any reclaim,
+    // then one round of kswapd → reclaim → compaction, and a costly
+    // request gives up there rather than kill anything.
+    let (f, r) = scattered();
+    let mut c = f.a.cpu(0);
+    assert!(c.alloc(Gfp::KERNEL, 4).is_none());
+    assert_eq!(
+        r.calls(),
+        [Kswapd, Compact(Async), Kswapd, Reclaim, Compact(Async)]
+    );
+    assert_eq!(c.events().get(VmEvent::OomKill), 0);
+}
+
+#[test]
+fn movable_order_2_reclaims_before_compacting_then_ooms_seed_4_1_2() {
+    // Rows 13/20: order 2 movable (not costly): no compaction before
+    // reclaim; kswapd → reclaim → compaction; with no progress and no zone
+    // that reclaim could lift over min, the OOM step comes next.
+    let (f, r) = scattered();
+    let mut c = f.a.cpu(0);
+    let g = Gfp::KERNEL.union(Gfp::MOVABLE);
+    assert!(c.alloc(g, 2).is_none());
+    assert_eq!(r.calls(), [Kswapd, Kswapd, Reclaim, Compact(Async), Oom]);
+    assert_eq!(c.events().get(VmEvent::OomKill), 1);
+}
+
+#[test]
+fn unmovable_high_order_tries_async_compaction_first_seed_3_4_2_7() {
+    // Seed 3.4.2.7: unmovable high-order requests, like costly ones, try
+    // cheap async compaction before reclaiming anything.
+    let (f, r) = scattered();
+    let mut c = f.a.cpu(0);
+    assert!(c.alloc(Gfp::KERNEL, 2).is_none());
+    assert_eq!(r.calls()[..2], [Kswapd, Compact(Async)]);
+    assert_eq!(r.calls().last(), Some(&Oom));
+}
+
+#[test]
+fn compaction_priority_escalates_to_full_then_gives_up_seed_3_4_2_5() {
+    // Row 22: while reclaim makes progress, failed compaction is retried at
+    // rising priority (async → sync-light → full), MAX_COMPACT_RETRIES
+    // times, then the allocation goes to OOM.
+    let (f, r) = scattered();
+    r.reclaim_gives.store(1, Ordering::Relaxed);
+    let mut c = f.a.cpu(0);
+    assert!(c.alloc(Gfp::KERNEL.union(Gfp::MOVABLE), 2).is_none());
+    let prios: Vec<_> = r
+        .calls()
+        .into_iter()
+        .filter_map(|x| match x {
+            Compact(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    let mut want = vec![Async, SyncLight];
+    want.resize(MAX_COMPACT_RETRIES as usize + 1, Full);
+    assert_eq!(prios, want);
+    assert_eq!(r.calls().last(), Some(&Oom));
+    assert_eq!(c.events().get(VmEvent::OomKill), 1);
+}
+
+#[test]
+fn no_progress_reclaim_is_retried_exactly_max_retries_times_seed_4_1_2_5() {
+    // Row 21: an order-0 request below min, in a zone that reclaim could
+    // refill (reclaimable pages pass the watermark) but never does: one
+    // reclaim, MAX_RECLAIM_RETRIES retries, then OOM, once.
+    let (f, r) = scattered();
+    r.reclaimable.store(1 << 20, Ordering::Relaxed);
+    let mut c = f.a.cpu(0);
+    while c.alloc(Gfp::NOWAIT.union(Gfp::MEMALLOC), 0).is_some() {}
+    r.trace.lock().unwrap().clear();
+    assert!(c.alloc(Gfp::KERNEL, 0).is_none());
+    let reclaims = r.calls().iter().filter(|&&x| x == Reclaim).count();
+    assert_eq!(reclaims as u32, MAX_RECLAIM_RETRIES + 1);
+    assert_eq!(r.calls().iter().filter(|&&x| x == Oom).count(), 1);
+    assert!(
+        !r.calls().iter().any(|x| matches!(x, Compact(_))),
+        "order 0"
+    );
+}
+
+#[test]
+fn nothing_reclaimable_goes_to_oom_after_one_round_seed_4_1_2_5() {
+    // Row 21: the retry needs reclaimable + free to pass min in some zone;
+    // with nothing reclaimable, one reclaim round is all before OOM.
+    let (f, r) = scattered();
+    let mut c = f.a.cpu(0);
+    while c.alloc(Gfp::NOWAIT.union(Gfp::MEMALLOC), 0).is_some() {}
+    r.trace.lock().unwrap().clear();
+    assert!(c.alloc(Gfp::KERNEL, 0).is_none());
+    assert_eq!(r.calls(), [Kswapd, Kswapd, Reclaim, Oom]);
+}
+
+#[test]
+fn atomic_and_noretry_requests_never_reclaim_seed_2_2_4() {
+    // A request that cannot sleep wakes kswapd and fails; NORETRY on a
+    // costly order stops after the first async compaction.
+    let (f, r) = scattered();
+    let mut c = f.a.cpu(0);
+    assert!(c.alloc(Gfp::NOWAIT, 4).is_none());
+    assert_eq!(r.calls(), [Kswapd, Kswapd]);
+    r.trace.lock().unwrap().clear();
+    assert!(c.alloc(Gfp::KERNEL.union(Gfp::NORETRY), 4).is_none());
+    assert_eq!(r.calls(), [Kswapd, Compact(Async)]);
+}
