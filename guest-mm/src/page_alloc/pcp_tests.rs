@@ -35,8 +35,9 @@ fn pcp_bulk_free_returns_the_coldest_pages_seed_2_2_5() {
     let held: Vec<Pfn> = (0..high + batch)
         .map(|_| c.alloc(Gfp::USER_MOVABLE, 0).unwrap())
         .collect();
-    c.drain_all(None);
+    assert_eq!(c.drain_all(None), 1, "one CPU held pages");
     assert_eq!(c.pcp(0, ZoneType::Dma32).count, 0);
+    assert_eq!(c.drain_all(None), 0);
     let mut last = 0;
     let mut freed_at = None;
     for (i, &p) in held.iter().enumerate() {

@@ -139,3 +139,31 @@ fn atomic_and_noretry_requests_never_reclaim_seed_2_2_4() {
     assert!(c.alloc(Gfp::KERNEL.union(Gfp::NORETRY), 4).is_none());
     assert_eq!(r.calls(), [Kswapd, Compact(Async)]);
 }
+
+#[test]
+fn pages_on_another_cpus_list_are_drained_before_oom_seed_2_2_5_2() {
+    // Seed 2.2.5.2: when reclaim made no progress, the pages parked on
+    // per-CPU lists are given back before the allocation fails.
+    let mut f = fixture(16 * MIB, 2);
+    f.a.zones[zid(0, ZoneType::Dma)].watermark = [0; 3];
+    let r = record(&mut f);
+    let mut all = Vec::new();
+    {
+        let mut c = f.a.cpu(0);
+        while let Some(p) = c.alloc_direct(Gfp::NOWAIT, 0) {
+            all.push(p);
+        }
+    }
+    {
+        let mut c1 = f.a.cpu(1);
+        for p in all.drain(..8) {
+            c1.free(p, 0).unwrap();
+        }
+        assert_eq!(c1.pcp(0, ZoneType::Dma).count, 8);
+    }
+    assert_eq!(f.a.free_pages_buddy(), 0);
+    let p = f.a.cpu(0).alloc(Gfp::KERNEL, 0);
+    assert!(p.is_some(), "served from CPU 1's drained list");
+    assert!(!r.calls().contains(&Oom));
+    assert!(f.a.events().get(VmEvent::PcpDrain) >= 1);
+}

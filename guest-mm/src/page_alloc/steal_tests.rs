@@ -221,3 +221,49 @@ fn steal_eligibility_follows_can_steal_fallback_not_in_seed() {
     s.rmqueue(0, U);
     assert_eq!(s.free_of(M), 0, "claimed: all free pages moved");
 }
+
+#[test]
+fn steal_of_exactly_a_pageblock_retypes_that_pageblock_only_seed_3_3_2() {
+    // A free order-9 block is one pageblock: one retype, the neighbour
+    // (whose first page is free) keeps its type and its free page its list.
+    let mut s = Synth::new([M, M], |o| (o > PAGEBLOCK_NR_PAGES).then_some(M));
+    let (got, out) = s.rmqueue(0, U);
+    assert_eq!(got, Some(0));
+    assert_eq!(out.retyped, 1);
+    assert!(out.whole_block);
+    assert_eq!((s.pageblock(0), s.pageblock(1)), (U, M));
+    assert_eq!(
+        s.area.lists[0][M as usize].count, 1,
+        "neighbour's page stays"
+    );
+}
+
+#[test]
+fn claiming_a_pageblock_leaves_the_next_one_alone_seed_3_3_2() {
+    // The claim moves the free pages of its own pageblock only, up to the
+    // last page: a free block starting right after it stays where it is.
+    let mut s = Synth::new([M, M], |o| {
+        (o == 0 || (o > PAGEBLOCK_NR_PAGES && o < 2 * PAGEBLOCK_NR_PAGES)).then_some(M)
+    });
+    s.rmqueue(0, U);
+    assert_eq!(s.pageblock(0), U);
+    assert_eq!(s.free_of(M), 1, "the next pageblock's first page");
+    assert_eq!(s.free_of(U), 510);
+}
+
+#[test]
+fn highatomic_reserve_is_capped_near_one_percent_not_in_seed() {
+    // [NOT IN SEED] Linux's reserve_highatomic_pageblock: at most about 1%
+    // of the zone (plus a pageblock) is kept for high-order atomics.
+    let mut s = Synth::new([M, M], |_| None);
+    let managed = 100_000;
+    let cap = managed / 100 + PAGEBLOCK_NR_PAGES;
+    let base = s.base;
+    let mut b = s.buddy();
+    b.area.nr_reserved_highatomic = cap - PAGEBLOCK_NR_PAGES;
+    assert!(b.reserve_highatomic(base, managed), "below the cap");
+    assert_eq!(b.area.nr_reserved_highatomic, cap);
+    assert_eq!(b.pageblock_mt(base), MigrateType::HighAtomic);
+    assert!(!b.reserve_highatomic(base + PAGEBLOCK_NR_PAGES, managed));
+    assert_eq!(b.pageblock_mt(base + PAGEBLOCK_NR_PAGES), M);
+}

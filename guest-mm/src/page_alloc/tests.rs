@@ -738,6 +738,8 @@ proptest! {
             }
             check_free_lists(&f.a);
             prop_assert_eq!(f.a.free_pages_buddy() + f.a.pcp_pages() + taken.len() as u64, managed);
+            let e = f.a.events();
+            prop_assert_eq!(e.get(VmEvent::PgAlloc) - e.get(VmEvent::PgFree), taken.len() as u64);
         }
         for (p, order) in live.drain(..) {
             f.a.free_pages(0, Pfn(p), order).unwrap();
@@ -1134,4 +1136,82 @@ fn a_node_set_does_not_bind_requests_below_the_policy_zone_not_in_seed() {
         .alloc_policy(Gfp::NOWAIT.union(Gfp::DMA32), 0, &bind1, &mut il)
         .expect("a DMA32 request is not bound to a node without DMA32");
     assert!(q.0 * PAGE_SIZE < 4 << 30);
+}
+
+#[test]
+fn every_node_of_the_largest_topology_allocates_locally_seed_2_2_2() {
+    // Row 6 at MAX_NUMNODES: each CPU's first choice is its own node.
+    let n = crate::mmzone::MAX_NUMNODES;
+    let mut topo = Topology::single(n);
+    topo.nr_nodes = n;
+    topo.distances = Distances::uniform(n);
+    for i in 0..n {
+        topo.node_range[i] = (i as u64 * 8 * MIB, (i as u64 + 1) * 8 * MIB);
+        topo.cpu_node[i] = i as u8;
+    }
+    let f = fixture_topo(8 * 8 * MIB, topo);
+    for cpu in 0..n {
+        let p = f.a.cpu(cpu).alloc(Gfp::NOWAIT, 0).unwrap();
+        assert_eq!(p.0 * PAGE_SIZE / (8 * MIB), cpu as u64, "cpu {cpu}");
+    }
+}
+
+#[test]
+fn init_checks_its_topology() {
+    let mem = SimMemory::new(PhysAddr(0), 16 * MIB);
+    let try_init = |topo: Topology| {
+        let mut mb = Memblock::new();
+        mb.reserve(&mem, PhysAddr(0), MIB).unwrap();
+        // SAFETY: simulated RAM, its first MiB reserved first.
+        unsafe { mb.add(&mem, PhysAddr(0), 16 * MIB).unwrap() };
+        let mut a = Box::new(PageAllocator::EMPTY);
+        a.init(&mut mb, &mem, topo)
+    };
+    assert_eq!(try_init(Topology::single(MAX_CPUS)), Ok(()));
+    assert_eq!(
+        try_init(Topology::single(MAX_CPUS + 1)),
+        Err(InitError::TooManyCpus)
+    );
+    assert_eq!(try_init(Topology::single(0)), Err(InitError::TooManyCpus));
+    let mut t = Topology::single(1);
+    t.nr_nodes = 0;
+    assert_eq!(try_init(t), Err(InitError::BadTopology));
+    t.nr_nodes = crate::mmzone::MAX_NUMNODES + 1;
+    assert_eq!(try_init(t), Err(InitError::BadTopology));
+}
+
+#[test]
+fn lower_zones_keep_a_reserve_from_higher_requests_on_every_node_seed_2_2_4() {
+    // Seed 2.2.4 (lowmem reserve, ratios [NOT IN SEED]): a lower zone keeps
+    // back the managed pages of the zones above it, up to the request's
+    // highest zone, divided by its ratio; each node on its own. Node 0 is
+    // DMA32 only, node 1 DMA32 and Normal (it straddles 4 GiB).
+    let base = (4u64 << 30) - 64 * MIB;
+    let mem = Box::new(SimMemory::new(PhysAddr(base), 96 * MIB));
+    let mut mb = Memblock::new();
+    // SAFETY: simulated RAM, nothing live in it.
+    unsafe { mb.add(&*mem, PhysAddr(base), 96 * MIB).unwrap() };
+    let mut topo = Topology::single(2);
+    topo.nr_nodes = 2;
+    topo.distances = Distances::uniform(2);
+    topo.node_range[0] = (0, base + 32 * MIB);
+    topo.node_range[1] = (base + 32 * MIB, u64::MAX);
+    topo.cpu_node[1] = 1;
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &*mem, topo).unwrap();
+    let f = Fixture { a, _mem: mem };
+    let (d32, n32, nn) = (
+        f.a.zone(0, ZoneType::Dma32),
+        f.a.zone(1, ZoneType::Dma32),
+        f.a.zone(1, ZoneType::Normal),
+    );
+    assert!(d32.populated() && n32.populated() && nn.populated());
+    let r = zone::LOWMEM_RESERVE_RATIO[ZoneType::Dma32 as usize];
+    assert_eq!(n32.lowmem_reserve, [0, 0, nn.managed_pages / r]);
+    assert!(n32.lowmem_reserve[ZoneType::Normal as usize] > 0);
+    assert_eq!(
+        d32.lowmem_reserve, [0; MAX_NR_ZONES],
+        "nothing above it on node 0"
+    );
+    assert_eq!(nn.lowmem_reserve, [0; MAX_NR_ZONES]);
 }

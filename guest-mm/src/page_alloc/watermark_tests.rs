@@ -252,3 +252,66 @@ fn slow_path_reclaims_instead_of_compacting_when_memory_is_short_seed_3_4_1() {
     assert_eq!(r.compact.load(Ordering::Relaxed), 0, "compaction was not");
     assert_eq!(c.events().get(VmEvent::DirectCompact), 0);
 }
+
+#[test]
+fn atomic_order0_requests_ignore_the_boost_seed_2_2_4() {
+    // Seed 2.2.4: a boost exists to make kswapd work ahead, not to fail
+    // interrupt-time allocations, so atomic order-0 requests check the min
+    // mark without it; an atomic order-1 request still sees it.
+    let (f, _) = boosted();
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let min = z.watermark[WMARK_MIN];
+    let boost = z.boost.load(Ordering::Relaxed);
+    // What HIGH + HARDER leave of a mark: 3/8 of it.
+    let eff = |m: u64| m - m / 2 - (m - m / 2) / 4;
+    let target = (eff(min) + eff(min + boost)) / 2;
+    let mut c = f.a.cpu(0);
+    let g = Gfp::NOWAIT.union(Gfp::DMA32).union(Gfp::MOVABLE);
+    while z.free_pages() > target {
+        c.alloc(g.union(Gfp::MEMALLOC), 0).unwrap();
+    }
+    let atomic = Gfp::ATOMIC.union(Gfp::DMA32);
+    let p = c.alloc(atomic, 0).unwrap();
+    assert!(z.contains(p.0), "order 0: served by the boosted zone");
+    let q = c.alloc(atomic, 1).unwrap();
+    assert!(
+        !z.contains(q.0),
+        "order 1: the boost applies, DMA serves it"
+    );
+}
+
+#[test]
+fn a_steal_on_the_per_cpu_refill_counts_and_boosts_seed_2_2_6() {
+    // Row 12 on the common path: a per-CPU refill that has to fall back is
+    // an external-fragmentation event like any other.
+    let mut f = fixture(64 * MIB, 1);
+    let r = record(&mut f);
+    let mut c = f.a.cpu(0);
+    fragment_dma32(&mut c);
+    c.alloc(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap();
+    assert!(c.events().get(VmEvent::PgAllocFallback) >= 1);
+    assert!(c.events().get(VmEvent::WatermarkBoost) >= 1);
+    assert!(f.a.zone(0, ZoneType::Dma32).boost.load(Ordering::Relaxed) > 0);
+    c.alloc(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap();
+    assert_eq!(r.kswapd.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn without_a_reclaimer_kswapd_balance_still_ends_the_boost_seed_2_2_6() {
+    // The default hooks reclaim nothing; the boost still ends and kcompactd
+    // is still woken (counted).
+    let f = fixture(64 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    assert!(z.boost_watermark());
+    let b = f.a.kswapd_balance(0, ZoneType::Dma32);
+    assert_eq!(b.boost, PAGEBLOCK_NR_PAGES);
+    assert_eq!(b.reclaimed, 0);
+    assert!(b.kcompactd_woken);
+    assert_eq!(z.boost.load(Ordering::Relaxed), 0);
+    assert_eq!(f.a.events().get(VmEvent::KcompactdWake), 1);
+    // A node or zones the pass does not cover are left alone.
+    assert!(z.boost_watermark());
+    assert_eq!(f.a.kswapd_balance(0, ZoneType::Dma).boost, 0);
+    assert_eq!(f.a.kswapd_balance(1, ZoneType::Normal).boost, 0);
+    assert_eq!(z.boost.load(Ordering::Relaxed), PAGEBLOCK_NR_PAGES);
+}
