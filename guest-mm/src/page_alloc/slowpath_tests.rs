@@ -167,3 +167,28 @@ fn pages_on_another_cpus_list_are_drained_before_oom_seed_2_2_5_2() {
     assert!(!r.calls().contains(&Oom));
     assert!(f.a.events().get(VmEvent::PcpDrain) >= 1);
 }
+
+#[test]
+fn the_retry_check_weighs_each_zone_on_its_own_seed_4_1_2_5() {
+    // Row 21: reclaim is retried when some zone's own free + reclaimable
+    // pages would pass that zone's min mark: here only DMA32 has anything
+    // reclaimable, just enough for DMA32 and not enough for DMA.
+    let (f, r) = scattered();
+    let mut c = f.a.cpu(0);
+    while c.alloc(Gfp::NOWAIT.union(Gfp::MEMALLOC), 0).is_some() {}
+    let (dma, d32) = (f.a.zone(0, ZoneType::Dma), f.a.zone(0, ZoneType::Dma32));
+    for z in [dma, d32] {
+        z.boost.store(0, Ordering::Relaxed);
+        assert_eq!(z.free_pages(), 0);
+    }
+    let n = ZoneType::Normal as usize;
+    let need = d32.watermark[WMARK_MIN] + d32.lowmem_reserve[n] + 1;
+    assert!(need <= dma.watermark[WMARK_MIN] + dma.lowmem_reserve[n]);
+    r.reclaimable.store(need, Ordering::Relaxed);
+    r.reclaimable_in
+        .store(ZoneType::Dma32 as u64 + 1, Ordering::Relaxed);
+    r.trace.lock().unwrap().clear();
+    assert!(c.alloc(Gfp::KERNEL, 0).is_none());
+    let reclaims = r.calls().iter().filter(|&&x| x == Reclaim).count();
+    assert_eq!(reclaims as u32, MAX_RECLAIM_RETRIES + 1);
+}

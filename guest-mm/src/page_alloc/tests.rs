@@ -120,7 +120,8 @@ pub(crate) enum Call {
 /// Hooks that count what the allocator asked of kswapd, kcompactd,
 /// reclaim and compaction, and trace the slow path's calls in order;
 /// `reclaim_boost` reports half the request freed, direct reclaim
-/// `reclaim_gives` pages, and every zone `reclaimable` reclaimable pages.
+/// `reclaim_gives` pages, and every zone (or only zone `reclaimable_in` - 1
+/// when that is not 0) `reclaimable` reclaimable pages.
 #[derive(Default)]
 pub(crate) struct Recorder {
     pub kswapd: AtomicU64,
@@ -130,6 +131,7 @@ pub(crate) struct Recorder {
     pub reclaim: AtomicU64,
     pub reclaim_gives: AtomicU64,
     pub reclaimable: AtomicU64,
+    pub reclaimable_in: AtomicU64,
     pub trace: std::sync::Mutex<Vec<Call>>,
 }
 
@@ -160,8 +162,12 @@ impl ReclaimHooks for Recorder {
         self.log(Call::Reclaim);
         self.reclaim_gives.load(Ordering::Relaxed)
     }
-    fn reclaimable_pages(&self, _node: usize, _zone: ZoneType) -> u64 {
-        self.reclaimable.load(Ordering::Relaxed)
+    fn reclaimable_pages(&self, _node: usize, zone: ZoneType) -> u64 {
+        match self.reclaimable_in.load(Ordering::Relaxed) {
+            0 => self.reclaimable.load(Ordering::Relaxed),
+            z if z == zone as u64 + 1 => self.reclaimable.load(Ordering::Relaxed),
+            _ => 0,
+        }
     }
     fn out_of_memory(&self, _node: usize, _order: usize) -> bool {
         self.log(Call::Oom);
