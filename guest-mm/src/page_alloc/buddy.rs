@@ -14,7 +14,7 @@ use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
-use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP, PG_RESERVED};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_RESERVED};
 
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList {
@@ -95,7 +95,9 @@ impl Buddy<'_> {
         let l = &mut self.area.lists[order][mt as usize];
         // SAFETY: under the zone lock (see the module doc).
         let p = unsafe { self.map.at(idx) };
-        p.flags = (p.flags & !(PG_PCP | PG_ALLOC)) | PG_BUDDY;
+        // A page joining a free list is neither reserved, allocated nor on
+        // a per-CPU list any more: free is all it is.
+        p.flags = PG_BUDDY;
         p.order = order as u8;
         p.mt = mt as u8;
         if l.head == NIL {
