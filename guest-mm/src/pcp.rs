@@ -349,4 +349,20 @@ mod tests {
         p.free_factor >>= 1; // an allocation halves it
         assert_eq!(p.nr_to_free(), 31 << 2);
     }
+
+    #[test]
+    fn free_count_edges_follow_nr_pcp_free() {
+        // Seed 2.2.5.3 keeps at least `batch` on the list; when high is
+        // below batch (Linux's nr_pcp_free, [NOT IN SEED]) one page goes,
+        // and with high equal to batch a whole batch still does.
+        let mut p = PerCpuPages {
+            high: 30,
+            batch: 31,
+            ..PerCpuPages::EMPTY
+        };
+        assert_eq!(p.nr_to_free(), 1);
+        p.high = 31;
+        assert_eq!(p.nr_to_free(), 31);
+        assert_eq!(p.free_factor, 0, "no doubling past the clamp");
+    }
 }
