@@ -1094,8 +1094,15 @@ fn buddies_never_merge_across_a_zone_boundary_seed_2_2_1() {
     topo.node_range[1] = (split, 64 * MIB);
     topo.cpu_node[1] = 1;
     let f = fixture_topo(64 * MIB, topo);
-    assert_eq!(f.a.zone(1, ZoneType::Dma32).start_pfn, split / PAGE_SIZE);
+    let z1 = f.a.zone(1, ZoneType::Dma32);
+    assert_eq!(z1.start_pfn, split / PAGE_SIZE);
     check_free_lists(&f.a);
+    // Every pageblock the zone overlaps is counted once, by its first page.
+    let pb = crate::mmzone::PAGEBLOCK_NR_PAGES;
+    let overlapped = (z1.end_pfn - (z1.start_pfn & !(pb - 1))).div_ceil(pb);
+    let counts = f.a.pageblock_counts(1, ZoneType::Dma32);
+    assert_eq!(counts[MigrateType::Movable as usize], overlapped);
+    assert_eq!(counts.iter().sum::<u64>(), overlapped);
     let mut held = Vec::new();
     for cpu in 0..2 {
         let mut c = f.a.cpu(cpu);
