@@ -5,7 +5,9 @@
 //! - `buddy`: the free lists of one zone, split/merge and stealing;
 //! - `zone`: a zone, its lock and its watermarks;
 //! - `crate::pcp`: per-CPU lists; `slowpath`: what happens when the fast
-//!   path fails, with hooks where kswapd, compaction and reclaim plug in.
+//!   path fails, with hooks where kswapd, compaction and reclaim plug in;
+//! - `boost`: the life of a watermark boost, from the fragmentation event
+//!   to kswapd's balancing pass that ends it.
 //!
 //! A CPU allocates through a [`CpuCache`], a guard over that CPU's per-CPU
 //! lists and counters. Holding it costs one uncontended lock for a whole
