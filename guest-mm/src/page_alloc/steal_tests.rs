@@ -267,3 +267,37 @@ fn highatomic_reserve_is_capped_near_one_percent_not_in_seed() {
     assert!(!b.reserve_highatomic(base + PAGEBLOCK_NR_PAGES, managed));
     assert_eq!(b.pageblock_mt(base + PAGEBLOCK_NR_PAGES), M);
 }
+
+#[test]
+fn claiming_the_second_pageblock_leaves_the_first_alone_seed_3_3_2() {
+    // The claim works from the claimed block's own pageblock start: a free
+    // page in the pageblock before it keeps its type.
+    let mut s = Synth::new([M, M], |o| {
+        (o < PAGEBLOCK_NR_PAGES && o != 5 || o == PAGEBLOCK_NR_PAGES).then_some(M)
+    });
+    let (got, out) = s.rmqueue(0, U);
+    assert_eq!(out.retyped, 1);
+    assert_eq!((s.pageblock(0), s.pageblock(1)), (M, U));
+    assert!(got.unwrap() > PAGEBLOCK_NR_PAGES);
+    assert_eq!(s.free_of(M), 1, "offset 5 stays movable");
+}
+
+#[test]
+fn a_block_likely_to_merge_is_queued_at_the_tail_not_in_seed() {
+    // [NOT IN SEED] Linux's buddy_merge_likely: a freed block whose
+    // next-higher buddy is free goes to the tail of its list, so it is
+    // handed out last and has time to merge. Page 10 (higher buddy 8 held)
+    // goes to the head; page 2 (higher buddy, the block at 0, free) to the
+    // tail; the next order-0 allocation takes page 10.
+    let held = |o: u64| (o >= 2).then_some(M);
+    let mut s = Synth::new([M, M], held);
+    let base = s.base;
+    let mut b = s.buddy();
+    for off in [10, 2] {
+        let idx = b.map.idx(base + off);
+        b.free_one(idx, 0, M);
+    }
+    assert_eq!(s.area.lists[1][M as usize].count, 1, "pages 0-1 merged");
+    assert_eq!(s.rmqueue(0, M).0, Some(10));
+    assert_eq!(s.rmqueue(0, M).0, Some(2));
+}
