@@ -1345,6 +1345,10 @@ mod slowpath_tests;
 #[cfg(test)]
 mod steal_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;
 #[cfg(test)]
 mod watermark_tests;
