@@ -351,6 +351,23 @@ mod tests {
     }
 
     #[test]
+    fn free_factor_stops_growing_once_the_count_reaches_the_clamp() {
+        // Seed 2.2.5.3 (Linux's nr_pcp_free): the factor grows only while
+        // the doubled count is below high - batch, so after an allocation
+        // halves it the count restarts from what was really freed.
+        let mut p = PerCpuPages {
+            high: 31 + (31 << 3),
+            batch: 31,
+            ..PerCpuPages::EMPTY
+        };
+        let seq: [u32; 5] = core::array::from_fn(|_| p.nr_to_free());
+        assert_eq!(seq, [31, 62, 124, 248, 248]);
+        assert_eq!(p.free_factor, 3);
+        p.free_factor >>= 1;
+        assert_eq!(p.nr_to_free(), 62);
+    }
+
+    #[test]
     fn free_count_edges_follow_nr_pcp_free() {
         // Seed 2.2.5.3 keeps at least `batch` on the list; when high is
         // below batch (Linux's nr_pcp_free, [NOT IN SEED]) one page goes,
