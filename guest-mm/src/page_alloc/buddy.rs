@@ -4,11 +4,17 @@
 //! Everything here runs under the zone lock and works on indices into the
 //! descriptor array. A free block is its head page, flagged `PG_BUDDY`, on
 //! the doubly linked list for its (order, migrate type).
+//!
+//! A [`Buddy`] exists only while its zone's lock is held (it borrows the
+//! locked [`FreeArea`]), and the zone lock owns the descriptors of every
+//! page on, or on its way onto or off, the zone's free lists, and every
+//! pageblock type of the zone: that is the contract [`MemMap::at`] asks
+//! for at each `// SAFETY:` below.
 use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
-use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP, PG_RESERVED};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_RESERVED};
 
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList {
@@ -87,8 +93,11 @@ impl Buddy<'_> {
 
     pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
         let l = &mut self.area.lists[order][mt as usize];
-        let p = self.map.at(idx);
-        p.flags = (p.flags & !(PG_PCP | PG_ALLOC)) | PG_BUDDY;
+        // SAFETY: under the zone lock (see the module doc).
+        let p = unsafe { self.map.at(idx) };
+        // A page joining a free list is neither reserved, allocated nor on
+        // a per-CPU list any more: free is all it is.
+        p.flags = PG_BUDDY;
         p.order = order as u8;
         p.mt = mt as u8;
         if l.head == NIL {
@@ -99,12 +108,14 @@ impl Buddy<'_> {
         } else if tail {
             p.next = NIL;
             p.prev = l.tail;
-            self.map.at(l.tail).next = idx;
+            // SAFETY: as above; the tail is another free block.
+            unsafe { self.map.at(l.tail) }.next = idx;
             l.tail = idx;
         } else {
             p.prev = NIL;
             p.next = l.head;
-            self.map.at(l.head).prev = idx;
+            // SAFETY: as above; the head is another free block.
+            unsafe { self.map.at(l.head) }.prev = idx;
             l.head = idx;
         }
         l.count += 1;
@@ -112,41 +123,44 @@ impl Buddy<'_> {
     }
 
     pub fn del(&mut self, idx: u32) {
-        let p = *self.map.at(idx);
+        // SAFETY: under the zone lock (see the module doc).
+        let p = *unsafe { self.map.at(idx) };
         debug_assert!(p.flags & PG_BUDDY != 0);
         let (order, mt) = (p.order as usize, p.mt as usize);
         let l = &mut self.area.lists[order][mt];
         if p.prev == NIL {
             l.head = p.next;
         } else {
-            self.map.at(p.prev).next = p.next;
+            // SAFETY: as above; a neighbour on the same list.
+            unsafe { self.map.at(p.prev) }.next = p.next;
         }
         if p.next == NIL {
             l.tail = p.prev;
         } else {
-            self.map.at(p.next).prev = p.prev;
+            // SAFETY: as above; a neighbour on the same list.
+            unsafe { self.map.at(p.next) }.prev = p.prev;
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
-        let q = self.map.at(idx);
+        // SAFETY: as above.
+        let q = unsafe { self.map.at(idx) };
         q.flags &= !PG_BUDDY;
         q.next = NIL;
         q.prev = NIL;
     }
 
     fn move_to(&mut self, idx: u32, mt: MigrateType) {
-        let order = self.map.at(idx).order as usize;
+        // SAFETY: under the zone lock (see the module doc).
+        let order = unsafe { self.map.at(idx) }.order as usize;
         self.del(idx);
         self.add(idx, order, mt, false);
     }
 
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
-        MigrateType::from_index(
-            self.map
-                .at(self.map.idx(start.max(self.map.start_pfn())))
-                .pageblock_mt as usize,
-        )
+        let idx = self.map.idx(start.max(self.map.start_pfn()));
+        // SAFETY: pageblock types change only under the zone lock, held.
+        MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
     }
 
     pub fn set_pageblock_mt(&mut self, pfn: u64, mt: MigrateType) {
@@ -156,9 +170,9 @@ impl Buddy<'_> {
             MigrateType::Unmovable
         };
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
-        self.map
-            .at(self.map.idx(start.max(self.map.start_pfn())))
-            .pageblock_mt = mt as u8;
+        let idx = self.map.idx(start.max(self.map.start_pfn()));
+        // SAFETY: under the zone lock (see the module doc).
+        unsafe { self.map.at(idx) }.pageblock_mt = mt as u8;
     }
 
     /// Splits a block of order `high` at `idx` down to `low`, giving the
@@ -208,10 +222,13 @@ impl Buddy<'_> {
         (self.rmqueue_smallest(order, mt), outcome)
     }
 
-    /// Whether a request of `order` for `start` may take a whole pageblock's
-    /// worth of another type (can_steal_fallback): always for a pageblock or
-    /// more; for half a pageblock or more; always for the types that pollute
-    /// (Unmovable, Reclaimable); and always when grouping is off.
+    /// Whether a fallback block of `order` may be claimed, pageblock and
+    /// all, for a `start` request: always for a pageblock or more (seed
+    /// 3.3.2: whole pageblocks are retyped); the rest is [NOT IN SEED] — the
+    /// seed says only that RECLAIMABLE steals more aggressively — and
+    /// follows Linux's can_steal_fallback: a block of half a pageblock or
+    /// more, any Unmovable or Reclaimable request (the types that pollute a
+    /// pageblock anyway), and everything when grouping is off.
     fn can_steal(&self, order: usize, start: MigrateType) -> bool {
         order >= PAGEBLOCK_ORDER
             || order >= PAGEBLOCK_ORDER / 2
@@ -318,7 +335,8 @@ impl Buddy<'_> {
             out.retyped += 1;
         }
         // The block we found was moved with the rest of its pageblock.
-        if self.map.at(idx).mt != start as u8 {
+        // SAFETY: under the zone lock (see the module doc).
+        if unsafe { self.map.at(idx) }.mt != start as u8 {
             self.move_to(idx, start);
         }
     }
@@ -332,7 +350,10 @@ impl Buddy<'_> {
         let mut p = start;
         while p < end {
             let idx = self.map.idx(p);
-            let page = *self.map.at(idx);
+            // SAFETY: under the zone lock; an allocated page's descriptor
+            // is only read (its owner may be writing `refcount`, which this
+            // does not use).
+            let page = *unsafe { self.map.at(idx) };
             let span = 1u64 << page.order;
             if page.flags & PG_BUDDY != 0 {
                 if page.mt != mt as u8 {
@@ -407,7 +428,8 @@ impl Buddy<'_> {
             if !self.in_zone(buddy_pfn) || !self.map.contains(buddy_pfn) {
                 break;
             }
-            let b = *self.map.at(self.map.idx(buddy_pfn));
+            // SAFETY: under the zone lock (see the module doc).
+            let b = *unsafe { self.map.at(self.map.idx(buddy_pfn)) };
             if b.flags & PG_BUDDY == 0 || b.order as usize != order || b.flags & PG_RESERVED != 0 {
                 break;
             }
@@ -436,7 +458,8 @@ impl Buddy<'_> {
             let higher_buddy = (pfn & !((2u64 << order) - 1)) ^ (2u64 << order);
             self.in_zone(higher_buddy)
                 && self.map.contains(higher_buddy)
-                && self.map.at(self.map.idx(higher_buddy)).flags & PG_BUDDY != 0
+                // SAFETY: under the zone lock (see the module doc).
+                && unsafe { self.map.at(self.map.idx(higher_buddy)) }.flags & PG_BUDDY != 0
         };
         self.add(head, order, mt, tail);
     }

@@ -5,16 +5,20 @@
 //! - `buddy`: the free lists of one zone, split/merge and stealing;
 //! - `zone`: a zone, its lock and its watermarks;
 //! - `crate::pcp`: per-CPU lists; `slowpath`: what happens when the fast
-//!   path fails, with hooks where kswapd, compaction and reclaim plug in.
+//!   path fails, with hooks where kswapd, compaction and reclaim plug in;
+//! - `boost`: the life of a watermark boost, from the fragmentation event
+//!   to kswapd's balancing pass that ends it.
 //!
 //! A CPU allocates through a [`CpuCache`], a guard over that CPU's per-CPU
 //! lists and counters. Holding it costs one uncontended lock for a whole
 //! burst of allocations instead of one per call; another CPU that needs to
 //! drain those lists takes the same lock and does the work itself.
+mod boost;
 pub mod buddy;
 mod slowpath;
 pub mod zone;
 
+pub use boost::BoostBalance;
 pub use slowpath::{CompactPriority, CompactResult, NoHooks, ReclaimHooks};
 pub use zone::{Zone, WMARK_HIGH, WMARK_LOW, WMARK_MIN};
 
@@ -32,7 +36,7 @@ use crate::phys::PhysMemory;
 use crate::sync::{SpinLock, SpinLockGuard};
 use crate::vmstat::{EventCounters, FreeAreaCounts, VmEvent};
 use crate::zonelist::{Distances, NodeMask, Zonelist};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub const MAX_CPUS: usize = 64;
 pub const MAX_ZONES: usize = MAX_NUMNODES * MAX_NR_ZONES;
@@ -171,6 +175,12 @@ pub struct PageAllocator {
     preferred: [[u8; MAX_NR_ZONES]; MAX_NUMNODES],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
+    /// The highest zone type any node has memory in: node-restricting
+    /// policies apply only to requests that may use it (policy_zone).
+    policy_zone: ZoneType,
+    /// kcompactd wake-ups from kswapd context, which has no per-CPU
+    /// counters of its own (added to [`VmEvent::KcompactdWake`]).
+    kcompactd_wakes: AtomicU64,
 }
 
 static NO_HOOKS: NoHooks = NoHooks;
@@ -203,6 +213,8 @@ impl PageAllocator {
         preferred: [[NO_SLOT; MAX_NR_ZONES]; MAX_NUMNODES],
         hooks: &NO_HOOKS,
         total_managed: 0,
+        policy_zone: ZoneType::Dma,
+        kcompactd_wakes: AtomicU64::new(0),
     };
 
     /// Takes over all free memory from memblock (memblock_free_all): the
@@ -352,7 +364,9 @@ impl PageAllocator {
         };
         let mut pb = min_pfn;
         while pb < max_pfn {
-            self.map.at(self.map.idx(pb)).pageblock_mt = initial_mt as u8;
+            let idx = self.map.idx(pb);
+            // SAFETY: `&mut self`: init owns every descriptor.
+            unsafe { self.map.at(idx) }.pageblock_mt = initial_mt as u8;
             pb += PAGEBLOCK_NR_PAGES;
         }
 
@@ -435,6 +449,9 @@ impl PageAllocator {
         let mut populated = [[false; MAX_NR_ZONES]; MAX_NUMNODES];
         for (i, z) in self.zones.iter().enumerate() {
             populated[i / MAX_NR_ZONES][i % MAX_NR_ZONES] = z.populated();
+            if z.populated() {
+                self.policy_zone = self.policy_zone.max(z.kind);
+            }
         }
         // Shared load spreads equidistant fallbacks across nodes as Linux's
         // node_load does.
@@ -538,6 +555,10 @@ impl PageAllocator {
         for c in 0..self.topo.ncpus {
             e.merge(&self.cpus[c].lock().events);
         }
+        e.add(
+            VmEvent::KcompactdWake,
+            self.kcompactd_wakes.load(Ordering::Relaxed),
+        );
         e
     }
 
@@ -560,12 +581,13 @@ impl PageAllocator {
         if !z.populated() {
             return n;
         }
+        // Pageblock types change under the zone lock only.
+        let _area = z.free.lock();
         let mut pb = z.start_pfn & !(PAGEBLOCK_NR_PAGES - 1);
         while pb < z.end_pfn {
-            n[self
-                .map
-                .at(self.map.idx(pb.max(self.map.start_pfn())))
-                .pageblock_mt as usize] += 1;
+            let idx = self.map.idx(pb.max(self.map.start_pfn()));
+            // SAFETY: the zone lock, held, owns the zone's pageblock types.
+            n[unsafe { self.map.at(idx) }.pageblock_mt as usize] += 1;
             pb += PAGEBLOCK_NR_PAGES;
         }
         n
@@ -581,7 +603,12 @@ impl PageAllocator {
             return Err(FreeError::Foreign(pfn));
         }
         let idx = map.idx(pfn.0);
-        let page = map.at(idx);
+        // SAFETY: a valid free comes from the block's owner, who alone
+        // writes an allocated head; the read is of a copy, so nothing keeps
+        // a reference. (A bad free of a page that is on a list races with
+        // that list's lock holder, as Linux's free checks do; that is the
+        // caller's bug this check is there to report.)
+        let page = *unsafe { map.at(idx) };
         let aligned = pfn.0 & ((1 << order) - 1) == 0;
         if page.flags == PG_ALLOC
             && page.order as usize == order
@@ -590,7 +617,7 @@ impl PageAllocator {
         {
             return Ok((idx, page.next as usize));
         }
-        Err(Self::free_error(page, pfn, order))
+        Err(Self::free_error(&page, pfn, order))
     }
 
     /// Tells the bad-free cases apart (off the fast path).
@@ -633,11 +660,12 @@ impl PageAllocator {
     /// is in it too).
     #[inline(always)]
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
-        MigrateType::from_index(
-            self.map
-                .at(self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1)))
-                .pageblock_mt as usize,
-        )
+        let idx = self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1));
+        // SAFETY: a one-byte read without the zone lock, copied out at
+        // once, as Linux's get_pageblock_migratetype does on the free path:
+        // a stale type only puts a block on a sibling list (see
+        // `free_checked`).
+        MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
     }
 
     /// Zone lock acquisitions so far, all zones.
@@ -715,9 +743,14 @@ impl crate::slab::PageProvider for PageAllocator {
         PageAllocator::alloc_pages(self, cpu, gfp, order as usize).map(|p| p.addr())
     }
 
-    fn free_pages(&self, cpu: usize, addr: PhysAddr, order: u32) {
-        let r = PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize);
-        debug_assert!(r.is_ok(), "slab freed a block it did not get: {r:?}");
+    fn free_pages(
+        &self,
+        cpu: usize,
+        addr: PhysAddr,
+        order: u32,
+    ) -> Result<(), crate::slab::BadPageFree> {
+        PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize)
+            .map_err(|_| crate::slab::BadPageFree { addr, order })
     }
 }
 
@@ -862,14 +895,7 @@ impl CpuCache<'_> {
                     break;
                 }
                 if let Some(idx) = self.try_zone(z, order, mt, flags, highest) {
-                    let zone = &a.zones[z];
-                    if zone.boosted.load(Ordering::Relaxed)
-                        && zone.boosted.swap(false, Ordering::Relaxed)
-                        && flags.has(AllocFlags::KSWAPD)
-                    {
-                        self.pages.events.inc(VmEvent::KswapdWake);
-                        a.hooks.wake_kswapd(zone.node, order, highest);
-                    }
+                    self.wake_kswapd_if_boosted(z, flags);
                     let ev = &mut self.pages.events;
                     if !first {
                         ev.inc(VmEvent::ZoneFallback);
@@ -1065,7 +1091,9 @@ impl CpuCache<'_> {
     /// zone so the free needs no search.
     #[inline(always)]
     fn prep_new_page(&mut self, idx: u32, order: usize, mt: MigrateType, z: usize) -> Pfn {
-        let p = self.a.map.at(idx);
+        // SAFETY: the block was just taken off a list under its lock and
+        // is not yet handed out: this CPU alone holds it.
+        let p = unsafe { self.a.map.at(idx) };
         p.flags = PG_ALLOC;
         p.order = order as u8;
         p.mt = mt as u8;
@@ -1105,7 +1133,8 @@ impl CpuCache<'_> {
         if !pcp.push_head(&a.map, block_mt as usize, idx, 0, block_mt) {
             return false;
         }
-        a.map.at(idx).refcount = 0;
+        // SAFETY: the per-CPU lock, held, owns the page it just took.
+        unsafe { a.map.at(idx) }.refcount = 0;
         pages.events.inc(VmEvent::PgFree);
         pages.events.inc(VmEvent::PcpFreeHit);
         if pcp.count >= pcp.high {
@@ -1163,7 +1192,9 @@ impl CpuCache<'_> {
 
     /// Clears the allocated mark of a checked block and counts the free.
     fn release_head(&mut self, idx: u32, order: usize) {
-        let page = self.a.map.at(idx);
+        // SAFETY: `check_free` vouched for an allocated head, whose owner
+        // is handing it back through this call.
+        let page = unsafe { self.a.map.at(idx) };
         page.flags &= !PG_ALLOC;
         page.refcount = 0;
         self.pages.events.add(VmEvent::PgFree, 1 << order);
@@ -1273,13 +1304,18 @@ impl CpuCache<'_> {
         il: &mut InterleaveState,
     ) -> Option<Pfn> {
         let plan = mempolicy::plan(policy, self.node(), il, &self.a.topo.distances);
+        // A node set binds only requests that may use the policy zone: a
+        // DMA32-limited request ignores it, since the set's nodes may have
+        // no low memory at all ([NOT IN SEED]: Linux's apply_policy_zone).
+        let bound = mempolicy::policy_applies_to_zone(gfp.highest_zone(), self.a.policy_zone);
         for att in plan.iter() {
+            let mask = if bound { att.nodemask } else { None };
             let g = if att.no_reclaim_nowarn {
                 gfp.without(Gfp::DIRECT_RECLAIM).union(Gfp::NOWARN)
             } else {
                 gfp
             };
-            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, att.nodemask) {
+            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, mask) {
                 return Some(p);
             }
         }
@@ -1303,4 +1339,16 @@ impl CpuCache<'_> {
 }
 
 #[cfg(test)]
+mod pcp_tests;
+#[cfg(test)]
+mod slowpath_tests;
+#[cfg(test)]
+mod steal_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;
+#[cfg(test)]
+mod watermark_tests;
