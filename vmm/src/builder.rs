@@ -94,8 +94,7 @@ pub fn build(
                 path: p.clone(),
                 source,
             };
-            resources::check_kernel_file(p, res.memory).map_err(read_err)??;
-            owned = std::fs::read(p).map_err(read_err)?;
+            owned = resources::read_kernel_file(p, res.memory).map_err(read_err)??;
             &owned
         }
     };

@@ -187,6 +187,34 @@ pub fn check_kernel_file(
     Ok(Ok(()))
 }
 
+/// Reads a kernel file checked as `check_kernel_file` does, on the opened
+/// file itself and with the read capped at `memory + 1` bytes: a file that
+/// is swapped or grows between the check and the read is still refused
+/// rather than read without bound.
+pub fn read_kernel_file(
+    path: &std::path::Path,
+    memory: u64,
+) -> std::io::Result<Result<Vec<u8>, ConfigError>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let p = path.display().to_string();
+    if !meta.is_file() {
+        return Ok(Err(ConfigError::KernelNotFile(p)));
+    }
+    let mut image = Vec::with_capacity(meta.len().min(memory) as usize);
+    file.take(memory + 1).read_to_end(&mut image)?;
+    let size = image.len() as u64;
+    if size > memory {
+        return Ok(Err(ConfigError::KernelTooLarge {
+            path: p,
+            size: size.max(meta.len()),
+            memory: format_size(memory),
+        }));
+    }
+    Ok(Ok(image))
+}
+
 /// MemTotal from /proc/meminfo, in bytes.
 pub fn host_mem_total() -> std::io::Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
@@ -302,5 +330,22 @@ mod tests {
         assert!(e.contains("8M") && e.contains("16 MiB"), "{e}");
         assert!(parse_timeout("0").is_err() && parse_timeout("abc").is_err());
         assert_eq!(parse_timeout("1.5").unwrap(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn kernel_read_is_capped_and_refuses_non_files() {
+        let dir = std::env::temp_dir().join(format!("memvisor-kread-{}", std::process::id()));
+        std::fs::write(&dir, vec![7u8; 5000]).unwrap();
+        let ok = read_kernel_file(&dir, 5000).unwrap().unwrap();
+        assert_eq!(ok.len(), 5000);
+        match read_kernel_file(&dir, 4999).unwrap() {
+            Err(ConfigError::KernelTooLarge { size, .. }) => assert_eq!(size, 5000),
+            other => panic!("a file one byte over was not refused: {other:?}"),
+        }
+        std::fs::remove_file(&dir).unwrap();
+        assert!(matches!(
+            read_kernel_file(std::path::Path::new("/dev/zero"), 1 << 20).unwrap(),
+            Err(ConfigError::KernelNotFile(_))
+        ));
     }
 }
