@@ -31,6 +31,30 @@ fn entropy_reads_n_bytes_with_at_most_one_notification_per_request() {
     assert_eq!(u64_at(d, "distinct"), 256, "{w}");
 }
 
+/// The device interrupt reaches the guest through either interrupt
+/// controller setup: KVM's IOAPIC (`full`), or ours turning the guest's
+/// redirection entry into an MSI route (`split`). Asleep in `hlt`, the
+/// guest wakes by the interrupt, not by its watchdog timer.
+#[test]
+fn entropy_interrupts_arrive_with_a_split_and_a_full_irqchip() {
+    require_kvm!();
+    for mode in ["split", "full"] {
+        let out = run(&[
+            "--entropy",
+            "--irqchip",
+            mode,
+            "--cmdline",
+            "workload=entropy bytes=65536",
+        ]);
+        assert_eq!(out.code, Some(0), "{mode}: {}", out.describe());
+        assert_eq!(out.report()["config"]["irqchip"], mode);
+        let w = out.guest_event("workload");
+        assert_eq!(w["ok"], true, "{mode}: {w}");
+        assert!(u64_at(w, "interrupts") >= 1, "{mode}: {w}");
+        assert_eq!(u64_at(w, "watchdog_kicks"), 0, "{mode}: {w}");
+    }
+}
+
 #[test]
 fn entropy_reads_an_odd_byte_count_exactly() {
     require_kvm!();

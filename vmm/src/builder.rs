@@ -12,7 +12,7 @@ use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
 use crate::vstate::vcpu::{self, BootState, ExitCounters, VcpuContext, VcpuError, VcpuHandle};
-use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::vm::{IrqchipMode, Vm, VmError};
 use linux_loader::cmdline::Cmdline;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,12 +110,16 @@ pub fn build(
     // in-kernel irqchip exists on the hosts measured (HOST_FACTS).
     let vm = Vm::new(&kvm, res.memory)?;
     mark(&mut phases.vm_created);
-    vm.add_interrupt_controllers()?;
+    let irqchip = res.irqchip();
+    vm.add_interrupt_controllers(irqchip)?;
     mark(&mut phases.memory_ready);
 
     // Devices need the irqchip (irqfds) and add their command-line tokens,
     // so they come before the boot parameters are written.
     let mut devices = DeviceManager::new()?;
+    if irqchip == IrqchipMode::Split {
+        devices.add_ioapic(&vm.fd)?;
+    }
     devices.add_legacy(&vm.fd, vm.memory(), events, console)?;
     let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| DeviceError::Cmdline(e.to_string()))?;
     cl.insert_str(&res.cmdline)

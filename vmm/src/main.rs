@@ -4,6 +4,7 @@ use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
 use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
 use memvisor::vmm::{self, RunOptions, VmmError};
+use memvisor::vstate::vm::IrqchipMode;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,12 @@ struct RunArgs {
     /// gets its `virtio_mmio.device=` token).
     #[arg(long)]
     entropy: bool,
+    /// Interrupt controllers: `split` (LAPICs in KVM, IOAPIC in memvisor,
+    /// no PIC or PIT; tears down ~20 ms faster) or `full` (all in KVM, as
+    /// Linux without ACPI tables needs). Default: split for the bundled
+    /// kernel, full with --kernel.
+    #[arg(long, value_enum, value_name = "MODE")]
+    irqchip: Option<IrqchipMode>,
     /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
     /// Unix socket during the run; the file is removed on exit.
     #[arg(long, value_name = "PATH")]
@@ -235,6 +242,7 @@ fn run(args: RunArgs) -> ExitCode {
         timeout: args.timeout,
         record_budget: args.record_budget as usize,
         entropy: args.entropy.then(Default::default),
+        irqchip: args.irqchip,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {

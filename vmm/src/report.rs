@@ -88,6 +88,7 @@ pub struct ConfigReport {
     pub memory_bytes: u64,
     pub timeout_s: f64,
     pub record_budget_bytes: u64,
+    pub irqchip: crate::vstate::vm::IrqchipMode,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

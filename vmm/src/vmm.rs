@@ -247,7 +247,7 @@ impl Vmm {
                 status,
                 at_ns,
             } => {
-                self.phases.guest_exit = Some(at(at_ns));
+                self.phases.guest_exit.get_or_insert(at(at_ns));
                 let (kind, reason, rip) = match status {
                     abi::GUEST_EXIT_SUCCESS => (
                         ExitKind::Success,
@@ -271,7 +271,7 @@ impl Vmm {
                 );
             }
             VmEvent::Reset { vcpu, at_ns } => {
-                self.phases.guest_exit = Some(at(at_ns));
+                self.phases.guest_exit.get_or_insert(at(at_ns));
                 self.end(
                     ExitKind::Reset,
                     "the guest reset the machine (i8042 reset command)".into(),
@@ -285,7 +285,7 @@ impl Vmm {
                 rip,
                 at_ns,
             } => {
-                self.phases.guest_exit = Some(at(at_ns));
+                self.phases.guest_exit.get_or_insert(at(at_ns));
                 let where_ = rip.map(|r| format!(" at rip {r:#x}")).unwrap_or_default();
                 self.end(
                     ExitKind::Crash,
@@ -295,7 +295,7 @@ impl Vmm {
                 );
             }
             VmEvent::Failed { vcpu, error, at_ns } => {
-                self.phases.guest_exit = Some(at(at_ns));
+                self.phases.guest_exit.get_or_insert(at(at_ns));
                 self.end(
                     ExitKind::Crash,
                     format!("vCPU {vcpu}: {error}"),
@@ -411,6 +411,7 @@ impl Vmm {
                 memory_bytes: self.resources.memory,
                 timeout_s: self.resources.timeout.as_secs_f64(),
                 record_budget_bytes: self.resources.record_budget as u64,
+                irqchip: self.resources.irqchip(),
             },
             clock_origin: clock::origin().1,
             tsc_khz,

@@ -8,6 +8,7 @@
 use super::console::Console;
 use super::legacy::hostio::{HostIo, HostPort};
 use super::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
+use super::legacy::ioapic::{Ioapic, KvmGsiRouter, IOAPIC_BASE, IOAPIC_LEN};
 use super::legacy::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
 use crate::guest::events::VmEvents;
 use crate::memory::layout::{IRQ_BASE, IRQ_MAX, MMIO_DEVICES_END, MMIO_DEVICES_START};
@@ -16,8 +17,8 @@ use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
 use std::sync::{Arc, Mutex};
 use vm_allocator::{AddressAllocator, IdAllocator};
-use vm_device::bus::{PioAddress, PioRange};
-use vm_device::device_manager::{IoManager, PioManager};
+use vm_device::bus::{MmioAddress, MmioRange, PioAddress, PioRange};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,20 @@ impl DeviceManager {
             .register_pio(range, dev)
             .map_err(|source| DeviceError::Bus { what, source })?;
         log::debug!("device {what} at ports {base:#x}..{:#x}", base + len);
+        Ok(())
+    }
+
+    /// The IOAPIC of a split irqchip, which turns the guest's redirection
+    /// entries into KVM GSI routes.
+    pub fn add_ioapic(&mut self, vm: &Arc<VmFd>) -> Result<(), DeviceError> {
+        let what = "IOAPIC";
+        let dev = Arc::new(Mutex::new(Ioapic::new(Box::new(KvmGsiRouter(vm.clone())))));
+        let range = MmioRange::new(MmioAddress(IOAPIC_BASE), IOAPIC_LEN)
+            .map_err(|source| DeviceError::Bus { what, source })?;
+        self.io
+            .register_mmio(range, dev)
+            .map_err(|source| DeviceError::Bus { what, source })?;
+        log::debug!("device IOAPIC at {IOAPIC_BASE:#x} (split irqchip)");
         Ok(())
     }
 

@@ -37,6 +37,11 @@ pub enum Exit<'a> {
         kind: u32,
     },
     Interrupted,
+    /// A split irqchip's EOI for a level-triggered vector. Our IOAPIC
+    /// routes every pin as edge, so there is no remote IRR to clear.
+    IoapicEoi {
+        vector: u8,
+    },
     Other {
         reason: u32,
     },
@@ -116,6 +121,7 @@ pub fn handle(exit: Exit<'_>, bus: &dyn Bus) -> Action {
             }
             ok
         }
+        Exit::IoapicEoi { .. } => true,
         Exit::Hlt => return Action::Idle,
         Exit::Interrupted => return Action::Kicked,
         Exit::Shutdown => return Action::Crash(Crash::TripleFault),

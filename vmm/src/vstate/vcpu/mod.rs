@@ -273,6 +273,7 @@ fn next_exit<'a>(
         VcpuExit::FailEntry(reason, _) => Exit::FailEntry { reason },
         VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent { kind },
         VcpuExit::Intr => Exit::Interrupted,
+        VcpuExit::IoapicEoi(vector) => Exit::IoapicEoi { vector },
         // SAFETY: reading the exit reason KVM wrote.
         _ => Exit::Other {
             reason: unsafe { (*run_ptr).exit_reason },
