@@ -286,7 +286,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let code = report.exit.code;
-    let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    let json = report.to_json();
     // Writes to stdout may meet a closed pipe (`| head`): that ends our
     // output, not the run, and never a panic.
     if to_stdout {

@@ -148,6 +148,14 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report as pretty JSON, safe to print on a terminal: serde_json
+    /// escapes C0 controls but leaves DEL and the C1 controls (U+0080 to
+    /// U+009F, which some terminals obey) raw inside strings, and guest
+    /// text reaches those strings. Escaping them keeps the JSON equal.
+    pub fn to_json(&self) -> String {
+        escape_controls(&serde_json::to_string_pretty(self).expect("a report serialises"))
+    }
+
     /// The first guest line with `"event": name`.
     pub fn guest_event(&self, name: &str) -> Option<&Value> {
         self.guest
@@ -227,7 +235,19 @@ impl Report {
         for w in &self.warnings {
             s += &format!("  warning: {w}\n");
         }
-        s
+        // Guest text reaches several lines (workload names, warnings):
+        // nothing but the line breaks may act on a terminal.
+        s.chars()
+            .flat_map(|c| {
+                let raw = c == '\n' || !c.is_control();
+                let (a, b) = if raw {
+                    (Some(c), None)
+                } else {
+                    (None, Some(c.escape_unicode()))
+                };
+                a.into_iter().chain(b.into_iter().flatten())
+            })
+            .collect()
     }
 }
 
@@ -249,9 +269,84 @@ impl ExitKind {
     }
 }
 
+/// Rewrites DEL and C1 characters in serialised JSON as `\u00XX` escapes.
+/// Raw control characters can only stand inside JSON strings, where the
+/// escape means the same character.
+fn escape_controls(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if ('\u{7f}'..='\u{9f}').contains(&c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn c1_controls_in_guest_text_are_escaped_and_the_json_unchanged() {
+        let v = serde_json::json!({"reason": "a\u{9b}2J\u{7f}b\u{1b}[31m\u{a0}"});
+        let raw = serde_json::to_string_pretty(&v).unwrap();
+        let safe = escape_controls(&raw);
+        assert!(
+            !safe
+                .chars()
+                .any(|c| ('\u{7f}'..='\u{9f}').contains(&c) || c == '\u{1b}'),
+            "{safe}"
+        );
+        assert!(safe.contains("\\u009b") && safe.contains("\\u007f") && safe.contains('\u{a0}'));
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, v);
+    }
+
+    fn sample() -> Report {
+        Report {
+            memvisor_version: "test",
+            config: ConfigReport {
+                kernel: "bundled".into(),
+                kernel_format: None,
+                cmdline: String::new(),
+                vcpus: 1,
+                memory_bytes: 1 << 28,
+                timeout_s: 1.0,
+                record_budget_bytes: 1 << 22,
+                irqchip: crate::vstate::vm::IrqchipMode::Split,
+            },
+            clock_origin: Origin::Main,
+            tsc_khz: None,
+            phases_us: Phases::default(),
+            memory: MemoryReport::default(),
+            exits: ExitCounts::default(),
+            dropped_records: 0,
+            dropped_bytes: 0,
+            exit: ExitReport {
+                status: ExitKind::Success,
+                code: 0,
+                guest_status: None,
+                reason: "ok".into(),
+                vcpu: None,
+                rip: None,
+                signal: None,
+            },
+            guest: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_summary_escapes_guest_controls_but_keeps_line_breaks() {
+        let mut r = sample();
+        r.warnings.push("evil\u{1b}]0;title\u{7}\u{9b}2J".into());
+        let s = r.summary();
+        assert!(s.lines().count() >= 2, "{s}");
+        assert!(!s.chars().any(|c| c != '\n' && c.is_control()), "{s:?}");
+        assert!(s.contains("\\u{1b}]0;title"), "{s}");
+    }
 
     #[test]
     fn exit_codes_are_the_documented_ones() {
