@@ -1,5 +1,6 @@
 //! The `memvisor` command line.
 use clap::{Args, Parser, Subcommand};
+use memvisor::bench::api::GuestLoad;
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
 use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
@@ -98,6 +99,10 @@ enum BenchCommand {
     /// Control-API latency against a running guest: p50/p99 of
     /// GET /machine-config, pause→Paused and resume→Running round trips.
     Api {
+        /// The guest: `idle` (vCPUs halted in KVM) or `spin` (vCPUs busy at
+        /// CPL3, each on a host core).
+        #[arg(long, value_enum, default_value = "idle")]
+        guest: GuestLoad,
         /// GET requests to time.
         #[arg(long, default_value_t = 1000)]
         requests: u32,
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench(BenchCommand::Api {
+            guest,
             requests,
             pauses,
             vcpus,
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
             let o = memvisor::bench::api::ApiBenchOptions {
+                guest,
                 requests,
                 pauses,
                 vcpus,

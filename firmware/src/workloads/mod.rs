@@ -47,12 +47,23 @@ pub static ALL: &[Workload] = &[
         name: "idle",
         run: idle,
     },
+    Workload {
+        name: "spin",
+        run: spin,
+    },
 ];
 
-/// Every vCPU spins at CPL3 until the VMM ends the run (signal, timeout or
-/// API): a guest that is always inside KVM_RUN, for `memvisor bench api`
-/// and runtime experiments.
+/// Every vCPU halts (CPL0 `hlt`, interrupts off) until the VMM ends the
+/// run (signal, timeout or API): an idle guest, its vCPUs asleep in KVM and
+/// no host core spent on them, for `memvisor bench api` and runtime
+/// experiments.
 fn idle(_cpu: usize, _ncpus: usize) -> bool {
+    crate::syscall::halt()
+}
+
+/// Every vCPU spins at CPL3 until the VMM ends the run: a busy guest, always
+/// inside KVM_RUN and on a host core.
+fn spin(_cpu: usize, _ncpus: usize) -> bool {
     loop {
         core::hint::spin_loop();
     }

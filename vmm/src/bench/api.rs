@@ -1,7 +1,9 @@
 //! `memvisor bench api`: control-API latency against a running guest.
 //!
-//! Spawns `memvisor run --api-sock` with the `idle` workload (every vCPU
-//! spinning at CPL3, so each is inside KVM_RUN when asked to stop), then
+//! Spawns `memvisor run --api-sock` with an `idle` guest (every vCPU halted,
+//! asleep in KVM until kicked) or a `spin` one (every vCPU spinning at CPL3,
+//! on a host core when asked to stop; with as many vCPUs as host cores the
+//! VMM's own threads then wait for a core), then
 //! times from this process, over the Unix socket, round trip by round trip:
 //! `GET /machine-config`, `PATCH /vm Paused` (answered once every vCPU is
 //! out of KVM_RUN) and `PATCH /vm Resumed`. A curl-equivalent client, so the
@@ -15,7 +17,25 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The guest the API is timed against: its workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestLoad {
+    Idle,
+    Spin,
+}
+
+impl GuestLoad {
+    fn workload(self) -> &'static str {
+        match self {
+            GuestLoad::Idle => "idle",
+            GuestLoad::Spin => "spin",
+        }
+    }
+}
+
 pub struct ApiBenchOptions {
+    pub guest: GuestLoad,
     pub requests: u32,
     pub pauses: u32,
     pub vcpus: u32,
@@ -35,6 +55,8 @@ struct Latency {
 
 #[derive(Serialize)]
 struct ApiBenchResult {
+    guest: GuestLoad,
+    host_cpus: usize,
     vcpus: u32,
     requests: u32,
     pauses: u32,
@@ -85,7 +107,7 @@ pub fn bench_api(o: &ApiBenchOptions) -> Result<()> {
             "--vcpus",
             &o.vcpus.to_string(),
             "--cmdline",
-            "workload=idle",
+            &format!("workload={}", o.guest.workload()),
         ])
         .arg("--api-sock")
         .arg(&sock)
@@ -128,6 +150,8 @@ pub fn bench_api(o: &ApiBenchOptions) -> Result<()> {
     }
     drop(guard);
     let r = ApiBenchResult {
+        guest: o.guest,
+        host_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         vcpus: o.vcpus,
         requests: o.requests,
         pauses: o.pauses,
@@ -156,8 +180,12 @@ pub fn bench_api(o: &ApiBenchOptions) -> Result<()> {
         return Ok(());
     }
     println!(
-        "memvisor bench api: {} vCPUs (workload=idle), {} requests, {} pause/resume pairs",
-        r.vcpus, r.requests, r.pauses
+        "memvisor bench api: {} vCPUs (workload={}) on {} host CPUs, {} requests, {} pause/resume pairs",
+        r.vcpus,
+        r.guest.workload(),
+        r.host_cpus,
+        r.requests,
+        r.pauses
     );
     println!(
         "  {:<24} {:>9} {:>9} {:>9}",
