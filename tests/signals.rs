@@ -10,21 +10,19 @@ use std::time::{Duration, Instant};
 
 /// Starts a long memtest, sends `signo` mid-run, and checks the exit status
 /// and the report.
+/// A 4 GiB memtest runs for seconds: long enough to interrupt mid-workload.
+const MEMTEST_4G: &[&str] = &["--memory", "4G", "--vcpus", "2"];
+
 fn signal_ends_the_run(signo: libc::c_int, name: &str, code: i32) {
+    signal_ends_this_run(MEMTEST_4G, signo, name, code)
+}
+
+fn signal_ends_this_run(guest: &[&str], signo: libc::c_int, name: &str, code: i32) {
     let report = TempFile::new("signal-report");
-    // A 4 GiB memtest runs for seconds: long enough to interrupt mid-workload.
     let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--memory",
-            "4G",
-            "--vcpus",
-            "2",
-            "--timeout",
-            "60",
-            "--quiet",
-            "--report",
-        ])
+        .arg("run")
+        .args(guest)
+        .args(["--timeout", "60", "--quiet", "--report"])
         .arg(report.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -113,4 +111,16 @@ fn sigint_stops_the_vm_with_130() {
         serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
     assert_eq!(r["exit"]["status"], "interrupted", "{}", r["exit"]);
     assert!(r["phases_us"]["teardown_done"].as_f64().unwrap() > 0.0);
+}
+
+/// vCPUs asleep in `hlt` (the idle guest) are woken and stopped too.
+#[test]
+fn sigterm_stops_a_guest_whose_vcpus_are_halted() {
+    require_kvm!();
+    signal_ends_this_run(
+        &["--vcpus", "2", "--cmdline", "workload=idle"],
+        libc::SIGTERM,
+        "SIGTERM",
+        143,
+    );
 }
