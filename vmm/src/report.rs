@@ -215,6 +215,19 @@ impl Report {
                     v["pgalloc"], v["pgfree"], v["pcp_alloc_hit"], v["pcp_refill"]
                 );
             }
+            if let (Some(n), Some(b)) = (w.get("notifications"), w.get("batches")) {
+                // The virtio target: with EVENT_IDX, at most one QueueNotify
+                // exit per batch of requests.
+                let (n, b) = (n.as_u64().unwrap_or(u64::MAX), b.as_u64().unwrap_or(0));
+                s += &format!(
+                    ", {} bytes in {} requests; {n} notifications for {b} batches \
+                     (goal <= 1 per batch: {}), {} interrupts",
+                    w["bytes"],
+                    w["requests"],
+                    if n <= b { "met" } else { "NOT met" },
+                    w["interrupts"]
+                );
+            }
             s += "\n";
             if let Some(f) = w.get("fragmentation") {
                 s += &format!(
