@@ -104,6 +104,13 @@ impl MemMap {
         pfn >= self.start_pfn && pfn < self.start_pfn + self.nr
     }
 
+    /// Index of `pfn` in the array, if the array covers it (one compare).
+    #[inline(always)]
+    pub fn try_idx(&self, pfn: u64) -> Option<u32> {
+        let i = pfn.wrapping_sub(self.start_pfn);
+        (i < self.nr).then_some(i as u32)
+    }
+
     /// Index of `pfn` in the array; the caller checked `contains`.
     #[inline(always)]
     pub fn idx(&self, pfn: u64) -> u32 {
@@ -127,6 +134,21 @@ impl MemMap {
         {
             d.flags = 0;
         }
+    }
+
+    /// The descriptor at `idx`, without the bounds check, for the buddy
+    /// merge loop, which checks each buddy against the zone's span (inside
+    /// the map) anyway and would otherwise pay for both checks per level.
+    ///
+    /// # Safety
+    /// `idx` is below the number of descriptors; exclusive use per the
+    /// type's contract.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn at_unchecked(&self, idx: u32) -> &mut Page {
+        debug_assert!((idx as u64) < self.nr, "page index out of range");
+        // SAFETY: in bounds (the caller's contract).
+        unsafe { &mut *self.base.add(idx as usize) }
     }
 
     /// The descriptor at `idx`.

@@ -55,31 +55,48 @@ pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
 
 /// One list: a ring of descriptor indices, newest (hot) at the top. A ring
 /// rather than Linux's intrusive list so that pushing and popping touch only
-/// the page's own descriptor and this array, the shape of the `Vec` bound the
+/// the page's own descriptor and this ring, the shape of the `Vec` bound the
 /// benchmark compares against; the bottom still holds the coldest page for
-/// bulk freeing.
+/// bulk freeing. `top` and `bottom` run freely (wrapping) and are masked
+/// only to index, so the length is their difference and a pop or push
+/// moves one of them.
 #[derive(Clone, Copy)]
 pub struct PcpList {
-    /// Offset of this list's ring in the CPU-zone's index array.
-    off: u32,
-    /// Ring size, a power of two (0: no storage).
+    /// This list's ring (null: no storage, `cap` 0).
+    ring: *mut u32,
+    /// Ring size, a power of two, or 0.
     cap: u32,
-    start: u32,
-    pub len: u32,
+    /// One past the hottest entry.
+    top: u32,
+    /// The coldest entry.
+    bottom: u32,
 }
 
 impl PcpList {
     const EMPTY: PcpList = PcpList {
-        off: 0,
+        ring: core::ptr::null_mut(),
         cap: 0,
-        start: 0,
-        len: 0,
+        top: 0,
+        bottom: 0,
     };
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.top.wrapping_sub(self.bottom)
     }
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.top == self.bottom
+    }
+    #[inline(always)]
     pub fn is_full(&self) -> bool {
-        self.len == self.cap
+        self.len() == self.cap
+    }
+    #[inline(always)]
+    fn slot(&self, pos: u32) -> *mut u32 {
+        // SAFETY: only called on a list with storage (cap > 0, checked by
+        // the callers through is_full/is_empty), and the position is masked
+        // into its ring.
+        unsafe { self.ring.add((pos & (self.cap - 1)) as usize) }
     }
 }
 
@@ -92,8 +109,6 @@ pub struct PerCpuPages {
     /// log2 of the next bulk-free multiplier (adaptive free, 5.14).
     pub free_factor: u32,
     pub lists: [PcpList; NR_PCP_LISTS],
-    /// The rings of all lists, back to back (memory from memblock).
-    buf: *mut u32,
 }
 
 // SAFETY: reached only through the owning CPU's lock (see page_alloc).
@@ -116,7 +131,6 @@ impl PerCpuPages {
         batch: 1,
         free_factor: 0,
         lists: [PcpList::EMPTY; NR_PCP_LISTS],
-        buf: core::ptr::null_mut(),
     };
 
     /// Lists with rings of `caps` entries at `buf`.
@@ -124,30 +138,23 @@ impl PerCpuPages {
     /// # Safety
     /// `buf` holds `caps.iter().sum()` u32 entries owned by this set alone.
     pub unsafe fn with_rings(buf: *mut u32, caps: &[u32; NR_PCP_LISTS]) -> PerCpuPages {
-        let mut p = PerCpuPages {
-            buf,
-            ..PerCpuPages::EMPTY
-        };
-        let mut off = 0;
+        let mut p = PerCpuPages::EMPTY;
+        let mut off = 0usize;
         for (l, &cap) in p.lists.iter_mut().zip(caps) {
-            debug_assert!(cap.is_power_of_two());
+            assert!(cap.is_power_of_two());
             *l = PcpList {
-                off,
+                // SAFETY: within the caller's `buf`, one run per list.
+                ring: unsafe { buf.add(off) },
                 cap,
-                start: 0,
-                len: 0,
+                top: 0,
+                bottom: 0,
             };
-            off += cap;
+            off += cap as usize;
         }
         p
     }
 
-    #[inline(always)]
-    fn slot(&self, l: &PcpList, i: u32) -> *mut u32 {
-        // SAFETY: `i` is masked into the list's ring inside `buf`.
-        unsafe { self.buf.add((l.off + (i & (l.cap - 1))) as usize) }
-    }
-
+    /// Marks a page as cached on a list: `order` and the list's type `mt`.
     #[inline(always)]
     fn mark(map: &MemMap, idx: u32, order: usize, mt: MigrateType) {
         let p = map.at(idx);
@@ -156,7 +163,8 @@ impl PerCpuPages {
         p.mt = mt as u8;
     }
 
-    /// Pushes a freed (hot) page on top; false when the ring is full.
+    /// Pushes a freed (hot) page of `order` on top of list `pindex` and
+    /// marks its descriptor; false when the ring is full.
     #[inline(always)]
     pub fn push_head(
         &mut self,
@@ -166,7 +174,16 @@ impl PerCpuPages {
         order: usize,
         mt: MigrateType,
     ) -> bool {
-        self.push(map, pindex, idx, order, mt, true)
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
+            return false;
+        }
+        Self::mark(map, idx, order, mt);
+        // SAFETY: not full, so the ring has storage; slot() masks.
+        unsafe { l.slot(l.top).write(idx) };
+        l.top = l.top.wrapping_add(1);
+        self.count += 1 << order;
+        true
     }
 
     /// Adds a page at the bottom (refills keep the buddy order below the
@@ -179,70 +196,45 @@ impl PerCpuPages {
         order: usize,
         mt: MigrateType,
     ) -> bool {
-        self.push(map, pindex, idx, order, mt, false)
-    }
-
-    #[inline(always)]
-    fn push(
-        &mut self,
-        map: &MemMap,
-        pindex: usize,
-        idx: u32,
-        order: usize,
-        mt: MigrateType,
-        top: bool,
-    ) -> bool {
-        let l = self.lists[pindex];
-        if l.len == l.cap {
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
             return false;
         }
         Self::mark(map, idx, order, mt);
-        let at = if top {
-            l.start + l.len
-        } else {
-            l.start.wrapping_sub(1) & (l.cap - 1)
-        };
-        // SAFETY: slot() masks the position into this list's ring.
-        unsafe { self.slot(&l, at).write(idx) };
-        let m = &mut self.lists[pindex];
-        if !top {
-            m.start = at;
-        }
-        m.len += 1;
+        l.bottom = l.bottom.wrapping_sub(1);
+        // SAFETY: as in push_head.
+        unsafe { l.slot(l.bottom).write(idx) };
         self.count += 1 << order;
         true
     }
 
-    /// Takes the hottest page.
+    /// Takes the hottest page of list `pindex`, whose pages are of `order`,
+    /// and clears its cached mark.
     #[inline(always)]
-    pub fn pop_head(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
-        let l = self.lists[pindex];
-        if l.len == 0 {
+    pub fn pop_head(&mut self, map: &MemMap, pindex: usize, order: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        if l.is_empty() {
             return None;
         }
-        // SAFETY: as above.
-        let idx = unsafe { self.slot(&l, l.start + l.len - 1).read() };
-        self.lists[pindex].len -= 1;
-        let p = map.at(idx);
-        p.flags &= !PG_PCP;
-        self.count -= 1 << p.order;
+        l.top = l.top.wrapping_sub(1);
+        // SAFETY: not empty, so the ring has storage; slot() masks.
+        let idx = unsafe { l.slot(l.top).read() };
+        self.count -= 1 << order;
+        map.at(idx).flags &= !PG_PCP;
         Some(idx)
     }
 
-    /// Takes the coldest page.
-    pub fn pop_tail(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
-        let l = self.lists[pindex];
-        if l.len == 0 {
+    /// Takes the coldest page of list `pindex` (pages of `order`).
+    pub fn pop_tail(&mut self, map: &MemMap, pindex: usize, order: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        if l.is_empty() {
             return None;
         }
-        // SAFETY: as above.
-        let idx = unsafe { self.slot(&l, l.start).read() };
-        let m = &mut self.lists[pindex];
-        m.start = (l.start + 1) & (l.cap - 1);
-        m.len -= 1;
-        let p = map.at(idx);
-        p.flags &= !PG_PCP;
-        self.count -= 1 << p.order;
+        // SAFETY: as in pop_head.
+        let idx = unsafe { l.slot(l.bottom).read() };
+        l.bottom = l.bottom.wrapping_add(1);
+        self.count -= 1 << order;
+        map.at(idx).flags &= !PG_PCP;
         Some(idx)
     }
 
@@ -286,7 +278,7 @@ impl PerCpuPages {
             tried_empty = 0;
             let order = pindex / MIGRATE_PCPTYPES;
             while left > 0 {
-                let Some(idx) = self.pop_tail(map, pindex) else {
+                let Some(idx) = self.pop_tail(map, pindex, order) else {
                     break;
                 };
                 let mt = map.at(idx).migratetype();

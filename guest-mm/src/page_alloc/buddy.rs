@@ -8,7 +8,7 @@ use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
-use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP, PG_RESERVED};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP};
 
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList {
@@ -41,8 +41,6 @@ pub struct FreeArea {
     pub lists: [[FreeList; MIGRATE_TYPES]; NR_ORDERS],
     /// Free blocks per order, all types.
     pub nr_free: [u64; NR_ORDERS],
-    /// Free pages in the buddy lists (not on per-CPU lists).
-    pub free_pages: u64,
     /// Pages in pageblocks reserved as HighAtomic.
     pub nr_reserved_highatomic: u64,
     /// Lock acquisitions, for the per-CPU-list checks (row 14).
@@ -56,7 +54,6 @@ impl FreeArea {
     pub const EMPTY: FreeArea = FreeArea {
         lists: [[FreeList::EMPTY; MIGRATE_TYPES]; NR_ORDERS],
         nr_free: [0; NR_ORDERS],
-        free_pages: 0,
         nr_reserved_highatomic: 0,
         lock_acquisitions: 0,
         fallbacks: 0,
@@ -76,22 +73,23 @@ pub struct Buddy<'a> {
     /// The zone's span: buddies outside it are never merged.
     pub start_pfn: u64,
     pub end_pfn: u64,
+    /// The same span as descriptor indices, `lo..hi`, inside the map.
+    pub lo: u32,
+    pub hi: u32,
     /// Grouping by mobility (seed 3.3.1); when off every block is Unmovable.
     pub grouping: bool,
 }
 
 impl Buddy<'_> {
-    fn in_zone(&self, pfn: u64) -> bool {
-        pfn >= self.start_pfn && pfn < self.end_pfn
-    }
-
+    #[inline(always)]
     pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
-        let l = &mut self.area.lists[order][mt as usize];
         let p = self.map.at(idx);
         p.flags = (p.flags & !(PG_PCP | PG_ALLOC)) | PG_BUDDY;
         p.order = order as u8;
         p.mt = mt as u8;
-        if l.head == NIL {
+        let l = &mut self.area.lists[order][mt as usize];
+        let head = l.head;
+        if head == NIL {
             p.next = NIL;
             p.prev = NIL;
             l.head = idx;
@@ -103,35 +101,40 @@ impl Buddy<'_> {
             l.tail = idx;
         } else {
             p.prev = NIL;
-            p.next = l.head;
-            self.map.at(l.head).prev = idx;
+            p.next = head;
+            self.map.at(head).prev = idx;
             l.head = idx;
         }
         l.count += 1;
         self.area.nr_free[order] += 1;
     }
 
+    /// Takes a free block off its list. Its links are left stale: only
+    /// pages on a buddy list have meaningful ones.
+    #[inline(always)]
     pub fn del(&mut self, idx: u32) {
-        let p = *self.map.at(idx);
+        let p = self.map.at(idx);
         debug_assert!(p.flags & PG_BUDDY != 0);
-        let (order, mt) = (p.order as usize, p.mt as usize);
-        let l = &mut self.area.lists[order][mt];
-        if p.prev == NIL {
-            l.head = p.next;
+        self.unlink(p);
+    }
+
+    #[inline(always)]
+    fn unlink(&mut self, p: &mut crate::page::Page) {
+        let (next, prev, order) = (p.next, p.prev, p.order as usize);
+        let l = &mut self.area.lists[order][p.mt as usize];
+        if prev == NIL {
+            l.head = next;
         } else {
-            self.map.at(p.prev).next = p.next;
+            self.map.at(prev).next = next;
         }
-        if p.next == NIL {
-            l.tail = p.prev;
+        if next == NIL {
+            l.tail = prev;
         } else {
-            self.map.at(p.next).prev = p.prev;
+            self.map.at(next).prev = prev;
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
-        let q = self.map.at(idx);
-        q.flags &= !PG_BUDDY;
-        q.next = NIL;
-        q.prev = NIL;
+        p.flags &= !PG_BUDDY;
     }
 
     fn move_to(&mut self, idx: u32, mt: MigrateType) {
@@ -163,15 +166,37 @@ impl Buddy<'_> {
 
     /// Splits a block of order `high` at `idx` down to `low`, giving the
     /// upper halves back to the free lists (expand()).
+    #[inline(always)]
     fn expand(&mut self, idx: u32, low: usize, mut high: usize, mt: MigrateType) {
+        debug_assert!(idx >= self.lo && idx + (1u32 << high) <= self.hi);
         while high > low {
             high -= 1;
-            self.add(idx + (1u32 << high), high, mt, false);
+            let half = idx + (1u32 << high);
+            // SAFETY: inside the block being split, which is inside the
+            // zone and so inside the map.
+            let p = unsafe { self.map.at_unchecked(half) };
+            // Inside a free block every descriptor is clear of flags.
+            debug_assert_eq!(p.flags, 0);
+            p.flags = PG_BUDDY;
+            p.order = high as u8;
+            p.mt = mt as u8;
+            p.prev = NIL;
+            let l = &mut self.area.lists[high][mt as usize];
+            p.next = l.head;
+            if l.head == NIL {
+                l.tail = half;
+            } else {
+                self.map.at(l.head).prev = half;
+            }
+            l.head = half;
+            l.count += 1;
+            self.area.nr_free[high] += 1;
         }
     }
 
     /// Takes the smallest free block of `mt` of at least `order`
     /// (__rmqueue_smallest).
+    #[inline(always)]
     pub fn rmqueue_smallest(&mut self, order: usize, mt: MigrateType) -> Option<u32> {
         for cur in order..NR_ORDERS {
             let idx = self.area.lists[cur][mt as usize].head;
@@ -398,31 +423,35 @@ impl Buddy<'_> {
     }
 
     /// Frees a block, merging with its buddy while the buddy is free and of
-    /// the same order (seed 2.2.1: pfn ^ (1 << order)).
+    /// the same order (seed 2.2.1: pfn ^ (1 << order)). Works on descriptor
+    /// indices, which are pfns less the map's MAX_ORDER-aligned start, so
+    /// the buddy is the same one bit away.
+    #[inline]
     pub fn free_one(&mut self, idx: u32, order: usize, mt: MigrateType) {
-        let mut pfn = self.map.pfn(idx);
+        let (lo, span) = (self.lo, self.hi - self.lo);
+        let mut idx = idx;
         let mut order = order;
         while order < MAX_ORDER {
-            let buddy_pfn = pfn ^ (1 << order);
-            if !self.in_zone(buddy_pfn) || !self.map.contains(buddy_pfn) {
-                break;
+            let buddy = idx ^ (1u32 << order);
+            if buddy.wrapping_sub(lo) >= span {
+                break; // outside the zone: never merged
             }
-            let b = *self.map.at(self.map.idx(buddy_pfn));
-            if b.flags & PG_BUDDY == 0 || b.order as usize != order || b.flags & PG_RESERVED != 0 {
+            // SAFETY: lo <= buddy < hi, and the zone lies inside the map
+            // (checked when this Buddy was made).
+            let b = unsafe { self.map.at_unchecked(buddy) };
+            // Exactly PG_BUDDY: a free block head, not reserved, not cached.
+            if b.flags != PG_BUDDY || b.order as usize != order {
                 break;
             }
             // Never merge an isolated pageblock into a usable one.
-            if order >= PAGEBLOCK_ORDER {
-                let (a, c) = (self.pageblock_mt(pfn), self.pageblock_mt(buddy_pfn));
-                if (a == MigrateType::Isolate) != (c == MigrateType::Isolate) {
-                    break;
-                }
+            if order >= PAGEBLOCK_ORDER && self.isolation_differs(idx, buddy) {
+                break;
             }
-            self.del(self.map.idx(buddy_pfn));
-            pfn &= buddy_pfn;
+            self.unlink(b);
+            idx &= !(1u32 << order);
             order += 1;
         }
-        let head = self.map.idx(pfn);
+        let pfn = self.map.pfn(idx);
         // Blocks of a pageblock or more go to the lists of their pageblock's
         // type; smaller ones to the type they were freed as.
         let mt = if order >= PAGEBLOCK_ORDER {
@@ -433,11 +462,19 @@ impl Buddy<'_> {
         // Likely to merge further soon if the next-higher buddy is free: put
         // it at the tail so it is not handed out first (buddy_merge_likely).
         let tail = order < MAX_ORDER - 1 && {
-            let higher_buddy = (pfn & !((2u64 << order) - 1)) ^ (2u64 << order);
-            self.in_zone(higher_buddy)
-                && self.map.contains(higher_buddy)
-                && self.map.at(self.map.idx(higher_buddy)).flags & PG_BUDDY != 0
+            let higher = (idx & !((2u32 << order) - 1)) ^ (2u32 << order);
+            // SAFETY: checked against the zone span as above.
+            higher.wrapping_sub(lo) < span
+                && unsafe { self.map.at_unchecked(higher) }.flags & PG_BUDDY != 0
         };
-        self.add(head, order, mt, tail);
+        self.add(idx, order, mt, tail);
+    }
+
+    fn isolation_differs(&self, a: u32, b: u32) -> bool {
+        let (a, b) = (
+            self.pageblock_mt(self.map.pfn(a)),
+            self.pageblock_mt(self.map.pfn(b)),
+        );
+        (a == MigrateType::Isolate) != (b == MigrateType::Isolate)
     }
 }

@@ -287,6 +287,9 @@ impl PageAllocator {
                 lo = hi;
             }
         }
+        for z in self.zones.iter_mut() {
+            z.set_map_span(&self.map);
+        }
 
         // Per-CPU lists for zones that will have pages, from memblock before
         // the rest of memory goes to the buddy lists.
@@ -377,8 +380,8 @@ impl PageAllocator {
                 let mut b = zone.buddy(&self.map, &mut area, self.grouping);
                 let mt = b.pageblock_mt(pfn);
                 b.free_one(self.map.idx(pfn), order, mt);
-                area.free_pages += 1 << order;
                 drop(area);
+                zone.vm_free.add_global(1 << order);
                 self.zones[z].managed_pages += 1 << order;
                 pfn += 1 << order;
             }
@@ -398,7 +401,8 @@ impl PageAllocator {
         let total = self.total_managed;
         for z in self.zones.iter_mut() {
             z.watermark = zone::zone_watermarks(z.managed_pages, total);
-            z.nr_free.store(z.free.lock().free_pages, Ordering::Relaxed);
+            let threshold = crate::vmstat::stat_threshold(self.topo.ncpus, z.managed_pages);
+            z.vm_free.configure(threshold, self.topo.ncpus);
         }
         // A lower zone keeps back (managed pages of the zones above it, up
         // to the allocation's highest zone) / ratio (setup_per_zone_lowmem_reserve).
@@ -577,11 +581,11 @@ impl PageAllocator {
     #[inline(always)]
     fn check_free(&self, pfn: Pfn, order: usize) -> Result<(u32, usize), FreeError> {
         let map = &self.map;
-        if !map.contains(pfn.0) || order > MAX_ORDER {
+        let Some(idx) = map.try_idx(pfn.0).filter(|_| order <= MAX_ORDER) else {
             return Err(FreeError::Foreign(pfn));
-        }
-        let idx = map.idx(pfn.0);
-        let page = map.at(idx);
+        };
+        // SAFETY: try_idx checked idx against the array's length.
+        let page = unsafe { map.at_unchecked(idx) };
         let aligned = pfn.0 & ((1 << order) - 1) == 0;
         if page.flags == PG_ALLOC
             && page.order as usize == order
@@ -640,6 +644,19 @@ impl PageAllocator {
         )
     }
 
+    /// [`Self::pageblock_mt`] by descriptor index, without a bounds check.
+    ///
+    /// # Safety
+    /// `idx` is in the descriptor array (so is its pageblock's first
+    /// descriptor, which is at or below it).
+    #[inline(always)]
+    unsafe fn pageblock_mt_of_idx(&self, idx: u32) -> MigrateType {
+        let head = idx & !(PAGEBLOCK_NR_PAGES as u32 - 1);
+        // SAFETY: head <= idx, which the caller guarantees is in the array.
+        let head = unsafe { self.map.at_unchecked(head) };
+        MigrateType::from_index(head.pageblock_mt as usize)
+    }
+
     /// Zone lock acquisitions so far, all zones.
     pub fn zone_lock_acquisitions(&self) -> u64 {
         self.zones().map(|z| z.free.lock().lock_acquisitions).sum()
@@ -661,7 +678,7 @@ impl PageAllocator {
 
     fn drain_remote(&self, c: usize, zone: Option<(usize, ZoneType)>) -> bool {
         match self.cpus[c].try_lock() {
-            Some(mut pages) => self.drain_cpu(&mut pages, zone),
+            Some(mut pages) => self.drain_cpu(c, &mut pages, zone),
             None => {
                 self.drain_requested[c].store(true, Ordering::Release);
                 false
@@ -669,7 +686,11 @@ impl PageAllocator {
         }
     }
 
-    fn drain_cpu(&self, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
+    /// Gives `cpu`'s per-CPU pages back and folds its free-count
+    /// differentials, so after a drain the zone's folded count is exact as
+    /// far as this CPU is concerned (Linux folds a CPU's vmstat
+    /// differentials when it drains it for going offline).
+    fn drain_cpu(&self, cpu: usize, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
         let mut any = false;
         for i in 0..MAX_ZONES {
             if zone.is_some_and(|(n, k)| zid(n, k) != i)
@@ -680,23 +701,34 @@ impl PageAllocator {
             }
             any = true;
             let n = pages.pcp[i].count;
-            self.free_pcp_bulk(&mut pages.pcp[i], i, n, 0);
+            self.free_pcp_bulk(cpu, &mut pages.pcp[i], i, n, 0);
             pages.events.inc(VmEvent::PcpDrain);
+        }
+        for (i, z) in self.zones.iter().enumerate() {
+            if zone.is_none_or(|(n, k)| zid(n, k) == i) {
+                z.vm_free.fold(cpu);
+            }
         }
         any
     }
 
     /// Gives `count` pages of a CPU's lists for zone `z` back to the buddy
     /// lists under one zone lock (free_pcppages_bulk).
-    fn free_pcp_bulk(&self, pcp: &mut PerCpuPages, z: usize, count: u32, first: usize) -> u32 {
+    fn free_pcp_bulk(
+        &self,
+        cpu: usize,
+        pcp: &mut PerCpuPages,
+        z: usize,
+        count: u32,
+        first: usize,
+    ) -> u32 {
         let zone = &self.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&self.map, &mut area, self.grouping);
         let freed = pcp.bulk_take(&self.map, count, first, |idx, order, mt| {
             b.free_one(idx, order, mt)
         });
-        area.free_pages += freed as u64;
-        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        zone.vm_free.add(cpu, freed as i64);
         freed
     }
 }
@@ -732,7 +764,7 @@ pub struct CpuCache<'a> {
 impl Drop for CpuCache<'_> {
     fn drop(&mut self) {
         if self.a.drain_requested[self.cpu].swap(false, Ordering::Acquire) {
-            self.a.drain_cpu(&mut self.pages, None);
+            self.a.drain_cpu(self.cpu, &mut self.pages, None);
         }
     }
 }
@@ -753,15 +785,65 @@ impl CpuCache<'_> {
 
     /// Allocates 2^order pages on this CPU's node, falling back as the
     /// zonelist says.
-    #[inline]
+    ///
+    /// Inlined so the per-CPU-list hit costs no call; everything else is
+    /// one call away, keeping the caller's frame small.
+    #[inline(always)]
     pub fn alloc(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
-        let node = self.node();
         if order == 0 {
-            if let Some(p) = self.alloc_pcp_hit(gfp, node) {
+            if let Some(p) = self.alloc_pcp_hit(gfp, self.node) {
+                return Some(p);
+            }
+        }
+        self.alloc_other(gfp, order)
+    }
+
+    #[inline(never)]
+    fn alloc_other(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
+        let node = self.node;
+        if !pcp_allowed_order(order) && order <= MAX_ORDER {
+            if let Some(p) = self.alloc_buddy_hit(gfp, order, node) {
                 return Some(p);
             }
         }
         self.alloc_node(gfp, order, node, None)
+    }
+
+    /// The common case of the fast path for orders the per-CPU lists do
+    /// not cache: the preferred zone passes the order-aware low watermark
+    /// and has a block of the request's own migrate type. That is exactly
+    /// the block `get_page_from_freelist` would take there (its first
+    /// attempt never sets ALLOC_HIGHATOMIC, and ALLOC_NOFRAGMENT only
+    /// restricts fallback), found without the zonelist walk and the calls
+    /// around it; a boosted zone, a failed watermark or an empty list of the
+    /// type fall through to the full path, which redoes the check and counts
+    /// what happened.
+    #[inline]
+    fn alloc_buddy_hit(&mut self, gfp: Gfp, order: usize, node: usize) -> Option<Pfn> {
+        let a = self.a;
+        let highest = gfp.highest_zone();
+        let z = a.preferred[node][highest as usize] as usize;
+        let zone = a.zones.get(z)?;
+        if zone.boosted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mt = a.migratetype(gfp);
+        let flags = AllocFlags(AllocFlags::WMARK_LOW);
+        let mark = zone.wmark(WMARK_LOW);
+        let mut area = zone.lock();
+        let free = zone.free_for_check(&area, order, mark, highest);
+        if !zone::watermark_ok(zone, &area, order, mark, highest, flags, free) {
+            return None;
+        }
+        let idx = zone
+            .buddy(&a.map, &mut area, a.grouping)
+            .rmqueue_smallest(order, mt)?;
+        zone.vm_free.add(self.cpu, -(1 << order));
+        drop(area);
+        let ev = &mut self.pages.events;
+        ev.inc(VmEvent::ZoneLockAcquire);
+        ev.inc(VmEvent::NumaHit);
+        Some(self.prep_new_page(idx, order, mt, z))
     }
 
     /// The common case of the fast path, without the zonelist walk: an
@@ -777,21 +859,30 @@ impl CpuCache<'_> {
         let mark = zone.watermark[WMARK_LOW]
             + zone.boost.load(Ordering::Relaxed)
             + zone.lowmem_reserve[highest as usize];
-        if zone.nr_free.load(Ordering::Relaxed) <= mark || zone.boosted.load(Ordering::Relaxed) {
+        if !zone.vm_free.above(mark as i64) || zone.boosted.load(Ordering::Relaxed) {
             return None;
         }
         let mt = a.migratetype(gfp);
-        let pcp = &mut self.pages.pcp[z];
+        let pages = &mut *self.pages;
+        let pcp = &mut pages.pcp[z];
+        let idx = pcp.pop_head(&a.map, order_to_pindex(mt, 0), 0)?;
         pcp.free_factor >>= 1;
-        let idx = pcp.pop_head(&a.map, order_to_pindex(mt, 0))?;
-        let ev = &mut self.pages.events;
+        let p = a.map.at(idx);
+        p.flags = PG_ALLOC;
+        p.order = 0;
+        p.mt = mt as u8;
+        p.refcount = 1;
+        p.next = z as u32;
+        let ev = &mut pages.events;
         ev.inc(VmEvent::PcpAllocHit);
         ev.inc(VmEvent::NumaHit);
-        Some(self.prep_new_page(idx, 0, mt, z))
+        ev.inc(VmEvent::PgAlloc);
+        Some(a.map.to_pfn(idx))
     }
 
     /// `__alloc_pages`: the fast path over the zonelist of `node`, then the
     /// slow path.
+    #[inline(never)]
     pub fn alloc_node(
         &mut self,
         gfp: Gfp,
@@ -921,7 +1012,8 @@ impl CpuCache<'_> {
             }
             if check && order > 0 {
                 let area = zone.lock();
-                if !zone::watermark_ok(zone, &area, order, mark, highest, flags, area.free_pages) {
+                let free = zone.free_for_check(&area, order, mark, highest);
+                if !zone::watermark_ok(zone, &area, order, mark, highest, flags, free) {
                     drop(area);
                     self.pages.events.inc(VmEvent::WatermarkFail);
                     return None;
@@ -948,7 +1040,8 @@ impl CpuCache<'_> {
         let mut area = zone.lock();
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
         if mark.is_some_and(|m| {
-            !zone::watermark_ok(zone, &area, order, m, highest, flags, area.free_pages)
+            let free = zone.free_for_check(&area, order, m, highest);
+            !zone::watermark_ok(zone, &area, order, m, highest, flags, free)
         }) {
             drop(area);
             self.pages.events.inc(VmEvent::WatermarkFail);
@@ -963,8 +1056,7 @@ impl CpuCache<'_> {
             {
                 self.pages.events.inc(VmEvent::HighAtomicReserve);
             }
-            area.free_pages -= 1 << order;
-            zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+            zone.vm_free.add(self.cpu, -(1 << order));
         }
         drop(area);
         self.account_steal(zone, steal);
@@ -1020,7 +1112,7 @@ impl CpuCache<'_> {
         let pindex = order_to_pindex(mt, order);
         let pcp = &mut self.pages.pcp[z];
         pcp.free_factor >>= 1;
-        if let Some(idx) = pcp.pop_head(&a.map, pindex) {
+        if let Some(idx) = pcp.pop_head(&a.map, pindex, order) {
             self.pages.events.inc(VmEvent::PcpAllocHit);
             return Some(idx);
         }
@@ -1049,8 +1141,7 @@ impl CpuCache<'_> {
             }
             got += 1;
         }
-        area.free_pages -= got << order;
-        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        zone.vm_free.add(self.cpu, -((got as i64) << order));
         drop(area);
         let ev = &mut self.pages.events;
         ev.inc(VmEvent::PcpRefill);
@@ -1058,7 +1149,7 @@ impl CpuCache<'_> {
         for s in steals.into_iter().take(nsteal) {
             self.account_steal(zone, s);
         }
-        self.pages.pcp[z].pop_head(&a.map, pindex)
+        self.pages.pcp[z].pop_head(&a.map, pindex, order)
     }
 
     /// Marks an allocated block's head; its unused list link remembers the
@@ -1084,19 +1175,20 @@ impl CpuCache<'_> {
     #[inline(always)]
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
         let (idx, z) = self.a.check_free(pfn, order)?;
-        if order == 0 && self.free_pcp_hit(idx, pfn, z) {
+        if order == 0 && self.free_pcp_hit(idx, z) {
             return Ok(());
         }
         self.free_checked(idx, pfn, order, z);
         Ok(())
     }
 
-    /// The common free: an order-0 page onto this CPU's list for its
+    /// The common free: a checked order-0 page onto this CPU's list for its
     /// pageblock's type, when there is room and the type has a list.
     #[inline(always)]
-    fn free_pcp_hit(&mut self, idx: u32, pfn: Pfn, z: usize) -> bool {
+    fn free_pcp_hit(&mut self, idx: u32, z: usize) -> bool {
         let a = self.a;
-        let block_mt = a.pageblock_mt(pfn.0);
+        // SAFETY: check_free found idx in the array.
+        let block_mt = unsafe { a.pageblock_mt_of_idx(idx) };
         if block_mt as usize >= crate::mmzone::MIGRATE_PCPTYPES {
             return false;
         }
@@ -1121,7 +1213,7 @@ impl CpuCache<'_> {
         let pages = &mut *self.pages;
         let pcp = &mut pages.pcp[z];
         let n = pcp.nr_to_free();
-        a.free_pcp_bulk(pcp, z, n, pindex);
+        a.free_pcp_bulk(self.cpu, pcp, z, n, pindex);
         pages.events.inc(VmEvent::PcpFreeBatch);
         pages.events.inc(VmEvent::ZoneLockAcquire);
     }
@@ -1132,6 +1224,10 @@ impl CpuCache<'_> {
         let a = self.a;
         let map = &a.map;
         self.release_head(idx, order);
+        if !pcp_allowed_order(order) {
+            self.free_to_buddy(z, idx, order, a.pageblock_mt(pfn.0));
+            return;
+        }
         // Reading the pageblock type without the zone lock races with
         // stealing, as in Linux; the worst outcome is a block on a sibling list.
         let block_mt = a.pageblock_mt(pfn.0);
@@ -1147,8 +1243,8 @@ impl CpuCache<'_> {
             let pcp = &mut pages.pcp[z];
             if !pcp.push_head(map, pindex, idx, order, mt) {
                 // Ring full: give the coldest half back first.
-                let n = pcp.lists[pindex].len / 2;
-                a.free_pcp_bulk(pcp, z, n << order, pindex);
+                let n = pcp.lists[pindex].len() / 2;
+                a.free_pcp_bulk(self.cpu, pcp, z, n << order, pindex);
                 let pushed = pcp.push_head(map, pindex, idx, order, mt);
                 debug_assert!(pushed);
             }
@@ -1162,6 +1258,7 @@ impl CpuCache<'_> {
     }
 
     /// Clears the allocated mark of a checked block and counts the free.
+    #[inline(always)]
     fn release_head(&mut self, idx: u32, order: usize) {
         let page = self.a.map.at(idx);
         page.flags &= !PG_ALLOC;
@@ -1170,14 +1267,14 @@ impl CpuCache<'_> {
     }
 
     /// Gives a block to its zone's buddy lists under the zone lock.
+    #[inline]
     fn free_to_buddy(&mut self, z: usize, idx: u32, order: usize, mt: MigrateType) {
         let a = self.a;
         let zone = &a.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&a.map, &mut area, a.grouping);
         b.free_one(idx, order, mt);
-        area.free_pages += 1 << order;
-        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        zone.vm_free.add(self.cpu, 1 << order);
         drop(area);
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
     }
@@ -1292,7 +1389,7 @@ impl CpuCache<'_> {
         let mut drained = 0;
         for c in 0..a.topo.ncpus {
             let ok = if c == self.cpu {
-                a.drain_cpu(&mut self.pages, zone)
+                a.drain_cpu(self.cpu, &mut self.pages, zone)
             } else {
                 a.drain_remote(c, zone)
             };

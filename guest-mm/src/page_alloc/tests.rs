@@ -935,3 +935,100 @@ fn a_million_random_operations_never_hand_out_a_frame_twice() {
     let blocks: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
     assert_eq!(blocks, blocks0);
 }
+
+/// Every populated zone: (free pages on its buddy lists, its free count).
+fn free_counts(f: &Fixture) -> Vec<(u64, u64)> {
+    f.a.zones()
+        .map(|z| {
+            (
+                f.a.pagetypeinfo(z.node, z.kind).free_pages(),
+                z.free_pages(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn zone_free_count_stays_exact_through_per_cpu_differentials() {
+    // [NOT IN SEED] Linux's vm_stat_diff / __mod_zone_page_state: the zone's
+    // free count is a shared part plus per-CPU differentials. Their sum must
+    // equal the pages on the buddy lists after every operation, and after a
+    // drain, which folds, the shared part alone must.
+    let f = fixture(64 * MIB, 2);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    assert!(z.vm_free.threshold() > 0, "differentials in use");
+    let mut live = Vec::new();
+    let mut held = 0u64;
+    let mut saw_diff = false;
+    for i in 0..3000usize {
+        let cpu = i % 2;
+        let order = [0, 0, 1, 3, 9, 0, 4][i % 7];
+        let mut c = f.a.cpu(cpu);
+        if (i % 5 < 3 && held < f.managed() / 2) || live.is_empty() {
+            held += 1 << order;
+            let p = if i % 3 == 0 {
+                c.alloc_direct(Gfp::USER_MOVABLE, order)
+            } else {
+                c.alloc(Gfp::USER_MOVABLE, order)
+            };
+            live.push((p.unwrap(), order));
+        } else {
+            let (p, order) = live.swap_remove(i * 7 % live.len());
+            held -= 1 << order;
+            if i % 3 == 0 {
+                c.free_direct(p, order).unwrap();
+            } else {
+                c.free(p, order).unwrap();
+            }
+        }
+        drop(c);
+        saw_diff |= (0..2).any(|cpu| z.vm_free.diff(cpu) != 0);
+        for (on_lists, counted) in free_counts(&f) {
+            assert_eq!(on_lists, counted, "after operation {i}");
+        }
+    }
+    assert!(saw_diff, "the churn never left a differential unfolded");
+    f.a.drain_all_pages(None);
+    for z in f.a.zones() {
+        assert_eq!((z.vm_free.diff(0), z.vm_free.diff(1)), (0, 0));
+        assert_eq!(
+            z.vm_free.folded() as u64,
+            z.free_pages(),
+            "folded after the drain"
+        );
+    }
+    for (on_lists, counted) in free_counts(&f) {
+        assert_eq!(on_lists, counted);
+    }
+    let mut c = f.a.cpu(0);
+    for (p, order) in live {
+        c.free(p, order).unwrap();
+    }
+    drop(c);
+    f.a.drain_all_pages(None);
+    assert_eq!(
+        f.a.free_pages_buddy(),
+        f.managed(),
+        "everything back, exactly"
+    );
+}
+
+#[test]
+fn watermark_decisions_near_the_mark_use_the_exact_count() {
+    // With per-CPU differentials the folded count can sit on the wrong side
+    // of a watermark; the order-0 check must still answer as the exact
+    // count does (zone_page_state_snapshot near the mark).
+    let f = fixture(64 * MIB, 2);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let exact = z.free_pages() as i64;
+    let drift = z.vm_free.max_drift();
+    assert!(drift > 0);
+    // Leave a differential on CPU 1 that the folded count does not show.
+    let d = z.vm_free.threshold() as i64;
+    z.vm_free.add(1, -d);
+    assert_eq!(z.vm_free.folded(), exact, "not folded yet");
+    for bound in exact - 2 * d..exact + d {
+        assert_eq!(z.vm_free.above(bound), exact - d > bound, "bound {bound}");
+    }
+    z.vm_free.add(1, d);
+}

@@ -7,6 +7,7 @@ use crate::mmzone::{
 };
 use crate::page::MemMap;
 use crate::sync::{SpinLock, SpinLockGuard};
+use crate::vmstat::ZoneCounter;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub const WMARK_MIN: usize = 0;
@@ -38,10 +39,16 @@ pub struct Zone {
     /// Pages this zone keeps from allocations that could have used a higher
     /// zone, indexed by that allocation's highest zone.
     pub lowmem_reserve: [u64; MAX_NR_ZONES],
-    /// Mirror of `free.free_pages` for lock-free order-0 watermark checks.
-    pub nr_free: AtomicU64,
+    /// Free pages in the buddy lists (NR_FREE_PAGES; pages on per-CPU
+    /// lists are not free, as in Linux). Changed only under the zone lock,
+    /// through per-CPU differentials (see [`ZoneCounter`] for why, and why
+    /// watermark decisions on it stay exact).
+    pub vm_free: ZoneCounter<{ super::MAX_CPUS }>,
     pub pcp_batch: u32,
     pub pcp_high: u32,
+    /// `start_pfn..end_pfn` as descriptor indices (see `set_map_span`);
+    /// private so nothing can widen it past the map.
+    idx_span: (u32, u32),
     pub free: SpinLock<FreeArea>,
 }
 
@@ -59,9 +66,10 @@ impl Zone {
         boost: AtomicU64::new(0),
         boosted: AtomicBool::new(false),
         lowmem_reserve: [0; MAX_NR_ZONES],
-        nr_free: AtomicU64::new(0),
+        vm_free: ZoneCounter::new(),
         pcp_batch: 1,
         pcp_high: 0,
+        idx_span: (0, 0),
         free: SpinLock::new(FreeArea::EMPTY),
     };
 
@@ -80,14 +88,40 @@ impl Zone {
         g
     }
 
+    /// The zone's free lists under the held lock.
+    #[inline(always)]
     pub fn buddy<'a>(&self, map: &'a MemMap, area: &'a mut FreeArea, grouping: bool) -> Buddy<'a> {
         Buddy {
             map,
             area,
             start_pfn: self.start_pfn,
             end_pfn: self.end_pfn,
+            lo: self.idx_span.0,
+            hi: self.idx_span.1,
             grouping,
         }
+    }
+
+    /// Records the zone's span as indices into `map`, which must hold the
+    /// whole zone and start on a MAX_ORDER boundary: the merge loop then
+    /// indexes buddies without a bounds check per level, and a buddy's
+    /// index is the block's index with one bit flipped, as its pfn is.
+    pub fn set_map_span(&mut self, map: &MemMap) {
+        assert!(map
+            .start_pfn()
+            .is_multiple_of(1 << crate::mmzone::MAX_ORDER));
+        self.idx_span = if self.start_pfn < self.end_pfn {
+            assert!(
+                self.start_pfn >= map.start_pfn() && self.end_pfn <= map.end_pfn(),
+                "zone outside the descriptor array"
+            );
+            (
+                (self.start_pfn - map.start_pfn()) as u32,
+                (self.end_pfn - map.start_pfn()) as u32,
+            )
+        } else {
+            (0, 0)
+        };
     }
 
     /// A watermark plus the current boost (wmark_pages()).
@@ -95,8 +129,36 @@ impl Zone {
         self.watermark[which] + self.boost.load(Ordering::Relaxed)
     }
 
+    /// Free pages in the buddy lists: exact as of the last release of the
+    /// zone lock (exact while holding it).
     pub fn free_pages(&self) -> u64 {
-        self.nr_free.load(Ordering::Relaxed)
+        self.vm_free.snapshot().max(0) as u64
+    }
+
+    /// The free count to give [`watermark_ok`] for a check against `mark`
+    /// with `order`, `highest` and the zone's HighAtomic reserve: the folded
+    /// count when it is so far above everything the check subtracts and
+    /// compares with that the per-CPU drift cannot change the answer, the
+    /// exact snapshot otherwise (Linux uses the snapshot below
+    /// `percpu_drift_mark`, i.e. near the high watermark; here the margin
+    /// is computed for the check at hand, so the answer is always exact).
+    pub fn free_for_check(
+        &self,
+        area: &FreeArea,
+        order: usize,
+        mark: u64,
+        highest: ZoneType,
+    ) -> u64 {
+        let needed = mark
+            + self.lowmem_reserve[highest as usize]
+            + (1u64 << order)
+            + area.nr_reserved_highatomic;
+        let approx = self.vm_free.folded();
+        if approx - self.vm_free.max_drift() > needed as i64 {
+            approx as u64
+        } else {
+            self.free_pages()
+        }
     }
 
     /// Raises the watermarks by a pageblock after a fragmentation event, up
@@ -169,10 +231,12 @@ pub fn watermark_ok(
     false
 }
 
-/// The order-0 shortcut (zone_watermark_fast): no lock, only the counter.
+/// The order-0 shortcut (zone_watermark_fast): no lock, only the counter,
+/// decided exactly (see [`ZoneCounter::above`]).
 pub fn watermark_fast_order0(z: &Zone, mark: u64, highest: ZoneType, flags: AllocFlags) -> bool {
     let min = reserve_after_flags(mark, flags);
-    z.free_pages() as i64 > (min + z.lowmem_reserve[highest as usize]) as i64
+    z.vm_free
+        .above((min + z.lowmem_reserve[highest as usize]) as i64)
 }
 
 /// [NOT IN SEED] Linux's min_free_kbytes = sqrt(lowmem_kbytes × 16), clamped
