@@ -186,6 +186,39 @@ impl PerCpuPages {
         true
     }
 
+    /// Pushes a freed page of `order` on top of list `pindex` without
+    /// touching its descriptor: the caller marks it cached (`PG_PCP`, its
+    /// order and the list's type), as [`Self::push_head`] would. False when
+    /// the ring is full.
+    #[inline(always)]
+    pub fn put_head(&mut self, pindex: usize, idx: u32, order: usize) -> bool {
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
+            return false;
+        }
+        // SAFETY: not full, so the ring has storage; slot() masks.
+        unsafe { l.slot(l.top).write(idx) };
+        l.top = l.top.wrapping_add(1);
+        self.count += 1 << order;
+        true
+    }
+
+    /// Takes the hottest page of list `pindex` (pages of `order`) without
+    /// touching its descriptor: the caller replaces the cached mark, as
+    /// the allocation fast path does when it marks the page allocated.
+    #[inline(always)]
+    pub fn take_head(&mut self, pindex: usize, order: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        if l.is_empty() {
+            return None;
+        }
+        l.top = l.top.wrapping_sub(1);
+        // SAFETY: not empty, so the ring has storage; slot() masks.
+        let idx = unsafe { l.slot(l.top).read() };
+        self.count -= 1 << order;
+        Some(idx)
+    }
+
     /// Adds a page at the bottom (refills keep the buddy order below the
     /// hot pages); false when the ring is full.
     pub fn push_tail(

@@ -217,7 +217,7 @@ pub fn release(c: &mut CpuCache, held: Vec<(Pfn, usize)>) {
 pub fn check_batch_crosses_high(a: &PageAllocator, c: &mut CpuCache, pages: usize) {
     let mut buf = vec![Pfn(0); pages];
     gm_batch_round(c, &mut buf);
-    let before = *c.events();
+    let before = c.events();
     gm_batch_round(c, &mut buf);
     let after = c.events();
     let delta = |e| after.get(e) - before.get(e);

@@ -26,7 +26,7 @@ use crate::mmzone::{
     MigrateType, ZoneType, MAX_NR_ZONES, MAX_NUMNODES, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS,
     PAGEBLOCK_NR_PAGES,
 };
-use crate::page::{MemMap, Page, PG_ALLOC, PG_RESERVED};
+use crate::page::{MemMap, Page, PG_ALLOC, PG_PCP, PG_RESERVED};
 use crate::pcp::{self, order_to_pindex, pcp_allowed_order, PerCpuPages};
 use crate::phys::PhysMemory;
 use crate::sync::{SpinLock, SpinLockGuard};
@@ -92,32 +92,32 @@ pub enum FreeError {
 /// in memory taken from memblock at init, one set per CPU for the populated
 /// zones only (Linux allocates its pagesets per CPU too): a static array for
 /// every possible CPU × zone would put ~320 KiB into the guest image.
-pub struct PcpSet {
-    base: *mut PerCpuPages,
-    slot: [u8; MAX_ZONES],
-}
-
+/// "None" in the per-zone byte tables (no lists, no preferred zone).
 const NO_SLOT: u8 = u8::MAX;
+
+pub struct PcpSet {
+    /// Each zone's lists, null for zones without pages.
+    ptr: [*mut PerCpuPages; MAX_ZONES],
+}
 
 // SAFETY: a PcpSet is reached only through its CPU's SpinLock<CpuPages>.
 unsafe impl Send for PcpSet {}
 
 impl PcpSet {
     const EMPTY: PcpSet = PcpSet {
-        base: core::ptr::null_mut(),
-        slot: [NO_SLOT; MAX_ZONES],
+        ptr: [core::ptr::null_mut(); MAX_ZONES],
     };
 
     /// The lists of every populated zone.
     pub fn iter(&self) -> impl Iterator<Item = &PerCpuPages> {
-        // SAFETY: each slot indexes this CPU's run of initialised lists.
-        self.slot
+        // SAFETY: non-null entries point to this CPU's initialised lists.
+        self.ptr
             .iter()
-            .filter(|&&s| s != NO_SLOT)
-            .map(move |&s| unsafe { &*self.base.add(s as usize) })
+            .filter(|p| !p.is_null())
+            .map(|&p| unsafe { &*p })
     }
     fn has(&self, z: usize) -> bool {
-        self.slot[z] != NO_SLOT
+        !self.ptr[z].is_null()
     }
 }
 
@@ -125,34 +125,58 @@ impl core::ops::Index<usize> for PcpSet {
     type Output = PerCpuPages;
     #[inline(always)]
     fn index(&self, z: usize) -> &PerCpuPages {
-        let s = self.slot[z];
-        assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
-        // SAFETY: slot is in range of this CPU's lists (set up in init).
-        unsafe { &*self.base.add(s as usize) }
+        let p = self.ptr[z];
+        assert!(!p.is_null(), "no per-CPU lists for unpopulated zone {z}");
+        // SAFETY: non-null entries point to lists set up in init.
+        unsafe { &*p }
     }
 }
 
 impl core::ops::IndexMut<usize> for PcpSet {
     #[inline(always)]
     fn index_mut(&mut self, z: usize) -> &mut PerCpuPages {
-        let s = self.slot[z];
-        assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
+        let p = self.ptr[z];
+        assert!(!p.is_null(), "no per-CPU lists for unpopulated zone {z}");
         // SAFETY: as above; `&mut self` is exclusive through the CPU lock.
-        unsafe { &mut *self.base.add(s as usize) }
+        unsafe { &mut *p }
     }
 }
 
 /// One CPU's per-CPU lists for every zone, and its event counters.
 pub struct CpuPages {
     pub pcp: PcpSet,
-    pub events: EventCounters,
+    /// Every event except those the order-0 fast paths count below; read
+    /// the whole set with [`CpuPages::event_counts`].
+    pub(crate) events: EventCounters,
+    /// Order-0 allocations served by the per-CPU fast path. Each is one
+    /// `PgAlloc`, one `PcpAllocHit` and one `NumaHit`: counting it once
+    /// here and adding it to those three when they are read keeps two
+    /// increments off every allocation, with the same totals for readers.
+    fast_allocs: u64,
+    /// Order-0 frees the fast path put on a per-CPU list: one `PgFree` and
+    /// one `PcpFreeHit` each, added the same way.
+    fast_frees: u64,
 }
 
 impl CpuPages {
     const EMPTY: CpuPages = CpuPages {
         pcp: PcpSet::EMPTY,
         events: EventCounters::new(),
+        fast_allocs: 0,
+        fast_frees: 0,
     };
+
+    /// This CPU's event counts, the fast paths' included.
+    pub fn event_counts(&self) -> EventCounters {
+        let mut e = self.events;
+        for ev in [VmEvent::PgAlloc, VmEvent::PcpAllocHit, VmEvent::NumaHit] {
+            e.add(ev, self.fast_allocs);
+        }
+        for ev in [VmEvent::PgFree, VmEvent::PcpFreeHit] {
+            e.add(ev, self.fast_frees);
+        }
+        e
+    }
 }
 
 pub struct PageAllocator {
@@ -171,6 +195,9 @@ pub struct PageAllocator {
     preferred: [[u8; MAX_NR_ZONES]; MAX_NUMNODES],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
+    /// [`PageAllocator::migratetype`] by the request's mobility bits, with
+    /// the grouping switch applied once at init instead of per allocation.
+    mt_of: [MigrateType; 4],
 }
 
 static NO_HOOKS: NoHooks = NoHooks;
@@ -203,6 +230,7 @@ impl PageAllocator {
         preferred: [[NO_SLOT; MAX_NR_ZONES]; MAX_NUMNODES],
         hooks: &NO_HOOKS,
         total_managed: 0,
+        mt_of: [MigrateType::Unmovable; 4],
     };
 
     /// Takes over all free memory from memblock (memblock_free_all): the
@@ -331,6 +359,7 @@ impl PageAllocator {
         for c in 0..topo.ncpus {
             // SAFETY: memblock reserved ncpus × per_cpu lists at pcp_base.
             let base = unsafe { pcp_base.add(c * per_cpu) };
+            let mut set = PcpSet::EMPTY;
             for (i, &sl) in slot.iter().enumerate() {
                 if sl == NO_SLOT {
                     continue;
@@ -338,16 +367,23 @@ impl PageAllocator {
                 // SAFETY: the rings of this CPU and zone: caps[i] words,
                 // carved in order out of the ncpus × ring_words reserved.
                 unsafe {
-                    base.add(sl as usize)
-                        .write(PerCpuPages::with_rings(ring, &caps[i]));
+                    set.ptr[i] = base.add(sl as usize);
+                    set.ptr[i].write(PerCpuPages::with_rings(ring, &caps[i]));
                     ring = ring.add(caps[i].iter().sum::<u32>() as usize);
                 }
             }
-            self.cpus[c].get_mut().pcp = PcpSet { base, slot };
+            self.cpus[c].get_mut().pcp = set;
         }
 
         let total_free = mb.free_pages();
         self.grouping = grouping.unwrap_or(total_free >= MAX_ORDER_NR_PAGES * MIGRATE_TYPES as u64);
+        self.mt_of = core::array::from_fn(|bits| {
+            if self.grouping {
+                Gfp((bits as u32) << Gfp::MOBILITY_SHIFT).migratetype()
+            } else {
+                MigrateType::Unmovable
+            }
+        });
         let initial_mt = if self.grouping {
             MigrateType::Movable
         } else {
@@ -415,6 +451,9 @@ impl PageAllocator {
                     self.zones[node * MAX_NR_ZONES + lower].lowmem_reserve[upper] = sum / ratio;
                 }
             }
+        }
+        for z in self.zones.iter_mut() {
+            z.set_fast_low_mark();
         }
     }
 
@@ -500,10 +539,12 @@ impl PageAllocator {
     /// This CPU's allocation context: locks its per-CPU lists until dropped.
     pub fn cpu(&self, cpu: usize) -> CpuCache<'_> {
         assert!(cpu < self.topo.ncpus, "cpu {cpu} out of range");
+        let node = self.topo.cpu_node[cpu] as usize;
         CpuCache {
             a: self,
             cpu,
-            node: self.topo.cpu_node[cpu] as usize,
+            node,
+            preferred: self.preferred[node],
             pages: self.cpus[cpu].lock(),
         }
     }
@@ -540,7 +581,7 @@ impl PageAllocator {
     pub fn events(&self) -> EventCounters {
         let mut e = EventCounters::new();
         for c in 0..self.topo.ncpus {
-            e.merge(&self.cpus[c].lock().events);
+            e.merge(&self.cpus[c].lock().event_counts());
         }
         e
     }
@@ -586,12 +627,15 @@ impl PageAllocator {
         };
         // SAFETY: try_idx checked idx against the array's length.
         let page = unsafe { map.at_unchecked(idx) };
-        let aligned = pfn.0 & ((1 << order) - 1) == 0;
+        // Only the head of an allocated block carries PG_ALLOC, with the
+        // block's order, and blocks are aligned to their order: so this is
+        // also the alignment check (a misaligned pfn is a tail page, or
+        // the head of a smaller block).
         if page.flags == PG_ALLOC
             && page.order as usize == order
-            && aligned
             && (page.next as usize) < MAX_ZONES
         {
+            debug_assert!(pfn.0 & ((1 << order) - 1) == 0);
             return Ok((idx, page.next as usize));
         }
         Err(Self::free_error(page, pfn, order))
@@ -624,12 +668,9 @@ impl PageAllocator {
     /// The migrate type a request is served as: its mobility class, or
     /// Unmovable for everything when grouping by mobility is off (Linux's
     /// gfp_migratetype; otherwise the per-type free lists would still group).
+    #[inline(always)]
     pub fn migratetype(&self, gfp: Gfp) -> MigrateType {
-        if self.grouping {
-            gfp.migratetype()
-        } else {
-            MigrateType::Unmovable
-        }
+        self.mt_of[gfp.mobility_bits()]
     }
 
     /// Migrate type of the pageblock holding `pfn` (which the map covers;
@@ -758,6 +799,9 @@ pub struct CpuCache<'a> {
     a: &'a PageAllocator,
     cpu: usize,
     node: usize,
+    /// This node's first zone for each highest zone (a copy of its row of
+    /// `PageAllocator::preferred`, looked up on every allocation).
+    preferred: [u8; MAX_NR_ZONES],
     pages: SpinLockGuard<'a, CpuPages>,
 }
 
@@ -776,8 +820,10 @@ impl CpuCache<'_> {
     pub fn node(&self) -> usize {
         self.node
     }
-    pub fn events(&self) -> &EventCounters {
-        &self.pages.events
+    /// This CPU's event counts (a copy: the fast paths' counts are added
+    /// on reading).
+    pub fn events(&self) -> EventCounters {
+        self.pages.event_counts()
     }
     pub fn pcp(&self, node: usize, kind: ZoneType) -> &PerCpuPages {
         &self.pages.pcp[zid(node, kind)]
@@ -791,7 +837,7 @@ impl CpuCache<'_> {
     #[inline(always)]
     pub fn alloc(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
         if order == 0 {
-            if let Some(p) = self.alloc_pcp_hit(gfp, self.node) {
+            if let Some(p) = self.alloc_pcp_hit(gfp) {
                 return Some(p);
             }
         }
@@ -851,21 +897,24 @@ impl CpuCache<'_> {
     /// its low watermark. Exactly what `get_page_from_freelist` would pick,
     /// found in a few dozen instructions; anything else falls through to it.
     #[inline(always)]
-    fn alloc_pcp_hit(&mut self, gfp: Gfp, node: usize) -> Option<Pfn> {
+    fn alloc_pcp_hit(&mut self, gfp: Gfp) -> Option<Pfn> {
         let a = self.a;
-        let highest = gfp.highest_zone();
-        let z = a.preferred[node][highest as usize] as usize;
+        let highest = gfp.highest_zone() as usize;
+        let z = self.preferred[highest] as usize;
         let zone = a.zones.get(z)?;
-        let mark = zone.watermark[WMARK_LOW]
-            + zone.boost.load(Ordering::Relaxed)
-            + zone.lowmem_reserve[highest as usize];
-        if !zone.vm_free.above(mark as i64) || zone.boosted.load(Ordering::Relaxed) {
+        // The low watermark check (seed 2.2.4, row 2), passed here only when
+        // the folded free count clears it by more than the per-CPU drift;
+        // a boosted zone goes the full way too, which wakes kswapd.
+        if zone.vm_free.folded()
+            <= zone.fast_low_mark[highest] + zone.boost.load(Ordering::Relaxed) as i64
+            || zone.boosted.load(Ordering::Relaxed)
+        {
             return None;
         }
         let mt = a.migratetype(gfp);
         let pages = &mut *self.pages;
         let pcp = &mut pages.pcp[z];
-        let idx = pcp.pop_head(&a.map, order_to_pindex(mt, 0), 0)?;
+        let idx = pcp.take_head(order_to_pindex(mt, 0), 0)?;
         pcp.free_factor >>= 1;
         let p = a.map.at(idx);
         p.flags = PG_ALLOC;
@@ -873,10 +922,7 @@ impl CpuCache<'_> {
         p.mt = mt as u8;
         p.refcount = 1;
         p.next = z as u32;
-        let ev = &mut pages.events;
-        ev.inc(VmEvent::PcpAllocHit);
-        ev.inc(VmEvent::NumaHit);
-        ev.inc(VmEvent::PgAlloc);
+        pages.fast_allocs += 1;
         Some(a.map.to_pfn(idx))
     }
 
@@ -1187,19 +1233,22 @@ impl CpuCache<'_> {
     #[inline(always)]
     fn free_pcp_hit(&mut self, idx: u32, z: usize) -> bool {
         let a = self.a;
-        // SAFETY: check_free found idx in the array.
+        // SAFETY: check_free found idx in the array (the only caller).
         let block_mt = unsafe { a.pageblock_mt_of_idx(idx) };
         if block_mt as usize >= crate::mmzone::MIGRATE_PCPTYPES {
             return false;
         }
         let pages = &mut *self.pages;
         let pcp = &mut pages.pcp[z];
-        if !pcp.push_head(&a.map, block_mt as usize, idx, 0, block_mt) {
+        if !pcp.put_head(block_mt as usize, idx, 0) {
             return false;
         }
-        a.map.at(idx).refcount = 0;
-        pages.events.inc(VmEvent::PgFree);
-        pages.events.inc(VmEvent::PcpFreeHit);
+        // SAFETY: as above.
+        let p = unsafe { a.map.at_unchecked(idx) };
+        p.flags = PG_PCP;
+        p.mt = block_mt as u8;
+        p.refcount = 0;
+        pages.fast_frees += 1;
         if pcp.count >= pcp.high {
             self.pcp_over_high(z, block_mt as usize);
         }

@@ -299,7 +299,7 @@ fn stealing_retypes_a_pageblock_for_unmovable_requests() {
     let counts0 = f.a.pageblock_counts(0, ZoneType::Dma32);
     let mut c = f.a.cpu(0);
     let p = c.alloc_direct(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap();
-    let ev = *c.events();
+    let ev = c.events();
     drop(c);
     assert_eq!(ev.get(VmEvent::PgAllocFallback), 1);
     let counts = f.a.pageblock_counts(0, ZoneType::Dma32);

@@ -44,6 +44,15 @@ pub struct Zone {
     /// through per-CPU differentials (see [`ZoneCounter`] for why, and why
     /// watermark decisions on it stay exact).
     pub vm_free: ZoneCounter<{ super::MAX_CPUS }>,
+    /// For each highest zone of a request: the low watermark plus the
+    /// lowmem reserve plus the free count's largest drift. A folded free
+    /// count above this plus the boost passes the order-0 low-watermark
+    /// check whatever the per-CPU differentials hold, so the allocation
+    /// fast path compares once; anything closer takes the full path, which
+    /// decides from the exact count. Set with the watermarks
+    /// (`set_fast_low_mark`): whatever changes the low watermark, the
+    /// reserves or the fold threshold must set it again.
+    pub fast_low_mark: [i64; MAX_NR_ZONES],
     pub pcp_batch: u32,
     pub pcp_high: u32,
     /// `start_pfn..end_pfn` as descriptor indices (see `set_map_span`);
@@ -67,6 +76,7 @@ impl Zone {
         boosted: AtomicBool::new(false),
         lowmem_reserve: [0; MAX_NR_ZONES],
         vm_free: ZoneCounter::new(),
+        fast_low_mark: [i64::MAX; MAX_NR_ZONES],
         pcp_batch: 1,
         pcp_high: 0,
         idx_span: (0, 0),
@@ -127,6 +137,15 @@ impl Zone {
     /// A watermark plus the current boost (wmark_pages()).
     pub fn wmark(&self, which: usize) -> u64 {
         self.watermark[which] + self.boost.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes [`Zone::fast_low_mark`] from the low watermark, the
+    /// reserves and the fold threshold.
+    pub fn set_fast_low_mark(&mut self) {
+        let drift = self.vm_free.max_drift();
+        for (m, &r) in self.fast_low_mark.iter_mut().zip(&self.lowmem_reserve) {
+            *m = (self.watermark[WMARK_LOW] + r) as i64 + drift;
+        }
     }
 
     /// Free pages in the buddy lists: exact as of the last release of the
