@@ -51,6 +51,19 @@ impl Page {
         ..Page::RESERVED
     };
 
+    /// `flags` and `order` as one value, to test both with one compare.
+    #[inline(always)]
+    pub fn flags_order(&self) -> u64 {
+        u16::from_le_bytes([self.flags, self.order]) as u64
+    }
+
+    /// [`Page::flags_order`] of the head of a block allocated with `order`
+    /// (no descriptor has it for an order above 255).
+    #[inline(always)]
+    pub const fn allocated_head(order: usize) -> u64 {
+        (order as u64) << 8 | PG_ALLOC as u64
+    }
+
     pub fn migratetype(&self) -> MigrateType {
         MigrateType::from_index(self.mt as usize)
     }

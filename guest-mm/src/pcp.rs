@@ -62,22 +62,27 @@ pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
 /// moves one of them.
 #[derive(Clone, Copy)]
 pub struct PcpList {
-    /// This list's ring (null: no storage, `cap` 0).
+    /// This list's ring (null: no storage).
     ring: *mut u32,
-    /// Ring size, a power of two, or 0.
-    cap: u32,
+    /// Ring size less one (the size is a power of two); unused without
+    /// storage.
+    mask: u32,
     /// One past the hottest entry.
     top: u32,
     /// The coldest entry.
     bottom: u32,
+    /// `bottom` plus the ring size: `top` reaching it means full (a list
+    /// without storage is always full), so a push tests one pair.
+    end: u32,
 }
 
 impl PcpList {
     const EMPTY: PcpList = PcpList {
         ring: core::ptr::null_mut(),
-        cap: 0,
+        mask: 0,
         top: 0,
         bottom: 0,
+        end: 0,
     };
     #[inline(always)]
     pub fn len(&self) -> u32 {
@@ -89,14 +94,14 @@ impl PcpList {
     }
     #[inline(always)]
     pub fn is_full(&self) -> bool {
-        self.len() == self.cap
+        self.top == self.end
     }
     #[inline(always)]
     fn slot(&self, pos: u32) -> *mut u32 {
-        // SAFETY: only called on a list with storage (cap > 0, checked by
-        // the callers through is_full/is_empty), and the position is masked
-        // into its ring.
-        unsafe { self.ring.add((pos & (self.cap - 1)) as usize) }
+        // SAFETY: only called on a list with storage (callers checked it is
+        // not full for a push, not empty for a pop, which a list without
+        // storage always is), and the position is masked into its ring.
+        unsafe { self.ring.add((pos & self.mask) as usize) }
     }
 }
 
@@ -145,9 +150,10 @@ impl PerCpuPages {
             *l = PcpList {
                 // SAFETY: within the caller's `buf`, one run per list.
                 ring: unsafe { buf.add(off) },
-                cap,
+                mask: cap - 1,
                 top: 0,
                 bottom: 0,
+                end: cap,
             };
             off += cap as usize;
         }
@@ -235,6 +241,7 @@ impl PerCpuPages {
         }
         Self::mark(map, idx, order, mt);
         l.bottom = l.bottom.wrapping_sub(1);
+        l.end = l.end.wrapping_sub(1);
         // SAFETY: as in push_head.
         unsafe { l.slot(l.bottom).write(idx) };
         self.count += 1 << order;
@@ -266,6 +273,7 @@ impl PerCpuPages {
         // SAFETY: as in pop_head.
         let idx = unsafe { l.slot(l.bottom).read() };
         l.bottom = l.bottom.wrapping_add(1);
+        l.end = l.end.wrapping_add(1);
         self.count -= 1 << order;
         map.at(idx).flags &= !PG_PCP;
         Some(idx)
@@ -314,7 +322,9 @@ impl PerCpuPages {
                 let Some(idx) = self.pop_tail(map, pindex, order) else {
                     break;
                 };
-                let mt = map.at(idx).migratetype();
+                // The list says the type: the fast free path does not
+                // write it into the descriptor.
+                let mt = MigrateType::from_index(pindex % MIGRATE_PCPTYPES);
                 free(idx, order, mt);
                 left -= 1 << order;
                 freed += 1 << order;

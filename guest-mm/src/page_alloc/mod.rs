@@ -621,22 +621,31 @@ impl PageAllocator {
     /// descriptor; the error cases are then told apart.
     #[inline(always)]
     fn check_free(&self, pfn: Pfn, order: usize) -> Result<(u32, usize), FreeError> {
+        self.check_free_page(pfn, order).map(|(idx, z, _)| (idx, z))
+    }
+
+    /// [`Self::check_free`], also handing out the descriptor.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    fn check_free_page(
+        &self,
+        pfn: Pfn,
+        order: usize,
+    ) -> Result<(u32, usize, &mut Page), FreeError> {
         let map = &self.map;
-        let Some(idx) = map.try_idx(pfn.0).filter(|_| order <= MAX_ORDER) else {
+        let Some(idx) = map.try_idx(pfn.0) else {
             return Err(FreeError::Foreign(pfn));
         };
         // SAFETY: try_idx checked idx against the array's length.
         let page = unsafe { map.at_unchecked(idx) };
         // Only the head of an allocated block carries PG_ALLOC, with the
-        // block's order, and blocks are aligned to their order: so this is
-        // also the alignment check (a misaligned pfn is a tail page, or
-        // the head of a smaller block).
-        if page.flags == PG_ALLOC
-            && page.order as usize == order
-            && (page.next as usize) < MAX_ZONES
-        {
+        // block's order (at most MAX_ORDER), and blocks are aligned to their
+        // order: so this one compare is also the order-range and alignment
+        // check (a misaligned pfn is a tail page or a smaller block's head).
+        if page.flags_order() == Page::allocated_head(order) && (page.next as usize) < MAX_ZONES {
             debug_assert!(pfn.0 & ((1 << order) - 1) == 0);
-            return Ok((idx, page.next as usize));
+            let z = page.next as usize;
+            return Ok((idx, z, page));
         }
         Err(Self::free_error(page, pfn, order))
     }
@@ -645,7 +654,9 @@ impl PageAllocator {
     #[cold]
     #[inline(never)]
     fn free_error(page: &Page, pfn: Pfn, order: usize) -> FreeError {
-        if page.flags & PG_RESERVED != 0 {
+        if order > MAX_ORDER {
+            FreeError::Foreign(pfn)
+        } else if page.flags & PG_RESERVED != 0 {
             FreeError::Reserved(pfn)
         } else if pfn.0 & ((1 << order) - 1) != 0 {
             FreeError::Misaligned {
@@ -799,7 +810,7 @@ pub struct CpuCache<'a> {
     a: &'a PageAllocator,
     cpu: usize,
     node: usize,
-    /// This node's first zone for each highest zone (a copy of its row of
+    /// This node's first zone for each highest zone (its row of
     /// `PageAllocator::preferred`, looked up on every allocation).
     preferred: [u8; MAX_NR_ZONES],
     pages: SpinLockGuard<'a, CpuPages>,
@@ -906,15 +917,16 @@ impl CpuCache<'_> {
         // the folded free count clears it by more than the per-CPU drift;
         // a boosted zone goes the full way too, which wakes kswapd.
         if zone.vm_free.folded()
-            <= zone.fast_low_mark[highest] + zone.boost.load(Ordering::Relaxed) as i64
+            <= zone.fast_low_mark[highest & 3] + zone.boost.load(Ordering::Relaxed) as i64
             || zone.boosted.load(Ordering::Relaxed)
         {
             return None;
         }
         let mt = a.migratetype(gfp);
+        let pindex = order_to_pindex(mt, 0);
         let pages = &mut *self.pages;
         let pcp = &mut pages.pcp[z];
-        let idx = pcp.take_head(order_to_pindex(mt, 0), 0)?;
+        let idx = pcp.take_head(pindex, 0)?;
         pcp.free_factor >>= 1;
         let p = a.map.at(idx);
         p.flags = PG_ALLOC;
@@ -1220,8 +1232,8 @@ impl CpuCache<'_> {
     /// (seed 2.2.1: merge with the free buddy; order ≤ 3 via the per-CPU lists).
     #[inline(always)]
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
-        let (idx, z) = self.a.check_free(pfn, order)?;
-        if order == 0 && self.free_pcp_hit(idx, z) {
+        let (idx, z, page) = self.a.check_free_page(pfn, order)?;
+        if order == 0 && self.free_pcp_hit(idx, page, z) {
             return Ok(());
         }
         self.free_checked(idx, pfn, order, z);
@@ -1231,7 +1243,7 @@ impl CpuCache<'_> {
     /// The common free: a checked order-0 page onto this CPU's list for its
     /// pageblock's type, when there is room and the type has a list.
     #[inline(always)]
-    fn free_pcp_hit(&mut self, idx: u32, z: usize) -> bool {
+    fn free_pcp_hit(&mut self, idx: u32, page: &mut Page, z: usize) -> bool {
         let a = self.a;
         // SAFETY: check_free found idx in the array (the only caller).
         let block_mt = unsafe { a.pageblock_mt_of_idx(idx) };
@@ -1243,11 +1255,9 @@ impl CpuCache<'_> {
         if !pcp.put_head(block_mt as usize, idx, 0) {
             return false;
         }
-        // SAFETY: as above.
-        let p = unsafe { a.map.at_unchecked(idx) };
-        p.flags = PG_PCP;
-        p.mt = block_mt as u8;
-        p.refcount = 0;
+        // Cached, order 0 as checked; the list it is on gives its type.
+        page.flags = PG_PCP;
+        page.refcount = 0;
         pages.fast_frees += 1;
         if pcp.count >= pcp.high {
             self.pcp_over_high(z, block_mt as usize);

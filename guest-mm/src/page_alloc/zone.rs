@@ -52,7 +52,9 @@ pub struct Zone {
     /// decides from the exact count. Set with the watermarks
     /// (`set_fast_low_mark`): whatever changes the low watermark, the
     /// reserves or the fold threshold must set it again.
-    pub fast_low_mark: [i64; MAX_NR_ZONES],
+    /// (Four entries, the last never passing, so a masked index needs no
+    /// bounds check.)
+    pub fast_low_mark: [i64; 4],
     pub pcp_batch: u32,
     pub pcp_high: u32,
     /// `start_pfn..end_pfn` as descriptor indices (see `set_map_span`);
@@ -76,7 +78,7 @@ impl Zone {
         boosted: AtomicBool::new(false),
         lowmem_reserve: [0; MAX_NR_ZONES],
         vm_free: ZoneCounter::new(),
-        fast_low_mark: [i64::MAX; MAX_NR_ZONES],
+        fast_low_mark: [i64::MAX; 4],
         pcp_batch: 1,
         pcp_high: 0,
         idx_span: (0, 0),
