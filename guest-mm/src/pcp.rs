@@ -96,6 +96,11 @@ impl PcpList {
     pub fn is_full(&self) -> bool {
         self.top == self.end
     }
+    /// How many more entries fit.
+    #[inline(always)]
+    pub fn room(&self) -> u32 {
+        self.end.wrapping_sub(self.top)
+    }
     #[inline(always)]
     fn slot(&self, pos: u32) -> *mut u32 {
         // SAFETY: only called on a list with storage (callers checked it is
@@ -264,8 +269,11 @@ impl PerCpuPages {
         Some(idx)
     }
 
-    /// Takes the coldest page of list `pindex` (pages of `order`).
-    pub fn pop_tail(&mut self, map: &MemMap, pindex: usize, order: usize) -> Option<u32> {
+    /// Takes the coldest page of list `pindex` (pages of `order`), leaving
+    /// its descriptor to the caller (the buddy free that follows rewrites
+    /// it).
+    #[inline(always)]
+    pub fn pop_tail(&mut self, pindex: usize, order: usize) -> Option<u32> {
         let l = &mut self.lists[pindex];
         if l.is_empty() {
             return None;
@@ -275,7 +283,6 @@ impl PerCpuPages {
         l.bottom = l.bottom.wrapping_add(1);
         l.end = l.end.wrapping_add(1);
         self.count -= 1 << order;
-        map.at(idx).flags &= !PG_PCP;
         Some(idx)
     }
 
@@ -298,10 +305,10 @@ impl PerCpuPages {
 
     /// Picks the lists to free from, `first` first, then round-robin over
     /// the others (free_pcppages_bulk's order); calls `free` with each page
-    /// until `count` pages went back. Returns pages freed.
+    /// until `count` pages went back. Returns pages freed. The descriptors
+    /// still say cached: `free` must rewrite them (the buddy free does).
     pub fn bulk_take(
         &mut self,
-        map: &MemMap,
         count: u32,
         first: usize,
         mut free: impl FnMut(u32, usize, MigrateType),
@@ -319,7 +326,7 @@ impl PerCpuPages {
             tried_empty = 0;
             let order = pindex / MIGRATE_PCPTYPES;
             while left > 0 {
-                let Some(idx) = self.pop_tail(map, pindex, order) else {
+                let Some(idx) = self.pop_tail(pindex, order) else {
                     break;
                 };
                 // The list says the type: the fast free path does not

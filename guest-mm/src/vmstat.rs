@@ -275,6 +275,8 @@ pub struct ZoneCounter<const NCPU: usize> {
     diff: [AtomicI32; NCPU],
     threshold: i32,
     ncpus: usize,
+    /// `threshold · ncpus`, read on every watermark check.
+    max_drift: i64,
 }
 
 impl<const NCPU: usize> Default for ZoneCounter<NCPU> {
@@ -292,6 +294,7 @@ impl<const NCPU: usize> ZoneCounter<NCPU> {
             diff: [const { AtomicI32::new(0) }; NCPU],
             threshold: 0,
             ncpus: NCPU,
+            max_drift: 0,
         }
     }
 
@@ -301,6 +304,7 @@ impl<const NCPU: usize> ZoneCounter<NCPU> {
         self.fold_all();
         self.threshold = threshold.max(0);
         self.ncpus = ncpus.min(NCPU);
+        self.max_drift = self.threshold as i64 * self.ncpus as i64;
     }
 
     pub fn threshold(&self) -> i32 {
@@ -312,6 +316,12 @@ impl<const NCPU: usize> ZoneCounter<NCPU> {
     /// threshold either way.
     #[inline]
     pub fn add(&self, cpu: usize, delta: i64) {
+        if delta > self.threshold as i64 || delta < -(self.threshold as i64) {
+            // Past the threshold on its own (high-order blocks, batches):
+            // straight into the shared count, the differential unchanged.
+            self.global.fetch_add(delta, Ordering::Relaxed);
+            return;
+        }
         let d = &self.diff[cpu];
         let x = d.load(Ordering::Relaxed) as i64 + delta;
         if x > self.threshold as i64 || x < -(self.threshold as i64) {
@@ -337,7 +347,7 @@ impl<const NCPU: usize> ZoneCounter<NCPU> {
     /// How far [`ZoneCounter::folded`] can be from the exact count.
     #[inline(always)]
     pub fn max_drift(&self) -> i64 {
-        self.threshold as i64 * self.ncpus as i64
+        self.max_drift
     }
 
     /// The shared count plus every CPU's differential

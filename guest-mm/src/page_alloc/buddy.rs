@@ -8,7 +8,7 @@ use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
-use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_PCP};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_RESERVED};
 
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList {
@@ -84,7 +84,10 @@ impl Buddy<'_> {
     #[inline(always)]
     pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
         let p = self.map.at(idx);
-        p.flags = (p.flags & !(PG_PCP | PG_ALLOC)) | PG_BUDDY;
+        // A block being freed is never reserved; whatever else it was
+        // (allocated, cached) it is now a free head and nothing more.
+        debug_assert!(p.flags & PG_RESERVED == 0);
+        p.flags = PG_BUDDY;
         p.order = order as u8;
         p.mt = mt as u8;
         let l = &mut self.area.lists[order][mt as usize];
@@ -152,6 +155,18 @@ impl Buddy<'_> {
         )
     }
 
+    /// [`Self::pageblock_mt`] of the block at descriptor index `idx`,
+    /// which must lie in the zone (checked in debug builds).
+    #[inline(always)]
+    fn pageblock_mt_in_zone(&self, idx: u32) -> MigrateType {
+        debug_assert!(idx.wrapping_sub(self.lo) < self.hi - self.lo);
+        let head = idx & !(PAGEBLOCK_NR_PAGES as u32 - 1);
+        // SAFETY: head <= idx < hi, inside the map; the callers pass blocks
+        // of this zone (a merged block's head, or a buddy checked against
+        // the span).
+        MigrateType::from_index(unsafe { self.map.at_unchecked(head) }.pageblock_mt as usize)
+    }
+
     pub fn set_pageblock_mt(&mut self, pfn: u64, mt: MigrateType) {
         let mt = if self.grouping || mt == MigrateType::Isolate {
             mt
@@ -171,27 +186,75 @@ impl Buddy<'_> {
         debug_assert!(idx >= self.lo && idx + (1u32 << high) <= self.hi);
         while high > low {
             high -= 1;
-            let half = idx + (1u32 << high);
-            // SAFETY: inside the block being split, which is inside the
-            // zone and so inside the map.
-            let p = unsafe { self.map.at_unchecked(half) };
-            // Inside a free block every descriptor is clear of flags.
-            debug_assert_eq!(p.flags, 0);
-            p.flags = PG_BUDDY;
-            p.order = high as u8;
-            p.mt = mt as u8;
-            p.prev = NIL;
-            let l = &mut self.area.lists[high][mt as usize];
-            p.next = l.head;
-            if l.head == NIL {
-                l.tail = half;
-            } else {
-                self.map.at(l.head).prev = half;
-            }
-            l.head = half;
-            l.count += 1;
-            self.area.nr_free[high] += 1;
+            self.add_split_piece(idx + (1u32 << high), high, mt);
         }
+    }
+
+    /// Puts a piece of a block being split at the head of its list.
+    #[inline(always)]
+    fn add_split_piece(&mut self, idx: u32, order: usize, mt: MigrateType) {
+        debug_assert!(idx >= self.lo && idx + (1u32 << order) <= self.hi);
+        // SAFETY: inside the block being split, which is inside the zone
+        // and so inside the map.
+        let p = unsafe { self.map.at_unchecked(idx) };
+        // Inside a free block every descriptor is clear of flags.
+        debug_assert_eq!(p.flags, 0);
+        p.flags = PG_BUDDY;
+        p.order = order as u8;
+        p.mt = mt as u8;
+        p.prev = NIL;
+        let l = &mut self.area.lists[order][mt as usize];
+        p.next = l.head;
+        if l.head == NIL {
+            l.tail = idx;
+        } else {
+            self.map.at(l.head).prev = idx;
+        }
+        l.head = idx;
+        l.count += 1;
+        self.area.nr_free[order] += 1;
+    }
+
+    /// Up to `n` blocks of `order` from `mt`'s own lists, handed to `take`
+    /// in the order `n` calls of [`Self::rmqueue_smallest`] would return
+    /// them, leaving the same free blocks behind; returns how many (fewer
+    /// when the type's lists run dry: the caller falls back per block).
+    ///
+    /// Why it is the same: the smallest block of at least `order` has no
+    /// smaller blocks of the type beside it, so the repeated calls would
+    /// split it and take its pieces in address order until it is used up
+    /// or `n` is reached, and what they leave of it is the aligned blocks
+    /// covering the rest, which is what is put back here, without splitting
+    /// level by level per block (rmqueue_bulk's batch, seed 2.2.5).
+    #[inline]
+    pub fn rmqueue_bulk(
+        &mut self,
+        order: usize,
+        mt: MigrateType,
+        n: u32,
+        mut take: impl FnMut(u32),
+    ) -> u32 {
+        let mut got = 0;
+        while got < n {
+            let Some(cur) = (order..NR_ORDERS).find(|&o| !self.area.is_empty(o, mt)) else {
+                break;
+            };
+            let idx = self.area.lists[cur][mt as usize].head;
+            self.del(idx);
+            let pieces = 1u32 << (cur - order);
+            let m = pieces.min(n - got);
+            for i in 0..m {
+                take(idx + (i << order));
+            }
+            got += m;
+            let (mut at, end) = (m << order, 1u32 << cur);
+            while at < end {
+                let o = at.trailing_zeros() as usize;
+                self.add_split_piece(idx + at, o, mt);
+                at += 1 << o;
+            }
+        }
+        got
     }
 
     /// Takes the smallest free block of `mt` of at least `order`
@@ -426,9 +489,14 @@ impl Buddy<'_> {
     /// the same order (seed 2.2.1: pfn ^ (1 << order)). Works on descriptor
     /// indices, which are pfns less the map's MAX_ORDER-aligned start, so
     /// the buddy is the same one bit away.
-    #[inline]
+    #[inline(always)]
     pub fn free_one(&mut self, idx: u32, order: usize, mt: MigrateType) {
+        assert!(order <= MAX_ORDER, "free of order {order}");
         let (lo, span) = (self.lo, self.hi - self.lo);
+        // Whatever marked the block (allocated, cached on a per-CPU list)
+        // goes: if it merges as the upper half it becomes the inside of a
+        // free block, whose descriptors carry no flags.
+        self.map.at(idx).flags = 0;
         let mut idx = idx;
         let mut order = order;
         while order < MAX_ORDER {
@@ -451,11 +519,10 @@ impl Buddy<'_> {
             idx &= !(1u32 << order);
             order += 1;
         }
-        let pfn = self.map.pfn(idx);
         // Blocks of a pageblock or more go to the lists of their pageblock's
         // type; smaller ones to the type they were freed as.
         let mt = if order >= PAGEBLOCK_ORDER {
-            self.pageblock_mt(pfn)
+            self.pageblock_mt_in_zone(idx)
         } else {
             mt
         };
@@ -471,10 +538,7 @@ impl Buddy<'_> {
     }
 
     fn isolation_differs(&self, a: u32, b: u32) -> bool {
-        let (a, b) = (
-            self.pageblock_mt(self.map.pfn(a)),
-            self.pageblock_mt(self.map.pfn(b)),
-        );
+        let (a, b) = (self.pageblock_mt_in_zone(a), self.pageblock_mt_in_zone(b));
         (a == MigrateType::Isolate) != (b == MigrateType::Isolate)
     }
 }

@@ -777,9 +777,7 @@ impl PageAllocator {
         let zone = &self.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&self.map, &mut area, self.grouping);
-        let freed = pcp.bulk_take(&self.map, count, first, |idx, order, mt| {
-            b.free_one(idx, order, mt)
-        });
+        let freed = pcp.bulk_take(count, first, |idx, order, mt| b.free_one(idx, order, mt));
         zone.vm_free.add(cpu, freed as i64);
         freed
     }
@@ -889,7 +887,9 @@ impl CpuCache<'_> {
         let mark = zone.wmark(WMARK_LOW);
         let mut area = zone.lock();
         let free = zone.free_for_check(&area, order, mark, highest);
-        if !zone::watermark_ok(zone, &area, order, mark, highest, flags, free) {
+        // The order half of the check is the block rmqueue_smallest finds:
+        // one of at least `order` in a mobility class's lists.
+        if !zone::watermark_free_ok(zone, &area, order, mark, highest, flags, free) {
             return None;
         }
         let idx = zone
@@ -1182,10 +1182,16 @@ impl CpuCache<'_> {
         let zone = &a.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&a.map, &mut area, a.grouping);
-        let mut got = 0u64;
         let mut steals = [buddy::StealOutcome::default(); 4];
         let mut nsteal = 0;
-        for _ in 0..batch {
+        // The type's own blocks in one go; what they cannot supply block by
+        // block, which may steal from other types.
+        let room = pcp.lists[pindex].room();
+        let mut got = b.rmqueue_bulk(order, mt, batch.min(room), |idx| {
+            let pushed = pcp.push_tail(&a.map, pindex, idx, order, mt);
+            debug_assert!(pushed);
+        }) as u64;
+        while got < batch as u64 {
             let (idx, steal) = b.rmqueue(order, mt, flags);
             if steal.fallback && nsteal < steals.len() {
                 steals[nsteal] = steal;
@@ -1236,7 +1242,11 @@ impl CpuCache<'_> {
         if order == 0 && self.free_pcp_hit(idx, page, z) {
             return Ok(());
         }
-        self.free_checked(idx, pfn, order, z);
+        if !pcp_allowed_order(order) {
+            self.free_large(idx, order, z);
+        } else {
+            self.free_checked(idx, pfn, order, z);
+        }
         Ok(())
     }
 
@@ -1283,10 +1293,6 @@ impl CpuCache<'_> {
         let a = self.a;
         let map = &a.map;
         self.release_head(idx, order);
-        if !pcp_allowed_order(order) {
-            self.free_to_buddy(z, idx, order, a.pageblock_mt(pfn.0));
-            return;
-        }
         // Reading the pageblock type without the zone lock races with
         // stealing, as in Linux; the worst outcome is a block on a sibling list.
         let block_mt = a.pageblock_mt(pfn.0);
@@ -1316,6 +1322,16 @@ impl CpuCache<'_> {
         self.free_to_buddy(z, idx, order, block_mt);
     }
 
+    /// The free of a checked block the per-CPU lists do not cache: straight
+    /// to the buddy lists, in one call.
+    #[inline(never)]
+    fn free_large(&mut self, idx: u32, order: usize, z: usize) {
+        self.release_head(idx, order);
+        // SAFETY: check_free found idx in the array.
+        let mt = unsafe { self.a.pageblock_mt_of_idx(idx) };
+        self.free_to_buddy(z, idx, order, mt);
+    }
+
     /// Clears the allocated mark of a checked block and counts the free.
     #[inline(always)]
     fn release_head(&mut self, idx: u32, order: usize) {
@@ -1326,7 +1342,7 @@ impl CpuCache<'_> {
     }
 
     /// Gives a block to its zone's buddy lists under the zone lock.
-    #[inline]
+    #[inline(always)]
     fn free_to_buddy(&mut self, z: usize, idx: u32, order: usize, mt: MigrateType) {
         let a = self.a;
         let zone = &a.zones[z];

@@ -224,13 +224,7 @@ pub fn watermark_ok(
     flags: AllocFlags,
     free_pages: u64,
 ) -> bool {
-    let mut free = free_pages as i64 - ((1i64 << order) - 1);
-    if !flags.has(AllocFlags::HARDER) {
-        // Non-atomic requests may not count the HighAtomic reserve.
-        free -= area.nr_reserved_highatomic as i64;
-    }
-    let min = reserve_after_flags(mark, flags) as i64;
-    if free <= min + z.lowmem_reserve[highest as usize] as i64 {
+    if !watermark_free_ok(z, area, order, mark, highest, flags, free_pages) {
         return false;
     }
     if order == 0 {
@@ -250,6 +244,29 @@ pub fn watermark_ok(
         }
     }
     false
+}
+
+/// The first half of [`watermark_ok`]: enough free pages above the mark,
+/// whatever their block sizes. A caller that then takes a block of at
+/// least `order` from a mobility class's own lists has shown the second
+/// half (such a block exists) by taking it.
+#[inline]
+pub fn watermark_free_ok(
+    z: &Zone,
+    area: &FreeArea,
+    order: usize,
+    mark: u64,
+    highest: ZoneType,
+    flags: AllocFlags,
+    free_pages: u64,
+) -> bool {
+    let mut free = free_pages as i64 - ((1i64 << order) - 1);
+    if !flags.has(AllocFlags::HARDER) {
+        // Non-atomic requests may not count the HighAtomic reserve.
+        free -= area.nr_reserved_highatomic as i64;
+    }
+    let min = reserve_after_flags(mark, flags) as i64;
+    free > min + z.lowmem_reserve[highest as usize] as i64
 }
 
 /// The order-0 shortcut (zone_watermark_fast): no lock, only the counter,
