@@ -1032,3 +1032,58 @@ fn watermark_decisions_near_the_mark_use_the_exact_count() {
     }
     z.vm_free.add(1, d);
 }
+
+#[test]
+fn bulk_refill_takes_what_repeated_smallest_takes() {
+    // Row 14's refill takes `batch` blocks with one lock; rmqueue_bulk must
+    // hand out the same blocks in the same order as that many
+    // __rmqueue_smallest calls and leave the same free lists behind, from
+    // any state of the lists (here: a zone with scattered holes).
+    for (n, order) in [
+        (63u32, 0usize),
+        (1, 0),
+        (200, 0),
+        (31, 1),
+        (7, 3),
+        (5000, 0),
+    ] {
+        let states: Vec<Fixture> = (0..2).map(|_| fixture(32 * MIB, 1)).collect();
+        for f in &states {
+            let mut c = f.a.cpu(0);
+            let held: Vec<_> = (0..300)
+                .map(|i| (c.alloc_direct(Gfp::USER_MOVABLE, i % 3).unwrap(), i % 3))
+                .collect();
+            for (i, &(p, o)) in held.iter().enumerate() {
+                if i % 3 != 1 {
+                    c.free_direct(p, o).unwrap();
+                }
+            }
+        }
+        fn z(f: &Fixture) -> &Zone {
+            f.a.zone(0, ZoneType::Dma32)
+        }
+        let mt = MigrateType::Movable;
+        let one_by_one: Vec<u32> = {
+            let f = &states[0];
+            let mut area = z(f).lock();
+            let mut b = z(f).buddy(&f.a.map, &mut area, true);
+            (0..n)
+                .map_while(|_| b.rmqueue_smallest(order, mt))
+                .collect()
+        };
+        let mut bulk = Vec::new();
+        {
+            let f = &states[1];
+            let mut area = z(f).lock();
+            let mut b = z(f).buddy(&f.a.map, &mut area, true);
+            let got = b.rmqueue_bulk(order, mt, n, |i| bulk.push(i));
+            assert_eq!(got as usize, bulk.len());
+        }
+        assert_eq!(bulk, one_by_one, "n={n} order={order}");
+        assert_eq!(
+            states[0].free_blocks(),
+            states[1].free_blocks(),
+            "free lists differ, n={n} order={order}"
+        );
+    }
+}
