@@ -857,7 +857,7 @@ impl CpuCache<'_> {
     fn alloc_other(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
         let node = self.node;
         if !pcp_allowed_order(order) && order <= MAX_ORDER {
-            if let Some(p) = self.alloc_buddy_hit(gfp, order, node) {
+            if let Some(p) = self.alloc_buddy_hit(gfp, order) {
                 return Some(p);
             }
         }
@@ -874,22 +874,26 @@ impl CpuCache<'_> {
     /// type fall through to the full path, which redoes the check and counts
     /// what happened.
     #[inline]
-    fn alloc_buddy_hit(&mut self, gfp: Gfp, order: usize, node: usize) -> Option<Pfn> {
+    fn alloc_buddy_hit(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
         let a = self.a;
         let highest = gfp.highest_zone();
-        let z = a.preferred[node][highest as usize] as usize;
+        let z = self.preferred[highest as usize] as usize;
         let zone = a.zones.get(z)?;
         if zone.boosted.load(Ordering::Relaxed) {
             return None;
         }
         let mt = a.migratetype(gfp);
-        let flags = AllocFlags(AllocFlags::WMARK_LOW);
-        let mark = zone.wmark(WMARK_LOW);
         let mut area = zone.lock();
-        let free = zone.free_for_check(&area, order, mark, highest);
-        // The order half of the check is the block rmqueue_smallest finds:
-        // one of at least `order` in a mobility class's lists.
-        if !zone::watermark_free_ok(zone, &area, order, mark, highest, flags, free) {
+        // The free-count half of __zone_watermark_ok at the low mark with no
+        // ALLOC_HIGH/HARDER (so the mark is not lowered, and the HighAtomic
+        // reserve does not count), decided exactly; the order half is the
+        // block rmqueue_smallest finds: one of at least `order` in a
+        // mobility class's lists.
+        let bound = zone.wmark(WMARK_LOW)
+            + zone.lowmem_reserve[highest as usize]
+            + ((1u64 << order) - 1)
+            + area.nr_reserved_highatomic;
+        if !zone.vm_free.above(bound as i64) {
             return None;
         }
         let idx = zone
@@ -1326,7 +1330,10 @@ impl CpuCache<'_> {
     /// to the buddy lists, in one call.
     #[inline(never)]
     fn free_large(&mut self, idx: u32, order: usize, z: usize) {
-        self.release_head(idx, order);
+        // The buddy free rewrites the flags; only the reference goes here.
+        // SAFETY: check_free found idx in the array.
+        unsafe { self.a.map.at_unchecked(idx) }.refcount = 0;
+        self.pages.events.add(VmEvent::PgFree, 1 << order);
         // SAFETY: check_free found idx in the array.
         let mt = unsafe { self.a.pageblock_mt_of_idx(idx) };
         self.free_to_buddy(z, idx, order, mt);
