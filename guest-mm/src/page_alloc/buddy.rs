@@ -43,6 +43,12 @@ pub struct FreeArea {
     pub nr_free: [u64; NR_ORDERS],
     /// Pages in pageblocks reserved as HighAtomic.
     pub nr_reserved_highatomic: u64,
+    /// Isolated pageblocks in the zone, so a merge need not look up two
+    /// pageblock types when there are none ([NOT IN SEED]: Linux's
+    /// `nr_isolate_pageblock` / `has_isolate_pageblock`). Kept by
+    /// [`Buddy::set_pageblock_mt`], the only way a pageblock may be
+    /// isolated or released.
+    pub nr_isolate_pageblock: u64,
     /// Lock acquisitions, for the per-CPU-list checks (row 14).
     pub lock_acquisitions: u64,
     pub fallbacks: u64,
@@ -55,6 +61,7 @@ impl FreeArea {
         lists: [[FreeList::EMPTY; MIGRATE_TYPES]; NR_ORDERS],
         nr_free: [0; NR_ORDERS],
         nr_reserved_highatomic: 0,
+        nr_isolate_pageblock: 0,
         lock_acquisitions: 0,
         fallbacks: 0,
         steals_whole_block: 0,
@@ -83,7 +90,19 @@ pub struct Buddy<'a> {
 impl Buddy<'_> {
     #[inline(always)]
     pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
-        let p = self.map.at(idx);
+        self.add_page(idx, self.map.at(idx), order, mt, tail);
+    }
+
+    /// [`Self::add`] with the descriptor of `idx` already in hand.
+    #[inline(always)]
+    fn add_page(
+        &mut self,
+        idx: u32,
+        p: &mut crate::page::Page,
+        order: usize,
+        mt: MigrateType,
+        tail: bool,
+    ) {
         // A block being freed is never reserved; whatever else it was
         // (allocated, cached) it is now a free head and nothing more.
         debug_assert!(p.flags & PG_RESERVED == 0);
@@ -194,9 +213,16 @@ impl Buddy<'_> {
             MigrateType::Unmovable
         };
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
-        self.map
-            .at(self.map.idx(start.max(self.map.start_pfn())))
-            .pageblock_mt = mt as u8;
+        let head = self.map.at(self.map.idx(start.max(self.map.start_pfn())));
+        let was_isolated = head.pageblock_mt == MigrateType::Isolate as u8;
+        if was_isolated != (mt == MigrateType::Isolate) {
+            if was_isolated {
+                self.area.nr_isolate_pageblock -= 1;
+            } else {
+                self.area.nr_isolate_pageblock += 1;
+            }
+        }
+        head.pageblock_mt = mt as u8;
     }
 
     /// Splits a block of order `high` at `idx` down to `low`, giving the
@@ -513,10 +539,15 @@ impl Buddy<'_> {
     pub fn free_one(&mut self, idx: u32, order: usize, mt: MigrateType) {
         assert!(order <= MAX_ORDER, "free of order {order}");
         let (lo, span) = (self.lo, self.hi - self.lo);
+        assert!(
+            idx.wrapping_sub(lo) < span,
+            "free of a block outside the zone"
+        );
         // Whatever marked the block (allocated, cached on a per-CPU list)
         // goes: if it merges as the upper half it becomes the inside of a
         // free block, whose descriptors carry no flags.
-        self.map.at(idx).flags = 0;
+        // SAFETY: in the zone (checked above), which lies inside the map.
+        unsafe { self.map.at_unchecked(idx) }.flags = 0;
         let mut idx = idx;
         let mut order = order;
         while order < MAX_ORDER {
@@ -532,7 +563,10 @@ impl Buddy<'_> {
                 break;
             }
             // Never merge an isolated pageblock into a usable one.
-            if order >= PAGEBLOCK_ORDER && self.isolation_differs(idx, buddy) {
+            if order >= PAGEBLOCK_ORDER
+                && self.area.nr_isolate_pageblock != 0
+                && self.isolation_differs(idx, buddy)
+            {
                 break;
             }
             self.unlink(b);
@@ -554,7 +588,10 @@ impl Buddy<'_> {
             higher.wrapping_sub(lo) < span
                 && unsafe { self.map.at_unchecked(higher) }.flags & PG_BUDDY != 0
         };
-        self.add(idx, order, mt, tail);
+        // SAFETY: the merged block's head is the freed block's or a buddy's
+        // that was checked against the zone span.
+        let p = unsafe { self.map.at_unchecked(idx) };
+        self.add_page(idx, p, order, mt, tail);
     }
 
     fn isolation_differs(&self, a: u32, b: u32) -> bool {

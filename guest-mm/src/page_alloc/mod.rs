@@ -24,7 +24,7 @@ use crate::memblock::{Memblock, MemblockError};
 use crate::mempolicy::{self, InterleaveState, Policy};
 use crate::mmzone::{
     MigrateType, ZoneType, MAX_NR_ZONES, MAX_NUMNODES, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS,
-    PAGEBLOCK_NR_PAGES,
+    PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
 use crate::page::{MemMap, Page, PG_ALLOC, PG_PCP, PG_RESERVED};
 use crate::pcp::{self, order_to_pindex, pcp_allowed_order, PerCpuPages};
@@ -1334,8 +1334,14 @@ impl CpuCache<'_> {
         // SAFETY: check_free found idx in the array.
         unsafe { self.a.map.at_unchecked(idx) }.refcount = 0;
         self.pages.events.add(VmEvent::PgFree, 1 << order);
-        // SAFETY: check_free found idx in the array.
-        let mt = unsafe { self.a.pageblock_mt_of_idx(idx) };
+        // A block of a pageblock or more goes to its pageblock's type
+        // whatever it is freed as (free_one looks it up after merging).
+        let mt = if order >= PAGEBLOCK_ORDER {
+            MigrateType::Movable
+        } else {
+            // SAFETY: check_free found idx in the array.
+            unsafe { self.a.pageblock_mt_of_idx(idx) }
+        };
         self.free_to_buddy(z, idx, order, mt);
     }
 

@@ -1087,3 +1087,48 @@ fn bulk_refill_takes_what_repeated_smallest_takes() {
         );
     }
 }
+
+#[test]
+fn isolated_pageblock_never_merges_with_a_usable_one() {
+    // A pageblock taken out of use (MIGRATE_ISOLATE, row 17's drain during
+    // isolation) must not be merged into a usable order-10 block, even
+    // though the merge loop skips the check while no pageblock is isolated.
+    let f = fixture(32 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let mut c = f.a.cpu(0);
+    // Two buddy pageblocks, both allocated.
+    let got: Vec<Pfn> = (0..8)
+        .map(|_| c.alloc(Gfp::USER_MOVABLE, PAGEBLOCK_ORDER).unwrap())
+        .collect();
+    let a = *got
+        .iter()
+        .find(|p| p.0 & PAGEBLOCK_NR_PAGES == 0 && got.contains(&Pfn(p.0 ^ PAGEBLOCK_NR_PAGES)))
+        .expect("a buddy pair among eight order-9 blocks");
+    let b = Pfn(a.0 ^ PAGEBLOCK_NR_PAGES);
+    for &p in got.iter().filter(|&&p| p != a && p != b) {
+        c.free(p, PAGEBLOCK_ORDER).unwrap();
+    }
+    {
+        let mut area = z.lock();
+        let mut bd = z.buddy(&f.a.map, &mut area, true);
+        bd.set_pageblock_mt(b.0, MigrateType::Isolate);
+        assert_eq!(area.nr_isolate_pageblock, 1);
+    }
+    c.free(b, PAGEBLOCK_ORDER).unwrap();
+    c.free(a, PAGEBLOCK_ORDER).unwrap();
+    drop(c);
+    let head = a.0 & !(PAGEBLOCK_NR_PAGES * 2 - 1);
+    let blocks = f.free_blocks();
+    assert!(
+        !blocks.iter().any(|&(p, o, _)| p == head && o == MAX_ORDER),
+        "isolated pageblock merged"
+    );
+    assert!(blocks.contains(&(b.0, PAGEBLOCK_ORDER, MigrateType::Isolate)));
+    // Released again, the next free of a neighbour merges as usual.
+    {
+        let mut area = z.lock();
+        let mut bd = z.buddy(&f.a.map, &mut area, true);
+        bd.set_pageblock_mt(b.0, MigrateType::Movable);
+        assert_eq!(area.nr_isolate_pageblock, 0);
+    }
+}
