@@ -325,17 +325,25 @@ impl PerCpuPages {
             }
             tried_empty = 0;
             let order = pindex / MIGRATE_PCPTYPES;
-            while left > 0 {
-                let Some(idx) = self.pop_tail(pindex, order) else {
-                    break;
-                };
-                // The list says the type: the fast free path does not
-                // write it into the descriptor.
-                let mt = MigrateType::from_index(pindex % MIGRATE_PCPTYPES);
+            // The list says the type: the fast free path does not write it
+            // into the descriptor.
+            let mt = MigrateType::from_index(pindex % MIGRATE_PCPTYPES);
+            // As many coldest blocks as popping one at a time until `left`
+            // pages went would take, then the bookkeeping once.
+            let l = self.lists[pindex];
+            let want = ((left as u64 + (1 << order) - 1) >> order) as u32;
+            let n = want.min(l.len());
+            for k in 0..n {
+                // SAFETY: k < len, so the list has storage; slot() masks.
+                let idx = unsafe { l.slot(l.bottom.wrapping_add(k)).read() };
                 free(idx, order, mt);
-                left -= 1 << order;
-                freed += 1 << order;
             }
+            let m = &mut self.lists[pindex];
+            m.bottom = m.bottom.wrapping_add(n);
+            m.end = m.end.wrapping_add(n);
+            self.count -= n << order;
+            left -= (n as i64) << order;
+            freed += n << order;
             pindex = (pindex + 1) % NR_PCP_LISTS;
         }
         freed

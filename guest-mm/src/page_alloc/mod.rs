@@ -920,9 +920,9 @@ impl CpuCache<'_> {
         // The low watermark check (seed 2.2.4, row 2), passed here only when
         // the folded free count clears it by more than the per-CPU drift;
         // a boosted zone goes the full way too, which wakes kswapd.
-        if zone.vm_free.folded()
-            <= zone.fast_low_mark[highest & 3] + zone.boost.load(Ordering::Relaxed) as i64
-            || zone.boosted.load(Ordering::Relaxed)
+        if zone.boosted.load(Ordering::Relaxed)
+            || zone.vm_free.folded()
+                <= zone.fast_low_mark[highest & 3] + zone.boost.load(Ordering::Relaxed) as i64
         {
             return None;
         }
