@@ -230,6 +230,23 @@ impl PerCpuPages {
         Some(idx)
     }
 
+    /// Adds a page at the bottom without touching its descriptor (the
+    /// caller marks it cached, as [`Self::push_tail`] would); false when
+    /// the ring is full.
+    #[inline(always)]
+    pub fn put_tail(&mut self, pindex: usize, idx: u32, order: usize) -> bool {
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
+            return false;
+        }
+        l.bottom = l.bottom.wrapping_sub(1);
+        l.end = l.end.wrapping_sub(1);
+        // SAFETY: as in push_head.
+        unsafe { l.slot(l.bottom).write(idx) };
+        self.count += 1 << order;
+        true
+    }
+
     /// Adds a page at the bottom (refills keep the buddy order below the
     /// hot pages); false when the ring is full.
     pub fn push_tail(

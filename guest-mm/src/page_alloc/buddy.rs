@@ -278,7 +278,7 @@ impl Buddy<'_> {
         order: usize,
         mt: MigrateType,
         n: u32,
-        mut take: impl FnMut(u32),
+        mut take: impl FnMut(u32, &mut crate::page::Page),
     ) -> u32 {
         let mut got = 0;
         while got < n {
@@ -290,7 +290,10 @@ impl Buddy<'_> {
             let pieces = 1u32 << (cur - order);
             let m = pieces.min(n - got);
             for i in 0..m {
-                take(idx + (i << order));
+                let piece = idx + (i << order);
+                // SAFETY: inside the block just taken, inside the zone and
+                // so inside the map.
+                take(piece, unsafe { self.map.at_unchecked(piece) });
             }
             got += m;
             let (mut at, end) = (m << order, 1u32 << cur);

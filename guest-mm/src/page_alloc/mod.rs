@@ -491,9 +491,13 @@ impl PageAllocator {
             );
             self.thisnode[node] = Zonelist::build_thisnode(node, &populated);
             for highest in ZoneType::ALL {
+                // Only a local zone: the fast paths serve THISNODE requests
+                // too, and a node without memory sends everything the full
+                // way.
                 self.preferred[node][highest as usize] = self.fallback[node]
                     .zones_for(highest, None)
                     .next()
+                    .filter(|zr| zr.node as usize == node)
                     .map_or(NO_SLOT, |zr| zid(zr.node as usize, zr.zone) as u8);
             }
         }
@@ -860,6 +864,13 @@ impl CpuCache<'_> {
             if let Some(p) = self.alloc_buddy_hit(gfp, order) {
                 return Some(p);
             }
+        } else if order == 0 {
+            if let Some(z) = self.fast_zone(gfp) {
+                // The fast path missed only because its list was empty.
+                if let Some(p) = self.alloc_refill(gfp, z, self.a.migratetype(gfp)) {
+                    return Some(p);
+                }
+            }
         }
         self.alloc_node(gfp, order, node, None)
     }
@@ -914,18 +925,7 @@ impl CpuCache<'_> {
     #[inline(always)]
     fn alloc_pcp_hit(&mut self, gfp: Gfp) -> Option<Pfn> {
         let a = self.a;
-        let highest = gfp.highest_zone() as usize;
-        let z = self.preferred[highest] as usize;
-        let zone = a.zones.get(z)?;
-        // The low watermark check (seed 2.2.4, row 2), passed here only when
-        // the folded free count clears it by more than the per-CPU drift;
-        // a boosted zone goes the full way too, which wakes kswapd.
-        if zone.boosted.load(Ordering::Relaxed)
-            || zone.vm_free.folded()
-                <= zone.fast_low_mark[highest & 3] + zone.boost.load(Ordering::Relaxed) as i64
-        {
-            return None;
-        }
+        let z = self.fast_zone(gfp)?;
         let mt = a.migratetype(gfp);
         let pindex = order_to_pindex(mt, 0);
         let pages = &mut *self.pages;
@@ -940,6 +940,47 @@ impl CpuCache<'_> {
         p.next = z as u32;
         pages.fast_allocs += 1;
         Some(a.map.to_pfn(idx))
+    }
+
+    /// The zone the order-0 fast path serves `gfp` from: the preferred
+    /// zone, if it passes the low watermark check (seed 2.2.4, row 2) with
+    /// the folded free count clearing it by more than the per-CPU drift and
+    /// is not boosted (a boosted zone goes the full way, which wakes
+    /// kswapd).
+    #[inline(always)]
+    fn fast_zone(&self, gfp: Gfp) -> Option<usize> {
+        let highest = gfp.highest_zone() as usize;
+        let z = self.preferred[highest] as usize;
+        let zone = self.a.zones.get(z)?;
+        if zone.boosted.load(Ordering::Relaxed)
+            || zone.vm_free.folded()
+                <= zone.fast_low_mark[highest & 3] + zone.boost.load(Ordering::Relaxed) as i64
+        {
+            return None;
+        }
+        Some(z)
+    }
+
+    /// The fast path found its list empty: refill it from the preferred
+    /// zone, which passed the low watermark, and take the first page. That
+    /// is what get_page_from_freelist does for that zone (rmqueue_pcplist),
+    /// with the flags alloc_node would pass (ALLOC_NOFRAGMENT exactly when
+    /// alloc_flags_nofragment would set it: the preferred zone is Normal
+    /// and its node has DMA32), without walking there again.
+    #[inline(never)]
+    fn alloc_refill(&mut self, gfp: Gfp, z: usize, mt: MigrateType) -> Option<Pfn> {
+        let a = self.a;
+        let zone = &a.zones[z];
+        let mut flags = AllocFlags(AllocFlags::WMARK_LOW);
+        if gfp.contains(Gfp::KSWAPD_RECLAIM) {
+            flags = flags.with(AllocFlags::KSWAPD);
+        }
+        if zone.kind == ZoneType::Normal && a.zone(zone.node, ZoneType::Dma32).populated() {
+            flags = flags.with(AllocFlags::NOFRAGMENT);
+        }
+        let idx = self.rmqueue_pcplist(z, 0, mt, flags)?;
+        self.pages.events.inc(VmEvent::NumaHit);
+        Some(self.prep_new_page(idx, 0, mt, z))
     }
 
     /// `__alloc_pages`: the fast path over the zonelist of `node`, then the
@@ -1191,9 +1232,13 @@ impl CpuCache<'_> {
         // The type's own blocks in one go; what they cannot supply block by
         // block, which may steal from other types.
         let room = pcp.lists[pindex].room();
-        let mut got = b.rmqueue_bulk(order, mt, batch.min(room), |idx| {
-            let pushed = pcp.push_tail(&a.map, pindex, idx, order, mt);
+        let mut got = b.rmqueue_bulk(order, mt, batch.min(room), |idx, p| {
+            let pushed = pcp.put_tail(pindex, idx, order);
             debug_assert!(pushed);
+            // Fresh from a free block: no flags to keep.
+            p.flags = PG_PCP;
+            p.order = order as u8;
+            p.mt = mt as u8;
         }) as u64;
         while got < batch as u64 {
             let (idx, steal) = b.rmqueue(order, mt, flags);

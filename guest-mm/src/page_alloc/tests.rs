@@ -1076,7 +1076,7 @@ fn bulk_refill_takes_what_repeated_smallest_takes() {
             let f = &states[1];
             let mut area = z(f).lock();
             let mut b = z(f).buddy(&f.a.map, &mut area, true);
-            let got = b.rmqueue_bulk(order, mt, n, |i| bulk.push(i));
+            let got = b.rmqueue_bulk(order, mt, n, |i, _| bulk.push(i));
             assert_eq!(got as usize, bulk.len());
         }
         assert_eq!(bulk, one_by_one, "n={n} order={order}");
