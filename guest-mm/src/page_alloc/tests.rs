@@ -1132,3 +1132,25 @@ fn isolated_pageblock_never_merges_with_a_usable_one() {
         assert_eq!(area.nr_isolate_pageblock, 0);
     }
 }
+
+#[test]
+fn thisnode_on_a_node_without_memory_never_takes_the_fast_path_elsewhere() {
+    // Row 7 on a memoryless node: its CPU's order-0 and order-9 fast paths
+    // must not serve a THISNODE request from another node's zone (they
+    // start only at a local zone); a plain request spills as row 6 says.
+    let mut topo = Topology::single(2);
+    topo.nr_nodes = 2;
+    topo.distances = Distances::uniform(2);
+    topo.node_range[0] = (0, 64 * MIB);
+    topo.node_range[1] = (64 * MIB, 64 * MIB);
+    topo.cpu_node[1] = 1;
+    let f = fixture_topo(64 * MIB, topo);
+    let mut c = f.a.cpu(1);
+    let thisnode = Gfp::NOWAIT.union(Gfp::THISNODE);
+    for order in [0, 0, 9] {
+        assert_eq!(c.alloc(thisnode, order), None, "order {order}");
+    }
+    let p = c.alloc(Gfp::NOWAIT, 0).expect("spills to node 0");
+    c.free(p, 0).unwrap();
+    assert!(c.events().get(VmEvent::NumaMiss) >= 1);
+}
