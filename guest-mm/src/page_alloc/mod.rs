@@ -781,9 +781,123 @@ impl PageAllocator {
         let zone = &self.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&self.map, &mut area, self.grouping);
-        let freed = pcp.bulk_take(count, first, |idx, order, mt| b.free_one(idx, order, mt));
+        let mut run = PageRun::EMPTY;
+        let freed = pcp.bulk_take(count, first, |idx, order, mt| {
+            run.add(&mut b, idx, order, mt)
+        });
+        run.free(&mut b);
         zone.vm_free.add(cpu, freed as i64);
         freed
+    }
+}
+
+/// Order-0 pages the bulk free met one after another at consecutive
+/// addresses, rising or falling, of one migrate type.
+///
+/// Why: freeing the pages of an aligned block one at a time, with nothing
+/// else freed in between, ends in exactly the state freeing the block at
+/// its order does. Until its last page is freed no merge inside the block
+/// can reach a buddy outside it (that needs the whole block free), so the
+/// blocks the earlier pages form are on the lists only until the later
+/// pages merge them away, and the last page's merge continues from the
+/// whole block, as the block's own free does. A run of consecutive pages is
+/// a sequence of aligned blocks, each freed completely before the next, so
+/// freeing those blocks in the run's order is the same as freeing its
+/// pages. Refills hand out and frees give back pages in address order, so
+/// runs are common, and most of free_pcppages_bulk's per-page merging
+/// (__free_one_page) is then done once per block. Blocks stop below a
+/// pageblock so the merge of pageblocks keeps its isolation check.
+struct PageRun {
+    /// First page met; `len` pages from it in direction `dir`.
+    start: u32,
+    len: u32,
+    /// +1 rising, -1 falling, 0 while a single page.
+    dir: i32,
+    mt: MigrateType,
+}
+
+impl PageRun {
+    const EMPTY: PageRun = PageRun {
+        start: 0,
+        len: 0,
+        dir: 0,
+        mt: MigrateType::Unmovable,
+    };
+
+    fn start(idx: u32, mt: MigrateType) -> PageRun {
+        PageRun {
+            start: idx,
+            len: 1,
+            dir: 0,
+            mt,
+        }
+    }
+
+    /// The next block of a bulk free, in the order they come: joins the run
+    /// or frees what the run held and starts another (blocks above order 0
+    /// are freed at once). [`PageRun::free`] after the last one.
+    #[inline(always)]
+    fn add(&mut self, b: &mut buddy::Buddy, idx: u32, order: usize, mt: MigrateType) {
+        if order == 0 {
+            // Maybe inside a block freed whole later: no flags may stay.
+            b.map.at(idx).flags = 0;
+            if self.extend(idx, mt) {
+                return;
+            }
+        }
+        self.free(b);
+        if order == 0 {
+            *self = PageRun::start(idx, mt);
+        } else {
+            b.free_one(idx, order, mt);
+        }
+    }
+
+    /// Takes `idx` into the run if it is the next page of it.
+    #[inline(always)]
+    fn extend(&mut self, idx: u32, mt: MigrateType) -> bool {
+        if self.len == 0 || mt != self.mt {
+            return false;
+        }
+        let dir = if self.len == 1 {
+            match idx.wrapping_sub(self.start) {
+                1 => 1,
+                u32::MAX => -1,
+                _ => return false,
+            }
+        } else {
+            self.dir
+        };
+        if idx != self.start.wrapping_add_signed(dir * self.len as i32) {
+            return false;
+        }
+        self.dir = dir;
+        self.len += 1;
+        true
+    }
+
+    /// Frees the run as aligned blocks, in the order its pages came.
+    fn free(&mut self, b: &mut buddy::Buddy) {
+        if self.len == 0 {
+            return;
+        }
+        let max = PAGEBLOCK_ORDER as u32 - 1;
+        if self.dir >= 0 {
+            let (mut at, end) = (self.start, self.start + self.len);
+            while at < end {
+                let o = at.trailing_zeros().min((end - at).ilog2()).min(max);
+                b.free_one(at, o as usize, self.mt);
+                at += 1 << o;
+            }
+        } else {
+            let (lo, mut end) = (self.start + 1 - self.len, self.start + 1);
+            while end > lo {
+                let o = end.trailing_zeros().min((end - lo).ilog2()).min(max);
+                end -= 1 << o;
+                b.free_one(end, o as usize, self.mt);
+            }
+        }
+        self.len = 0;
     }
 }
 

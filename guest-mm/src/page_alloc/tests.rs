@@ -1154,3 +1154,82 @@ fn thisnode_on_a_node_without_memory_never_takes_the_fast_path_elsewhere() {
     c.free(p, 0).unwrap();
     assert!(c.events().get(VmEvent::NumaMiss) >= 1);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    // The bulk free frees runs of consecutive pages as aligned blocks; the
+    // free lists, in order, must end exactly as freeing the pages one at a
+    // time in the same order does (free_pcppages_bulk → __free_one_page),
+    // whatever mix of rising, falling and scattered pages comes.
+    #[test]
+    fn bulk_free_of_runs_ends_as_page_by_page(
+        chunks in proptest::collection::vec((1usize..80, 0u8..4), 1..40),
+        rotate in 0usize..1000,
+    ) {
+        let states: Vec<Fixture> = (0..2).map(|_| fixture(32 * MIB, 1)).collect();
+        let mut pages = Vec::new();
+        for (k, f) in states.iter().enumerate() {
+            let mut c = f.a.cpu(0);
+            // Some holes first, so merges meet free and busy neighbours.
+            let held: Vec<_> = (0..200).map(|_| c.alloc_direct(Gfp::USER_MOVABLE, 0).unwrap()).collect();
+            for (i, &p) in held.iter().enumerate() {
+                if i % 5 == 2 {
+                    c.free_direct(p, 0).unwrap();
+                }
+            }
+            let got: Vec<u32> = (0..700)
+                .map(|_| f.a.map.idx(c.alloc_direct(Gfp::USER_MOVABLE, 0).unwrap().0))
+                .collect();
+            if k == 0 {
+                pages = got;
+            } else {
+                prop_assert_eq!(&pages, &got);
+            }
+        }
+        pages.sort_unstable();
+        let n = pages.len();
+        pages.rotate_left(rotate % n);
+        // The order the bulk free meets them: chunks kept, reversed,
+        // interleaved, or left allocated (so some blocks stay apart and the
+        // order of the lists shows).
+        let mut seq = Vec::new();
+        let mut rest = &pages[..];
+        for (len, how) in chunks {
+            let (chunk, tail) = rest.split_at(len.min(rest.len()));
+            rest = tail;
+            match how {
+                0 => seq.extend_from_slice(chunk),
+                1 => seq.extend(chunk.iter().rev()),
+                3 => {}
+                _ => {
+                    seq.extend(chunk.iter().step_by(2));
+                    seq.extend(chunk.iter().skip(1).step_by(2));
+                }
+            }
+        }
+        seq.extend(rest.iter().rev());
+        let mt = MigrateType::Movable;
+        let z = |_: &Fixture| zid(0, ZoneType::Dma32);
+        {
+            let f = &states[0];
+            let zone = &f.a.zones[z(f)];
+            let mut area = zone.lock();
+            let mut b = zone.buddy(&f.a.map, &mut area, true);
+            let mut run = PageRun::EMPTY;
+            for &idx in &seq {
+                run.add(&mut b, idx, 0, mt);
+            }
+            run.free(&mut b);
+        }
+        {
+            let f = &states[1];
+            let zone = &f.a.zones[z(f)];
+            let mut area = zone.lock();
+            let mut b = zone.buddy(&f.a.map, &mut area, true);
+            for &idx in &seq {
+                b.free_one(idx, 0, mt);
+            }
+        }
+        prop_assert_eq!(states[0].free_blocks(), states[1].free_blocks());
+    }
+}
