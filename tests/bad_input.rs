@@ -1,6 +1,8 @@
 //! Bad input: every case exits with status 2 promptly, prints one clear
 //! error line on stderr naming the bad value (and what would be valid), and
-//! leaves no process behind.
+//! leaves no process behind. Bad values of the bundled guest kernel's own
+//! options (`--cmdline`) are the guest's to reject: exit status 1, with an
+//! `error` line naming the option, the value and what is valid.
 #[macro_use]
 mod common;
 
@@ -137,7 +139,8 @@ fn memory_not_a_size() {
 fn vcpus_zero() {
     require_kvm!();
     let out = run(&["--vcpus", "0", "--memory", "128M"]);
-    assert_bad_input(&out, &["--vcpus 0", "valid: 1 to "]);
+    // The bundled kernel's limit, not KVM's.
+    assert_bad_input(&out, &["--vcpus 0", "valid: 1 to 64"]);
 }
 
 #[test]
@@ -164,4 +167,168 @@ fn unknown_flag() {
 fn timeout_zero() {
     let out = run(&["--timeout", "0", "--memory", "128M"]);
     assert_bad_input(&out, &["--timeout", "'0'", "above 0 and below 1e9"]);
+}
+
+#[test]
+fn kernel_not_a_regular_file() {
+    require_kvm!();
+    // /dev/zero never ends: it must be refused, not read.
+    let out = run(&["--kernel", "/dev/zero"]);
+    assert_bad_input(&out, &["/dev/zero", "not a regular file"]);
+}
+
+#[test]
+fn kernel_larger_than_guest_ram() {
+    require_kvm!();
+    let k = TempFile::new("big-kernel");
+    let f = std::fs::File::create(k.path()).unwrap();
+    f.set_len(40 << 20).unwrap();
+    let out = run(&["--kernel", k.as_str(), "--memory", "32M"]);
+    assert_bad_input(&out, &[k.as_str(), "larger than the guest's 32M"]);
+}
+
+#[test]
+fn wait_for_start_without_api_sock() {
+    let out = run(&["--wait-for-start"]);
+    assert_bad_input(&out, &["--api-sock"]);
+}
+
+#[test]
+fn record_budget_out_of_range() {
+    let out = run(&["--record-budget", "10"]);
+    assert_bad_input(&out, &["10", "between 4K and 1G"]);
+}
+
+/// `memvisor run --report - | head -c 100`: a closed stdout ends our output
+/// quietly, never with a panic (exit 134).
+#[test]
+fn a_closed_stdout_pipe_is_not_a_crash() {
+    require_kvm!();
+    use std::process::{Command, Stdio};
+    for _ in 0..3 {
+        let mut child = Command::new(common::BIN)
+            .args(["run", "--report", "-", "--cmdline", "workload=boot"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before the report is written: its write gets
+        // EPIPE.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+// --- guest kernel options (--cmdline) -------------------------------------
+
+/// The guest rejected `cmdline`: exit 1 (guest failure) promptly, and its
+/// `error` line, the exit reason and the human-facing output (console and
+/// summary) contain every needle.
+fn assert_bad_guest_option(cmdline: &str, needles: &[&str]) {
+    require_kvm!();
+    let out = run(&["--cmdline", cmdline, "--memory", "128M"]);
+    let ctx = out.describe();
+    assert_eq!(out.code, Some(1), "{ctx}");
+    assert!(out.elapsed < PROMPT, "took {:?}\n{ctx}", out.elapsed);
+    assert!(
+        out.leftovers.is_empty(),
+        "processes left behind: {:?}\n{ctx}",
+        out.leftovers
+    );
+    let r = out.report();
+    assert_eq!(r["exit"]["status"], "failure", "{r:#}");
+    let msg = out.guest_event("error")["message"]
+        .as_str()
+        .expect("error.message is a string")
+        .to_string();
+    let reason = r["exit"]["reason"].as_str().unwrap_or_default();
+    let human = format!("{}{}", out.stdout, out.stderr);
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "the guest error does not mention {n:?}: {msg}"
+        );
+        assert!(
+            reason.contains(n),
+            "exit.reason does not mention {n:?}: {reason}"
+        );
+        assert!(
+            human.contains(n),
+            "the output does not mention {n:?}\n{ctx}"
+        );
+    }
+    assert!(
+        !r["guest"]
+            .as_array()
+            .expect("report.guest is an array")
+            .iter()
+            .any(|e| e["event"] == "workload"),
+        "a workload ran despite the bad option: {r:#}"
+    );
+}
+
+#[test]
+fn guest_alloc_iters_not_a_number() {
+    assert_bad_guest_option(
+        "workload=alloc alloc_iters=abc",
+        &["alloc_iters", "'abc'", "1 to 1000000000"],
+    );
+}
+
+#[test]
+fn guest_alloc_iters_zero() {
+    assert_bad_guest_option(
+        "workload=alloc alloc_iters=0",
+        &["alloc_iters", "'0'", "1 to 1000000000"],
+    );
+}
+
+/// Checked whichever workload runs: a typo is a typo.
+#[test]
+fn guest_alloc_iters_bad_with_another_workload() {
+    assert_bad_guest_option("workload=boot alloc_iters=12x", &["alloc_iters", "'12x'"]);
+}
+
+#[test]
+fn guest_mobility_grouping_bad() {
+    assert_bad_guest_option(
+        "workload=boot mobility_grouping=maybe",
+        &["mobility_grouping", "'maybe'", "on, off or auto"],
+    );
+}
+
+#[test]
+fn guest_option_without_value() {
+    assert_bad_guest_option(
+        "workload=boot alloc_iters",
+        &["alloc_iters", "needs a value"],
+    );
+}
+
+#[test]
+fn guest_empty_workload() {
+    assert_bad_guest_option("workload=", &["workload", "''", "memtest"]);
+}
+
+/// Keys the kernel does not know stay ignored: Linux-style command lines
+/// carry them (console=, virtio_mmio.device=, bare flags).
+#[test]
+fn guest_unknown_keys_are_ignored() {
+    require_kvm!();
+    let out = run(&[
+        "--cmdline",
+        "console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 quiet foo=bar \
+         workload=boot mobility_grouping=off alloc_iters=10",
+        "--memory",
+        "128M",
+        "--quiet",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.guest_event("workload")["name"], "boot");
 }

@@ -13,6 +13,7 @@ mod arch;
 mod bootinfo;
 mod cmdline;
 mod hostio;
+mod irq;
 mod json;
 mod mem;
 mod mm;
@@ -20,6 +21,7 @@ mod smp;
 mod syscall;
 mod trap;
 mod user;
+mod virtio;
 mod workloads;
 
 /// Upper bound on vCPUs: sizes the per-CPU stacks and TSS array.

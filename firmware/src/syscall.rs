@@ -16,6 +16,15 @@ pub const SYSCALL_VECTOR: usize = 0x80;
 pub const SYS_NOP: u64 = 0;
 pub const SYS_HALT: u64 = 1;
 pub const SYS_READ_CR3: u64 = 2;
+/// Sets IF in the caller's saved RFLAGS: from the `iretq` on, this CPU takes
+/// the device interrupts routed to it while at CPL3 (CPL3 cannot set IF
+/// itself: `popf` ignores IF at IOPL 0).
+pub const SYS_INTERRUPTS_ON: u64 = 3;
+const RFLAGS_IF: u64 = 1 << 9;
+/// rdi = mask of `arch::irq::IRQ_PENDING` bits: halt this CPU until one of
+/// them may be set (see `arch::irq::wait`). The idle loop without a
+/// scheduler: the vCPU sleeps in KVM instead of spinning on a host core.
+pub const SYS_WAIT_INTERRUPT: u64 = 4;
 /// Returned for an unknown number.
 pub const ENOSYS: u64 = u64::MAX;
 /// Encoding of `int 0x80`.
@@ -44,6 +53,14 @@ pub extern "C" fn dispatch(f: &mut TrapFrame) {
         SYS_NOP => 0,
         SYS_HALT => cpu::halt_forever(),
         SYS_READ_CR3 => cpu::read_cr3(),
+        SYS_WAIT_INTERRUPT => {
+            crate::arch::irq::wait(f.rdi as u32);
+            0
+        }
+        SYS_INTERRUPTS_ON => {
+            f.rflags |= RFLAGS_IF;
+            0
+        }
         _ => ENOSYS,
     };
 }
@@ -53,6 +70,14 @@ pub fn call0(nr: u64) -> u64 {
     let ret: u64;
     // SAFETY: the gate saves and restores every register but rax.
     unsafe { asm!("int 0x80", inlateout("rax") nr => ret, options(nostack)) }
+    ret
+}
+
+#[inline(always)]
+pub fn call1(nr: u64, a0: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: as call0; rdi is preserved by the gate.
+    unsafe { asm!("int 0x80", inlateout("rax") nr => ret, in("rdi") a0, options(nostack)) }
     ret
 }
 

@@ -26,7 +26,7 @@ pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
 }
 
 /// Reports a guest error (JSON and console) and exits with failure.
-fn fail(message: core::fmt::Arguments) -> ! {
+pub fn fail(message: core::fmt::Arguments) -> ! {
     let mut l = LINE.lock();
     l.begin(abi::RECORD_JSON);
     l.raw("{\"event\":\"error\",\"message\":");
@@ -67,6 +67,11 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
             "{ncpus} vCPUs, but this kernel supports 1 to {MAX_CPUS}"
         ));
     }
+    // Every known option's every value, before anything runs; unknown keys
+    // (console=, virtio_mmio.device=, ...) pass.
+    if let Err(bad) = cmdline::check(cmdline) {
+        fail(format_args!("{bad}"));
+    }
     let wl_name = cmdline::get(cmdline, "workload").unwrap_or(workloads::DEFAULT);
     let Some(wl) = workloads::find(wl_name) else {
         fail(format_args!(
@@ -75,14 +80,9 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         ));
     };
     let tsc_mm_start = cpu::rdtsc();
-    let grouping = match cmdline::get(cmdline, "mobility_grouping") {
-        Some("on") => Some(true),
-        Some("off") => Some(false),
-        None | Some("auto") => None,
-        Some(v) => fail(format_args!(
-            "mobility_grouping={v}: must be on, off or auto"
-        )),
-    };
+    let grouping = cmdline::get(cmdline, "mobility_grouping")
+        .and_then(cmdline::parse_grouping)
+        .flatten();
     let mm = match mm::init(&boot, ncpus, grouping) {
         Ok(s) => s,
         Err(e) => fail(format_args!("{e}")),

@@ -6,7 +6,6 @@
 #![cfg_attr(not(any(test, feature = "sim")), no_std)]
 
 pub mod addr;
-pub mod frame_alloc;
 pub mod gfp;
 pub mod memblock;
 pub mod mempolicy;
@@ -21,7 +20,6 @@ pub mod vmstat;
 pub mod zonelist;
 
 pub use addr::{align_down, align_up, Pfn, PhysAddr, PAGE_SHIFT, PAGE_SIZE};
-pub use frame_alloc::{FrameAllocator, FrameError};
 pub use memblock::{FreeRanges, Memblock, MemblockError, Region, INIT_REGIONS};
 pub use phys::{IdentityMap, PhysMemory};
 pub use sync::{SpinLock, SpinLockGuard};

@@ -364,7 +364,7 @@ impl Memblock {
         self.reserved.as_slice()
     }
 
-    /// Free memory, shrunk inward to whole pages, because the frame
+    /// Free memory, shrunk inward to whole pages, because the page
     /// allocator hands out pages and a page that is partly reserved is not
     /// free.
     pub fn free_ranges(&self) -> FreeRanges<'_> {

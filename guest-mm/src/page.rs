@@ -71,10 +71,12 @@ impl Page {
 
 /// The descriptor array for frames `[start_pfn, start_pfn + nr)`.
 ///
-/// Accessors hand out `&mut Page` from `&self`: callers hold the lock that
-/// owns the page in question (the zone lock for buddy pages, the CPU's pcp
-/// lock for pages on its lists, nobody else touches an allocated page's
-/// descriptor but its owner).
+/// Descriptors are shared by every CPU, and which lock owns one changes
+/// with the page's state (the zone lock for buddy pages, the CPU's per-CPU
+/// lock for pages on its lists, the owner for an allocated page), so the
+/// borrow checker cannot see who may write it: [`MemMap::at`] is `unsafe`
+/// and each caller states which of those it holds. Everything safe here is
+/// arithmetic on indices and never touches a descriptor.
 pub struct MemMap {
     base: *mut Page,
     start_pfn: u64,
@@ -139,10 +141,11 @@ impl MemMap {
     }
 
     /// Clears the flags of `n` descriptors from `idx` on (boot-time hand-off
-    /// to the allocator; one bounds check for the whole run).
-    pub fn clear_flags(&self, idx: u32, n: u64) {
+    /// to the allocator; one bounds check for the whole run). `&mut self`:
+    /// only the allocator's init, which owns the whole array, may do this.
+    pub fn clear_flags(&mut self, idx: u32, n: u64) {
         assert!(idx as u64 + n <= self.nr, "descriptor range out of bounds");
-        // SAFETY: in bounds (checked); exclusive use per the type's contract.
+        // SAFETY: in bounds (checked); `&mut self` is exclusive.
         for d in unsafe { core::slice::from_raw_parts_mut(self.base.add(idx as usize), n as usize) }
         {
             d.flags = 0;
@@ -154,22 +157,30 @@ impl MemMap {
     /// the map) anyway and would otherwise pay for both checks per level.
     ///
     /// # Safety
-    /// `idx` is below the number of descriptors; exclusive use per the
-    /// type's contract.
+    /// `idx` is below the number of descriptors (checked in debug builds
+    /// only), and [`MemMap::at`]'s exclusivity contract holds.
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn at_unchecked(&self, idx: u32) -> &mut Page {
         debug_assert!((idx as u64) < self.nr, "page index out of range");
-        // SAFETY: in bounds (the caller's contract).
+        // SAFETY: in bounds and exclusive (the caller's contract).
         unsafe { &mut *self.base.add(idx as usize) }
     }
 
-    /// The descriptor at `idx`.
+    /// The descriptor at `idx` (panics when out of range).
+    ///
+    /// # Safety
+    /// For as long as the returned reference lives, nothing else reads or
+    /// writes this descriptor: the caller holds the lock that owns the page
+    /// in its current state (the zone lock for a page on, or moving on or
+    /// off, the buddy lists, and for any pageblock type; the CPU's per-CPU
+    /// lock for a page on that CPU's lists), or owns the allocated block the
+    /// page heads; and it keeps no other reference to the same descriptor.
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
-    pub fn at(&self, idx: u32) -> &mut Page {
+    pub unsafe fn at(&self, idx: u32) -> &mut Page {
         assert!((idx as u64) < self.nr, "page index out of range");
-        // SAFETY: in bounds (checked); exclusive use per the type's contract.
+        // SAFETY: in bounds (checked); exclusive per the caller's contract.
         unsafe { &mut *self.base.add(idx as usize) }
     }
 }

@@ -27,10 +27,12 @@ pub const fn order_to_pindex(mt: MigrateType, order: usize) -> usize {
     order * MIGRATE_PCPTYPES + mt as usize
 }
 
-/// Batch size, static per zone (zone_batchsize): about a quarter of a
-/// thousandth of the zone, at most 1 MiB's worth before the quarter, made
-/// 2^n - 1 to spread cache colours, capped at PAGE_SHIFT · 8. Gives the
-/// seed's default of 31 for a 512 MiB zone and 63 (the 1 MiB cap) from 1 GiB.
+/// Batch size, static per zone. The seed (2.2.5.5) gives the default, 31,
+/// and the cap, PAGE_SHIFT · 8; the formula is [NOT IN SEED] and follows
+/// Linux's zone_batchsize: about a quarter of a thousandth of the zone, at
+/// most 1 MiB's worth before the quarter, made 2^n - 1 to spread cache
+/// colours, capped at PAGE_SHIFT · 8. It gives the seed's 31 for a 512 MiB
+/// zone and 63 (the 1 MiB cap) from 1 GiB.
 pub fn zone_batchsize(managed_pages: u64) -> u32 {
     let mut b = managed_pages / 1024;
     if b > 256 {
@@ -45,9 +47,12 @@ pub fn zone_batchsize(managed_pages: u64) -> u32 {
     ((pow2 - 1).max(1) as u32).min(PCP_BATCH_CAP)
 }
 
-/// High mark (zone_highsize, 5.14): the low watermark split among the
-/// node's CPUs, at least four batches. Grows with the zone, shrinks with the
-/// number of CPUs sharing it.
+/// High mark. The seed (2.2.5.5) says only that since 5.14 it scales with
+/// the zone's size and its local CPUs (its default of 6 · batch = 186
+/// predates that); the formula is [NOT IN SEED] and follows Linux 5.14's
+/// zone_highsize: the low watermark split among the node's CPUs, at least
+/// four batches. Grows with the zone, shrinks with the number of CPUs
+/// sharing it.
 pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
     let per_cpu = low_wmark / local_cpus.max(1) as u64;
     (per_cpu.min(u32::MAX as u64) as u32).max(batch * 4)
@@ -168,7 +173,9 @@ impl PerCpuPages {
     /// Marks a page as cached on a list: `order` and the list's type `mt`.
     #[inline(always)]
     fn mark(map: &MemMap, idx: u32, order: usize, mt: MigrateType) {
-        let p = map.at(idx);
+        // SAFETY: the page is entering this CPU's lists, whose lock the
+        // caller holds (`&mut PerCpuPages`); nobody else holds it.
+        let p = unsafe { map.at(idx) };
         p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
         p.order = order as u8;
         p.mt = mt as u8;
@@ -282,7 +289,9 @@ impl PerCpuPages {
         // SAFETY: not empty, so the ring has storage; slot() masks.
         let idx = unsafe { l.slot(l.top).read() };
         self.count -= 1 << order;
-        map.at(idx).flags &= !PG_PCP;
+        // SAFETY: the page was on this CPU's list, owned by its lock
+        // (`&mut self`), and is now off it; no other reference is kept.
+        unsafe { map.at(idx) }.flags &= !PG_PCP;
         Some(idx)
     }
 
@@ -405,5 +414,38 @@ mod tests {
         assert_eq!(seq, [31, 62, 124, 248, 496, 969]);
         p.free_factor >>= 1; // an allocation halves it
         assert_eq!(p.nr_to_free(), 31 << 2);
+    }
+
+    #[test]
+    fn free_factor_stops_growing_once_the_count_reaches_the_clamp() {
+        // Seed 2.2.5.3 (Linux's nr_pcp_free): the factor grows only while
+        // the doubled count is below high - batch, so after an allocation
+        // halves it the count restarts from what was really freed.
+        let mut p = PerCpuPages {
+            high: 31 + (31 << 3),
+            batch: 31,
+            ..PerCpuPages::EMPTY
+        };
+        let seq: [u32; 5] = core::array::from_fn(|_| p.nr_to_free());
+        assert_eq!(seq, [31, 62, 124, 248, 248]);
+        assert_eq!(p.free_factor, 3);
+        p.free_factor >>= 1;
+        assert_eq!(p.nr_to_free(), 62);
+    }
+
+    #[test]
+    fn free_count_edges_follow_nr_pcp_free() {
+        // Seed 2.2.5.3 keeps at least `batch` on the list; when high is
+        // below batch (Linux's nr_pcp_free, [NOT IN SEED]) one page goes,
+        // and with high equal to batch a whole batch still does.
+        let mut p = PerCpuPages {
+            high: 30,
+            batch: 31,
+            ..PerCpuPages::EMPTY
+        };
+        assert_eq!(p.nr_to_free(), 1);
+        p.high = 31;
+        assert_eq!(p.nr_to_free(), 31);
+        assert_eq!(p.free_factor, 0, "no doubling past the clamp");
     }
 }

@@ -147,8 +147,18 @@ pub trait PageProvider {
     /// allocation (GFP_RECLAIMABLE), otherwise UNMOVABLE.
     fn alloc_pages(&self, cpu: usize, order: u32, reclaimable: bool) -> Option<PhysAddr>;
     /// Returns a block obtained from [`PageProvider::alloc_pages`] with the
-    /// same `order`.
-    fn free_pages(&self, cpu: usize, addr: PhysAddr, order: u32);
+    /// same `order`. A provider that finds it is not such a block refuses
+    /// it, changing nothing, so a slab bug shows up in every build instead
+    /// of corrupting the provider's free lists.
+    fn free_pages(&self, cpu: usize, addr: PhysAddr, order: u32) -> Result<(), BadPageFree>;
+}
+
+/// A block the page provider refused to take back: not one it handed out,
+/// or not with this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadPageFree {
+    pub addr: PhysAddr,
+    pub order: u32,
 }
 
 /// Why a slab operation was refused. Nothing is changed when one is
@@ -179,6 +189,9 @@ pub enum SlabError {
     NotObjectStart,
     /// The object is already free.
     DoubleFree,
+    /// The page provider refused the block back (see [`BadPageFree`]); the
+    /// allocation stays live.
+    PageFreeRefused,
 }
 
 impl fmt::Display for SlabError {
@@ -194,6 +207,7 @@ impl fmt::Display for SlabError {
             SlabError::WrongCache => "object belongs to another cache",
             SlabError::NotObjectStart => "pointer is not the start of an object",
             SlabError::DoubleFree => "object is already free",
+            SlabError::PageFreeRefused => "page provider refused the block back",
         })
     }
 }
@@ -323,6 +337,7 @@ struct Counters {
     slabs_created: AtomicU64,
     slabs_released: AtomicU64,
     freelist_repairs: AtomicU64,
+    bad_page_frees: AtomicU64,
 }
 
 impl Counters {
@@ -336,6 +351,17 @@ impl Counters {
             slabs_created: AtomicU64::new(0),
             slabs_released: AtomicU64::new(0),
             freelist_repairs: AtomicU64::new(0),
+            bad_page_frees: AtomicU64::new(0),
+        }
+    }
+
+    /// Gives a block back, counting a refusal: on the paths with nobody to
+    /// return an error to (releasing empty slabs, undoing a misaligned
+    /// allocation) the block is leaked rather than freed twice, and the
+    /// count is what reports it.
+    fn give_back(&self, pages: &dyn PageProvider, cpu: usize, addr: PhysAddr, order: u32) {
+        if pages.free_pages(cpu, addr, order).is_err() {
+            self.bad_page_frees.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -373,6 +399,9 @@ pub struct CacheStats {
     /// Times a freelist damaged by a write to a free object was rebuilt
     /// from the in-use bitmap.
     pub freelist_repairs: u64,
+    /// Blocks the page provider refused to take back (a bookkeeping bug;
+    /// the pages stay out of use rather than risk a double free).
+    pub bad_page_frees: u64,
 }
 
 impl CacheStats {
@@ -778,6 +807,7 @@ impl KmemCache {
             slabs_created: c.slabs_created.load(Ordering::Relaxed),
             slabs_released: c.slabs_released.load(Ordering::Relaxed),
             freelist_repairs: c.freelist_repairs.load(Ordering::Relaxed),
+            bad_page_frees: c.bad_page_frees.load(Ordering::Relaxed),
         }
     }
 
@@ -938,7 +968,7 @@ impl KmemCache {
             return Err(SlabError::OutOfMemory);
         };
         if !base.is_aligned(self.slab_bytes()) {
-            pages.free_pages(cpu, base, order);
+            self.counters.give_back(pages, cpu, base, order);
             return Err(SlabError::MisalignedBlock);
         }
         let id = self.id_or_assign();
@@ -1152,7 +1182,8 @@ impl KmemCache {
         while discard != NIL {
             let slab = SlabRef::new(mem, PhysAddr(discard));
             discard = slab.next();
-            pages.free_pages(cpu, slab.base, self.geo.order);
+            self.counters
+                .give_back(pages, cpu, slab.base, self.geo.order);
             self.counters.slabs.fetch_sub(1, Ordering::Relaxed);
             self.counters.slabs_released.fetch_add(1, Ordering::Relaxed);
         }
@@ -1383,6 +1414,7 @@ impl Kmalloc {
             frees,
             bytes_requested: c.bytes_requested.load(Ordering::Relaxed),
             bytes_allocated: c.bytes_allocated.load(Ordering::Relaxed),
+            bad_page_frees: c.bad_page_frees.load(Ordering::Relaxed),
             ..CacheStats::default()
         }
     }
@@ -1439,7 +1471,7 @@ impl Kmalloc {
         let block = match pages.alloc_pages(cpu, order, reclaimable) {
             Some(b) if b.is_aligned(PAGE_SIZE) => Ok(b),
             Some(b) => {
-                pages.free_pages(cpu, b, order);
+                self.large_counters.give_back(pages, cpu, b, order);
                 Err(SlabError::MisalignedBlock)
             }
             None => Err(SlabError::OutOfMemory),
@@ -1481,9 +1513,15 @@ impl Kmalloc {
             let mut t = self.large.lock();
             if let Some(slot) = t.find(ptr.0) {
                 let order = t.entries[slot].order;
-                t.entries[slot].addr = NIL;
+                // Keep the slot claimed, not the lock, across the provider.
+                t.entries[slot].addr = LARGE_RESERVED;
                 drop(t);
-                pages.free_pages(cpu, ptr, order);
+                if pages.free_pages(cpu, ptr, order).is_err() {
+                    // Back in the table as it was: nothing changed.
+                    self.large.lock().entries[slot].addr = ptr.0;
+                    return Err(SlabError::PageFreeRefused);
+                }
+                self.large.lock().entries[slot].addr = NIL;
                 self.large_pages.fetch_sub(1 << order, Ordering::Relaxed);
                 self.large_counters.frees.fetch_add(1, Ordering::Relaxed);
                 return Ok(());

@@ -266,7 +266,7 @@ impl NodeOrder {
 /// other nodes' orders, so later orders can prefer its equally near peers
 /// (Linux's `node_load[]`, [NOT IN SEED]). Start from `NodeLoad::new()` and
 /// build every node's order through the same value, in node-id order, as
-/// [`build_all`] does.
+/// the page allocator's `build_zonelists` does.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeLoad(pub [u32; MAX_NUMNODES]);
 
@@ -475,28 +475,6 @@ impl Zonelist {
     ) -> Option<Zoneref> {
         self.zones_for(highest_zone, nodemask).next()
     }
-}
-
-/// Both lists of one node.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodeZonelists {
-    /// Every node, nearest first.
-    pub fallback: Zonelist,
-    /// This node only (`__GFP_THISNODE`).
-    pub thisnode: Zonelist,
-}
-
-/// Builds both lists for nodes `0..d.nr_nodes` in node-id order, sharing
-/// one [`NodeLoad`] as Linux's build_all_zonelists does; entries for other
-/// node ids are empty.
-pub fn build_all(d: &Distances, populated: &Populated) -> [NodeZonelists; MAX_NUMNODES] {
-    let mut out = [NodeZonelists::default(); MAX_NUMNODES];
-    let mut load = NodeLoad::new();
-    for (node, lists) in out.iter_mut().enumerate().take(d.nr_nodes) {
-        lists.fallback = Zonelist::build_fallback_balanced(node, d, populated, &mut load);
-        lists.thisnode = Zonelist::build_thisnode(node, populated);
-    }
-    out
 }
 
 #[cfg(test)]

@@ -18,6 +18,24 @@ pub fn release_bundled_pages() {
     }
 }
 
+/// The guest's virtio helpers that need no hardware (command-line parsing,
+/// ring arithmetic, the split virtqueue over plain memory), compiled here
+/// only to run their unit tests on the host: the freestanding guest crate
+/// has no test harness.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/cmdline.rs"]
+mod guest_virtio_cmdline;
+/// Named `ring`'s sibling as in the guest, where it says `super::ring`.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/queue.rs"]
+mod queue;
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/ring.rs"]
+mod ring;
+
 #[cfg(test)]
 mod tests {
     use super::{release_bundled_pages, BUNDLED};

@@ -8,13 +8,18 @@
 #[path = "../../firmware/src/abi.rs"]
 pub mod abi;
 
+pub mod api;
 pub mod bench;
 pub mod boot;
 pub mod builder;
 pub mod clock;
-pub mod config;
 pub mod devices;
 pub mod firmware;
+pub mod guest;
 pub mod memory;
 pub mod report;
+pub mod resources;
+pub mod rpc;
+pub mod signals;
+pub mod vmm;
 pub mod vstate;

@@ -1,9 +1,9 @@
 //! The `memvisor` command line.
 use clap::{Args, Parser, Subcommand};
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
-use memvisor::builder::{install_sigint_handler, run_vm};
-use memvisor::config::{parse_size, parse_timeout, KernelSource, VmConfig, DEFAULT_CMDLINE};
 use memvisor::devices::console::Console;
+use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
+use memvisor::vmm::{self, RunOptions, VmmError};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,13 +27,20 @@ struct Cli {
 enum Command {
     /// Boot a microVM and run it until the guest exits.
     ///
-    /// Exit status: 0 the guest reported success, 1 it reported failure,
-    /// 2 bad input (or the VM could not be set up), 3 the guest crashed,
-    /// 4 timeout, 130 interrupted.
+    /// Exit status: 0 the guest reported success (or reset the machine),
+    /// 1 it reported failure, 2 bad input (or the VM could not be set up),
+    /// 3 the guest crashed, 4 timeout, 130/143/129 ended by SIGINT/SIGTERM/SIGHUP.
     Run(RunArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the bundled guest kernel (an ELF) to PATH, e.g. for
+    /// `PUT /boot-source {"kernel_image_path": PATH}` or another VMM.
+    Kernel {
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -41,7 +48,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
@@ -56,13 +63,47 @@ struct RunArgs {
     /// Stop the guest after SECS seconds (exit status 4).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_timeout_arg)]
     timeout: Duration,
-    /// Print neither the guest console nor the summary (the report is still written).
+    /// Print neither the guest console nor the summary (the report is still
+    /// written); a failed run still prints one line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Bytes of guest output kept: JSON lines in the report and console
+    /// records printed (K/M/G suffixes). Beyond it they are counted in the
+    /// report's dropped_records/dropped_bytes.
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_budget_arg)]
+    record_budget: u64,
+    /// Add a virtio-rng entropy device (virtio-mmio; the kernel command line
+    /// gets its `virtio_mmio.device=` token).
+    #[arg(long)]
+    entropy: bool,
+    /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
+    /// Unix socket during the run; the file is removed on exit.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// With --api-sock: build nothing until configured through the API and
+    /// started with PUT /actions {"action_type": "InstanceStart"}.
+    #[arg(long)]
+    wait_for_start: bool,
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Control-API latency against a running guest: p50/p99 of
+    /// GET /machine-config, pause→Paused and resume→Running round trips.
+    Api {
+        /// GET requests to time.
+        #[arg(long, default_value_t = 1000)]
+        requests: u32,
+        /// Pause/resume pairs to time.
+        #[arg(long, default_value_t = 200)]
+        pauses: u32,
+        /// vCPUs of the guest.
+        #[arg(long, default_value_t = 2)]
+        vcpus: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -89,6 +130,14 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+fn parse_budget_arg(s: &str) -> Result<u64, String> {
+    match parse_size(s) {
+        Ok(n) if (4096..=1 << 30).contains(&n) => Ok(n),
+        Ok(_) => Err(format!("{s}: the budget must be between 4K and 1G")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn parse_timeout_arg(s: &str) -> Result<Duration, String> {
     parse_timeout(s).map_err(|e| e.to_string())
 }
@@ -99,6 +148,44 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Kernel { output } => match std::fs::write(&output, memvisor::firmware::BUNDLED) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memvisor: error: cannot write {}: {e}", output.display());
+                ExitCode::from(EXIT_BAD_INPUT)
+            }
+        },
+        Command::Bench(BenchCommand::Api {
+            requests,
+            pauses,
+            vcpus,
+            json,
+        }) => {
+            if requests == 0
+                || pauses == 0
+                || vcpus == 0
+                || vcpus as usize > memvisor::abi::MAX_VCPUS
+            {
+                eprintln!(
+                    "memvisor: bench api: error: --requests and --pauses must be at least 1 and --vcpus 1 to {} (got {requests}, {pauses}, {vcpus})",
+                    memvisor::abi::MAX_VCPUS
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::api::ApiBenchOptions {
+                requests,
+                pauses,
+                vcpus,
+                json,
+            };
+            match memvisor::bench::api::bench_api(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Boot {
             runs,
             json,
@@ -106,7 +193,7 @@ fn main() -> ExitCode {
             vcpus,
             cmdline,
         }) => {
-            let probe = VmConfig {
+            let probe = VmResources {
                 memory,
                 vcpus,
                 ..Default::default()
@@ -137,7 +224,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = VmConfig {
+    let resources = VmResources {
         kernel: args
             .kernel
             .clone()
@@ -146,6 +233,8 @@ fn run(args: RunArgs) -> ExitCode {
         vcpus: args.vcpus,
         memory: args.memory,
         timeout: args.timeout,
+        record_budget: args.record_budget as usize,
+        entropy: args.entropy.then(Default::default),
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {
@@ -153,9 +242,6 @@ fn run(args: RunArgs) -> ExitCode {
         (false, true) => Console::stderr(),
         (false, false) => Console::stdout(),
     };
-    if let Err(e) = install_sigint_handler() {
-        eprintln!("memvisor: warning: cannot install the SIGINT handler: {e}");
-    }
     // An unwritable report path is bad input: find out before the VM runs.
     let mut report_file = match &args.report {
         Some(p) if p.as_os_str() != "-" => match std::fs::File::create(p) {
@@ -170,7 +256,12 @@ fn run(args: RunArgs) -> ExitCode {
         },
         _ => None,
     };
-    let report = match run_vm(&config, console) {
+    let opts = RunOptions {
+        console,
+        api_sock: args.api_sock.clone(),
+        wait_for_start: args.wait_for_start,
+    };
+    let report = match vmm::run(resources, opts) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("memvisor: error: {}", error_chain(&e));
@@ -179,30 +270,42 @@ fn run(args: RunArgs) -> ExitCode {
                 drop(f);
                 let _ = std::fs::remove_file(p);
             }
-            return ExitCode::from(EXIT_BAD_INPUT);
+            let code = match e {
+                VmmError::Build(_) | VmmError::Api(_) | VmmError::WaitWithoutApi => EXIT_BAD_INPUT,
+                _ => 1,
+            };
+            return ExitCode::from(code);
         }
     };
     let code = report.exit.code;
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
+    // Writes to stdout may meet a closed pipe (`| head`): that ends our
+    // output, not the run, and never a panic.
     if to_stdout {
         // stdout carries the JSON alone; the summary would corrupt it.
-        println!("{json}");
+        let _ = writeln!(std::io::stdout().lock(), "{json}");
     } else {
         if let Some(f) = report_file.as_mut() {
             if let Err(e) = f.write_all((json + "\n").as_bytes()) {
                 eprintln!("memvisor: warning: cannot write the report: {e}");
             }
         }
-        print_summary(&report.summary(), args.quiet);
+        if !args.quiet {
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(report.summary().as_bytes());
+        }
+    }
+    if code != 0 && (args.quiet || to_stdout) {
+        // Quiet hides the summary, not why a run failed.
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "memvisor: {} (exit {code}): {}",
+            report.exit.status.word(),
+            report.exit.reason
+        );
     }
     ExitCode::from(code as u8)
-}
-
-fn print_summary(s: &str, quiet: bool) {
-    if !quiet {
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(s.as_bytes());
-    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -18,7 +18,10 @@ pub enum ExitKind {
     /// Exception, panic, triple fault, emulation failure, failed KVM_RUN.
     Crash,
     Timeout,
+    /// A signal (SIGINT, SIGTERM, SIGHUP) ended the run.
     Interrupted,
+    /// The guest reset the machine (i8042 reset, how Linux reboots).
+    Reset,
 }
 
 impl ExitKind {
@@ -29,6 +32,7 @@ impl ExitKind {
             ExitKind::Crash => 3,
             ExitKind::Timeout => 4,
             ExitKind::Interrupted => 130,
+            ExitKind::Reset => 0,
         }
     }
 }
@@ -83,6 +87,7 @@ pub struct ConfigReport {
     pub vcpus: u32,
     pub memory_bytes: u64,
     pub timeout_s: f64,
+    pub record_budget_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -101,8 +106,10 @@ pub struct ExitCounts {
     pub mmio: u64,
     pub records: u64,
     pub bad_records: u64,
-    /// Times a vCPU was pulled out of KVM_RUN to stop it.
+    /// Times a vCPU was pulled out of KVM_RUN (pause, stop).
     pub kicks: u64,
+    /// Port and MMIO accesses no device claimed.
+    pub unclaimed: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -114,6 +121,8 @@ pub struct ExitReport {
     pub reason: String,
     pub vcpu: Option<u32>,
     pub rip: Option<u64>,
+    /// The signal that ended the run (SIGINT, SIGTERM, SIGHUP).
+    pub signal: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -126,6 +135,10 @@ pub struct Report {
     pub phases_us: Phases,
     pub memory: MemoryReport,
     pub exits: ExitCounts,
+    /// Guest records (JSON lines and console text) beyond the budget or the
+    /// event queue's limit, and their bytes.
+    pub dropped_records: u64,
+    pub dropped_bytes: u64,
     pub exit: ExitReport,
     /// The guest's JSON lines in arrival order, each with `vcpu` and `at_us`.
     pub guest: Vec<Value>,
@@ -147,7 +160,7 @@ impl Report {
         let e = &self.exit;
         s += &format!(
             "memvisor: {} (exit {}): {}\n",
-            status_word(e.status),
+            e.status.word(),
             e.code,
             e.reason
         );
@@ -204,6 +217,12 @@ impl Report {
                 );
             }
         }
+        if self.dropped_records > 0 {
+            s += &format!(
+                "  guest output dropped: {} records, {} bytes (budget {} bytes)\n",
+                self.dropped_records, self.dropped_bytes, self.config.record_budget_bytes
+            );
+        }
         for w in &self.warnings {
             s += &format!("  warning: {w}\n");
         }
@@ -215,13 +234,17 @@ fn mib(b: u64) -> f64 {
     b as f64 / (1 << 20) as f64
 }
 
-fn status_word(k: ExitKind) -> &'static str {
-    match k {
-        ExitKind::Success => "guest succeeded",
-        ExitKind::Failure => "guest reported failure",
-        ExitKind::Crash => "guest crashed",
-        ExitKind::Timeout => "timed out",
-        ExitKind::Interrupted => "interrupted",
+impl ExitKind {
+    /// A few words for humans.
+    pub fn word(self) -> &'static str {
+        match self {
+            ExitKind::Success => "guest succeeded",
+            ExitKind::Failure => "guest reported failure",
+            ExitKind::Crash => "guest crashed",
+            ExitKind::Timeout => "timed out",
+            ExitKind::Interrupted => "interrupted",
+            ExitKind::Reset => "guest reset the machine",
+        }
     }
 }
 
@@ -237,11 +260,12 @@ mod tests {
             ExitKind::Crash,
             ExitKind::Timeout,
             ExitKind::Interrupted,
+            ExitKind::Reset,
         ]
         .iter()
         .map(|k| k.code())
         .collect();
-        assert_eq!(codes, [0, 1, 3, 4, 130]);
+        assert_eq!(codes, [0, 1, 3, 4, 130, 0]);
     }
 
     #[test]

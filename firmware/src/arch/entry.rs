@@ -60,7 +60,8 @@ global_asm!(
     "2:  mov rdi, r12",
     "    mov rsi, r14",
     "    call {cpu_init}",
-    // iretq frame for CPL3: SS, RSP, RFLAGS (IF=0: tickless, no interrupts),
+    // iretq frame for CPL3: SS, RSP, RFLAGS (IF=0: tickless; a driver turns
+    // interrupts on with SYS_INTERRUPTS_ON once it has routed its pin),
     // CS, RIP. RSP is 8 below a 16-byte boundary, as after a call.
     "    mov rax, r12",
     "    add rax, 1",

@@ -1,6 +1,8 @@
 //! IDT: exception vectors 0..32 go to the crash dump, 0x80 is the system-call
-//! gate. Everything else stays not-present: interrupts are off (tickless), so
-//! a stray vector shows up as #NP with its number in the error code.
+//! gate, 0x30.. are the device-interrupt stubs (`irq`, one per IOAPIC pin)
+//! and 0xff the LAPIC's spurious vector. Everything else stays not-present:
+//! CPUs run with interrupts off (tickless) until a driver routes a pin to
+//! them, so a stray vector shows up as #NP with its number in the error code.
 use crate::arch::gdt::{DescriptorPointer, KERNEL_CS};
 use core::arch::{asm, global_asm};
 use core::ptr::{addr_of, addr_of_mut, write_volatile};
@@ -78,6 +80,9 @@ pub fn fill() {
         addr_of!(crate::syscall::syscall_entry) as u64,
         3,
     );
+    for (vector, handler) in crate::arch::irq::gates() {
+        set_gate(vector, handler, 0);
+    }
 }
 
 #[link_section = ".text.cpl0"]

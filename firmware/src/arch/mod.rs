@@ -1,5 +1,6 @@
-//! The CPL0 core: entry, descriptor tables, privilege switch.
+//! The CPL0 core: entry, descriptor tables, privilege switch, interrupt stubs.
 pub mod cpu;
 pub mod entry;
 pub mod gdt;
 pub mod idt;
+pub mod irq;

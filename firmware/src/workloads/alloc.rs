@@ -141,8 +141,9 @@ fn one(cpu: usize, rng: &mut Rng) -> Slot {
 
 pub fn run(cpu: usize, ncpus: usize) -> bool {
     if cpu == 0 {
+        // Validated at boot (cmdline::check): a bad value never gets here.
         if let Some(n) =
-            cmdline::get(crate::user::cmdline(), "alloc_iters").and_then(|v| v.parse().ok())
+            cmdline::get(crate::user::cmdline(), "alloc_iters").and_then(cmdline::parse_alloc_iters)
         {
             ITERS.store(n, Relaxed);
         }

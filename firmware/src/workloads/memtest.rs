@@ -1,19 +1,28 @@
 //! memtest: every free page, from every CPU, through the page allocator.
 //!
-//! Each CPU allocates blocks from the largest order down until nothing is
-//! left (as a reclaimer may: watermarks do not apply), and fills them with
-//! `address ^ PATTERN` (an address-dependent pattern catches aliasing, not
-//! just stuck bits). After a barrier each CPU verifies the blocks of its
-//! neighbour, so data written on one vCPU is read back on another. Then
-//! everything is freed, the per-CPU lists drained, and the allocator must be
-//! back to the free page count it started with.
+//! The free pages are divided evenly: each CPU takes its share (free pages
+//! / CPUs, the list pages that record its blocks included), allocating
+//! blocks from the largest order down as a reclaimer may (watermarks do not
+//! apply), and fills them with `address ^ PATTERN` (an address-dependent
+//! pattern catches aliasing, not just stuck bits). The shares add up to the
+//! free page count, so when every CPU has its share nothing is left free,
+//! and a CPU that starts late still gets as much as the first one (a greedy
+//! "take until empty" let early vCPUs drain everything). After a barrier
+//! each CPU verifies the blocks of its neighbour, so data written on one
+//! vCPU is read back on another. Then everything is freed, the per-CPU
+//! lists drained, and the allocator must be back to the free page count it
+//! started with.
 use crate::hostio::{self, LINE};
 use crate::mm;
 use crate::smp::Barrier;
 use crate::{abi, arch::cpu, MAX_CPUS};
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use guest_mm::gfp::Gfp;
 use guest_mm::mmzone::MAX_ORDER;
+use guest_mm::page_alloc::CpuCache;
 use guest_mm::{Pfn, PAGE_SIZE};
 
 const PATTERN: u64 = 0x5a5a_a5a5_0f0f_f0f0;
@@ -30,6 +39,13 @@ struct PerCpu {
     errors: AtomicU64,
     first_bad: AtomicU64,
     free_errors: AtomicU64,
+    /// Pages this CPU is to take (its blocks plus its list pages).
+    share: AtomicU64,
+    /// Pages it took.
+    taken: AtomicU64,
+    /// Times it found nothing free before its share was complete and waited
+    /// for other CPUs to hand back pages parked on their per-CPU lists.
+    waits: AtomicU64,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -41,10 +57,16 @@ const ZERO: PerCpu = PerCpu {
     errors: AtomicU64::new(0),
     first_bad: AtomicU64::new(0),
     free_errors: AtomicU64::new(0),
+    share: AtomicU64::new(0),
+    taken: AtomicU64::new(0),
+    waits: AtomicU64::new(0),
 };
 static PER_CPU: [PerCpu; MAX_CPUS] = [ZERO; MAX_CPUS];
 static BARRIER: Barrier = Barrier::new();
 static FREE_BEFORE: AtomicU64 = AtomicU64::new(0);
+/// CPUs still taking their share; each drains its per-CPU lists before it
+/// counts itself out.
+static ACTIVE: AtomicU64 = AtomicU64::new(0);
 
 fn words(pfn: u64, frames: u64) -> &'static mut [u64] {
     // SAFETY: the frames were handed to this CPU by the allocator and are
@@ -94,36 +116,90 @@ fn for_each_block(head: u64, mut f: impl FnMut(u64, usize)) {
     }
 }
 
+/// This CPU's share of `free` pages: an even split, the remainder spread
+/// over the first CPUs, so the shares add up to `free`.
+fn share_of(free: u64, cpu: usize, ncpus: usize) -> u64 {
+    let n = ncpus as u64;
+    free / n + u64::from((cpu as u64) < free % n)
+}
+
+/// One order-0 page, waiting if need be. The shares add up to the free page
+/// count, so while this CPU's share is incomplete a page is free somewhere:
+/// in the buddy lists, or on the per-CPU list of a CPU still taking its own
+/// share, which hands it back when it is done. Gives up (None) only when
+/// every other CPU is done and still nothing is free: then pages were lost.
+fn alloc_page_or_wait(c: &mut CpuCache<'_>, me: &PerCpu) -> Option<u64> {
+    if let Some(Pfn(p)) = c.alloc(GFP, 0) {
+        return Some(p);
+    }
+    // Blocks this CPU refilled at orders it has since skipped (its share's
+    // rest was smaller) sit on its own lists: back to the buddy lists. The
+    // other CPUs' lists are drained now if idle, else when their holders
+    // finish.
+    c.drain_all(None);
+    me.waits.fetch_add(1, Relaxed);
+    loop {
+        // Read before trying: once every other CPU has counted itself out,
+        // its pages are back in the buddy lists.
+        let alone = ACTIVE.load(Acquire) <= 1;
+        if let Some(Pfn(p)) = c.alloc(GFP, 0) {
+            return Some(p);
+        }
+        if alone {
+            return None;
+        }
+        for _ in 0..256 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
 pub fn run(cpu: usize, ncpus: usize) -> bool {
     let a = mm::allocator();
     let me = &PER_CPU[cpu];
     if cpu == 0 {
         FREE_BEFORE.store(mm::free_pages_drained(), Relaxed);
+        ACTIVE.store(ncpus as u64, Relaxed);
     }
     let t0 = cpu::rdtsc();
     BARRIER.wait(ncpus);
 
-    // Phase 1: take blocks, largest first, and write the pattern.
+    // Phase 1: take this CPU's share, blocks largest first (never more than
+    // the share's rest), and write the pattern.
+    let share = share_of(FREE_BEFORE.load(Relaxed), cpu, ncpus);
+    me.share.store(share, Relaxed);
     {
         let mut c = a.cpu(cpu);
+        let mut taken = 0u64;
         let mut list: Option<&mut [u64]> = None;
         let mut order = MAX_ORDER;
-        loop {
+        while taken < share {
             if list.as_ref().is_none_or(|l| l[1] as usize == ENTRIES) {
-                let Some(Pfn(p)) = c.alloc(GFP, 0) else { break };
+                let Some(p) = alloc_page_or_wait(&mut c, me) else {
+                    break;
+                };
                 let page = words(p, 1);
                 page[0] = me.list.load(Relaxed);
                 page[1] = 0;
                 me.list.store(p * PAGE_SIZE, Relaxed);
                 me.list_pages.fetch_add(1, Relaxed);
                 list = Some(page);
-            }
-            let Some(Pfn(p)) = c.alloc(GFP, order) else {
-                if order == 0 {
-                    break;
-                }
-                order -= 1;
+                taken += 1;
                 continue;
+            }
+            // The largest order that still fits the rest of the share.
+            order = order.min((share - taken).ilog2() as usize);
+            let p = if order == 0 {
+                let Some(p) = alloc_page_or_wait(&mut c, me) else {
+                    break;
+                };
+                p
+            } else {
+                let Some(Pfn(p)) = c.alloc(GFP, order) else {
+                    order -= 1;
+                    continue;
+                };
+                p
             };
             let l = list.as_mut().expect("list page");
             let n = l[1] as usize;
@@ -132,8 +208,14 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
             l[1] += 1;
             fill(p, 1 << order);
             me.written.fetch_add(1 << order, Relaxed);
+            taken += 1 << order;
         }
+        me.taken.store(taken, Relaxed);
+        // Nothing of ours stays parked on this CPU's lists while others
+        // still need pages.
+        c.drain_all(None);
     }
+    ACTIVE.fetch_sub(1, Release);
     BARRIER.wait(ncpus);
 
     // Phase 2: verify the neighbour's blocks.
@@ -180,34 +262,48 @@ fn report(ncpus: usize, cycles: u64) -> bool {
     let list_pages = sum(|c| c.list_pages.load(Relaxed));
     let verified = sum(|c| c.verified.load(Relaxed));
     let errors = sum(|c| c.errors.load(Relaxed) + c.free_errors.load(Relaxed));
-    let every_cpu_wrote = cpus.iter().all(|c| c.written.load(Relaxed) > 0);
-    // Every free page was taken: written plus the pages holding the lists.
+    let waits = sum(|c| c.waits.load(Relaxed));
+    // Every CPU took its whole share and wrote into it; the shares add up
+    // to the free page count, so every free page was taken: written plus
+    // the pages holding the lists.
+    let cpu_ok = |c: &PerCpu| {
+        c.written.load(Relaxed) > 0
+            && c.taken.load(Relaxed) == c.share.load(Relaxed)
+            && c.written.load(Relaxed) + c.list_pages.load(Relaxed) == c.taken.load(Relaxed)
+            && c.errors.load(Relaxed) == 0
+            && c.free_errors.load(Relaxed) == 0
+    };
     let ok = errors == 0
         && written > 0
         && verified == written
         && written + list_pages == before
         && after == before
-        && every_cpu_wrote;
+        && cpus.iter().all(cpu_ok);
 
     let mut l = LINE.lock();
     l.begin(abi::RECORD_JSON);
     l.fmt(format_args!(
         "{{\"event\":\"workload\",\"name\":\"memtest\",\"ok\":{ok},\"pattern\":\"address^{PATTERN:#x}\",\
          \"pages_written\":{written},\"list_pages\":{list_pages},\"pages_verified\":{verified},\"errors\":{errors},\
-         \"free_pages_before\":{before},\"free_pages_after\":{after},\"tsc_cycles\":{cycles},\"per_cpu\":["
+         \"free_pages_before\":{before},\"free_pages_after\":{after},\"waits\":{waits},\"tsc_cycles\":{cycles},\"per_cpu\":["
     ));
     for (i, c) in cpus.iter().enumerate() {
         l.fmt(format_args!(
-            "{}{{\"cpu\":{i},\"pages_written\":{},\"verified_cpu\":{},\"pages_verified\":{},\"errors\":{},\
-             \"first_bad_address\":{},\"free_errors\":{},\"ok\":{}}}",
+            "{}{{\"cpu\":{i},\"share_pages\":{},\"pages_taken\":{},\"pages_written\":{},\"list_pages\":{},\
+             \"waits\":{},\"verified_cpu\":{},\"pages_verified\":{},\"errors\":{},\"first_bad_address\":{},\
+             \"free_errors\":{},\"ok\":{}}}",
             if i == 0 { "" } else { "," },
+            c.share.load(Relaxed),
+            c.taken.load(Relaxed),
             c.written.load(Relaxed),
+            c.list_pages.load(Relaxed),
+            c.waits.load(Relaxed),
             (i + 1) % ncpus,
             c.verified.load(Relaxed),
             c.errors.load(Relaxed),
             c.first_bad.load(Relaxed),
             c.free_errors.load(Relaxed),
-            c.written.load(Relaxed) > 0 && c.errors.load(Relaxed) == 0 && c.free_errors.load(Relaxed) == 0
+            cpu_ok(c)
         ));
     }
     l.raw("]}");

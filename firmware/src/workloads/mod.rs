@@ -1,6 +1,8 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod entropy;
+mod flood;
 mod memtest;
 
 pub struct Workload {
@@ -22,6 +24,10 @@ pub static ALL: &[Workload] = &[
         run: alloc::run,
     },
     Workload {
+        name: "entropy",
+        run: entropy::run,
+    },
+    Workload {
         name: "boot",
         run: boot,
     },
@@ -29,7 +35,39 @@ pub static ALL: &[Workload] = &[
         name: "fault",
         run: fault,
     },
+    Workload {
+        name: "flood",
+        run: flood::run,
+    },
+    Workload {
+        name: "reset",
+        run: reset,
+    },
+    Workload {
+        name: "idle",
+        run: idle,
+    },
 ];
+
+/// Every vCPU spins at CPL3 until the VMM ends the run (signal, timeout or
+/// API): a guest that is always inside KVM_RUN, for `memvisor bench api`
+/// and runtime experiments.
+fn idle(_cpu: usize, _ncpus: usize) -> bool {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// Resets the machine the way Linux reboots: the i8042's "pulse reset line"
+/// command (0xfe to port 0x64). The VMM ends the run with status "reset".
+fn reset(cpu: usize, _ncpus: usize) -> bool {
+    if cpu == 0 {
+        crate::arch::cpu::outb(0x64, 0xfe);
+    }
+    loop {
+        core::hint::spin_loop();
+    }
+}
 
 /// Boot only: report ready, then exit. What `memvisor bench boot` times.
 fn boot(cpu: usize, _ncpus: usize) -> bool {

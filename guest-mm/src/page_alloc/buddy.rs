@@ -4,6 +4,15 @@
 //! Everything here runs under the zone lock and works on indices into the
 //! descriptor array. A free block is its head page, flagged `PG_BUDDY`, on
 //! the doubly linked list for its (order, migrate type).
+//!
+//! A [`Buddy`] exists only while its zone's lock is held (it borrows the
+//! locked [`FreeArea`]), and the zone lock owns the descriptors of every
+//! page on, or on its way onto or off, the zone's free lists, and every
+//! pageblock type of the zone: that is the contract [`MemMap::at`] asks
+//! for at each `// SAFETY:` below. Where the merge and split loops use
+//! [`MemMap::at_unchecked`], the comment gives the bound instead: the
+//! index lies in the zone's span `lo..hi`, which `Zone::set_map_span`
+//! checked lies in the map.
 use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
@@ -90,7 +99,9 @@ pub struct Buddy<'a> {
 impl Buddy<'_> {
     #[inline(always)]
     pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
-        self.add_page(idx, self.map.at(idx), order, mt, tail);
+        // SAFETY: under the zone lock (see the module doc).
+        let p = unsafe { self.map.at(idx) };
+        self.add_page(idx, p, order, mt, tail);
     }
 
     /// [`Self::add`] with the descriptor of `idx` already in hand.
@@ -119,12 +130,14 @@ impl Buddy<'_> {
         } else if tail {
             p.next = NIL;
             p.prev = l.tail;
-            self.map.at(l.tail).next = idx;
+            // SAFETY: as above; the tail is another free block.
+            unsafe { self.map.at(l.tail) }.next = idx;
             l.tail = idx;
         } else {
             p.prev = NIL;
             p.next = head;
-            self.map.at(head).prev = idx;
+            // SAFETY: as above; the head is another free block.
+            unsafe { self.map.at(head) }.prev = idx;
             l.head = idx;
         }
         l.count += 1;
@@ -135,7 +148,8 @@ impl Buddy<'_> {
     /// pages on a buddy list have meaningful ones.
     #[inline(always)]
     pub fn del(&mut self, idx: u32) {
-        let p = self.map.at(idx);
+        // SAFETY: under the zone lock (see the module doc).
+        let p = unsafe { self.map.at(idx) };
         debug_assert!(p.flags & PG_BUDDY != 0);
         self.unlink(p);
     }
@@ -144,7 +158,8 @@ impl Buddy<'_> {
     /// when the caller already knows the list, sparing the lookups.
     #[inline(always)]
     fn take_head(&mut self, idx: u32, order: usize, mt: MigrateType) {
-        let p = self.map.at(idx);
+        // SAFETY: under the zone lock (see the module doc).
+        let p = unsafe { self.map.at(idx) };
         debug_assert!(p.flags & PG_BUDDY != 0 && p.order as usize == order && p.mt == mt as u8);
         let next = p.next;
         let l = &mut self.area.lists[order][mt as usize];
@@ -153,7 +168,8 @@ impl Buddy<'_> {
         if next == NIL {
             l.tail = NIL;
         } else {
-            self.map.at(next).prev = NIL;
+            // SAFETY: as above; the next block on the same list.
+            unsafe { self.map.at(next) }.prev = NIL;
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
@@ -167,12 +183,14 @@ impl Buddy<'_> {
         if prev == NIL {
             l.head = next;
         } else {
-            self.map.at(prev).next = next;
+            // SAFETY: under the zone lock; a neighbour on the same list.
+            unsafe { self.map.at(prev) }.next = next;
         }
         if next == NIL {
             l.tail = prev;
         } else {
-            self.map.at(next).prev = prev;
+            // SAFETY: as above.
+            unsafe { self.map.at(next) }.prev = prev;
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
@@ -180,18 +198,17 @@ impl Buddy<'_> {
     }
 
     fn move_to(&mut self, idx: u32, mt: MigrateType) {
-        let order = self.map.at(idx).order as usize;
+        // SAFETY: under the zone lock (see the module doc).
+        let order = unsafe { self.map.at(idx) }.order as usize;
         self.del(idx);
         self.add(idx, order, mt, false);
     }
 
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
-        MigrateType::from_index(
-            self.map
-                .at(self.map.idx(start.max(self.map.start_pfn())))
-                .pageblock_mt as usize,
-        )
+        let idx = self.map.idx(start.max(self.map.start_pfn()));
+        // SAFETY: pageblock types change only under the zone lock, held.
+        MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
     }
 
     /// [`Self::pageblock_mt`] of the block at descriptor index `idx`,
@@ -213,7 +230,9 @@ impl Buddy<'_> {
             MigrateType::Unmovable
         };
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
-        let head = self.map.at(self.map.idx(start.max(self.map.start_pfn())));
+        let idx = self.map.idx(start.max(self.map.start_pfn()));
+        // SAFETY: under the zone lock (see the module doc).
+        let head = unsafe { self.map.at(idx) };
         let was_isolated = head.pageblock_mt == MigrateType::Isolate as u8;
         if was_isolated != (mt == MigrateType::Isolate) {
             if was_isolated {
@@ -254,7 +273,8 @@ impl Buddy<'_> {
         if l.head == NIL {
             l.tail = idx;
         } else {
-            self.map.at(l.head).prev = idx;
+            // SAFETY: under the zone lock; the head is another free block.
+            unsafe { self.map.at(l.head) }.prev = idx;
         }
         l.head = idx;
         l.count += 1;
@@ -345,10 +365,13 @@ impl Buddy<'_> {
         (self.rmqueue_smallest(order, mt), outcome)
     }
 
-    /// Whether a request of `order` for `start` may take a whole pageblock's
-    /// worth of another type (can_steal_fallback): always for a pageblock or
-    /// more; for half a pageblock or more; always for the types that pollute
-    /// (Unmovable, Reclaimable); and always when grouping is off.
+    /// Whether a fallback block of `order` may be claimed, pageblock and
+    /// all, for a `start` request: always for a pageblock or more (seed
+    /// 3.3.2: whole pageblocks are retyped); the rest is [NOT IN SEED] — the
+    /// seed says only that RECLAIMABLE steals more aggressively — and
+    /// follows Linux's can_steal_fallback: a block of half a pageblock or
+    /// more, any Unmovable or Reclaimable request (the types that pollute a
+    /// pageblock anyway), and everything when grouping is off.
     fn can_steal(&self, order: usize, start: MigrateType) -> bool {
         order >= PAGEBLOCK_ORDER
             || order >= PAGEBLOCK_ORDER / 2
@@ -455,7 +478,8 @@ impl Buddy<'_> {
             out.retyped += 1;
         }
         // The block we found was moved with the rest of its pageblock.
-        if self.map.at(idx).mt != start as u8 {
+        // SAFETY: under the zone lock (see the module doc).
+        if unsafe { self.map.at(idx) }.mt != start as u8 {
             self.move_to(idx, start);
         }
     }
@@ -469,7 +493,10 @@ impl Buddy<'_> {
         let mut p = start;
         while p < end {
             let idx = self.map.idx(p);
-            let page = *self.map.at(idx);
+            // SAFETY: under the zone lock; an allocated page's descriptor
+            // is only read (its owner may be writing `refcount`, which this
+            // does not use).
+            let page = *unsafe { self.map.at(idx) };
             let span = 1u64 << page.order;
             if page.flags & PG_BUDDY != 0 {
                 if page.mt != mt as u8 {

@@ -5,16 +5,20 @@
 //! - `buddy`: the free lists of one zone, split/merge and stealing;
 //! - `zone`: a zone, its lock and its watermarks;
 //! - `crate::pcp`: per-CPU lists; `slowpath`: what happens when the fast
-//!   path fails, with hooks where kswapd, compaction and reclaim plug in.
+//!   path fails, with hooks where kswapd, compaction and reclaim plug in;
+//! - `boost`: the life of a watermark boost, from the fragmentation event
+//!   to kswapd's balancing pass that ends it.
 //!
 //! A CPU allocates through a [`CpuCache`], a guard over that CPU's per-CPU
 //! lists and counters. Holding it costs one uncontended lock for a whole
 //! burst of allocations instead of one per call; another CPU that needs to
 //! drain those lists takes the same lock and does the work itself.
+mod boost;
 pub mod buddy;
 mod slowpath;
 pub mod zone;
 
+pub use boost::BoostBalance;
 pub use slowpath::{CompactPriority, CompactResult, NoHooks, ReclaimHooks};
 pub use zone::{Zone, WMARK_HIGH, WMARK_LOW, WMARK_MIN};
 
@@ -32,7 +36,7 @@ use crate::phys::PhysMemory;
 use crate::sync::{SpinLock, SpinLockGuard};
 use crate::vmstat::{EventCounters, FreeAreaCounts, VmEvent};
 use crate::zonelist::{Distances, NodeMask, Zonelist};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub const MAX_CPUS: usize = 64;
 pub const MAX_ZONES: usize = MAX_NUMNODES * MAX_NR_ZONES;
@@ -198,6 +202,12 @@ pub struct PageAllocator {
     /// [`PageAllocator::migratetype`] by the request's mobility bits, with
     /// the grouping switch applied once at init instead of per allocation.
     mt_of: [MigrateType; 4],
+    /// The highest zone type any node has memory in: node-restricting
+    /// policies apply only to requests that may use it (policy_zone).
+    policy_zone: ZoneType,
+    /// kcompactd wake-ups from kswapd context, which has no per-CPU
+    /// counters of its own (added to [`VmEvent::KcompactdWake`]).
+    kcompactd_wakes: AtomicU64,
 }
 
 static NO_HOOKS: NoHooks = NoHooks;
@@ -231,6 +241,8 @@ impl PageAllocator {
         hooks: &NO_HOOKS,
         total_managed: 0,
         mt_of: [MigrateType::Unmovable; 4],
+        policy_zone: ZoneType::Dma,
+        kcompactd_wakes: AtomicU64::new(0),
     };
 
     /// Takes over all free memory from memblock (memblock_free_all): the
@@ -391,7 +403,9 @@ impl PageAllocator {
         };
         let mut pb = min_pfn;
         while pb < max_pfn {
-            self.map.at(self.map.idx(pb)).pageblock_mt = initial_mt as u8;
+            let idx = self.map.idx(pb);
+            // SAFETY: `&mut self`: init owns every descriptor.
+            unsafe { self.map.at(idx) }.pageblock_mt = initial_mt as u8;
             pb += PAGEBLOCK_NR_PAGES;
         }
 
@@ -478,6 +492,9 @@ impl PageAllocator {
         let mut populated = [[false; MAX_NR_ZONES]; MAX_NUMNODES];
         for (i, z) in self.zones.iter().enumerate() {
             populated[i / MAX_NR_ZONES][i % MAX_NR_ZONES] = z.populated();
+            if z.populated() {
+                self.policy_zone = self.policy_zone.max(z.kind);
+            }
         }
         // Shared load spreads equidistant fallbacks across nodes as Linux's
         // node_load does.
@@ -587,6 +604,10 @@ impl PageAllocator {
         for c in 0..self.topo.ncpus {
             e.merge(&self.cpus[c].lock().event_counts());
         }
+        e.add(
+            VmEvent::KcompactdWake,
+            self.kcompactd_wakes.load(Ordering::Relaxed),
+        );
         e
     }
 
@@ -609,12 +630,13 @@ impl PageAllocator {
         if !z.populated() {
             return n;
         }
+        // Pageblock types change under the zone lock only.
+        let _area = z.free.lock();
         let mut pb = z.start_pfn & !(PAGEBLOCK_NR_PAGES - 1);
         while pb < z.end_pfn {
-            n[self
-                .map
-                .at(self.map.idx(pb.max(self.map.start_pfn())))
-                .pageblock_mt as usize] += 1;
+            let idx = self.map.idx(pb.max(self.map.start_pfn()));
+            // SAFETY: the zone lock, held, owns the zone's pageblock types.
+            n[unsafe { self.map.at(idx) }.pageblock_mt as usize] += 1;
             pb += PAGEBLOCK_NR_PAGES;
         }
         n
@@ -625,13 +647,23 @@ impl PageAllocator {
     /// descriptor; the error cases are then told apart.
     #[inline(always)]
     fn check_free(&self, pfn: Pfn, order: usize) -> Result<(u32, usize), FreeError> {
-        self.check_free_page(pfn, order).map(|(idx, z, _)| (idx, z))
+        // SAFETY: the descriptor is dropped at once; only copies are kept.
+        unsafe { self.check_free_page(pfn, order) }.map(|(idx, z, _)| (idx, z))
     }
 
-    /// [`Self::check_free`], also handing out the descriptor.
+    /// [`Self::check_free`], also handing out the descriptor, so the fast
+    /// free path writes it without looking it up again.
+    ///
+    /// # Safety
+    /// The caller is handing the block at `pfn` back (it owns it, so once
+    /// the check passes nobody else reads or writes the head's descriptor)
+    /// and keeps no other reference to that descriptor while it uses the
+    /// one returned. (A bad free of a page that is on a list races with
+    /// that list's lock holder here, as Linux's free checks do; that is
+    /// the caller's bug this check is there to report.)
     #[inline(always)]
     #[allow(clippy::mut_from_ref)]
-    fn check_free_page(
+    unsafe fn check_free_page(
         &self,
         pfn: Pfn,
         order: usize,
@@ -640,7 +672,8 @@ impl PageAllocator {
         let Some(idx) = map.try_idx(pfn.0) else {
             return Err(FreeError::Foreign(pfn));
         };
-        // SAFETY: try_idx checked idx against the array's length.
+        // SAFETY: try_idx checked idx against the array's length; the
+        // descriptor is the one the caller hands back (this fn's contract).
         let page = unsafe { map.at_unchecked(idx) };
         // Only the head of an allocated block carries PG_ALLOC, with the
         // block's order (at most MAX_ORDER), and blocks are aligned to their
@@ -693,11 +726,12 @@ impl PageAllocator {
     /// is in it too).
     #[inline(always)]
     pub fn pageblock_mt(&self, pfn: u64) -> MigrateType {
-        MigrateType::from_index(
-            self.map
-                .at(self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1)))
-                .pageblock_mt as usize,
-        )
+        let idx = self.map.idx(pfn & !(PAGEBLOCK_NR_PAGES - 1));
+        // SAFETY: a one-byte read without the zone lock, copied out at
+        // once, as Linux's get_pageblock_migratetype does on the free path:
+        // a stale type only puts a block on a sibling list (see
+        // `free_checked`).
+        MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
     }
 
     /// [`Self::pageblock_mt`] by descriptor index, without a bounds check.
@@ -840,7 +874,9 @@ impl PageRun {
     fn add(&mut self, b: &mut buddy::Buddy, idx: u32, order: usize, mt: MigrateType) {
         if order == 0 {
             // Maybe inside a block freed whole later: no flags may stay.
-            b.map.at(idx).flags = 0;
+            // SAFETY: just taken off this CPU's list (its lock is held) on
+            // its way to the buddy lists, under the zone lock `b` holds.
+            unsafe { b.map.at(idx) }.flags = 0;
             if self.extend(idx, mt) {
                 return;
             }
@@ -915,9 +951,14 @@ impl crate::slab::PageProvider for PageAllocator {
         PageAllocator::alloc_pages(self, cpu, gfp, order as usize).map(|p| p.addr())
     }
 
-    fn free_pages(&self, cpu: usize, addr: PhysAddr, order: u32) {
-        let r = PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize);
-        debug_assert!(r.is_ok(), "slab freed a block it did not get: {r:?}");
+    fn free_pages(
+        &self,
+        cpu: usize,
+        addr: PhysAddr,
+        order: u32,
+    ) -> Result<(), crate::slab::BadPageFree> {
+        PageAllocator::free_pages(self, cpu, addr.pfn(), order as usize)
+            .map_err(|_| crate::slab::BadPageFree { addr, order })
     }
 }
 
@@ -1046,7 +1087,9 @@ impl CpuCache<'_> {
         let pcp = &mut pages.pcp[z];
         let idx = pcp.take_head(pindex, 0)?;
         pcp.free_factor >>= 1;
-        let p = a.map.at(idx);
+        // SAFETY: just taken off this CPU's list, whose lock is held, and
+        // not yet handed out: this CPU alone holds it.
+        let p = unsafe { a.map.at(idx) };
         p.flags = PG_ALLOC;
         p.order = 0;
         p.mt = mt as u8;
@@ -1093,6 +1136,9 @@ impl CpuCache<'_> {
             flags = flags.with(AllocFlags::NOFRAGMENT);
         }
         let idx = self.rmqueue_pcplist(z, 0, mt, flags)?;
+        // The refill may have stolen and boosted the zone: as after
+        // try_zone, this allocation wakes kswapd then (boost.rs, step 2).
+        self.wake_kswapd_if_boosted(z, flags);
         self.pages.events.inc(VmEvent::NumaHit);
         Some(self.prep_new_page(idx, 0, mt, z))
     }
@@ -1170,14 +1216,7 @@ impl CpuCache<'_> {
                     break;
                 }
                 if let Some(idx) = self.try_zone(z, order, mt, flags, highest) {
-                    let zone = &a.zones[z];
-                    if zone.boosted.load(Ordering::Relaxed)
-                        && zone.boosted.swap(false, Ordering::Relaxed)
-                        && flags.has(AllocFlags::KSWAPD)
-                    {
-                        self.pages.events.inc(VmEvent::KswapdWake);
-                        a.hooks.wake_kswapd(zone.node, order, highest);
-                    }
+                    self.wake_kswapd_if_boosted(z, flags);
                     let ev = &mut self.pages.events;
                     if !first {
                         ev.inc(VmEvent::ZoneFallback);
@@ -1383,7 +1422,9 @@ impl CpuCache<'_> {
     /// zone so the free needs no search.
     #[inline(always)]
     fn prep_new_page(&mut self, idx: u32, order: usize, mt: MigrateType, z: usize) -> Pfn {
-        let p = self.a.map.at(idx);
+        // SAFETY: the block was just taken off a list under its lock and
+        // is not yet handed out: this CPU alone holds it.
+        let p = unsafe { self.a.map.at(idx) };
         p.flags = PG_ALLOC;
         p.order = order as u8;
         p.mt = mt as u8;
@@ -1401,7 +1442,10 @@ impl CpuCache<'_> {
     /// (seed 2.2.1: merge with the free buddy; order ≤ 3 via the per-CPU lists).
     #[inline(always)]
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
-        let (idx, z, page) = self.a.check_free_page(pfn, order)?;
+        // SAFETY: this call hands the block back (a block the caller does
+        // not own is a bad free, reported when it is not an allocated
+        // head); `page` is used only by the fast free below.
+        let (idx, z, page) = unsafe { self.a.check_free_page(pfn, order) }?;
         if order == 0 && self.free_pcp_hit(idx, page, z) {
             return Ok(());
         }
@@ -1507,7 +1551,9 @@ impl CpuCache<'_> {
     /// Clears the allocated mark of a checked block and counts the free.
     #[inline(always)]
     fn release_head(&mut self, idx: u32, order: usize) {
-        let page = self.a.map.at(idx);
+        // SAFETY: `check_free` vouched for an allocated head, whose owner
+        // is handing it back through this call.
+        let page = unsafe { self.a.map.at(idx) };
         page.flags &= !PG_ALLOC;
         page.refcount = 0;
         self.pages.events.add(VmEvent::PgFree, 1 << order);
@@ -1617,13 +1663,18 @@ impl CpuCache<'_> {
         il: &mut InterleaveState,
     ) -> Option<Pfn> {
         let plan = mempolicy::plan(policy, self.node(), il, &self.a.topo.distances);
+        // A node set binds only requests that may use the policy zone: a
+        // DMA32-limited request ignores it, since the set's nodes may have
+        // no low memory at all ([NOT IN SEED]: Linux's apply_policy_zone).
+        let bound = mempolicy::policy_applies_to_zone(gfp.highest_zone(), self.a.policy_zone);
         for att in plan.iter() {
+            let mask = if bound { att.nodemask } else { None };
             let g = if att.no_reclaim_nowarn {
                 gfp.without(Gfp::DIRECT_RECLAIM).union(Gfp::NOWARN)
             } else {
                 gfp
             };
-            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, att.nodemask) {
+            if let Some(p) = self.alloc_node(g, order, att.zonelist_node, mask) {
                 return Some(p);
             }
         }
@@ -1647,4 +1698,16 @@ impl CpuCache<'_> {
 }
 
 #[cfg(test)]
+mod pcp_tests;
+#[cfg(test)]
+mod slowpath_tests;
+#[cfg(test)]
+mod steal_tests;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod topology_tests;
+#[cfg(test)]
+mod watermark_tests;

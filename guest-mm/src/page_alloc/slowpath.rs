@@ -6,7 +6,7 @@
 use super::{CpuCache, MAX_ZONES};
 use crate::gfp::{AllocFlags, Gfp};
 use crate::mmzone::{ZoneType, MAX_NR_ZONES, PAGE_ALLOC_COSTLY_ORDER};
-use crate::vmstat::VmEvent;
+use crate::vmstat::{suggest_action, FragAction, VmEvent, EXTFRAG_THRESHOLD_DEFAULT};
 use crate::zonelist::NodeMask;
 
 /// No-progress reclaim rounds before giving up (MAX_RECLAIM_RETRIES, row 21).
@@ -37,7 +37,19 @@ pub enum CompactResult {
 /// method has a do-nothing default, which is what the allocator does until
 /// kswapd, reclaim and compaction exist.
 pub trait ReclaimHooks: Sync {
+    /// kswapd should balance `node`. Its balancing pass ends with
+    /// [`super::PageAllocator::kswapd_balance`], which is what undoes a
+    /// watermark boost (seed 2.2.6).
     fn wake_kswapd(&self, _node: usize, _order: usize, _highest: ZoneType) {}
+    /// kswapd's reclaim for a watermark boost: a little, at most
+    /// `nr_pages`, without swapping or writeback (Linux's boost reclaim;
+    /// [NOT IN SEED] beyond "kswapd reclaims a little"). Returns pages freed.
+    fn reclaim_boost(&self, _node: usize, _nr_pages: u64) -> u64 {
+        0
+    }
+    /// kcompactd should compact `node` toward `order` (seed 2.2.6, 3.4.3:
+    /// woken by kswapd after a boost, or by kswapd's balancing).
+    fn wake_kcompactd(&self, _node: usize, _order: usize, _highest: ZoneType) {}
     /// Direct reclaim; returns pages reclaimed.
     fn direct_reclaim(&self, _node: usize, _order: usize, _gfp: Gfp) -> u64 {
         0
@@ -183,7 +195,7 @@ impl CpuCache<'_> {
         flags: AllocFlags,
         prio: CompactPriority,
     ) -> Result<u32, CompactResult> {
-        if order == 0 {
+        if order == 0 || !self.compaction_suitable(gfp, order, node, mask) {
             return Err(CompactResult::Skipped);
         }
         self.pages.events.inc(VmEvent::DirectCompact);
@@ -213,6 +225,30 @@ impl CpuCache<'_> {
                 Err(r)
             }
         }
+    }
+
+    /// Whether compaction can help (seed 3.4.1, row 23): some eligible zone
+    /// has enough free memory, only too scattered ([`suggest_action`] says
+    /// Compact). When every zone is short of memory instead (index near 0)
+    /// reclaim is the remedy and compaction would only burn time; when a
+    /// block of the order exists, what failed was a watermark, which
+    /// compaction does not fix either. The threshold is Linux's
+    /// extfrag_threshold ([NOT IN SEED]), and Linux applies the test to
+    /// costly orders only; the seed states it for every order, as here.
+    fn compaction_suitable(
+        &self,
+        gfp: Gfp,
+        order: usize,
+        node: usize,
+        mask: Option<NodeMask>,
+    ) -> bool {
+        let a = self.a;
+        a.zonelist(node, gfp.contains(Gfp::THISNODE))
+            .zones_for(gfp.highest_zone(), mask)
+            .any(|zr| {
+                let info = a.pagetypeinfo(zr.node as usize, zr.zone).contig_info(order);
+                suggest_action(order, &info, EXTFRAG_THRESHOLD_DEFAULT) == FragAction::Compact
+            })
     }
 
     /// should_reclaim_retry (seed 4.1.2.5, row 21): progress resets the

@@ -182,18 +182,23 @@ impl Zone {
         }
     }
 
-    /// Raises the watermarks by a pageblock after a fragmentation event, up
-    /// to WATERMARK_BOOST_FACTOR of high; not at all on zones so small that
-    /// four pageblocks are a large share of them (boost_watermark()).
+    /// Raises the watermarks by a pageblock after a fragmentation event
+    /// (seed 2.2.6), up to WATERMARK_BOOST_FACTOR of high; not at all on
+    /// zones so small that four pageblocks are a large share of them (the
+    /// seed's "boost is limited on small zones"; the amounts are Linux's
+    /// boost_watermark(), [NOT IN SEED]). See `boost.rs` for how it ends.
     pub fn boost_watermark(&self) -> bool {
         if PAGEBLOCK_NR_PAGES * 4 > self.managed_pages {
             return false;
         }
         let max =
             (self.watermark[WMARK_HIGH] * WATERMARK_BOOST_FACTOR / 10_000).max(PAGEBLOCK_NR_PAGES);
-        let cur = self.boost.load(Ordering::Relaxed);
-        self.boost
-            .store((cur + PAGEBLOCK_NR_PAGES).min(max), Ordering::Relaxed);
+        // Atomic: CPUs raise it outside the zone lock, kswapd lowers it.
+        let _ = self
+            .boost
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                Some((cur + PAGEBLOCK_NR_PAGES).min(max))
+            });
         self.boosted.store(true, Ordering::Relaxed);
         true
     }
@@ -323,6 +328,89 @@ mod tests {
         assert_eq!(small[0], 128 / 4);
         assert_eq!(zone_watermarks(16, 16)[0], 128 / 4, "clamped at 128 KiB");
         assert!(zone_watermarks(1 << 22, 1 << 22)[2] > zone_watermarks(1 << 20, 1 << 20)[2]);
+    }
+
+    #[test]
+    fn boost_is_a_pageblock_per_event_capped_and_off_on_small_zones_seed_2_2_6() {
+        // Row 12: each event adds a pageblock, up to 150% of high
+        // (Linux's watermark_boost_factor, [NOT IN SEED]); a zone of fewer
+        // than four pageblocks is never boosted (seed: "limited on small zones").
+        let mut z = Zone::EMPTY;
+        z.managed_pages = 4 * PAGEBLOCK_NR_PAGES;
+        z.watermark = [100, 200, 1000];
+        let mut seen = [0; 4];
+        for s in seen.iter_mut() {
+            assert!(z.boost_watermark());
+            *s = z.boost.load(Ordering::Relaxed);
+        }
+        assert_eq!(seen, [512, 1024, 1500, 1500]);
+        assert!(z.boosted.load(Ordering::Relaxed));
+        let mut small = Zone::EMPTY;
+        small.managed_pages = 4 * PAGEBLOCK_NR_PAGES - 1;
+        small.watermark = [100, 200, 1000];
+        assert!(!small.boost_watermark());
+        assert_eq!(small.boost.load(Ordering::Relaxed), 0);
+        assert!(!small.boosted.load(Ordering::Relaxed));
+        // With a tiny high mark the cap is still one pageblock.
+        let mut low = Zone::EMPTY;
+        low.managed_pages = 4 * PAGEBLOCK_NR_PAGES;
+        low.boost_watermark();
+        low.boost_watermark();
+        assert_eq!(low.boost.load(Ordering::Relaxed), PAGEBLOCK_NR_PAGES);
+        assert_eq!(low.wmark(WMARK_MIN), PAGEBLOCK_NR_PAGES);
+    }
+
+    /// A free area whose only free block is one of `order` on `mt`'s list.
+    fn one_block(order: usize, mt: MigrateType) -> FreeArea {
+        let mut a = FreeArea::EMPTY;
+        a.nr_free[order] = 1;
+        a.lists[order][mt as usize].head = 0;
+        a
+    }
+
+    #[test]
+    fn watermark_ok_counts_exactly_seed_2_2_4() {
+        // Rows 4/5: the free pages left after taking the block must exceed
+        // the mark plus the lowmem reserve; non-atomic requests may not
+        // count the HighAtomic reserve, nor use a HighAtomic block.
+        let mut z = Zone::EMPTY;
+        z.lowmem_reserve = [0, 0, 100];
+        let f0 = AllocFlags::default();
+        let area = one_block(3, MigrateType::Movable);
+        let ok = |area: &FreeArea, order, highest, flags, free| {
+            watermark_ok(&z, area, order, 1000, highest, flags, free)
+        };
+        assert!(ok(&area, 0, ZoneType::Dma, f0, 1001) && !ok(&area, 0, ZoneType::Dma, f0, 1000));
+        // Order 3 leaves 2^3 - 1 pages fewer for the others.
+        assert!(ok(&area, 3, ZoneType::Dma, f0, 1008));
+        assert!(!ok(&area, 3, ZoneType::Dma, f0, 1007));
+        assert!(
+            !ok(&area, 4, ZoneType::Dma, f0, 1 << 20),
+            "no block of order 4"
+        );
+        // The reserve for requests that could have used a higher zone.
+        assert!(!ok(&area, 0, ZoneType::Normal, f0, 1100));
+        assert!(ok(&area, 0, ZoneType::Normal, f0, 1101));
+        // HighAtomic: its reserve is not free to others, nor its blocks.
+        let mut ha = one_block(2, MigrateType::HighAtomic);
+        ha.nr_reserved_highatomic = 50;
+        let harder = AllocFlags::HARDER;
+        let hmin = 1000 - 1000 / 4;
+        assert!(ok(&ha, 0, ZoneType::Dma, harder, hmin + 1));
+        assert!(!ok(&ha, 0, ZoneType::Dma, f0, 1050));
+        assert!(ok(&ha, 0, ZoneType::Dma, f0, 1051));
+        assert!(!ok(&ha, 2, ZoneType::Dma, f0, 1 << 20), "HighAtomic block");
+        assert!(ok(&ha, 2, ZoneType::Dma, harder, 1 << 20));
+        // The lock-free order-0 form agrees, whatever part of the count
+        // still sits in a CPU's differential.
+        z.vm_free.configure(8, 2);
+        z.vm_free.add_global(1101 - 5);
+        z.vm_free.add(1, 5);
+        assert_eq!(z.vm_free.diff(1), 5, "still a differential");
+        assert!(watermark_fast_order0(&z, 1000, ZoneType::Normal, f0));
+        z.vm_free.add(0, -1);
+        assert!(!watermark_fast_order0(&z, 1000, ZoneType::Normal, f0));
+        assert!(watermark_fast_order0(&z, 1000, ZoneType::Dma, f0));
     }
 
     #[test]

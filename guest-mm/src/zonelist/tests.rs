@@ -197,18 +197,6 @@ fn zones_for_filters_by_zone_limit_and_nodemask() {
     assert_eq!(zl.first_zone(Dma32, None).map(Zoneref::zone_idx), Some(1));
 }
 
-#[test]
-fn build_all_gives_every_node_both_lists() {
-    let d = slit3();
-    let p = populated3();
-    let all = build_all(&d, &p);
-    for (node, lists) in all.iter().enumerate().take(3) {
-        assert_eq!(lists.fallback, Zonelist::build_fallback(node, &d, &p));
-        assert_eq!(lists.thisnode, Zonelist::build_thisnode(node, &p));
-    }
-    assert!(all[3].fallback.is_empty() && all[3].thisnode.is_empty());
-}
-
 proptest! {
     #[test]
     fn fallback_is_a_permutation_sorted_by_distance(

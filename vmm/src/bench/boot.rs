@@ -4,9 +4,11 @@
 //! reading taken just before the spawn, so the child's report gives every
 //! phase (and guest-ready) from that same instant; spawn→exit is measured
 //! here. The VMM's own memory cost is VmRSS minus guest-RAM Rss (smaps).
+//! Every run serves the control API (`--api-sock`), so the event loop, the
+//! API thread and its socket are in the figures.
 use super::stats::{summarize, Summary};
 use crate::clock::{now_ns, SPAWN_ENV};
-use crate::config::format_size;
+use crate::resources::format_size;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
@@ -43,10 +45,10 @@ struct BenchResult {
 }
 
 /// A private directory for the runs' reports, removed on every path out.
-struct TempDir(std::path::PathBuf);
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let base = std::env::temp_dir();
         for n in 0..100u32 {
             let p = base.join(format!(
@@ -94,6 +96,9 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
         .args(["--cmdline", &o.cmdline])
         .arg("--report")
         .arg(&report_path)
+        // The API thread and its socket are part of what is measured.
+        .arg("--api-sock")
+        .arg(dir.0.join(format!("run{i}.sock")))
         .stdin(Stdio::null())
         .stdout(Stdio::null());
         let t0 = now_ns();

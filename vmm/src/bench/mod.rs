@@ -1,4 +1,5 @@
 //! `memvisor bench …`: studies that print their figures (targets live here,
 //! never in timed unit tests).
+pub mod api;
 pub mod boot;
 pub mod stats;

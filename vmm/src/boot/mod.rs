@@ -10,9 +10,10 @@ pub mod params;
 pub mod regs;
 
 use crate::memory::layout::HIMEM_START;
+use crate::memory::GuestMemory;
 use linux_loader::loader::{bootparam::setup_header, BzImage, Elf, KernelLoader};
 use std::io::Cursor;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestAddress;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -84,7 +85,7 @@ pub struct LoadedKernel {
 
 /// Loads `image` (named `what` in errors) into guest memory.
 pub fn load_kernel(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     ram_end: u64,
     image: &[u8],
     what: &str,

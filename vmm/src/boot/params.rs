@@ -1,8 +1,9 @@
 //! The Linux boot_params "zero page" and the command line.
 use super::{BootError, LoadedKernel};
 use crate::memory::layout::{E820Entry, CMDLINE, CMDLINE_MAX, ZERO_PAGE};
+use crate::memory::GuestMemory;
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
@@ -11,7 +12,7 @@ const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 
 /// Writes the command line and boot_params; returns the zero page address.
 pub fn write_boot_params(
-    mem: &GuestMemoryMmap,
+    mem: &GuestMemory,
     kernel: &LoadedKernel,
     cmdline: &str,
     e820: &[E820Entry],

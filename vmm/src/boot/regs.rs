@@ -3,8 +3,9 @@
 //! 64-bit boot protocol requires (__BOOT_CS = 0x10, __BOOT_DS = 0x18).
 use super::BootError;
 use crate::memory::layout::{BOOT_GDT, BOOT_IDT, BOOT_STACK_TOP};
+use crate::memory::GuestMemory;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 const GDT: [u64; 4] = [
     0,
@@ -28,7 +29,7 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
 /// Writes the boot GDT and an empty IDT into low memory.
-pub fn write_boot_tables(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+pub fn write_boot_tables(mem: &GuestMemory) -> Result<(), BootError> {
     for (i, d) in GDT.iter().enumerate() {
         mem.write_obj(*d, GuestAddress(BOOT_GDT + 8 * i as u64))?;
     }

@@ -1,5 +1,8 @@
-//! Devices the guest reaches through port I/O: COM1 and memvisor's results
-//! channel. (virtio-mmio devices arrive with the balloon.)
+//! Devices: the bus, legacy port-I/O devices, virtio-mmio devices, and the
+//! manager that allocates their addresses and IRQs.
+pub mod bus;
 pub mod console;
-pub mod results;
-pub mod serial;
+pub mod legacy;
+pub mod manager;
+pub mod rate_limiter;
+pub mod virtio;

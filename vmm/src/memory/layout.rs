@@ -19,6 +19,15 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 3 << 30;
 pub const MMIO_GAP_END: u64 = 4 << 30;
+/// virtio-mmio device windows, one 4 KiB page each from here (Firecracker
+/// puts its devices at the same address), allocated by vm-allocator.
+pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+pub const MMIO_DEVICES_END: u64 = 0xdfff_ffff;
+pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
+/// IOAPIC pins handed to devices: 0-4 are the PIT, keyboard, cascade and
+/// COM1/COM2 by convention, 23 is the last IOAPIC pin.
+pub const IRQ_BASE: u32 = 5;
+pub const IRQ_MAX: u32 = 23;
 
 pub const E820_RAM: u32 = 1;
 

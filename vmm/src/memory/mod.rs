@@ -8,7 +8,10 @@ pub mod layout;
 pub mod rss;
 
 use std::io;
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use std::sync::Arc;
+use vm_memory::bitmap::{Bitmap, WithBitmapSlice};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 pub use layout::{E820Entry, E820_RAM};
 
@@ -32,7 +35,8 @@ pub enum MemoryError {
     },
 }
 
-/// One mapping we own; unmapped on drop.
+/// One mapping we own; unmapped when the last reference goes.
+#[derive(Debug)]
 struct HostMapping {
     addr: *mut u8,
     size: usize,
@@ -46,11 +50,44 @@ unsafe impl Sync for HostMapping {}
 
 impl Drop for HostMapping {
     fn drop(&mut self) {
-        // SAFETY: we created exactly this mapping and nothing refers to it
-        // any more (GuestRam drops its GuestMemoryMmap first).
+        // SAFETY: we created exactly this mapping, and the last `RamOwner`
+        // (hence the last region that points into it) is being dropped.
         unsafe { libc::munmap(self.addr.cast(), self.size) };
     }
 }
+
+/// Keeps a region's host mapping alive for as long as any clone of the
+/// region exists.
+///
+/// Why it lives in vm-memory's bitmap slot: guest RAM is mapped 2 MiB-aligned
+/// by us (vm-memory cannot align its own mmap), so vm-memory sees it as a raw,
+/// unowned pointer. A `GuestMemoryMmap` is cheaply cloneable (virtio devices
+/// keep clones), and a clone that outlived the mapping read freed memory from
+/// safe code. The bitmap is the one value each region carries by ownership,
+/// so an `Arc` of the mapping there makes every clone own it. Dirty tracking
+/// is not done through vm-memory (KVM's dirty log does it), so the slot is
+/// otherwise unused.
+#[derive(Clone, Debug)]
+pub struct RamOwner {
+    _mapping: Arc<HostMapping>,
+}
+
+impl<'a> WithBitmapSlice<'a> for RamOwner {
+    type S = ();
+}
+
+impl Bitmap for RamOwner {
+    fn mark_dirty(&self, _offset: usize, _len: usize) {}
+    fn dirty_at(&self, _offset: usize) -> bool {
+        false
+    }
+    fn slice_at(&self, _offset: usize) {}
+}
+
+/// Guest RAM as vm-memory sees it; every clone keeps the mappings alive.
+pub type GuestMemory = GuestMemoryMmap<RamOwner>;
+/// One region of [`GuestMemory`].
+pub type GuestRegion = GuestRegionMmap<RamOwner>;
 
 /// A guest RAM region and where it lives on the host.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -62,10 +99,8 @@ pub struct RamRegion {
 }
 
 pub struct GuestRam {
-    // Field order matters: vm-memory's view is dropped before the mappings.
-    memory: GuestMemoryMmap,
+    memory: GuestMemory,
     regions: Vec<RamRegion>,
-    _maps: Vec<HostMapping>,
 }
 
 const HUGE: usize = 2 << 20;
@@ -117,40 +152,35 @@ fn map_aligned(size: usize) -> Result<HostMapping, MemoryError> {
 impl GuestRam {
     /// Maps `size` bytes of guest RAM laid out by [`layout::ram_regions`].
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        let mut maps = Vec::new();
         let mut mm_regions = Vec::new();
         let mut regions = Vec::new();
         for (slot, (base, len)) in layout::ram_regions(size).into_iter().enumerate() {
-            let map = map_aligned(len as usize)?;
-            // SAFETY: `map` is a live mapping of `len` bytes with these
-            // protections and flags, and it outlives the MmapRegion (field order).
+            let map = Arc::new(map_aligned(len as usize)?);
+            let host_addr = map.addr;
+            // SAFETY: `host_addr` is a live mapping of `len` bytes with these
+            // protections and flags, and the region's bitmap (`RamOwner`)
+            // holds it alive as long as the region or any clone exists.
             let region = unsafe {
-                MmapRegion::build_raw(
-                    map.addr,
-                    len as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                )
+                MmapRegionBuilder::new_with_bitmap(len as usize, RamOwner { _mapping: map })
+                    .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                    .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+                    .with_raw_mmap_pointer(host_addr)
             }
+            .build()
             .map_err(|e| MemoryError::Region(e.to_string()))?;
             let gr = GuestRegionMmap::new(region, GuestAddress(base))
                 .ok_or_else(|| MemoryError::Region(format!("region at {base:#x} overflows")))?;
             regions.push(RamRegion {
                 guest_base: base,
                 size: len,
-                host_addr: map.addr as u64,
+                host_addr: host_addr as u64,
                 slot: slot as u32,
             });
             mm_regions.push(gr);
-            maps.push(map);
         }
         let memory = GuestMemoryMmap::from_regions(mm_regions)
             .map_err(|e| MemoryError::Region(e.to_string()))?;
-        Ok(GuestRam {
-            memory,
-            regions,
-            _maps: maps,
-        })
+        Ok(GuestRam { memory, regions })
     }
 
     /// Installs one memslot per region: KVM builds the stage-2 (EPT/NPT, or
@@ -176,7 +206,7 @@ impl GuestRam {
         Ok(())
     }
 
-    pub fn memory(&self) -> &GuestMemoryMmap {
+    pub fn memory(&self) -> &GuestMemory {
         &self.memory
     }
 
@@ -228,5 +258,16 @@ mod tests {
             .memory()
             .read_obj::<u32>(GuestAddress(64 << 20))
             .is_err());
+    }
+
+    /// A clone of guest memory outliving `GuestRam` must still own the
+    /// mapping (this read crashed with SIGSEGV when `GuestRam` alone did).
+    #[test]
+    fn a_memory_clone_keeps_the_mapping_alive() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        ram.memory().write_obj(7u64, GuestAddress(0x2000)).unwrap();
+        let m = ram.memory().clone();
+        drop(ram);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 7);
     }
 }

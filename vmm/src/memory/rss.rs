@@ -6,6 +6,8 @@ use std::io;
 pub struct MemoryUsage {
     /// VmRSS of the whole process.
     pub vm_rss_bytes: u64,
+    /// VmHWM: the process's peak RSS so far (guest RAM included).
+    pub vm_peak_rss_bytes: u64,
     /// Rss of the guest-RAM mappings: guest memory actually touched.
     pub guest_rss_bytes: u64,
     /// Of that, backed by transparent huge pages.
@@ -31,10 +33,15 @@ pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
         .lines()
         .find_map(|l| kb_field(l, "VmRSS:"))
         .unwrap_or(0);
+    let peak = status
+        .lines()
+        .find_map(|l| kb_field(l, "VmHWM:"))
+        .unwrap_or(0);
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let (rss, huge) = guest_rss_from_smaps(&smaps, ranges);
     Ok(MemoryUsage {
         vm_rss_bytes: vm_rss,
+        vm_peak_rss_bytes: peak,
         guest_rss_bytes: rss,
         guest_anon_huge_bytes: huge,
         vmm_overhead_bytes: vm_rss.saturating_sub(rss),

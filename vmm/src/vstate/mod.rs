@@ -1,4 +1,4 @@
 //! KVM state: the VM and its vCPUs, wrapped once over kvm-ioctls.
-pub mod exit;
+pub mod kvm;
 pub mod vcpu;
 pub mod vm;

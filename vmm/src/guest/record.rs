@@ -5,7 +5,8 @@
 //! and every read goes through vm-memory's bounds-checked accessors: a buggy
 //! or hostile guest gets a rejected record, never a VMM crash.
 use crate::abi;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
@@ -33,7 +34,7 @@ pub enum RecordError {
     PayloadOutside { gpa: u64, len: u32 },
 }
 
-pub fn read_record(mem: &GuestMemoryMmap, gpa: u64) -> Result<(RecordKind, Vec<u8>), RecordError> {
+pub fn read_record(mem: &GuestMemory, gpa: u64) -> Result<(RecordKind, Vec<u8>), RecordError> {
     let mut hdr = [0u8; abi::RECORD_HEADER_LEN as usize];
     mem.read_slice(&mut hdr, GuestAddress(gpa))
         .map_err(|_| RecordError::HeaderOutside(gpa))?;
@@ -65,7 +66,7 @@ mod tests {
     use crate::memory::GuestRam;
     use proptest::prelude::*;
 
-    fn put(mem: &GuestMemoryMmap, gpa: u64, words: [u32; 4], payload: &[u8]) {
+    fn put(mem: &GuestMemory, gpa: u64, words: [u32; 4], payload: &[u8]) {
         for (i, w) in words.iter().enumerate() {
             mem.write_obj(*w, GuestAddress(gpa + 4 * i as u64)).unwrap();
         }

@@ -1,4 +1,6 @@
-//! A validated description of one VM.
+//! The validated description of one VM: machine (vCPUs, memory), boot source
+//! (kernel, command line) and run limits. The CLI fills it, and the API's
+//! pre-boot requests (PUT /machine-config, /boot-source) change it.
 //!
 //! Everything a user can get wrong is checked here, before any resource is
 //! taken, with a message that names the bad value and what would be valid.
@@ -22,22 +24,28 @@ pub enum KernelSource {
 }
 
 #[derive(Clone, Debug)]
-pub struct VmConfig {
+pub struct VmResources {
     pub kernel: KernelSource,
     pub cmdline: String,
     pub vcpus: u32,
     pub memory: u64,
     pub timeout: Duration,
+    /// Bytes of guest JSON lines kept in the report (`--record-budget`).
+    pub record_budget: usize,
+    /// A virtio-rng device (`--entropy`, `PUT /entropy`).
+    pub entropy: Option<crate::devices::virtio::rng::EntropyConfig>,
 }
 
-impl Default for VmConfig {
+impl Default for VmResources {
     fn default() -> Self {
-        VmConfig {
+        VmResources {
             kernel: KernelSource::Bundled,
             cmdline: DEFAULT_CMDLINE.to_string(),
             vcpus: 1,
             memory: DEFAULT_MEMORY,
             timeout: Duration::from_secs(60),
+            record_budget: crate::guest::log::DEFAULT_BUDGET,
+            entropy: None,
         }
     }
 }
@@ -69,6 +77,14 @@ pub enum ConfigError {
     TooManyVcpusForBundled(u32, usize),
     #[error("--timeout {0}: must be a number of seconds above 0 and below 1e9")]
     BadTimeout(String),
+    #[error("--kernel {0}: not a regular file (a kernel image is an ELF or bzImage file)")]
+    KernelNotFile(String),
+    #[error("--kernel {path}: {size} bytes is larger than the guest's {memory} of RAM")]
+    KernelTooLarge {
+        path: String,
+        size: u64,
+        memory: String,
+    },
 }
 
 /// Parses `256M`, `1G`, `512K`, `1048576` (bytes). Suffixes are binary.
@@ -107,7 +123,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, ConfigError> {
     }
 }
 
-impl VmConfig {
+impl VmResources {
     /// The checks that need no host facts (usable before KVM is opened).
     pub fn validate_static(&self) -> Result<(), ConfigError> {
         let m = format_size(self.memory);
@@ -126,10 +142,18 @@ impl VmConfig {
         Ok(())
     }
 
+    /// The most vCPUs this kernel can have on this host.
+    pub fn max_vcpus(&self, host: &HostLimits) -> u32 {
+        match self.kernel {
+            KernelSource::Bundled => host.max_vcpus.min(crate::abi::MAX_VCPUS as u32),
+            KernelSource::Path(_) => host.max_vcpus,
+        }
+    }
+
     pub fn validate(&self, host: &HostLimits) -> Result<(), ConfigError> {
         let m = format_size(self.memory);
         if self.vcpus == 0 {
-            return Err(ConfigError::NoVcpus(host.max_vcpus));
+            return Err(ConfigError::NoVcpus(self.max_vcpus(host)));
         }
         if self.vcpus > host.max_vcpus {
             return Err(ConfigError::TooManyVcpus(self.vcpus, host.max_vcpus));
@@ -140,6 +164,27 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// Checks a kernel file before it is read: a device or FIFO (`/dev/zero`)
+/// would be read forever, and an image larger than guest RAM cannot load.
+pub fn check_kernel_file(
+    path: &std::path::Path,
+    memory: u64,
+) -> std::io::Result<Result<(), ConfigError>> {
+    let meta = std::fs::metadata(path)?;
+    let p = path.display().to_string();
+    if !meta.is_file() {
+        return Ok(Err(ConfigError::KernelNotFile(p)));
+    }
+    if meta.len() > memory {
+        return Ok(Err(ConfigError::KernelTooLarge {
+            path: p,
+            size: meta.len(),
+            memory: format_size(memory),
+        }));
+    }
+    Ok(Ok(()))
 }
 
 /// MemTotal from /proc/meminfo, in bytes.
@@ -167,7 +212,7 @@ mod tests {
             max_vcpus: 1024,
             mem_total: 4 * GIB,
         };
-        let mut c = VmConfig {
+        let mut c = VmResources {
             vcpus: 65,
             ..Default::default()
         };
@@ -206,7 +251,7 @@ mod tests {
 
     #[test]
     fn memory_bounds_are_enforced() {
-        let mut c = VmConfig::default();
+        let mut c = VmResources::default();
         assert!(c.validate(&HOST).is_ok());
         c.memory = 8 * MIB;
         assert_eq!(
@@ -229,11 +274,20 @@ mod tests {
 
     #[test]
     fn vcpu_bounds_are_enforced() {
-        let mut c = VmConfig {
+        let mut c = VmResources {
             vcpus: 0,
             ..Default::default()
         };
         assert_eq!(c.validate(&HOST), Err(ConfigError::NoVcpus(8)));
+        let big = HostLimits {
+            max_vcpus: 1024,
+            mem_total: 4 * GIB,
+        };
+        assert_eq!(
+            c.validate(&big),
+            Err(ConfigError::NoVcpus(64)),
+            "the bundled kernel's limit, not KVM's"
+        );
         c.vcpus = 9;
         assert_eq!(c.validate(&HOST), Err(ConfigError::TooManyVcpus(9, 8)));
         c.vcpus = 8;

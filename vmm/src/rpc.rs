@@ -1,0 +1,155 @@
+//! API requests applied to the VMM, on the event-loop thread (the only one
+//! that touches the VM), as Firecracker's `rpc_interface.rs` does: the API
+//! thread parses, this file acts.
+//!
+//! Pre-boot requests edit the [`VmResources`]; a whole new description is
+//! validated before it replaces the old one, so a refused request changes
+//! nothing. `InstanceStart` is answered only once the VM runs (or failed to
+//! build), so a script's next request sees it started.
+use crate::api::{
+    ActionType, ApiMessage, ApiRequest, ApiResponse, BootSource, CpuTemplate, HugePages,
+    InstanceInfo, MachineConfig, VmConfig, VmState,
+};
+use crate::resources::{KernelSource, VmResources, MIB};
+use crate::vmm::Vmm;
+use std::time::Instant;
+
+/// Firecracker's default instance id.
+pub const INSTANCE_ID: &str = "anonymous-instance";
+
+/// What the event loop must do after a request: usually nothing more.
+pub enum Followup {
+    None,
+    /// Build and start the VM, then answer this message.
+    Start(ApiMessage),
+}
+
+fn machine_config(r: &VmResources) -> MachineConfig {
+    MachineConfig {
+        vcpu_count: r.vcpus.min(u8::MAX as u32) as u8,
+        mem_size_mib: r.memory / MIB,
+        ..MachineConfig::default()
+    }
+}
+
+/// The resources a machine config describes, or why it is refused.
+fn with_machine(r: &VmResources, m: &MachineConfig) -> Result<VmResources, String> {
+    if m.smt {
+        return Err("smt: simultaneous multithreading is not supported (valid: false)".into());
+    }
+    if !matches!(m.cpu_template, None | Some(CpuTemplate::NoTemplate)) {
+        return Err("cpu_template: CPU templates are not supported (valid: \"None\")".into());
+    }
+    if m.track_dirty_pages {
+        return Err(
+            "track_dirty_pages: dirty-page tracking is not supported yet (valid: false)".into(),
+        );
+    }
+    if m.huge_pages == HugePages::Hugetlbfs2M {
+        return Err("huge_pages \"2M\": hugetlbfs backing is not supported yet; guest RAM is backed by transparent huge pages (valid: \"None\", \"Transparent\")".into());
+    }
+    let mut next = r.clone();
+    next.vcpus = m.vcpu_count as u32;
+    next.memory = m
+        .mem_size_mib
+        .checked_mul(MIB)
+        .ok_or_else(|| format!("mem_size_mib {}: too large", m.mem_size_mib))?;
+    next.validate_static().map_err(|e| e.to_string())?;
+    if next.vcpus == 0 {
+        return Err("vcpu_count 0: at least 1 vCPU is needed".into());
+    }
+    Ok(next)
+}
+
+fn with_boot_source(r: &VmResources, b: &BootSource) -> Result<VmResources, String> {
+    if b.initrd_path.is_some() {
+        return Err(
+            "initrd_path: initrds are not supported (the guest kernel boots without one)".into(),
+        );
+    }
+    let path = std::path::PathBuf::from(&b.kernel_image_path);
+    match crate::resources::check_kernel_file(&path, r.memory) {
+        Err(e) => return Err(format!("kernel_image_path {}: {e}", b.kernel_image_path)),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok(())) => {}
+    }
+    let mut next = r.clone();
+    next.kernel = KernelSource::Path(path);
+    if let Some(args) = &b.boot_args {
+        next.cmdline = args.clone();
+    }
+    Ok(next)
+}
+
+impl Vmm {
+    /// Applies one request; answers it unless the answer must wait.
+    pub fn handle_api(&mut self, msg: ApiMessage) -> Followup {
+        if let Err(refused) = msg.request.allowed_in(self.state()) {
+            msg.respond(refused);
+            return Followup::None;
+        }
+        log::debug!("API request {:?}", msg.request);
+        let r = &self.resources;
+        let answer = match &msg.request {
+            ApiRequest::GetInstanceInfo => {
+                ApiResponse::ok_json(&InstanceInfo::new(INSTANCE_ID, self.state()))
+            }
+            ApiRequest::GetMachineConfig => ApiResponse::ok_json(&machine_config(r)),
+            ApiRequest::GetVmConfig => ApiResponse::ok_json(&VmConfig {
+                boot_source: Some(BootSource {
+                    kernel_image_path: match &r.kernel {
+                        KernelSource::Bundled => "bundled".into(),
+                        KernelSource::Path(p) => p.display().to_string(),
+                    },
+                    boot_args: Some(r.cmdline.clone()),
+                    initrd_path: None,
+                }),
+                machine_config: machine_config(r),
+                entropy: r.entropy,
+            }),
+            ApiRequest::PutMachineConfig(m) => self.replace(with_machine(r, m)),
+            ApiRequest::PatchMachineConfig(u) => {
+                let m = u.applied_to(&machine_config(r));
+                self.replace(with_machine(r, &m))
+            }
+            ApiRequest::PutBootSource(b) => self.replace(with_boot_source(r, b)),
+            ApiRequest::PutEntropy(e) => match e.validate() {
+                Ok(()) => {
+                    self.resources.entropy = Some(*e);
+                    ApiResponse::no_content()
+                }
+                Err(err) => ApiResponse::bad_request(format!("rate_limiter: {err}")),
+            },
+            ApiRequest::PatchVm(state) => {
+                let t = Instant::now();
+                let done = match state {
+                    VmState::Paused => self.pause(),
+                    VmState::Resumed => self.resume(),
+                };
+                match done {
+                    Ok(replies) => {
+                        log::debug!("{state:?} {} vCPUs in {:?}", replies.len(), t.elapsed());
+                        ApiResponse::no_content()
+                    }
+                    Err(e) => ApiResponse::fault(500, e.to_string()),
+                }
+            }
+            ApiRequest::Action(ActionType::InstanceStart) => return Followup::Start(msg),
+            ApiRequest::Action(a) => ApiResponse::bad_request(format!(
+                "{a:?} is not supported by memvisor (supported actions: InstanceStart)"
+            )),
+        };
+        msg.respond(answer);
+        Followup::None
+    }
+
+    fn replace(&mut self, next: Result<VmResources, String>) -> ApiResponse {
+        match next {
+            Ok(n) => {
+                self.resources = n;
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::bad_request(e),
+        }
+    }
+}
