@@ -83,17 +83,23 @@ impl FreeArea {
 }
 
 /// The zone's free area together with what it needs to know about the zone.
+///
+/// Its fields are the crate's alone, as are the zone's free lists: the
+/// unchecked descriptor accesses below rely on `lo..hi` lying in the map
+/// and on every listed block lying in `lo..hi`, which only this crate's
+/// code could break (a `Buddy` is made by `Zone::buddy` from the span
+/// `Zone::set_map_span` checked).
 pub struct Buddy<'a> {
-    pub map: &'a MemMap,
-    pub area: &'a mut FreeArea,
+    pub(crate) map: &'a MemMap,
+    pub(crate) area: &'a mut FreeArea,
     /// The zone's span: buddies outside it are never merged.
-    pub start_pfn: u64,
-    pub end_pfn: u64,
+    pub(crate) start_pfn: u64,
+    pub(crate) end_pfn: u64,
     /// The same span as descriptor indices, `lo..hi`, inside the map.
-    pub lo: u32,
-    pub hi: u32,
+    pub(crate) lo: u32,
+    pub(crate) hi: u32,
     /// Grouping by mobility (seed 3.3.1); when off every block is Unmovable.
-    pub grouping: bool,
+    pub(crate) grouping: bool,
 }
 
 impl Buddy<'_> {

@@ -60,7 +60,9 @@ pub struct Zone {
     /// `start_pfn..end_pfn` as descriptor indices (see `set_map_span`);
     /// private so nothing can widen it past the map.
     idx_span: (u32, u32),
-    pub free: SpinLock<FreeArea>,
+    /// Crate-private: the free lists' invariants are what the buddy's
+    /// unchecked descriptor accesses rely on (see `Buddy`).
+    pub(crate) free: SpinLock<FreeArea>,
 }
 
 impl Zone {
@@ -94,7 +96,7 @@ impl Zone {
     }
 
     /// Takes the zone lock, counting the acquisition.
-    pub fn lock(&self) -> SpinLockGuard<'_, FreeArea> {
+    pub(crate) fn lock(&self) -> SpinLockGuard<'_, FreeArea> {
         let mut g = self.free.lock();
         g.lock_acquisitions += 1;
         g
@@ -102,7 +104,7 @@ impl Zone {
 
     /// The zone's free lists under the held lock.
     #[inline(always)]
-    pub fn buddy<'a>(&self, map: &'a MemMap, area: &'a mut FreeArea, grouping: bool) -> Buddy<'a> {
+    pub(crate) fn buddy<'a>(&self, map: &'a MemMap, area: &'a mut FreeArea, grouping: bool) -> Buddy<'a> {
         Buddy {
             map,
             area,
