@@ -123,6 +123,19 @@ impl PcpSet {
     fn has(&self, z: usize) -> bool {
         !self.ptr[z].is_null()
     }
+
+    /// The lists of zone `z`, without the check that it has any.
+    ///
+    /// # Safety
+    /// Zone `z` has lists: it has present pages (every populated zone
+    /// does).
+    #[inline(always)]
+    unsafe fn get_unchecked_mut(&mut self, z: usize) -> &mut PerCpuPages {
+        debug_assert!(self.has(z));
+        // SAFETY: non-null (the caller's contract) and set up in init;
+        // `&mut self` is exclusive through the CPU lock.
+        unsafe { &mut *self.ptr[z] }
+    }
 }
 
 impl core::ops::Index<usize> for PcpSet {
@@ -1084,12 +1097,16 @@ impl CpuCache<'_> {
         let mt = a.migratetype(gfp);
         let pindex = order_to_pindex(mt, 0);
         let pages = &mut *self.pages;
-        let pcp = &mut pages.pcp[z];
+        // SAFETY: fast_zone returns a preferred zone, which is populated
+        // and so has lists.
+        let pcp = unsafe { pages.pcp.get_unchecked_mut(z) };
         let idx = pcp.take_head(pindex, 0)?;
         pcp.free_factor >>= 1;
-        // SAFETY: just taken off this CPU's list, whose lock is held, and
-        // not yet handed out: this CPU alone holds it.
-        let p = unsafe { a.map.at(idx) };
+        // SAFETY: a per-CPU list only ever holds indices of descriptors in
+        // the map (a free checked them, or a refill took them off the
+        // buddy lists); this one was just taken off this CPU's list, whose
+        // lock is held, and is not yet handed out: this CPU alone holds it.
+        let p = unsafe { a.map.at_unchecked(idx) };
         p.flags = PG_ALLOC;
         p.order = 0;
         p.mt = mt as u8;
@@ -1468,7 +1485,10 @@ impl CpuCache<'_> {
             return false;
         }
         let pages = &mut *self.pages;
-        let pcp = &mut pages.pcp[z];
+        // SAFETY: z is the zone check_free_page read from an allocated
+        // head, where the allocation wrote the zone it came from (the two
+        // places that set PG_ALLOC write it): a populated zone, with lists.
+        let pcp = unsafe { pages.pcp.get_unchecked_mut(z) };
         if !pcp.put_head(block_mt as usize, idx, 0) {
             return false;
         }

@@ -104,7 +104,12 @@ impl Zone {
 
     /// The zone's free lists under the held lock.
     #[inline(always)]
-    pub(crate) fn buddy<'a>(&self, map: &'a MemMap, area: &'a mut FreeArea, grouping: bool) -> Buddy<'a> {
+    pub(crate) fn buddy<'a>(
+        &self,
+        map: &'a MemMap,
+        area: &'a mut FreeArea,
+        grouping: bool,
+    ) -> Buddy<'a> {
         Buddy {
             map,
             area,
