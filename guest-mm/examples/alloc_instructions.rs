@@ -6,14 +6,13 @@
 //! ```text
 //! alloc_instructions <case> <contender> [pairs] [--mib N]
 //! ```
-//! `case` is one of `order-0 steady`, `order-0 batch`, `order-0 buddy`,
-//! `order-9` (the criterion group names of `benches/page_alloc.rs`; `-` and
-//! `_` may stand for the space), `contender` one of `guest-mm`,
-//! `buddy_system_allocator`, `vec-bound`. Setup and warm-up happen outside
-//! [`measured_loop`], the only function callgrind collects in
-//! (`--toggle-collect='*measured_loop*'`); it runs exactly `pairs` pairs
-//! (a multiple of 1000 for the batch case). `--mib` sets guest-mm's RAM
-//! (default 1024, as the bench).
+//! `case` is one of [`CASES`] (the criterion group names of
+//! `benches/page_alloc.rs`; `-` and `_` may stand for a space), `contender`
+//! one of `guest-mm`, `buddy_system_allocator`, `vec-bound`. Setup and
+//! warm-up happen outside [`measured_loop`], the only function callgrind
+//! collects in (`--toggle-collect='*measured_loop*'`); it runs exactly
+//! `pairs` pairs (rounded up to whole rounds for the batch cases). `--mib`
+//! sets guest-mm's RAM (default 1024, as the bench).
 
 #[path = "../benches/common/mod.rs"]
 mod common;
@@ -60,9 +59,10 @@ fn main() {
         None => 100_000,
     };
     let n = pairs;
-    let rounds = pairs.div_ceil(BATCH as u64);
-    let batch = case == "order-0 batch";
-    let counted = if batch { rounds * BATCH as u64 } else { pairs };
+    let batch = batch_pages(case);
+    let per_round = batch.unwrap_or(1) as u64;
+    let rounds = pairs.div_ceil(per_round);
+    let counted = rounds * per_round;
 
     let t = Instant::now();
     match who {
@@ -70,14 +70,14 @@ fn main() {
             let gm = GuestMm::new(mib * MIB);
             let a = &*gm.a;
             let mut c = a.cpu(0);
-            match case {
-                "order-0 steady" => {
+            match (case, batch) {
+                ("order-0 steady", _) => {
                     gm_pair(&mut c, 0);
                     measured_loop(&mut || (0..n).for_each(|_| gm_pair(&mut c, 0)));
                 }
-                "order-0 batch" => {
-                    let mut buf = [Pfn(0); BATCH];
-                    gm_batch_round(&mut c, &mut buf);
+                (_, Some(pages)) => {
+                    check_batch_crosses_high(a, &mut c, pages);
+                    let mut buf = vec![Pfn(0); pages];
                     measured_loop(&mut || {
                         (0..rounds).for_each(|_| gm_batch_round(&mut c, &mut buf))
                     });
@@ -96,15 +96,16 @@ fn main() {
             }
             check_no_fallback(&c);
         }
-        "buddy_system_allocator" => match case {
-            "order-0 steady" => {
+        "buddy_system_allocator" => match (case, batch) {
+            ("order-0 steady", _) => {
                 let mut f = peer_steady();
                 measured_loop(&mut || (0..n).for_each(|_| peer_pair(&mut f, 1)));
             }
-            "order-0 batch" => {
+            (_, Some(pages)) => {
                 let mut f = peer_fresh();
-                let mut buf = [0usize; BATCH];
+                let mut buf = vec![0usize; pages];
                 measured_loop(&mut || (0..rounds).for_each(|_| peer_batch_round(&mut f, &mut buf)));
+                peer_assert_untouched(&mut f);
             }
             _ => {
                 let frames = if case == "order-9" {
@@ -120,8 +121,8 @@ fn main() {
         },
         _ => {
             let mut v = vec_fresh();
-            if batch {
-                let mut buf = [0u64; BATCH];
+            if let Some(pages) = batch {
+                let mut buf = vec![0u64; pages];
                 measured_loop(&mut || (0..rounds).for_each(|_| vec_batch_round(&mut v, &mut buf)));
             } else {
                 measured_loop(&mut || (0..n).for_each(|_| vec_pair(&mut v)));

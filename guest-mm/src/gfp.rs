@@ -40,6 +40,15 @@ impl Gfp {
         Gfp(self.0 & !o.0)
     }
 
+    /// Where the mobility bits (MOVABLE, RECLAIMABLE) sit.
+    pub const MOBILITY_SHIFT: u32 = 2;
+
+    /// The mobility bits alone, 0..=3: an index for per-class tables.
+    #[inline(always)]
+    pub const fn mobility_bits(self) -> usize {
+        ((self.0 >> Self::MOBILITY_SHIFT) & 3) as usize
+    }
+
     /// The mobility class the request belongs to (gfp_migratetype); a table
     /// lookup because it sits on every allocation's fast path.
     #[inline(always)]
@@ -50,7 +59,7 @@ impl Gfp {
             MigrateType::Reclaimable,
             MigrateType::Movable,
         ];
-        T[((self.0 >> 2) & 3) as usize]
+        T[self.mobility_bits()]
     }
 
     /// Highest zone the request may use (gfp_zone), by table as above.

@@ -51,6 +51,19 @@ impl Page {
         ..Page::RESERVED
     };
 
+    /// `flags` and `order` as one value, to test both with one compare.
+    #[inline(always)]
+    pub fn flags_order(&self) -> u64 {
+        u16::from_le_bytes([self.flags, self.order]) as u64
+    }
+
+    /// [`Page::flags_order`] of the head of a block allocated with `order`
+    /// (no descriptor has it for an order above 255).
+    #[inline(always)]
+    pub const fn allocated_head(order: usize) -> u64 {
+        (order as u64) << 8 | PG_ALLOC as u64
+    }
+
     pub fn migratetype(&self) -> MigrateType {
         MigrateType::from_index(self.mt as usize)
     }
@@ -106,6 +119,13 @@ impl MemMap {
         pfn >= self.start_pfn && pfn < self.start_pfn + self.nr
     }
 
+    /// Index of `pfn` in the array, if the array covers it (one compare).
+    #[inline(always)]
+    pub fn try_idx(&self, pfn: u64) -> Option<u32> {
+        let i = pfn.wrapping_sub(self.start_pfn);
+        (i < self.nr).then_some(i as u32)
+    }
+
     /// Index of `pfn` in the array; the caller checked `contains`.
     #[inline(always)]
     pub fn idx(&self, pfn: u64) -> u32 {
@@ -130,6 +150,21 @@ impl MemMap {
         {
             d.flags = 0;
         }
+    }
+
+    /// The descriptor at `idx`, without the bounds check, for the buddy
+    /// merge loop, which checks each buddy against the zone's span (inside
+    /// the map) anyway and would otherwise pay for both checks per level.
+    ///
+    /// # Safety
+    /// `idx` is below the number of descriptors (checked in debug builds
+    /// only), and [`MemMap::at`]'s exclusivity contract holds.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn at_unchecked(&self, idx: u32) -> &mut Page {
+        debug_assert!((idx as u64) < self.nr, "page index out of range");
+        // SAFETY: in bounds and exclusive (the caller's contract).
+        unsafe { &mut *self.base.add(idx as usize) }
     }
 
     /// The descriptor at `idx` (panics when out of range).

@@ -60,31 +60,58 @@ pub fn zone_highsize(low_wmark: u64, batch: u32, local_cpus: u32) -> u32 {
 
 /// One list: a ring of descriptor indices, newest (hot) at the top. A ring
 /// rather than Linux's intrusive list so that pushing and popping touch only
-/// the page's own descriptor and this array, the shape of the `Vec` bound the
+/// the page's own descriptor and this ring, the shape of the `Vec` bound the
 /// benchmark compares against; the bottom still holds the coldest page for
-/// bulk freeing.
+/// bulk freeing. `top` and `bottom` run freely (wrapping) and are masked
+/// only to index, so the length is their difference and a pop or push
+/// moves one of them.
 #[derive(Clone, Copy)]
 pub struct PcpList {
-    /// Offset of this list's ring in the CPU-zone's index array.
-    off: u32,
-    /// Ring size, a power of two (0: no storage).
-    cap: u32,
-    start: u32,
-    pub len: u32,
+    /// This list's ring (null: no storage).
+    ring: *mut u32,
+    /// Ring size less one (the size is a power of two); unused without
+    /// storage.
+    mask: u32,
+    /// One past the hottest entry.
+    top: u32,
+    /// The coldest entry.
+    bottom: u32,
+    /// `bottom` plus the ring size: `top` reaching it means full (a list
+    /// without storage is always full), so a push tests one pair.
+    end: u32,
 }
 
 impl PcpList {
     const EMPTY: PcpList = PcpList {
-        off: 0,
-        cap: 0,
-        start: 0,
-        len: 0,
+        ring: core::ptr::null_mut(),
+        mask: 0,
+        top: 0,
+        bottom: 0,
+        end: 0,
     };
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        self.top.wrapping_sub(self.bottom)
     }
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.top == self.bottom
+    }
+    #[inline(always)]
     pub fn is_full(&self) -> bool {
-        self.len == self.cap
+        self.top == self.end
+    }
+    /// How many more entries fit.
+    #[inline(always)]
+    pub fn room(&self) -> u32 {
+        self.end.wrapping_sub(self.top)
+    }
+    #[inline(always)]
+    fn slot(&self, pos: u32) -> *mut u32 {
+        // SAFETY: only called on a list with storage (callers checked it is
+        // not full for a push, not empty for a pop, which a list without
+        // storage always is), and the position is masked into its ring.
+        unsafe { self.ring.add((pos & self.mask) as usize) }
     }
 }
 
@@ -97,8 +124,6 @@ pub struct PerCpuPages {
     /// log2 of the next bulk-free multiplier (adaptive free, 5.14).
     pub free_factor: u32,
     pub lists: [PcpList; NR_PCP_LISTS],
-    /// The rings of all lists, back to back (memory from memblock).
-    buf: *mut u32,
 }
 
 // SAFETY: reached only through the owning CPU's lock (see page_alloc).
@@ -121,7 +146,6 @@ impl PerCpuPages {
         batch: 1,
         free_factor: 0,
         lists: [PcpList::EMPTY; NR_PCP_LISTS],
-        buf: core::ptr::null_mut(),
     };
 
     /// Lists with rings of `caps` entries at `buf`.
@@ -129,30 +153,24 @@ impl PerCpuPages {
     /// # Safety
     /// `buf` holds `caps.iter().sum()` u32 entries owned by this set alone.
     pub unsafe fn with_rings(buf: *mut u32, caps: &[u32; NR_PCP_LISTS]) -> PerCpuPages {
-        let mut p = PerCpuPages {
-            buf,
-            ..PerCpuPages::EMPTY
-        };
-        let mut off = 0;
+        let mut p = PerCpuPages::EMPTY;
+        let mut off = 0usize;
         for (l, &cap) in p.lists.iter_mut().zip(caps) {
-            debug_assert!(cap.is_power_of_two());
+            assert!(cap.is_power_of_two());
             *l = PcpList {
-                off,
-                cap,
-                start: 0,
-                len: 0,
+                // SAFETY: within the caller's `buf`, one run per list.
+                ring: unsafe { buf.add(off) },
+                mask: cap - 1,
+                top: 0,
+                bottom: 0,
+                end: cap,
             };
-            off += cap;
+            off += cap as usize;
         }
         p
     }
 
-    #[inline(always)]
-    fn slot(&self, l: &PcpList, i: u32) -> *mut u32 {
-        // SAFETY: `i` is masked into the list's ring inside `buf`.
-        unsafe { self.buf.add((l.off + (i & (l.cap - 1))) as usize) }
-    }
-
+    /// Marks a page as cached on a list: `order` and the list's type `mt`.
     #[inline(always)]
     fn mark(map: &MemMap, idx: u32, order: usize, mt: MigrateType) {
         // SAFETY: the page is entering this CPU's lists, whose lock the
@@ -163,7 +181,8 @@ impl PerCpuPages {
         p.mt = mt as u8;
     }
 
-    /// Pushes a freed (hot) page on top; false when the ring is full.
+    /// Pushes a freed (hot) page of `order` on top of list `pindex` and
+    /// marks its descriptor; false when the ring is full.
     #[inline(always)]
     pub fn push_head(
         &mut self,
@@ -173,7 +192,66 @@ impl PerCpuPages {
         order: usize,
         mt: MigrateType,
     ) -> bool {
-        self.push(map, pindex, idx, order, mt, true)
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
+            return false;
+        }
+        Self::mark(map, idx, order, mt);
+        // SAFETY: not full, so the ring has storage; slot() masks.
+        unsafe { l.slot(l.top).write(idx) };
+        l.top = l.top.wrapping_add(1);
+        self.count += 1 << order;
+        true
+    }
+
+    /// Pushes a freed page of `order` on top of list `pindex` without
+    /// touching its descriptor: the caller marks it cached (`PG_PCP`, its
+    /// order and the list's type), as [`Self::push_head`] would. False when
+    /// the ring is full.
+    #[inline(always)]
+    pub fn put_head(&mut self, pindex: usize, idx: u32, order: usize) -> bool {
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
+            return false;
+        }
+        // SAFETY: not full, so the ring has storage; slot() masks.
+        unsafe { l.slot(l.top).write(idx) };
+        l.top = l.top.wrapping_add(1);
+        self.count += 1 << order;
+        true
+    }
+
+    /// Takes the hottest page of list `pindex` (pages of `order`) without
+    /// touching its descriptor: the caller replaces the cached mark, as
+    /// the allocation fast path does when it marks the page allocated.
+    #[inline(always)]
+    pub fn take_head(&mut self, pindex: usize, order: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        if l.is_empty() {
+            return None;
+        }
+        l.top = l.top.wrapping_sub(1);
+        // SAFETY: not empty, so the ring has storage; slot() masks.
+        let idx = unsafe { l.slot(l.top).read() };
+        self.count -= 1 << order;
+        Some(idx)
+    }
+
+    /// Adds a page at the bottom without touching its descriptor (the
+    /// caller marks it cached, as [`Self::push_tail`] would); false when
+    /// the ring is full.
+    #[inline(always)]
+    pub fn put_tail(&mut self, pindex: usize, idx: u32, order: usize) -> bool {
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
+            return false;
+        }
+        l.bottom = l.bottom.wrapping_sub(1);
+        l.end = l.end.wrapping_sub(1);
+        // SAFETY: as in push_head.
+        unsafe { l.slot(l.bottom).write(idx) };
+        self.count += 1 << order;
+        true
     }
 
     /// Adds a page at the bottom (refills keep the buddy order below the
@@ -186,72 +264,51 @@ impl PerCpuPages {
         order: usize,
         mt: MigrateType,
     ) -> bool {
-        self.push(map, pindex, idx, order, mt, false)
-    }
-
-    #[inline(always)]
-    fn push(
-        &mut self,
-        map: &MemMap,
-        pindex: usize,
-        idx: u32,
-        order: usize,
-        mt: MigrateType,
-        top: bool,
-    ) -> bool {
-        let l = self.lists[pindex];
-        if l.len == l.cap {
+        let l = &mut self.lists[pindex];
+        if l.is_full() {
             return false;
         }
         Self::mark(map, idx, order, mt);
-        let at = if top {
-            l.start + l.len
-        } else {
-            l.start.wrapping_sub(1) & (l.cap - 1)
-        };
-        // SAFETY: slot() masks the position into this list's ring.
-        unsafe { self.slot(&l, at).write(idx) };
-        let m = &mut self.lists[pindex];
-        if !top {
-            m.start = at;
-        }
-        m.len += 1;
+        l.bottom = l.bottom.wrapping_sub(1);
+        l.end = l.end.wrapping_sub(1);
+        // SAFETY: as in push_head.
+        unsafe { l.slot(l.bottom).write(idx) };
         self.count += 1 << order;
         true
     }
 
-    /// Takes the hottest page.
+    /// Takes the hottest page of list `pindex`, whose pages are of `order`,
+    /// and clears its cached mark.
     #[inline(always)]
-    pub fn pop_head(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
-        let l = self.lists[pindex];
-        if l.len == 0 {
+    pub fn pop_head(&mut self, map: &MemMap, pindex: usize, order: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        if l.is_empty() {
             return None;
         }
-        // SAFETY: as above.
-        let idx = unsafe { self.slot(&l, l.start + l.len - 1).read() };
-        self.lists[pindex].len -= 1;
-        // SAFETY: the page was on this CPU's list, owned by its lock.
-        let p = unsafe { map.at(idx) };
-        p.flags &= !PG_PCP;
-        self.count -= 1 << p.order;
+        l.top = l.top.wrapping_sub(1);
+        // SAFETY: not empty, so the ring has storage; slot() masks.
+        let idx = unsafe { l.slot(l.top).read() };
+        self.count -= 1 << order;
+        // SAFETY: the page was on this CPU's list, owned by its lock
+        // (`&mut self`), and is now off it; no other reference is kept.
+        unsafe { map.at(idx) }.flags &= !PG_PCP;
         Some(idx)
     }
 
-    /// Takes the coldest page.
-    pub fn pop_tail(&mut self, map: &MemMap, pindex: usize) -> Option<u32> {
-        let l = self.lists[pindex];
-        if l.len == 0 {
+    /// Takes the coldest page of list `pindex` (pages of `order`), leaving
+    /// its descriptor to the caller (the buddy free that follows rewrites
+    /// it).
+    #[inline(always)]
+    pub fn pop_tail(&mut self, pindex: usize, order: usize) -> Option<u32> {
+        let l = &mut self.lists[pindex];
+        if l.is_empty() {
             return None;
         }
-        // SAFETY: as above.
-        let idx = unsafe { self.slot(&l, l.start).read() };
-        let m = &mut self.lists[pindex];
-        m.start = (l.start + 1) & (l.cap - 1);
-        m.len -= 1;
         // SAFETY: as in pop_head.
-        let p = unsafe { map.at(idx) };
-        p.flags &= !PG_PCP;
-        self.count -= 1 << p.order;
+        let idx = unsafe { l.slot(l.bottom).read() };
+        l.bottom = l.bottom.wrapping_add(1);
+        l.end = l.end.wrapping_add(1);
+        self.count -= 1 << order;
         Some(idx)
     }
 
@@ -274,10 +331,10 @@ impl PerCpuPages {
 
     /// Picks the lists to free from, `first` first, then round-robin over
     /// the others (free_pcppages_bulk's order); calls `free` with each page
-    /// until `count` pages went back. Returns pages freed.
+    /// until `count` pages went back. Returns pages freed. The descriptors
+    /// still say cached: `free` must rewrite them (the buddy free does).
     pub fn bulk_take(
         &mut self,
-        map: &MemMap,
         count: u32,
         first: usize,
         mut free: impl FnMut(u32, usize, MigrateType),
@@ -294,16 +351,25 @@ impl PerCpuPages {
             }
             tried_empty = 0;
             let order = pindex / MIGRATE_PCPTYPES;
-            while left > 0 {
-                let Some(idx) = self.pop_tail(map, pindex) else {
-                    break;
-                };
-                // SAFETY: just taken off this CPU's list; still ours.
-                let mt = unsafe { map.at(idx) }.migratetype();
+            // The list says the type: the fast free path does not write it
+            // into the descriptor.
+            let mt = MigrateType::from_index(pindex % MIGRATE_PCPTYPES);
+            // As many coldest blocks as popping one at a time until `left`
+            // pages went would take, then the bookkeeping once.
+            let l = self.lists[pindex];
+            let want = ((left as u64 + (1 << order) - 1) >> order) as u32;
+            let n = want.min(l.len());
+            for k in 0..n {
+                // SAFETY: k < len, so the list has storage; slot() masks.
+                let idx = unsafe { l.slot(l.bottom.wrapping_add(k)).read() };
                 free(idx, order, mt);
-                left -= 1 << order;
-                freed += 1 << order;
             }
+            let m = &mut self.lists[pindex];
+            m.bottom = m.bottom.wrapping_add(n);
+            m.end = m.end.wrapping_add(n);
+            self.count -= n << order;
+            left -= (n as i64) << order;
+            freed += n << order;
             pindex = (pindex + 1) % NR_PCP_LISTS;
         }
         freed

@@ -8,6 +8,7 @@
 //! only, because the guest kernel does not use the FPU.
 
 use crate::mmzone::{MigrateType, MIGRATE_TYPES, NR_ORDERS};
+use core::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 
 /// Things a page allocator with zones, per-CPU lists, watermarks, migrate
 /// type fallback, reclaim and compaction counts.
@@ -240,6 +241,175 @@ impl EventCounters {
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         VmEvent::ALL.iter().map(move |&e| (e.name(), self.get(e)))
     }
+}
+
+/// A zone counter with per-CPU differentials, as Linux keeps its zone
+/// vm_stat items ([NOT IN SEED]: mm/vmstat.c, `__mod_zone_page_state`,
+/// `calculate_normal_threshold`, `zone_page_state_snapshot`,
+/// `cpu_vm_stats_fold`).
+///
+/// Why: the zone's free-page count is read by every CPU's lock-free
+/// order-0 watermark check on every allocation, but written at every buddy
+/// operation. Writing it each time would pull its cache line away from all
+/// those readers. Instead a CPU adds to its own differential and folds it
+/// into the shared count only when it passes `threshold`, so the shared
+/// line changes once per `threshold` pages.
+///
+/// The price is that [`ZoneCounter::folded`] may be off by up to
+/// [`ZoneCounter::max_drift`] (`threshold` per CPU). Linux's allocator
+/// accepts that in its fast path and uses the exact sum only near the
+/// watermark (`zone_watermark_ok_safe` below `percpu_drift_mark`). Here
+/// every decision is exact instead: [`ZoneCounter::above`] answers from the
+/// folded count when it is more than the drift away from the bound, which
+/// the exact count cannot cross, and from [`ZoneCounter::snapshot`]
+/// otherwise. So a watermark check never gives a different answer than
+/// with a single exact count; the snapshot is needed only near the mark.
+///
+/// Writers: the allocator changes the free count only under the zone lock,
+/// so at any moment the snapshot taken under that lock is exact, and a
+/// lock-free snapshot is exact as of the last release of the lock. Each
+/// CPU's differential is an atomic only so other CPUs can read it; all its
+/// updates are a plain load and store.
+pub struct ZoneCounter<const NCPU: usize> {
+    global: AtomicI64,
+    diff: [AtomicI32; NCPU],
+    threshold: i32,
+    ncpus: usize,
+    /// `threshold · ncpus`, read on every watermark check.
+    max_drift: i64,
+}
+
+impl<const NCPU: usize> Default for ZoneCounter<NCPU> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const NCPU: usize> ZoneCounter<NCPU> {
+    /// Zero, with threshold 0 (every change folds at once) until
+    /// [`ZoneCounter::configure`].
+    pub const fn new() -> Self {
+        ZoneCounter {
+            global: AtomicI64::new(0),
+            diff: [const { AtomicI32::new(0) }; NCPU],
+            threshold: 0,
+            ncpus: NCPU,
+            max_drift: 0,
+        }
+    }
+
+    /// Sets the fold threshold and the CPUs that may hold differentials.
+    /// Folds everything first, so the count is unchanged.
+    pub fn configure(&mut self, threshold: i32, ncpus: usize) {
+        self.fold_all();
+        self.threshold = threshold.max(0);
+        self.ncpus = ncpus.min(NCPU);
+        self.max_drift = self.threshold as i64 * self.ncpus as i64;
+    }
+
+    pub fn threshold(&self) -> i32 {
+        self.threshold
+    }
+
+    /// Adds `delta` as `cpu` (`__mod_zone_page_state`): into the CPU's
+    /// differential, folded into the shared count once it passes the
+    /// threshold either way.
+    #[inline]
+    pub fn add(&self, cpu: usize, delta: i64) {
+        if delta > self.threshold as i64 || delta < -(self.threshold as i64) {
+            // Past the threshold on its own (high-order blocks, batches):
+            // straight into the shared count, the differential unchanged.
+            self.global.fetch_add(delta, Ordering::Relaxed);
+            return;
+        }
+        let d = &self.diff[cpu];
+        let x = d.load(Ordering::Relaxed) as i64 + delta;
+        if x > self.threshold as i64 || x < -(self.threshold as i64) {
+            self.global.fetch_add(x, Ordering::Relaxed);
+            d.store(0, Ordering::Relaxed);
+        } else {
+            d.store(x as i32, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds straight to the shared count (boot-time set-up).
+    pub fn add_global(&self, delta: i64) {
+        self.global.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The shared count alone (`zone_page_state`): within
+    /// [`ZoneCounter::max_drift`] of the exact value.
+    #[inline(always)]
+    pub fn folded(&self) -> i64 {
+        self.global.load(Ordering::Relaxed)
+    }
+
+    /// How far [`ZoneCounter::folded`] can be from the exact count.
+    #[inline(always)]
+    pub fn max_drift(&self) -> i64 {
+        self.max_drift
+    }
+
+    /// The shared count plus every CPU's differential
+    /// (`zone_page_state_snapshot`).
+    pub fn snapshot(&self) -> i64 {
+        self.diff[..self.ncpus]
+            .iter()
+            .fold(self.folded(), |s, d| s + d.load(Ordering::Relaxed) as i64)
+    }
+
+    /// Whether the exact count is above `bound`, from the folded count when
+    /// the drift cannot matter and from the snapshot otherwise.
+    #[inline(always)]
+    pub fn above(&self, bound: i64) -> bool {
+        let approx = self.folded();
+        let drift = self.max_drift();
+        if approx - drift > bound {
+            return true;
+        }
+        if approx + drift <= bound {
+            return false;
+        }
+        self.snapshot_above(bound)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn snapshot_above(&self, bound: i64) -> bool {
+        self.snapshot() > bound
+    }
+
+    /// Moves `cpu`'s differential into the shared count
+    /// (`cpu_vm_stats_fold`); the total is unchanged.
+    pub fn fold(&self, cpu: usize) {
+        let x = self.diff[cpu].swap(0, Ordering::Relaxed);
+        if x != 0 {
+            self.global.fetch_add(x as i64, Ordering::Relaxed);
+        }
+    }
+
+    /// [`ZoneCounter::fold`] for every CPU.
+    pub fn fold_all(&self) {
+        for cpu in 0..self.ncpus {
+            self.fold(cpu);
+        }
+    }
+
+    /// `cpu`'s differential (for tests and reports).
+    pub fn diff(&self, cpu: usize) -> i32 {
+        self.diff[cpu].load(Ordering::Relaxed)
+    }
+}
+
+/// Fold threshold of a zone's counters ([NOT IN SEED]: Linux's
+/// `calculate_normal_threshold`): `2·fls(cpus)·(1 + fls(managed / 128 MiB))`,
+/// at most 125. It grows with the CPUs (more of them share the line) and
+/// with the zone (a few pages of drift matter less), and stays far below
+/// the watermarks, which grow with the square root of memory.
+pub fn stat_threshold(ncpus: usize, managed_pages: u64) -> i32 {
+    let fls = |x: u64| 64 - x.leading_zeros() as i32;
+    let mem = managed_pages >> (27 - crate::addr::PAGE_SHIFT);
+    (2 * fls(ncpus as u64) * (1 + fls(mem))).min(125)
 }
 
 /// Free blocks of one zone by order and migrate type: the /proc/pagetypeinfo

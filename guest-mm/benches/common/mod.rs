@@ -4,7 +4,12 @@
 //!
 //! Three contenders, each over 1 GiB of 4 KiB frames:
 //! - guest-mm's [`PageAllocator`] over simulated RAM, all accounting on;
-//! - `buddy_system_allocator` 0.13's `FrameAllocator` (BTreeSet free lists);
+//! - `buddy_system_allocator` 0.13's `FrameAllocator` (BTreeSet free lists)
+//!   in its fairest configuration for the same job: the same largest order
+//!   as guest-mm (`FrameAllocator<11>`, order 10) and its memory added as
+//!   the same maximal blocks guest-mm's zone holds (order-10, aligned). A
+//!   peer with a larger top order would split more levels per pair than
+//!   guest-mm does, and the ratio would measure that handicap;
 //! - a bare `Vec<u64>` used as a LIFO list of frame numbers: the upper bound
 //!   for any per-CPU list.
 //!
@@ -30,20 +35,38 @@ pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 /// Frames in 1 GiB: what the peer and the Vec bound manage.
 pub const FRAMES: usize = (GIB / PAGE_SIZE) as usize;
-/// Allocations per round of the batch case (1000 allocations, then 1000 frees).
-pub const BATCH: usize = 1000;
+/// Pages per round of `order-0 batch`: that many allocations, then as many
+/// frees. Well above the per-CPU high mark of the 1 GiB zone (~1,260), so
+/// every round refills from and bulk-frees to the buddy lists;
+/// [`check_batch_crosses_high`] asserts it.
+pub const BATCH: usize = 4096;
+/// Pages per round of `order-0 batch per-CPU only`: below the high mark,
+/// so after the first round the per-CPU list serves everything and the
+/// buddy lists are never touched ([`check_batch_crosses_high`] asserts that
+/// too). What it measures is the per-CPU list, not the allocator behind it.
+pub const BATCH_PCP: usize = 1000;
 /// The one allocation type of every guest-mm case (see the module doc).
 pub const GFP: Gfp = Gfp::USER_MOVABLE;
 /// Order of the high-order case.
 pub const HIGH_ORDER: usize = 9;
 
 /// Case names: criterion group names and the runner's first argument.
-pub const CASES: [&str; 4] = [
+pub const CASES: [&str; 5] = [
     "order-0 steady",
     "order-0 batch",
+    "order-0 batch per-CPU only",
     "order-0 buddy",
     "order-9",
 ];
+
+/// Pages per round of a batch case; `None` for the one-pair cases.
+pub fn batch_pages(case: &str) -> Option<usize> {
+    match case {
+        "order-0 batch" => Some(BATCH),
+        "order-0 batch per-CPU only" => Some(BATCH_PCP),
+        _ => None,
+    }
+}
 /// Contender names: criterion function names and the runner's second argument.
 pub const CONTENDERS: [&str; 3] = ["guest-mm", "buddy_system_allocator", "vec-bound"];
 
@@ -86,9 +109,9 @@ pub fn gm_direct_pair(c: &mut CpuCache, order: usize) {
     c.free_direct(black_box(p), order).unwrap();
 }
 
-/// [`BATCH`] order-0 allocations, then as many frees (in allocation order).
+/// `buf.len()` order-0 allocations, then as many frees (in allocation order).
 #[inline(always)]
-pub fn gm_batch_round(c: &mut CpuCache, buf: &mut [Pfn; BATCH]) {
+pub fn gm_batch_round(c: &mut CpuCache, buf: &mut [Pfn]) {
     for slot in buf.iter_mut() {
         *slot = c.alloc(black_box(GFP), black_box(0)).unwrap();
     }
@@ -188,6 +211,32 @@ pub fn release(c: &mut CpuCache, held: Vec<(Pfn, usize)>) {
     }
 }
 
+/// Runs one warm-up round of `pages` and then one counted round, and checks
+/// the case is what its name says: a round of [`BATCH`] refills from and
+/// bulk-frees to the buddy lists, a round of [`BATCH_PCP`] does neither.
+pub fn check_batch_crosses_high(a: &PageAllocator, c: &mut CpuCache, pages: usize) {
+    let mut buf = vec![Pfn(0); pages];
+    gm_batch_round(c, &mut buf);
+    let before = c.events();
+    gm_batch_round(c, &mut buf);
+    let after = c.events();
+    let delta = |e| after.get(e) - before.get(e);
+    let (refills, bulk) = (delta(VmEvent::PcpRefill), delta(VmEvent::PcpFreeBatch));
+    let (node, kind) = serving_zone(a, c);
+    let high = c.pcp(node, kind).high as usize;
+    if pages > high {
+        assert!(
+            refills > 0 && bulk > 0,
+            "{pages} pages per round did not cross the per-CPU high mark {high}"
+        );
+    } else {
+        assert!(
+            refills == 0 && bulk == 0,
+            "{pages} pages per round left the per-CPU list (high {high})"
+        );
+    }
+}
+
 /// No allocation had to take another migrate type's block.
 pub fn check_no_fallback(c: &CpuCache) {
     let e = c.events();
@@ -201,10 +250,15 @@ pub fn check_no_fallback(c: &CpuCache) {
 
 // -------------------------------------------------- buddy_system_allocator
 
-/// Enough orders for 2^18 frames (max order = ORDER - 1).
-pub type Peer = FrameAllocator<32>;
+/// The peer with guest-mm's largest order: `FrameAllocator<ORDER>` has
+/// orders 0..ORDER-1.
+pub type Peer = FrameAllocator<{ MAX_ORDER + 1 }>;
+/// Pages in a maximal block, the same for both allocators.
+pub const MAX_BLOCK: usize = 1 << MAX_ORDER;
 
-/// A fresh peer over frames [0, FRAMES): one order-18 block.
+/// A fresh peer over frames [0, FRAMES): `add_frame` cuts the range into
+/// aligned order-10 blocks, the maximal blocks guest-mm's buddy lists get
+/// for the same RAM.
 pub fn peer_fresh() -> Box<Peer> {
     let mut f = Box::new(Peer::new());
     f.add_frame(0, FRAMES);
@@ -228,13 +282,23 @@ pub fn peer_steady() -> Box<Peer> {
     f
 }
 
-/// The free lists hold one maximal block, i.e. all frames are free and
-/// merged: an allocation of everything succeeds.
+/// The free lists hold only maximal blocks covering every frame: all
+/// FRAMES / MAX_BLOCK of them can be allocated, and then nothing else.
 pub fn peer_assert_untouched(f: &mut Peer) {
-    let all = f
-        .alloc(FRAMES)
-        .expect("peer free lists are not one maximal block");
-    f.dealloc(all, FRAMES);
+    let blocks: Vec<usize> = (0..FRAMES / MAX_BLOCK)
+        .map(|_| {
+            f.alloc(MAX_BLOCK)
+                .expect("peer free lists are not all maximal blocks")
+        })
+        .collect();
+    assert_eq!(
+        f.alloc(1),
+        None,
+        "peer holds free frames outside maximal blocks"
+    );
+    for b in blocks {
+        f.dealloc(b, MAX_BLOCK);
+    }
 }
 
 #[inline(always)]
@@ -245,7 +309,7 @@ pub fn peer_pair(f: &mut Peer, frames: usize) {
 }
 
 #[inline(always)]
-pub fn peer_batch_round(f: &mut Peer, buf: &mut [usize; BATCH]) {
+pub fn peer_batch_round(f: &mut Peer, buf: &mut [usize]) {
     for slot in buf.iter_mut() {
         *slot = f.alloc(black_box(1)).unwrap();
     }
@@ -268,7 +332,7 @@ pub fn vec_pair(v: &mut Vec<u64>) {
 }
 
 #[inline(always)]
-pub fn vec_batch_round(v: &mut Vec<u64>, buf: &mut [u64; BATCH]) {
+pub fn vec_batch_round(v: &mut Vec<u64>, buf: &mut [u64]) {
     for slot in buf.iter_mut() {
         *slot = v.pop().unwrap();
     }

@@ -9,7 +9,10 @@
 //! locked [`FreeArea`]), and the zone lock owns the descriptors of every
 //! page on, or on its way onto or off, the zone's free lists, and every
 //! pageblock type of the zone: that is the contract [`MemMap::at`] asks
-//! for at each `// SAFETY:` below.
+//! for at each `// SAFETY:` below. Where the merge and split loops use
+//! [`MemMap::at_unchecked`], the comment gives the bound instead: the
+//! index lies in the zone's span `lo..hi`, which `Zone::set_map_span`
+//! checked lies in the map.
 use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
@@ -47,10 +50,14 @@ pub struct FreeArea {
     pub lists: [[FreeList; MIGRATE_TYPES]; NR_ORDERS],
     /// Free blocks per order, all types.
     pub nr_free: [u64; NR_ORDERS],
-    /// Free pages in the buddy lists (not on per-CPU lists).
-    pub free_pages: u64,
     /// Pages in pageblocks reserved as HighAtomic.
     pub nr_reserved_highatomic: u64,
+    /// Isolated pageblocks in the zone, so a merge need not look up two
+    /// pageblock types when there are none ([NOT IN SEED]: Linux's
+    /// `nr_isolate_pageblock` / `has_isolate_pageblock`). Kept by
+    /// [`Buddy::set_pageblock_mt`], the only way a pageblock may be
+    /// isolated or released.
+    pub nr_isolate_pageblock: u64,
     /// Lock acquisitions, for the per-CPU-list checks (row 14).
     pub lock_acquisitions: u64,
     pub fallbacks: u64,
@@ -62,8 +69,8 @@ impl FreeArea {
     pub const EMPTY: FreeArea = FreeArea {
         lists: [[FreeList::EMPTY; MIGRATE_TYPES]; NR_ORDERS],
         nr_free: [0; NR_ORDERS],
-        free_pages: 0,
         nr_reserved_highatomic: 0,
+        nr_isolate_pageblock: 0,
         lock_acquisitions: 0,
         fallbacks: 0,
         steals_whole_block: 0,
@@ -76,31 +83,52 @@ impl FreeArea {
 }
 
 /// The zone's free area together with what it needs to know about the zone.
+///
+/// Its fields are the crate's alone, as are the zone's free lists: the
+/// unchecked descriptor accesses below rely on `lo..hi` lying in the map
+/// and on every listed block lying in `lo..hi`, which only this crate's
+/// code could break (a `Buddy` is made by `Zone::buddy` from the span
+/// `Zone::set_map_span` checked).
 pub struct Buddy<'a> {
-    pub map: &'a MemMap,
-    pub area: &'a mut FreeArea,
+    pub(crate) map: &'a MemMap,
+    pub(crate) area: &'a mut FreeArea,
     /// The zone's span: buddies outside it are never merged.
-    pub start_pfn: u64,
-    pub end_pfn: u64,
+    pub(crate) start_pfn: u64,
+    pub(crate) end_pfn: u64,
+    /// The same span as descriptor indices, `lo..hi`, inside the map.
+    pub(crate) lo: u32,
+    pub(crate) hi: u32,
     /// Grouping by mobility (seed 3.3.1); when off every block is Unmovable.
-    pub grouping: bool,
+    pub(crate) grouping: bool,
 }
 
 impl Buddy<'_> {
-    fn in_zone(&self, pfn: u64) -> bool {
-        pfn >= self.start_pfn && pfn < self.end_pfn
-    }
-
+    #[inline(always)]
     pub fn add(&mut self, idx: u32, order: usize, mt: MigrateType, tail: bool) {
-        let l = &mut self.area.lists[order][mt as usize];
         // SAFETY: under the zone lock (see the module doc).
         let p = unsafe { self.map.at(idx) };
-        // A page joining a free list is neither reserved, allocated nor on
-        // a per-CPU list any more: free is all it is.
+        self.add_page(idx, p, order, mt, tail);
+    }
+
+    /// [`Self::add`] with the descriptor of `idx` already in hand.
+    #[inline(always)]
+    fn add_page(
+        &mut self,
+        idx: u32,
+        p: &mut crate::page::Page,
+        order: usize,
+        mt: MigrateType,
+        tail: bool,
+    ) {
+        // A block being freed is never reserved; whatever else it was
+        // (allocated, cached) it is now a free head and nothing more.
+        debug_assert!(p.flags & PG_RESERVED == 0);
         p.flags = PG_BUDDY;
         p.order = order as u8;
         p.mt = mt as u8;
-        if l.head == NIL {
+        let l = &mut self.area.lists[order][mt as usize];
+        let head = l.head;
+        if head == NIL {
             p.next = NIL;
             p.prev = NIL;
             l.head = idx;
@@ -113,40 +141,66 @@ impl Buddy<'_> {
             l.tail = idx;
         } else {
             p.prev = NIL;
-            p.next = l.head;
+            p.next = head;
             // SAFETY: as above; the head is another free block.
-            unsafe { self.map.at(l.head) }.prev = idx;
+            unsafe { self.map.at(head) }.prev = idx;
             l.head = idx;
         }
         l.count += 1;
         self.area.nr_free[order] += 1;
     }
 
+    /// Takes a free block off its list. Its links are left stale: only
+    /// pages on a buddy list have meaningful ones.
+    #[inline(always)]
     pub fn del(&mut self, idx: u32) {
         // SAFETY: under the zone lock (see the module doc).
-        let p = *unsafe { self.map.at(idx) };
+        let p = unsafe { self.map.at(idx) };
         debug_assert!(p.flags & PG_BUDDY != 0);
-        let (order, mt) = (p.order as usize, p.mt as usize);
-        let l = &mut self.area.lists[order][mt];
-        if p.prev == NIL {
-            l.head = p.next;
+        self.unlink(p);
+    }
+
+    /// Takes `idx`, the head of list (`order`, `mt`), off it: [`Self::del`]
+    /// when the caller already knows the list, sparing the lookups.
+    #[inline(always)]
+    fn take_head(&mut self, idx: u32, order: usize, mt: MigrateType) {
+        // SAFETY: under the zone lock (see the module doc).
+        let p = unsafe { self.map.at(idx) };
+        debug_assert!(p.flags & PG_BUDDY != 0 && p.order as usize == order && p.mt == mt as u8);
+        let next = p.next;
+        let l = &mut self.area.lists[order][mt as usize];
+        debug_assert_eq!(l.head, idx);
+        l.head = next;
+        if next == NIL {
+            l.tail = NIL;
         } else {
-            // SAFETY: as above; a neighbour on the same list.
-            unsafe { self.map.at(p.prev) }.next = p.next;
-        }
-        if p.next == NIL {
-            l.tail = p.prev;
-        } else {
-            // SAFETY: as above; a neighbour on the same list.
-            unsafe { self.map.at(p.next) }.prev = p.prev;
+            // SAFETY: as above; the next block on the same list.
+            unsafe { self.map.at(next) }.prev = NIL;
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
-        // SAFETY: as above.
-        let q = unsafe { self.map.at(idx) };
-        q.flags &= !PG_BUDDY;
-        q.next = NIL;
-        q.prev = NIL;
+        p.flags &= !PG_BUDDY;
+    }
+
+    #[inline(always)]
+    fn unlink(&mut self, p: &mut crate::page::Page) {
+        let (next, prev, order) = (p.next, p.prev, p.order as usize);
+        let l = &mut self.area.lists[order][p.mt as usize];
+        if prev == NIL {
+            l.head = next;
+        } else {
+            // SAFETY: under the zone lock; a neighbour on the same list.
+            unsafe { self.map.at(prev) }.next = next;
+        }
+        if next == NIL {
+            l.tail = prev;
+        } else {
+            // SAFETY: as above.
+            unsafe { self.map.at(next) }.prev = prev;
+        }
+        l.count -= 1;
+        self.area.nr_free[order] -= 1;
+        p.flags &= !PG_BUDDY;
     }
 
     fn move_to(&mut self, idx: u32, mt: MigrateType) {
@@ -163,6 +217,18 @@ impl Buddy<'_> {
         MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
     }
 
+    /// [`Self::pageblock_mt`] of the block at descriptor index `idx`,
+    /// which must lie in the zone (checked in debug builds).
+    #[inline(always)]
+    fn pageblock_mt_in_zone(&self, idx: u32) -> MigrateType {
+        debug_assert!(idx.wrapping_sub(self.lo) < self.hi - self.lo);
+        let head = idx & !(PAGEBLOCK_NR_PAGES as u32 - 1);
+        // SAFETY: head <= idx < hi, inside the map; the callers pass blocks
+        // of this zone (a merged block's head, or a buddy checked against
+        // the span).
+        MigrateType::from_index(unsafe { self.map.at_unchecked(head) }.pageblock_mt as usize)
+    }
+
     pub fn set_pageblock_mt(&mut self, pfn: u64, mt: MigrateType) {
         let mt = if self.grouping || mt == MigrateType::Isolate {
             mt
@@ -172,27 +238,110 @@ impl Buddy<'_> {
         let start = pfn & !(PAGEBLOCK_NR_PAGES - 1);
         let idx = self.map.idx(start.max(self.map.start_pfn()));
         // SAFETY: under the zone lock (see the module doc).
-        unsafe { self.map.at(idx) }.pageblock_mt = mt as u8;
+        let head = unsafe { self.map.at(idx) };
+        let was_isolated = head.pageblock_mt == MigrateType::Isolate as u8;
+        if was_isolated != (mt == MigrateType::Isolate) {
+            if was_isolated {
+                self.area.nr_isolate_pageblock -= 1;
+            } else {
+                self.area.nr_isolate_pageblock += 1;
+            }
+        }
+        head.pageblock_mt = mt as u8;
     }
 
     /// Splits a block of order `high` at `idx` down to `low`, giving the
     /// upper halves back to the free lists (expand()).
+    #[inline(always)]
     fn expand(&mut self, idx: u32, low: usize, mut high: usize, mt: MigrateType) {
+        debug_assert!(idx >= self.lo && idx + (1u32 << high) <= self.hi);
         while high > low {
             high -= 1;
-            self.add(idx + (1u32 << high), high, mt, false);
+            self.add_split_piece(idx + (1u32 << high), high, mt);
         }
+    }
+
+    /// Puts a piece of a block being split at the head of its list.
+    #[inline(always)]
+    fn add_split_piece(&mut self, idx: u32, order: usize, mt: MigrateType) {
+        debug_assert!(idx >= self.lo && idx + (1u32 << order) <= self.hi);
+        // SAFETY: inside the block being split, which is inside the zone
+        // and so inside the map.
+        let p = unsafe { self.map.at_unchecked(idx) };
+        // Inside a free block every descriptor is clear of flags.
+        debug_assert_eq!(p.flags, 0);
+        p.flags = PG_BUDDY;
+        p.order = order as u8;
+        p.mt = mt as u8;
+        p.prev = NIL;
+        let l = &mut self.area.lists[order][mt as usize];
+        p.next = l.head;
+        if l.head == NIL {
+            l.tail = idx;
+        } else {
+            // SAFETY: under the zone lock; the head is another free block.
+            unsafe { self.map.at(l.head) }.prev = idx;
+        }
+        l.head = idx;
+        l.count += 1;
+        self.area.nr_free[order] += 1;
+    }
+
+    /// Up to `n` blocks of `order` from `mt`'s own lists, handed to `take`
+    /// in the order `n` calls of [`Self::rmqueue_smallest`] would return
+    /// them, leaving the same free blocks behind; returns how many (fewer
+    /// when the type's lists run dry: the caller falls back per block).
+    ///
+    /// Why it is the same: the smallest block of at least `order` has no
+    /// smaller blocks of the type beside it, so the repeated calls would
+    /// split it and take its pieces in address order until it is used up
+    /// or `n` is reached, and what they leave of it is the aligned blocks
+    /// covering the rest, which is what is put back here, without splitting
+    /// level by level per block (rmqueue_bulk's batch, seed 2.2.5).
+    #[inline]
+    pub fn rmqueue_bulk(
+        &mut self,
+        order: usize,
+        mt: MigrateType,
+        n: u32,
+        mut take: impl FnMut(u32, &mut crate::page::Page),
+    ) -> u32 {
+        let mut got = 0;
+        while got < n {
+            let Some(cur) = (order..NR_ORDERS).find(|&o| !self.area.is_empty(o, mt)) else {
+                break;
+            };
+            let idx = self.area.lists[cur][mt as usize].head;
+            self.take_head(idx, cur, mt);
+            let pieces = 1u32 << (cur - order);
+            let m = pieces.min(n - got);
+            for i in 0..m {
+                let piece = idx + (i << order);
+                // SAFETY: inside the block just taken, inside the zone and
+                // so inside the map.
+                take(piece, unsafe { self.map.at_unchecked(piece) });
+            }
+            got += m;
+            let (mut at, end) = (m << order, 1u32 << cur);
+            while at < end {
+                let o = at.trailing_zeros() as usize;
+                self.add_split_piece(idx + at, o, mt);
+                at += 1 << o;
+            }
+        }
+        got
     }
 
     /// Takes the smallest free block of `mt` of at least `order`
     /// (__rmqueue_smallest).
+    #[inline(always)]
     pub fn rmqueue_smallest(&mut self, order: usize, mt: MigrateType) -> Option<u32> {
         for cur in order..NR_ORDERS {
             let idx = self.area.lists[cur][mt as usize].head;
             if idx == NIL {
                 continue;
             }
-            self.del(idx);
+            self.take_head(idx, cur, mt);
             self.expand(idx, order, cur, mt);
             return Some(idx);
         }
@@ -419,48 +568,70 @@ impl Buddy<'_> {
     }
 
     /// Frees a block, merging with its buddy while the buddy is free and of
-    /// the same order (seed 2.2.1: pfn ^ (1 << order)).
+    /// the same order (seed 2.2.1: pfn ^ (1 << order)). Works on descriptor
+    /// indices, which are pfns less the map's MAX_ORDER-aligned start, so
+    /// the buddy is the same one bit away.
+    #[inline(always)]
     pub fn free_one(&mut self, idx: u32, order: usize, mt: MigrateType) {
-        let mut pfn = self.map.pfn(idx);
+        assert!(order <= MAX_ORDER, "free of order {order}");
+        let (lo, span) = (self.lo, self.hi - self.lo);
+        assert!(
+            idx.wrapping_sub(lo) < span,
+            "free of a block outside the zone"
+        );
+        // Whatever marked the block (allocated, cached on a per-CPU list)
+        // goes: if it merges as the upper half it becomes the inside of a
+        // free block, whose descriptors carry no flags.
+        // SAFETY: in the zone (checked above), which lies inside the map.
+        unsafe { self.map.at_unchecked(idx) }.flags = 0;
+        let mut idx = idx;
         let mut order = order;
         while order < MAX_ORDER {
-            let buddy_pfn = pfn ^ (1 << order);
-            if !self.in_zone(buddy_pfn) || !self.map.contains(buddy_pfn) {
-                break;
+            let buddy = idx ^ (1u32 << order);
+            if buddy.wrapping_sub(lo) >= span {
+                break; // outside the zone: never merged
             }
-            // SAFETY: under the zone lock (see the module doc).
-            let b = *unsafe { self.map.at(self.map.idx(buddy_pfn)) };
-            if b.flags & PG_BUDDY == 0 || b.order as usize != order || b.flags & PG_RESERVED != 0 {
+            // SAFETY: lo <= buddy < hi, and the zone lies inside the map
+            // (checked when this Buddy was made).
+            let b = unsafe { self.map.at_unchecked(buddy) };
+            // Exactly PG_BUDDY: a free block head, not reserved, not cached.
+            if b.flags != PG_BUDDY || b.order as usize != order {
                 break;
             }
             // Never merge an isolated pageblock into a usable one.
-            if order >= PAGEBLOCK_ORDER {
-                let (a, c) = (self.pageblock_mt(pfn), self.pageblock_mt(buddy_pfn));
-                if (a == MigrateType::Isolate) != (c == MigrateType::Isolate) {
-                    break;
-                }
+            if order >= PAGEBLOCK_ORDER
+                && self.area.nr_isolate_pageblock != 0
+                && self.isolation_differs(idx, buddy)
+            {
+                break;
             }
-            self.del(self.map.idx(buddy_pfn));
-            pfn &= buddy_pfn;
+            self.unlink(b);
+            idx &= !(1u32 << order);
             order += 1;
         }
-        let head = self.map.idx(pfn);
         // Blocks of a pageblock or more go to the lists of their pageblock's
         // type; smaller ones to the type they were freed as.
         let mt = if order >= PAGEBLOCK_ORDER {
-            self.pageblock_mt(pfn)
+            self.pageblock_mt_in_zone(idx)
         } else {
             mt
         };
         // Likely to merge further soon if the next-higher buddy is free: put
         // it at the tail so it is not handed out first (buddy_merge_likely).
         let tail = order < MAX_ORDER - 1 && {
-            let higher_buddy = (pfn & !((2u64 << order) - 1)) ^ (2u64 << order);
-            self.in_zone(higher_buddy)
-                && self.map.contains(higher_buddy)
-                // SAFETY: under the zone lock (see the module doc).
-                && unsafe { self.map.at(self.map.idx(higher_buddy)) }.flags & PG_BUDDY != 0
+            let higher = (idx & !((2u32 << order) - 1)) ^ (2u32 << order);
+            // SAFETY: checked against the zone span as above.
+            higher.wrapping_sub(lo) < span
+                && unsafe { self.map.at_unchecked(higher) }.flags & PG_BUDDY != 0
         };
-        self.add(head, order, mt, tail);
+        // SAFETY: the merged block's head is the freed block's or a buddy's
+        // that was checked against the zone span.
+        let p = unsafe { self.map.at_unchecked(idx) };
+        self.add_page(idx, p, order, mt, tail);
+    }
+
+    fn isolation_differs(&self, a: u32, b: u32) -> bool {
+        let (a, b) = (self.pageblock_mt_in_zone(a), self.pageblock_mt_in_zone(b));
+        (a == MigrateType::Isolate) != (b == MigrateType::Isolate)
     }
 }

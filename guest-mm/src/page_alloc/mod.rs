@@ -28,9 +28,9 @@ use crate::memblock::{Memblock, MemblockError};
 use crate::mempolicy::{self, InterleaveState, Policy};
 use crate::mmzone::{
     MigrateType, ZoneType, MAX_NR_ZONES, MAX_NUMNODES, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS,
-    PAGEBLOCK_NR_PAGES,
+    PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
-use crate::page::{MemMap, Page, PG_ALLOC, PG_RESERVED};
+use crate::page::{MemMap, Page, PG_ALLOC, PG_PCP, PG_RESERVED};
 use crate::pcp::{self, order_to_pindex, pcp_allowed_order, PerCpuPages};
 use crate::phys::PhysMemory;
 use crate::sync::{SpinLock, SpinLockGuard};
@@ -96,32 +96,45 @@ pub enum FreeError {
 /// in memory taken from memblock at init, one set per CPU for the populated
 /// zones only (Linux allocates its pagesets per CPU too): a static array for
 /// every possible CPU × zone would put ~320 KiB into the guest image.
-pub struct PcpSet {
-    base: *mut PerCpuPages,
-    slot: [u8; MAX_ZONES],
-}
-
+/// "None" in the per-zone byte tables (no lists, no preferred zone).
 const NO_SLOT: u8 = u8::MAX;
+
+pub struct PcpSet {
+    /// Each zone's lists, null for zones without pages.
+    ptr: [*mut PerCpuPages; MAX_ZONES],
+}
 
 // SAFETY: a PcpSet is reached only through its CPU's SpinLock<CpuPages>.
 unsafe impl Send for PcpSet {}
 
 impl PcpSet {
     const EMPTY: PcpSet = PcpSet {
-        base: core::ptr::null_mut(),
-        slot: [NO_SLOT; MAX_ZONES],
+        ptr: [core::ptr::null_mut(); MAX_ZONES],
     };
 
     /// The lists of every populated zone.
     pub fn iter(&self) -> impl Iterator<Item = &PerCpuPages> {
-        // SAFETY: each slot indexes this CPU's run of initialised lists.
-        self.slot
+        // SAFETY: non-null entries point to this CPU's initialised lists.
+        self.ptr
             .iter()
-            .filter(|&&s| s != NO_SLOT)
-            .map(move |&s| unsafe { &*self.base.add(s as usize) })
+            .filter(|p| !p.is_null())
+            .map(|&p| unsafe { &*p })
     }
     fn has(&self, z: usize) -> bool {
-        self.slot[z] != NO_SLOT
+        !self.ptr[z].is_null()
+    }
+
+    /// The lists of zone `z`, without the check that it has any.
+    ///
+    /// # Safety
+    /// Zone `z` has lists: it has present pages (every populated zone
+    /// does).
+    #[inline(always)]
+    unsafe fn get_unchecked_mut(&mut self, z: usize) -> &mut PerCpuPages {
+        debug_assert!(self.has(z));
+        // SAFETY: non-null (the caller's contract) and set up in init;
+        // `&mut self` is exclusive through the CPU lock.
+        unsafe { &mut *self.ptr[z] }
     }
 }
 
@@ -129,34 +142,58 @@ impl core::ops::Index<usize> for PcpSet {
     type Output = PerCpuPages;
     #[inline(always)]
     fn index(&self, z: usize) -> &PerCpuPages {
-        let s = self.slot[z];
-        assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
-        // SAFETY: slot is in range of this CPU's lists (set up in init).
-        unsafe { &*self.base.add(s as usize) }
+        let p = self.ptr[z];
+        assert!(!p.is_null(), "no per-CPU lists for unpopulated zone {z}");
+        // SAFETY: non-null entries point to lists set up in init.
+        unsafe { &*p }
     }
 }
 
 impl core::ops::IndexMut<usize> for PcpSet {
     #[inline(always)]
     fn index_mut(&mut self, z: usize) -> &mut PerCpuPages {
-        let s = self.slot[z];
-        assert!(s != NO_SLOT, "no per-CPU lists for unpopulated zone {z}");
+        let p = self.ptr[z];
+        assert!(!p.is_null(), "no per-CPU lists for unpopulated zone {z}");
         // SAFETY: as above; `&mut self` is exclusive through the CPU lock.
-        unsafe { &mut *self.base.add(s as usize) }
+        unsafe { &mut *p }
     }
 }
 
 /// One CPU's per-CPU lists for every zone, and its event counters.
 pub struct CpuPages {
     pub pcp: PcpSet,
-    pub events: EventCounters,
+    /// Every event except those the order-0 fast paths count below; read
+    /// the whole set with [`CpuPages::event_counts`].
+    pub(crate) events: EventCounters,
+    /// Order-0 allocations served by the per-CPU fast path. Each is one
+    /// `PgAlloc`, one `PcpAllocHit` and one `NumaHit`: counting it once
+    /// here and adding it to those three when they are read keeps two
+    /// increments off every allocation, with the same totals for readers.
+    fast_allocs: u64,
+    /// Order-0 frees the fast path put on a per-CPU list: one `PgFree` and
+    /// one `PcpFreeHit` each, added the same way.
+    fast_frees: u64,
 }
 
 impl CpuPages {
     const EMPTY: CpuPages = CpuPages {
         pcp: PcpSet::EMPTY,
         events: EventCounters::new(),
+        fast_allocs: 0,
+        fast_frees: 0,
     };
+
+    /// This CPU's event counts, the fast paths' included.
+    pub fn event_counts(&self) -> EventCounters {
+        let mut e = self.events;
+        for ev in [VmEvent::PgAlloc, VmEvent::PcpAllocHit, VmEvent::NumaHit] {
+            e.add(ev, self.fast_allocs);
+        }
+        for ev in [VmEvent::PgFree, VmEvent::PcpFreeHit] {
+            e.add(ev, self.fast_frees);
+        }
+        e
+    }
 }
 
 pub struct PageAllocator {
@@ -175,6 +212,9 @@ pub struct PageAllocator {
     preferred: [[u8; MAX_NR_ZONES]; MAX_NUMNODES],
     hooks: &'static dyn ReclaimHooks,
     total_managed: u64,
+    /// [`PageAllocator::migratetype`] by the request's mobility bits, with
+    /// the grouping switch applied once at init instead of per allocation.
+    mt_of: [MigrateType; 4],
     /// The highest zone type any node has memory in: node-restricting
     /// policies apply only to requests that may use it (policy_zone).
     policy_zone: ZoneType,
@@ -213,6 +253,7 @@ impl PageAllocator {
         preferred: [[NO_SLOT; MAX_NR_ZONES]; MAX_NUMNODES],
         hooks: &NO_HOOKS,
         total_managed: 0,
+        mt_of: [MigrateType::Unmovable; 4],
         policy_zone: ZoneType::Dma,
         kcompactd_wakes: AtomicU64::new(0),
     };
@@ -299,6 +340,9 @@ impl PageAllocator {
                 lo = hi;
             }
         }
+        for z in self.zones.iter_mut() {
+            z.set_map_span(&self.map);
+        }
 
         // Per-CPU lists for zones that will have pages, from memblock before
         // the rest of memory goes to the buddy lists.
@@ -340,6 +384,7 @@ impl PageAllocator {
         for c in 0..topo.ncpus {
             // SAFETY: memblock reserved ncpus × per_cpu lists at pcp_base.
             let base = unsafe { pcp_base.add(c * per_cpu) };
+            let mut set = PcpSet::EMPTY;
             for (i, &sl) in slot.iter().enumerate() {
                 if sl == NO_SLOT {
                     continue;
@@ -347,16 +392,23 @@ impl PageAllocator {
                 // SAFETY: the rings of this CPU and zone: caps[i] words,
                 // carved in order out of the ncpus × ring_words reserved.
                 unsafe {
-                    base.add(sl as usize)
-                        .write(PerCpuPages::with_rings(ring, &caps[i]));
+                    set.ptr[i] = base.add(sl as usize);
+                    set.ptr[i].write(PerCpuPages::with_rings(ring, &caps[i]));
                     ring = ring.add(caps[i].iter().sum::<u32>() as usize);
                 }
             }
-            self.cpus[c].get_mut().pcp = PcpSet { base, slot };
+            self.cpus[c].get_mut().pcp = set;
         }
 
         let total_free = mb.free_pages();
         self.grouping = grouping.unwrap_or(total_free >= MAX_ORDER_NR_PAGES * MIGRATE_TYPES as u64);
+        self.mt_of = core::array::from_fn(|bits| {
+            if self.grouping {
+                Gfp((bits as u32) << Gfp::MOBILITY_SHIFT).migratetype()
+            } else {
+                MigrateType::Unmovable
+            }
+        });
         let initial_mt = if self.grouping {
             MigrateType::Movable
         } else {
@@ -391,8 +443,8 @@ impl PageAllocator {
                 let mut b = zone.buddy(&self.map, &mut area, self.grouping);
                 let mt = b.pageblock_mt(pfn);
                 b.free_one(self.map.idx(pfn), order, mt);
-                area.free_pages += 1 << order;
                 drop(area);
+                zone.vm_free.add_global(1 << order);
                 self.zones[z].managed_pages += 1 << order;
                 pfn += 1 << order;
             }
@@ -412,7 +464,8 @@ impl PageAllocator {
         let total = self.total_managed;
         for z in self.zones.iter_mut() {
             z.watermark = zone::zone_watermarks(z.managed_pages, total);
-            z.nr_free.store(z.free.lock().free_pages, Ordering::Relaxed);
+            let threshold = crate::vmstat::stat_threshold(self.topo.ncpus, z.managed_pages);
+            z.vm_free.configure(threshold, self.topo.ncpus);
         }
         // A lower zone keeps back (managed pages of the zones above it, up
         // to the allocation's highest zone) / ratio (setup_per_zone_lowmem_reserve).
@@ -425,6 +478,9 @@ impl PageAllocator {
                     self.zones[node * MAX_NR_ZONES + lower].lowmem_reserve[upper] = sum / ratio;
                 }
             }
+        }
+        for z in self.zones.iter_mut() {
+            z.set_fast_low_mark();
         }
     }
 
@@ -465,9 +521,13 @@ impl PageAllocator {
             );
             self.thisnode[node] = Zonelist::build_thisnode(node, &populated);
             for highest in ZoneType::ALL {
+                // Only a local zone: the fast paths serve THISNODE requests
+                // too, and a node without memory sends everything the full
+                // way.
                 self.preferred[node][highest as usize] = self.fallback[node]
                     .zones_for(highest, None)
                     .next()
+                    .filter(|zr| zr.node as usize == node)
                     .map_or(NO_SLOT, |zr| zid(zr.node as usize, zr.zone) as u8);
             }
         }
@@ -513,10 +573,12 @@ impl PageAllocator {
     /// This CPU's allocation context: locks its per-CPU lists until dropped.
     pub fn cpu(&self, cpu: usize) -> CpuCache<'_> {
         assert!(cpu < self.topo.ncpus, "cpu {cpu} out of range");
+        let node = self.topo.cpu_node[cpu] as usize;
         CpuCache {
             a: self,
             cpu,
-            node: self.topo.cpu_node[cpu] as usize,
+            node,
+            preferred: self.preferred[node],
             pages: self.cpus[cpu].lock(),
         }
     }
@@ -553,7 +615,7 @@ impl PageAllocator {
     pub fn events(&self) -> EventCounters {
         let mut e = EventCounters::new();
         for c in 0..self.topo.ncpus {
-            e.merge(&self.cpus[c].lock().events);
+            e.merge(&self.cpus[c].lock().event_counts());
         }
         e.add(
             VmEvent::KcompactdWake,
@@ -598,33 +660,53 @@ impl PageAllocator {
     /// descriptor; the error cases are then told apart.
     #[inline(always)]
     fn check_free(&self, pfn: Pfn, order: usize) -> Result<(u32, usize), FreeError> {
+        // SAFETY: the descriptor is dropped at once; only copies are kept.
+        unsafe { self.check_free_page(pfn, order) }.map(|(idx, z, _)| (idx, z))
+    }
+
+    /// [`Self::check_free`], also handing out the descriptor, so the fast
+    /// free path writes it without looking it up again.
+    ///
+    /// # Safety
+    /// The caller is handing the block at `pfn` back (it owns it, so once
+    /// the check passes nobody else reads or writes the head's descriptor)
+    /// and keeps no other reference to that descriptor while it uses the
+    /// one returned. (A bad free of a page that is on a list races with
+    /// that list's lock holder here, as Linux's free checks do; that is
+    /// the caller's bug this check is there to report.)
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn check_free_page(
+        &self,
+        pfn: Pfn,
+        order: usize,
+    ) -> Result<(u32, usize, &mut Page), FreeError> {
         let map = &self.map;
-        if !map.contains(pfn.0) || order > MAX_ORDER {
+        let Some(idx) = map.try_idx(pfn.0) else {
             return Err(FreeError::Foreign(pfn));
+        };
+        // SAFETY: try_idx checked idx against the array's length; the
+        // descriptor is the one the caller hands back (this fn's contract).
+        let page = unsafe { map.at_unchecked(idx) };
+        // Only the head of an allocated block carries PG_ALLOC, with the
+        // block's order (at most MAX_ORDER), and blocks are aligned to their
+        // order: so this one compare is also the order-range and alignment
+        // check (a misaligned pfn is a tail page or a smaller block's head).
+        if page.flags_order() == Page::allocated_head(order) && (page.next as usize) < MAX_ZONES {
+            debug_assert!(pfn.0 & ((1 << order) - 1) == 0);
+            let z = page.next as usize;
+            return Ok((idx, z, page));
         }
-        let idx = map.idx(pfn.0);
-        // SAFETY: a valid free comes from the block's owner, who alone
-        // writes an allocated head; the read is of a copy, so nothing keeps
-        // a reference. (A bad free of a page that is on a list races with
-        // that list's lock holder, as Linux's free checks do; that is the
-        // caller's bug this check is there to report.)
-        let page = *unsafe { map.at(idx) };
-        let aligned = pfn.0 & ((1 << order) - 1) == 0;
-        if page.flags == PG_ALLOC
-            && page.order as usize == order
-            && aligned
-            && (page.next as usize) < MAX_ZONES
-        {
-            return Ok((idx, page.next as usize));
-        }
-        Err(Self::free_error(&page, pfn, order))
+        Err(Self::free_error(page, pfn, order))
     }
 
     /// Tells the bad-free cases apart (off the fast path).
     #[cold]
     #[inline(never)]
     fn free_error(page: &Page, pfn: Pfn, order: usize) -> FreeError {
-        if page.flags & PG_RESERVED != 0 {
+        if order > MAX_ORDER {
+            FreeError::Foreign(pfn)
+        } else if page.flags & PG_RESERVED != 0 {
             FreeError::Reserved(pfn)
         } else if pfn.0 & ((1 << order) - 1) != 0 {
             FreeError::Misaligned {
@@ -647,12 +729,9 @@ impl PageAllocator {
     /// The migrate type a request is served as: its mobility class, or
     /// Unmovable for everything when grouping by mobility is off (Linux's
     /// gfp_migratetype; otherwise the per-type free lists would still group).
+    #[inline(always)]
     pub fn migratetype(&self, gfp: Gfp) -> MigrateType {
-        if self.grouping {
-            gfp.migratetype()
-        } else {
-            MigrateType::Unmovable
-        }
+        self.mt_of[gfp.mobility_bits()]
     }
 
     /// Migrate type of the pageblock holding `pfn` (which the map covers;
@@ -666,6 +745,19 @@ impl PageAllocator {
         // a stale type only puts a block on a sibling list (see
         // `free_checked`).
         MigrateType::from_index(unsafe { self.map.at(idx) }.pageblock_mt as usize)
+    }
+
+    /// [`Self::pageblock_mt`] by descriptor index, without a bounds check.
+    ///
+    /// # Safety
+    /// `idx` is in the descriptor array (so is its pageblock's first
+    /// descriptor, which is at or below it).
+    #[inline(always)]
+    unsafe fn pageblock_mt_of_idx(&self, idx: u32) -> MigrateType {
+        let head = idx & !(PAGEBLOCK_NR_PAGES as u32 - 1);
+        // SAFETY: head <= idx, which the caller guarantees is in the array.
+        let head = unsafe { self.map.at_unchecked(head) };
+        MigrateType::from_index(head.pageblock_mt as usize)
     }
 
     /// Zone lock acquisitions so far, all zones.
@@ -689,7 +781,7 @@ impl PageAllocator {
 
     fn drain_remote(&self, c: usize, zone: Option<(usize, ZoneType)>) -> bool {
         match self.cpus[c].try_lock() {
-            Some(mut pages) => self.drain_cpu(&mut pages, zone),
+            Some(mut pages) => self.drain_cpu(c, &mut pages, zone),
             None => {
                 self.drain_requested[c].store(true, Ordering::Release);
                 false
@@ -697,7 +789,11 @@ impl PageAllocator {
         }
     }
 
-    fn drain_cpu(&self, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
+    /// Gives `cpu`'s per-CPU pages back and folds its free-count
+    /// differentials, so after a drain the zone's folded count is exact as
+    /// far as this CPU is concerned (Linux folds a CPU's vmstat
+    /// differentials when it drains it for going offline).
+    fn drain_cpu(&self, cpu: usize, pages: &mut CpuPages, zone: Option<(usize, ZoneType)>) -> bool {
         let mut any = false;
         for i in 0..MAX_ZONES {
             if zone.is_some_and(|(n, k)| zid(n, k) != i)
@@ -708,24 +804,149 @@ impl PageAllocator {
             }
             any = true;
             let n = pages.pcp[i].count;
-            self.free_pcp_bulk(&mut pages.pcp[i], i, n, 0);
+            self.free_pcp_bulk(cpu, &mut pages.pcp[i], i, n, 0);
             pages.events.inc(VmEvent::PcpDrain);
+        }
+        for (i, z) in self.zones.iter().enumerate() {
+            if zone.is_none_or(|(n, k)| zid(n, k) == i) {
+                z.vm_free.fold(cpu);
+            }
         }
         any
     }
 
     /// Gives `count` pages of a CPU's lists for zone `z` back to the buddy
     /// lists under one zone lock (free_pcppages_bulk).
-    fn free_pcp_bulk(&self, pcp: &mut PerCpuPages, z: usize, count: u32, first: usize) -> u32 {
+    fn free_pcp_bulk(
+        &self,
+        cpu: usize,
+        pcp: &mut PerCpuPages,
+        z: usize,
+        count: u32,
+        first: usize,
+    ) -> u32 {
         let zone = &self.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&self.map, &mut area, self.grouping);
-        let freed = pcp.bulk_take(&self.map, count, first, |idx, order, mt| {
-            b.free_one(idx, order, mt)
+        let mut run = PageRun::EMPTY;
+        let freed = pcp.bulk_take(count, first, |idx, order, mt| {
+            run.add(&mut b, idx, order, mt)
         });
-        area.free_pages += freed as u64;
-        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        run.free(&mut b);
+        zone.vm_free.add(cpu, freed as i64);
         freed
+    }
+}
+
+/// Order-0 pages the bulk free met one after another at consecutive
+/// addresses, rising or falling, of one migrate type.
+///
+/// Why: freeing the pages of an aligned block one at a time, with nothing
+/// else freed in between, ends in exactly the state freeing the block at
+/// its order does. Until its last page is freed no merge inside the block
+/// can reach a buddy outside it (that needs the whole block free), so the
+/// blocks the earlier pages form are on the lists only until the later
+/// pages merge them away, and the last page's merge continues from the
+/// whole block, as the block's own free does. A run of consecutive pages is
+/// a sequence of aligned blocks, each freed completely before the next, so
+/// freeing those blocks in the run's order is the same as freeing its
+/// pages. Refills hand out and frees give back pages in address order, so
+/// runs are common, and most of free_pcppages_bulk's per-page merging
+/// (__free_one_page) is then done once per block. Blocks stop below a
+/// pageblock so the merge of pageblocks keeps its isolation check.
+struct PageRun {
+    /// First page met; `len` pages from it in direction `dir`.
+    start: u32,
+    len: u32,
+    /// +1 rising, -1 falling, 0 while a single page.
+    dir: i32,
+    mt: MigrateType,
+}
+
+impl PageRun {
+    const EMPTY: PageRun = PageRun {
+        start: 0,
+        len: 0,
+        dir: 0,
+        mt: MigrateType::Unmovable,
+    };
+
+    fn start(idx: u32, mt: MigrateType) -> PageRun {
+        PageRun {
+            start: idx,
+            len: 1,
+            dir: 0,
+            mt,
+        }
+    }
+
+    /// The next block of a bulk free, in the order they come: joins the run
+    /// or frees what the run held and starts another (blocks above order 0
+    /// are freed at once). [`PageRun::free`] after the last one.
+    #[inline(always)]
+    fn add(&mut self, b: &mut buddy::Buddy, idx: u32, order: usize, mt: MigrateType) {
+        if order == 0 {
+            // Maybe inside a block freed whole later: no flags may stay.
+            // SAFETY: just taken off this CPU's list (its lock is held) on
+            // its way to the buddy lists, under the zone lock `b` holds.
+            unsafe { b.map.at(idx) }.flags = 0;
+            if self.extend(idx, mt) {
+                return;
+            }
+        }
+        self.free(b);
+        if order == 0 {
+            *self = PageRun::start(idx, mt);
+        } else {
+            b.free_one(idx, order, mt);
+        }
+    }
+
+    /// Takes `idx` into the run if it is the next page of it.
+    #[inline(always)]
+    fn extend(&mut self, idx: u32, mt: MigrateType) -> bool {
+        if self.len == 0 || mt != self.mt {
+            return false;
+        }
+        let dir = if self.len == 1 {
+            match idx.wrapping_sub(self.start) {
+                1 => 1,
+                u32::MAX => -1,
+                _ => return false,
+            }
+        } else {
+            self.dir
+        };
+        if idx != self.start.wrapping_add_signed(dir * self.len as i32) {
+            return false;
+        }
+        self.dir = dir;
+        self.len += 1;
+        true
+    }
+
+    /// Frees the run as aligned blocks, in the order its pages came.
+    fn free(&mut self, b: &mut buddy::Buddy) {
+        if self.len == 0 {
+            return;
+        }
+        let max = PAGEBLOCK_ORDER as u32 - 1;
+        if self.dir >= 0 {
+            let (mut at, end) = (self.start, self.start + self.len);
+            while at < end {
+                let o = at.trailing_zeros().min((end - at).ilog2()).min(max);
+                b.free_one(at, o as usize, self.mt);
+                at += 1 << o;
+            }
+        } else {
+            let (lo, mut end) = (self.start + 1 - self.len, self.start + 1);
+            while end > lo {
+                let o = end.trailing_zeros().min((end - lo).ilog2()).min(max);
+                end -= 1 << o;
+                b.free_one(end, o as usize, self.mt);
+            }
+        }
+        self.len = 0;
     }
 }
 
@@ -759,13 +980,16 @@ pub struct CpuCache<'a> {
     a: &'a PageAllocator,
     cpu: usize,
     node: usize,
+    /// This node's first zone for each highest zone (its row of
+    /// `PageAllocator::preferred`, looked up on every allocation).
+    preferred: [u8; MAX_NR_ZONES],
     pages: SpinLockGuard<'a, CpuPages>,
 }
 
 impl Drop for CpuCache<'_> {
     fn drop(&mut self) {
         if self.a.drain_requested[self.cpu].swap(false, Ordering::Acquire) {
-            self.a.drain_cpu(&mut self.pages, None);
+            self.a.drain_cpu(self.cpu, &mut self.pages, None);
         }
     }
 }
@@ -777,8 +1001,10 @@ impl CpuCache<'_> {
     pub fn node(&self) -> usize {
         self.node
     }
-    pub fn events(&self) -> &EventCounters {
-        &self.pages.events
+    /// This CPU's event counts (a copy: the fast paths' counts are added
+    /// on reading).
+    pub fn events(&self) -> EventCounters {
+        self.pages.event_counts()
     }
     pub fn pcp(&self, node: usize, kind: ZoneType) -> &PerCpuPages {
         &self.pages.pcp[zid(node, kind)]
@@ -786,15 +1012,78 @@ impl CpuCache<'_> {
 
     /// Allocates 2^order pages on this CPU's node, falling back as the
     /// zonelist says.
-    #[inline]
+    ///
+    /// Inlined so the per-CPU-list hit costs no call; everything else is
+    /// one call away, keeping the caller's frame small.
+    #[inline(always)]
     pub fn alloc(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
-        let node = self.node();
         if order == 0 {
-            if let Some(p) = self.alloc_pcp_hit(gfp, node) {
+            if let Some(p) = self.alloc_pcp_hit(gfp) {
                 return Some(p);
             }
         }
+        self.alloc_other(gfp, order)
+    }
+
+    #[inline(never)]
+    fn alloc_other(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
+        let node = self.node;
+        if !pcp_allowed_order(order) && order <= MAX_ORDER {
+            if let Some(p) = self.alloc_buddy_hit(gfp, order) {
+                return Some(p);
+            }
+        } else if order == 0 {
+            if let Some(z) = self.fast_zone(gfp) {
+                // The fast path missed only because its list was empty.
+                if let Some(p) = self.alloc_refill(gfp, z, self.a.migratetype(gfp)) {
+                    return Some(p);
+                }
+            }
+        }
         self.alloc_node(gfp, order, node, None)
+    }
+
+    /// The common case of the fast path for orders the per-CPU lists do
+    /// not cache: the preferred zone passes the order-aware low watermark
+    /// and has a block of the request's own migrate type. That is exactly
+    /// the block `get_page_from_freelist` would take there (its first
+    /// attempt never sets ALLOC_HIGHATOMIC, and ALLOC_NOFRAGMENT only
+    /// restricts fallback), found without the zonelist walk and the calls
+    /// around it; a boosted zone, a failed watermark or an empty list of the
+    /// type fall through to the full path, which redoes the check and counts
+    /// what happened.
+    #[inline]
+    fn alloc_buddy_hit(&mut self, gfp: Gfp, order: usize) -> Option<Pfn> {
+        let a = self.a;
+        let highest = gfp.highest_zone();
+        let z = self.preferred[highest as usize] as usize;
+        let zone = a.zones.get(z)?;
+        if zone.boosted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mt = a.migratetype(gfp);
+        let mut area = zone.lock();
+        // The free-count half of __zone_watermark_ok at the low mark with no
+        // ALLOC_HIGH/HARDER (so the mark is not lowered, and the HighAtomic
+        // reserve does not count), decided exactly; the order half is the
+        // block rmqueue_smallest finds: one of at least `order` in a
+        // mobility class's lists.
+        let bound = zone.wmark(WMARK_LOW)
+            + zone.lowmem_reserve[highest as usize]
+            + ((1u64 << order) - 1)
+            + area.nr_reserved_highatomic;
+        if !zone.vm_free.above(bound as i64) {
+            return None;
+        }
+        let idx = zone
+            .buddy(&a.map, &mut area, a.grouping)
+            .rmqueue_smallest(order, mt)?;
+        zone.vm_free.add(self.cpu, -(1 << order));
+        drop(area);
+        let ev = &mut self.pages.events;
+        ev.inc(VmEvent::ZoneLockAcquire);
+        ev.inc(VmEvent::NumaHit);
+        Some(self.prep_new_page(idx, order, mt, z))
     }
 
     /// The common case of the fast path, without the zonelist walk: an
@@ -802,29 +1091,78 @@ impl CpuCache<'_> {
     /// its low watermark. Exactly what `get_page_from_freelist` would pick,
     /// found in a few dozen instructions; anything else falls through to it.
     #[inline(always)]
-    fn alloc_pcp_hit(&mut self, gfp: Gfp, node: usize) -> Option<Pfn> {
+    fn alloc_pcp_hit(&mut self, gfp: Gfp) -> Option<Pfn> {
         let a = self.a;
-        let highest = gfp.highest_zone();
-        let z = a.preferred[node][highest as usize] as usize;
-        let zone = a.zones.get(z)?;
-        let mark = zone.watermark[WMARK_LOW]
-            + zone.boost.load(Ordering::Relaxed)
-            + zone.lowmem_reserve[highest as usize];
-        if zone.nr_free.load(Ordering::Relaxed) <= mark || zone.boosted.load(Ordering::Relaxed) {
+        let z = self.fast_zone(gfp)?;
+        let mt = a.migratetype(gfp);
+        let pindex = order_to_pindex(mt, 0);
+        let pages = &mut *self.pages;
+        // SAFETY: fast_zone returns a preferred zone, which is populated
+        // and so has lists.
+        let pcp = unsafe { pages.pcp.get_unchecked_mut(z) };
+        let idx = pcp.take_head(pindex, 0)?;
+        pcp.free_factor >>= 1;
+        // SAFETY: a per-CPU list only ever holds indices of descriptors in
+        // the map (a free checked them, or a refill took them off the
+        // buddy lists); this one was just taken off this CPU's list, whose
+        // lock is held, and is not yet handed out: this CPU alone holds it.
+        let p = unsafe { a.map.at_unchecked(idx) };
+        p.flags = PG_ALLOC;
+        p.order = 0;
+        p.mt = mt as u8;
+        p.refcount = 1;
+        p.next = z as u32;
+        pages.fast_allocs += 1;
+        Some(a.map.to_pfn(idx))
+    }
+
+    /// The zone the order-0 fast path serves `gfp` from: the preferred
+    /// zone, if it passes the low watermark check (seed 2.2.4, row 2) with
+    /// the folded free count clearing it by more than the per-CPU drift and
+    /// is not boosted (a boosted zone goes the full way, which wakes
+    /// kswapd).
+    #[inline(always)]
+    fn fast_zone(&self, gfp: Gfp) -> Option<usize> {
+        let highest = gfp.highest_zone() as usize;
+        let z = self.preferred[highest] as usize;
+        let zone = self.a.zones.get(z)?;
+        if zone.boosted.load(Ordering::Relaxed)
+            || zone.vm_free.folded()
+                <= zone.fast_low_mark[highest & 3] + zone.boost.load(Ordering::Relaxed) as i64
+        {
             return None;
         }
-        let mt = a.migratetype(gfp);
-        let pcp = &mut self.pages.pcp[z];
-        pcp.free_factor >>= 1;
-        let idx = pcp.pop_head(&a.map, order_to_pindex(mt, 0))?;
-        let ev = &mut self.pages.events;
-        ev.inc(VmEvent::PcpAllocHit);
-        ev.inc(VmEvent::NumaHit);
+        Some(z)
+    }
+
+    /// The fast path found its list empty: refill it from the preferred
+    /// zone, which passed the low watermark, and take the first page. That
+    /// is what get_page_from_freelist does for that zone (rmqueue_pcplist),
+    /// with the flags alloc_node would pass (ALLOC_NOFRAGMENT exactly when
+    /// alloc_flags_nofragment would set it: the preferred zone is Normal
+    /// and its node has DMA32), without walking there again.
+    #[inline(never)]
+    fn alloc_refill(&mut self, gfp: Gfp, z: usize, mt: MigrateType) -> Option<Pfn> {
+        let a = self.a;
+        let zone = &a.zones[z];
+        let mut flags = AllocFlags(AllocFlags::WMARK_LOW);
+        if gfp.contains(Gfp::KSWAPD_RECLAIM) {
+            flags = flags.with(AllocFlags::KSWAPD);
+        }
+        if zone.kind == ZoneType::Normal && a.zone(zone.node, ZoneType::Dma32).populated() {
+            flags = flags.with(AllocFlags::NOFRAGMENT);
+        }
+        let idx = self.rmqueue_pcplist(z, 0, mt, flags)?;
+        // The refill may have stolen and boosted the zone: as after
+        // try_zone, this allocation wakes kswapd then (boost.rs, step 2).
+        self.wake_kswapd_if_boosted(z, flags);
+        self.pages.events.inc(VmEvent::NumaHit);
         Some(self.prep_new_page(idx, 0, mt, z))
     }
 
     /// `__alloc_pages`: the fast path over the zonelist of `node`, then the
     /// slow path.
+    #[inline(never)]
     pub fn alloc_node(
         &mut self,
         gfp: Gfp,
@@ -947,7 +1285,8 @@ impl CpuCache<'_> {
             }
             if check && order > 0 {
                 let area = zone.lock();
-                if !zone::watermark_ok(zone, &area, order, mark, highest, flags, area.free_pages) {
+                let free = zone.free_for_check(&area, order, mark, highest);
+                if !zone::watermark_ok(zone, &area, order, mark, highest, flags, free) {
                     drop(area);
                     self.pages.events.inc(VmEvent::WatermarkFail);
                     return None;
@@ -974,7 +1313,8 @@ impl CpuCache<'_> {
         let mut area = zone.lock();
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
         if mark.is_some_and(|m| {
-            !zone::watermark_ok(zone, &area, order, m, highest, flags, area.free_pages)
+            let free = zone.free_for_check(&area, order, m, highest);
+            !zone::watermark_ok(zone, &area, order, m, highest, flags, free)
         }) {
             drop(area);
             self.pages.events.inc(VmEvent::WatermarkFail);
@@ -989,8 +1329,7 @@ impl CpuCache<'_> {
             {
                 self.pages.events.inc(VmEvent::HighAtomicReserve);
             }
-            area.free_pages -= 1 << order;
-            zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+            zone.vm_free.add(self.cpu, -(1 << order));
         }
         drop(area);
         self.account_steal(zone, steal);
@@ -1046,7 +1385,7 @@ impl CpuCache<'_> {
         let pindex = order_to_pindex(mt, order);
         let pcp = &mut self.pages.pcp[z];
         pcp.free_factor >>= 1;
-        if let Some(idx) = pcp.pop_head(&a.map, pindex) {
+        if let Some(idx) = pcp.pop_head(&a.map, pindex, order) {
             self.pages.events.inc(VmEvent::PcpAllocHit);
             return Some(idx);
         }
@@ -1058,10 +1397,20 @@ impl CpuCache<'_> {
         let zone = &a.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&a.map, &mut area, a.grouping);
-        let mut got = 0u64;
         let mut steals = [buddy::StealOutcome::default(); 4];
         let mut nsteal = 0;
-        for _ in 0..batch {
+        // The type's own blocks in one go; what they cannot supply block by
+        // block, which may steal from other types.
+        let room = pcp.lists[pindex].room();
+        let mut got = b.rmqueue_bulk(order, mt, batch.min(room), |idx, p| {
+            let pushed = pcp.put_tail(pindex, idx, order);
+            debug_assert!(pushed);
+            // Fresh from a free block: no flags to keep.
+            p.flags = PG_PCP;
+            p.order = order as u8;
+            p.mt = mt as u8;
+        }) as u64;
+        while got < batch as u64 {
             let (idx, steal) = b.rmqueue(order, mt, flags);
             if steal.fallback && nsteal < steals.len() {
                 steals[nsteal] = steal;
@@ -1075,8 +1424,7 @@ impl CpuCache<'_> {
             }
             got += 1;
         }
-        area.free_pages -= got << order;
-        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        zone.vm_free.add(self.cpu, -((got as i64) << order));
         drop(area);
         let ev = &mut self.pages.events;
         ev.inc(VmEvent::PcpRefill);
@@ -1084,7 +1432,7 @@ impl CpuCache<'_> {
         for s in steals.into_iter().take(nsteal) {
             self.account_steal(zone, s);
         }
-        self.pages.pcp[z].pop_head(&a.map, pindex)
+        self.pages.pcp[z].pop_head(&a.map, pindex, order)
     }
 
     /// Marks an allocated block's head; its unused list link remembers the
@@ -1111,32 +1459,43 @@ impl CpuCache<'_> {
     /// (seed 2.2.1: merge with the free buddy; order ≤ 3 via the per-CPU lists).
     #[inline(always)]
     pub fn free(&mut self, pfn: Pfn, order: usize) -> Result<(), FreeError> {
-        let (idx, z) = self.a.check_free(pfn, order)?;
-        if order == 0 && self.free_pcp_hit(idx, pfn, z) {
+        // SAFETY: this call hands the block back (a block the caller does
+        // not own is a bad free, reported when it is not an allocated
+        // head); `page` is used only by the fast free below.
+        let (idx, z, page) = unsafe { self.a.check_free_page(pfn, order) }?;
+        if order == 0 && self.free_pcp_hit(idx, page, z) {
             return Ok(());
         }
-        self.free_checked(idx, pfn, order, z);
+        if !pcp_allowed_order(order) {
+            self.free_large(idx, order, z);
+        } else {
+            self.free_checked(idx, pfn, order, z);
+        }
         Ok(())
     }
 
-    /// The common free: an order-0 page onto this CPU's list for its
+    /// The common free: a checked order-0 page onto this CPU's list for its
     /// pageblock's type, when there is room and the type has a list.
     #[inline(always)]
-    fn free_pcp_hit(&mut self, idx: u32, pfn: Pfn, z: usize) -> bool {
+    fn free_pcp_hit(&mut self, idx: u32, page: &mut Page, z: usize) -> bool {
         let a = self.a;
-        let block_mt = a.pageblock_mt(pfn.0);
+        // SAFETY: check_free found idx in the array (the only caller).
+        let block_mt = unsafe { a.pageblock_mt_of_idx(idx) };
         if block_mt as usize >= crate::mmzone::MIGRATE_PCPTYPES {
             return false;
         }
         let pages = &mut *self.pages;
-        let pcp = &mut pages.pcp[z];
-        if !pcp.push_head(&a.map, block_mt as usize, idx, 0, block_mt) {
+        // SAFETY: z is the zone check_free_page read from an allocated
+        // head, where the allocation wrote the zone it came from (the two
+        // places that set PG_ALLOC write it): a populated zone, with lists.
+        let pcp = unsafe { pages.pcp.get_unchecked_mut(z) };
+        if !pcp.put_head(block_mt as usize, idx, 0) {
             return false;
         }
-        // SAFETY: the per-CPU lock, held, owns the page it just took.
-        unsafe { a.map.at(idx) }.refcount = 0;
-        pages.events.inc(VmEvent::PgFree);
-        pages.events.inc(VmEvent::PcpFreeHit);
+        // Cached, order 0 as checked; the list it is on gives its type.
+        page.flags = PG_PCP;
+        page.refcount = 0;
+        pages.fast_frees += 1;
         if pcp.count >= pcp.high {
             self.pcp_over_high(z, block_mt as usize);
         }
@@ -1150,7 +1509,7 @@ impl CpuCache<'_> {
         let pages = &mut *self.pages;
         let pcp = &mut pages.pcp[z];
         let n = pcp.nr_to_free();
-        a.free_pcp_bulk(pcp, z, n, pindex);
+        a.free_pcp_bulk(self.cpu, pcp, z, n, pindex);
         pages.events.inc(VmEvent::PcpFreeBatch);
         pages.events.inc(VmEvent::ZoneLockAcquire);
     }
@@ -1176,8 +1535,8 @@ impl CpuCache<'_> {
             let pcp = &mut pages.pcp[z];
             if !pcp.push_head(map, pindex, idx, order, mt) {
                 // Ring full: give the coldest half back first.
-                let n = pcp.lists[pindex].len / 2;
-                a.free_pcp_bulk(pcp, z, n << order, pindex);
+                let n = pcp.lists[pindex].len() / 2;
+                a.free_pcp_bulk(self.cpu, pcp, z, n << order, pindex);
                 let pushed = pcp.push_head(map, pindex, idx, order, mt);
                 debug_assert!(pushed);
             }
@@ -1190,7 +1549,27 @@ impl CpuCache<'_> {
         self.free_to_buddy(z, idx, order, block_mt);
     }
 
+    /// The free of a checked block the per-CPU lists do not cache: straight
+    /// to the buddy lists, in one call.
+    #[inline(never)]
+    fn free_large(&mut self, idx: u32, order: usize, z: usize) {
+        // The buddy free rewrites the flags; only the reference goes here.
+        // SAFETY: check_free found idx in the array.
+        unsafe { self.a.map.at_unchecked(idx) }.refcount = 0;
+        self.pages.events.add(VmEvent::PgFree, 1 << order);
+        // A block of a pageblock or more goes to its pageblock's type
+        // whatever it is freed as (free_one looks it up after merging).
+        let mt = if order >= PAGEBLOCK_ORDER {
+            MigrateType::Movable
+        } else {
+            // SAFETY: check_free found idx in the array.
+            unsafe { self.a.pageblock_mt_of_idx(idx) }
+        };
+        self.free_to_buddy(z, idx, order, mt);
+    }
+
     /// Clears the allocated mark of a checked block and counts the free.
+    #[inline(always)]
     fn release_head(&mut self, idx: u32, order: usize) {
         // SAFETY: `check_free` vouched for an allocated head, whose owner
         // is handing it back through this call.
@@ -1201,14 +1580,14 @@ impl CpuCache<'_> {
     }
 
     /// Gives a block to its zone's buddy lists under the zone lock.
+    #[inline(always)]
     fn free_to_buddy(&mut self, z: usize, idx: u32, order: usize, mt: MigrateType) {
         let a = self.a;
         let zone = &a.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&a.map, &mut area, a.grouping);
         b.free_one(idx, order, mt);
-        area.free_pages += 1 << order;
-        zone.nr_free.store(area.free_pages, Ordering::Relaxed);
+        zone.vm_free.add(self.cpu, 1 << order);
         drop(area);
         self.pages.events.inc(VmEvent::ZoneLockAcquire);
     }
@@ -1328,7 +1707,7 @@ impl CpuCache<'_> {
         let mut drained = 0;
         for c in 0..a.topo.ncpus {
             let ok = if c == self.cpu {
-                a.drain_cpu(&mut self.pages, zone)
+                a.drain_cpu(self.cpu, &mut self.pages, zone)
             } else {
                 a.drain_remote(c, zone)
             };

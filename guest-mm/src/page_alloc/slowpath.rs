@@ -212,7 +212,7 @@ impl CpuCache<'_> {
             }
             let n = self.pages.pcp[z].count;
             if n > 0 {
-                a.free_pcp_bulk(&mut self.pages.pcp[z], z, n, 0);
+                a.free_pcp_bulk(self.cpu, &mut self.pages.pcp[z], z, n, 0);
             }
         }
         match self.get_page_from_freelist(gfp, order, flags, node, mask) {

@@ -67,11 +67,17 @@ impl Synth {
     }
 
     fn buddy(&mut self) -> Buddy<'_> {
+        let map = &self.f.a.map;
+        let lo = map.idx(self.base);
+        let end = self.base + (1 << MAX_ORDER);
+        assert!(end <= map.end_pfn(), "the block lies in the map");
         Buddy {
-            map: &self.f.a.map,
+            map,
             area: &mut self.area,
             start_pfn: self.base,
-            end_pfn: self.base + (1 << MAX_ORDER),
+            end_pfn: end,
+            lo,
+            hi: lo + (1 << MAX_ORDER),
             grouping: true,
         }
     }

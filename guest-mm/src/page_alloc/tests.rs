@@ -301,7 +301,7 @@ fn stealing_retypes_a_pageblock_for_unmovable_requests() {
     let counts0 = f.a.pageblock_counts(0, ZoneType::Dma32);
     let mut c = f.a.cpu(0);
     let p = c.alloc_direct(Gfp::KERNEL.union(Gfp::DMA32), 0).unwrap();
-    let ev = *c.events();
+    let ev = c.events();
     drop(c);
     assert_eq!(ev.get(VmEvent::PgAllocFallback), 1);
     let counts = f.a.pageblock_counts(0, ZoneType::Dma32);
@@ -816,6 +816,304 @@ fn a_million_random_operations_never_hand_out_a_frame_twice() {
     assert_eq!(f.a.free_pages_buddy(), f.managed());
     let blocks: BTreeSet<_> = f.free_blocks().into_iter().map(|b| (b.0, b.1)).collect();
     assert_eq!(blocks, blocks0);
+}
+
+/// Every populated zone: (free pages on its buddy lists, its free count).
+fn free_counts(f: &Fixture) -> Vec<(u64, u64)> {
+    f.a.zones()
+        .map(|z| {
+            (
+                f.a.pagetypeinfo(z.node, z.kind).free_pages(),
+                z.free_pages(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn zone_free_count_stays_exact_through_per_cpu_differentials() {
+    // [NOT IN SEED] Linux's vm_stat_diff / __mod_zone_page_state: the zone's
+    // free count is a shared part plus per-CPU differentials. Their sum must
+    // equal the pages on the buddy lists after every operation, and after a
+    // drain, which folds, the shared part alone must.
+    let f = fixture(64 * MIB, 2);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    assert!(z.vm_free.threshold() > 0, "differentials in use");
+    let mut live = Vec::new();
+    let mut held = 0u64;
+    let mut saw_diff = false;
+    for i in 0..3000usize {
+        let cpu = i % 2;
+        let order = [0, 0, 1, 3, 9, 0, 4][i % 7];
+        let mut c = f.a.cpu(cpu);
+        if (i % 5 < 3 && held < f.managed() / 2) || live.is_empty() {
+            held += 1 << order;
+            let p = if i % 3 == 0 {
+                c.alloc_direct(Gfp::USER_MOVABLE, order)
+            } else {
+                c.alloc(Gfp::USER_MOVABLE, order)
+            };
+            live.push((p.unwrap(), order));
+        } else {
+            let (p, order) = live.swap_remove(i * 7 % live.len());
+            held -= 1 << order;
+            if i % 3 == 0 {
+                c.free_direct(p, order).unwrap();
+            } else {
+                c.free(p, order).unwrap();
+            }
+        }
+        drop(c);
+        saw_diff |= (0..2).any(|cpu| z.vm_free.diff(cpu) != 0);
+        for (on_lists, counted) in free_counts(&f) {
+            assert_eq!(on_lists, counted, "after operation {i}");
+        }
+    }
+    assert!(saw_diff, "the churn never left a differential unfolded");
+    f.a.drain_all_pages(None);
+    for z in f.a.zones() {
+        assert_eq!((z.vm_free.diff(0), z.vm_free.diff(1)), (0, 0));
+        assert_eq!(
+            z.vm_free.folded() as u64,
+            z.free_pages(),
+            "folded after the drain"
+        );
+    }
+    for (on_lists, counted) in free_counts(&f) {
+        assert_eq!(on_lists, counted);
+    }
+    let mut c = f.a.cpu(0);
+    for (p, order) in live {
+        c.free(p, order).unwrap();
+    }
+    drop(c);
+    f.a.drain_all_pages(None);
+    assert_eq!(
+        f.a.free_pages_buddy(),
+        f.managed(),
+        "everything back, exactly"
+    );
+}
+
+#[test]
+fn watermark_decisions_near_the_mark_use_the_exact_count() {
+    // With per-CPU differentials the folded count can sit on the wrong side
+    // of a watermark; the order-0 check must still answer as the exact
+    // count does (zone_page_state_snapshot near the mark).
+    let f = fixture(64 * MIB, 2);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let exact = z.free_pages() as i64;
+    let drift = z.vm_free.max_drift();
+    assert!(drift > 0);
+    // Leave a differential on CPU 1 that the folded count does not show.
+    let d = z.vm_free.threshold() as i64;
+    z.vm_free.add(1, -d);
+    assert_eq!(z.vm_free.folded(), exact, "not folded yet");
+    for bound in exact - 2 * d..exact + d {
+        assert_eq!(z.vm_free.above(bound), exact - d > bound, "bound {bound}");
+    }
+    z.vm_free.add(1, d);
+}
+
+#[test]
+fn bulk_refill_takes_what_repeated_smallest_takes() {
+    // Row 14's refill takes `batch` blocks with one lock; rmqueue_bulk must
+    // hand out the same blocks in the same order as that many
+    // __rmqueue_smallest calls and leave the same free lists behind, from
+    // any state of the lists (here: a zone with scattered holes).
+    for (n, order) in [
+        (63u32, 0usize),
+        (1, 0),
+        (200, 0),
+        (31, 1),
+        (7, 3),
+        (5000, 0),
+    ] {
+        let states: Vec<Fixture> = (0..2).map(|_| fixture(32 * MIB, 1)).collect();
+        for f in &states {
+            let mut c = f.a.cpu(0);
+            let held: Vec<_> = (0..300)
+                .map(|i| (c.alloc_direct(Gfp::USER_MOVABLE, i % 3).unwrap(), i % 3))
+                .collect();
+            for (i, &(p, o)) in held.iter().enumerate() {
+                if i % 3 != 1 {
+                    c.free_direct(p, o).unwrap();
+                }
+            }
+        }
+        fn z(f: &Fixture) -> &Zone {
+            f.a.zone(0, ZoneType::Dma32)
+        }
+        let mt = MigrateType::Movable;
+        let one_by_one: Vec<u32> = {
+            let f = &states[0];
+            let mut area = z(f).lock();
+            let mut b = z(f).buddy(&f.a.map, &mut area, true);
+            (0..n)
+                .map_while(|_| b.rmqueue_smallest(order, mt))
+                .collect()
+        };
+        let mut bulk = Vec::new();
+        {
+            let f = &states[1];
+            let mut area = z(f).lock();
+            let mut b = z(f).buddy(&f.a.map, &mut area, true);
+            let got = b.rmqueue_bulk(order, mt, n, |i, _| bulk.push(i));
+            assert_eq!(got as usize, bulk.len());
+        }
+        assert_eq!(bulk, one_by_one, "n={n} order={order}");
+        assert_eq!(
+            states[0].free_blocks(),
+            states[1].free_blocks(),
+            "free lists differ, n={n} order={order}"
+        );
+    }
+}
+
+#[test]
+fn isolated_pageblock_never_merges_with_a_usable_one() {
+    // A pageblock taken out of use (MIGRATE_ISOLATE, row 17's drain during
+    // isolation) must not be merged into a usable order-10 block, even
+    // though the merge loop skips the check while no pageblock is isolated.
+    let f = fixture(32 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    let mut c = f.a.cpu(0);
+    // Two buddy pageblocks, both allocated.
+    let got: Vec<Pfn> = (0..8)
+        .map(|_| c.alloc(Gfp::USER_MOVABLE, PAGEBLOCK_ORDER).unwrap())
+        .collect();
+    let a = *got
+        .iter()
+        .find(|p| p.0 & PAGEBLOCK_NR_PAGES == 0 && got.contains(&Pfn(p.0 ^ PAGEBLOCK_NR_PAGES)))
+        .expect("a buddy pair among eight order-9 blocks");
+    let b = Pfn(a.0 ^ PAGEBLOCK_NR_PAGES);
+    for &p in got.iter().filter(|&&p| p != a && p != b) {
+        c.free(p, PAGEBLOCK_ORDER).unwrap();
+    }
+    {
+        let mut area = z.lock();
+        let mut bd = z.buddy(&f.a.map, &mut area, true);
+        bd.set_pageblock_mt(b.0, MigrateType::Isolate);
+        assert_eq!(area.nr_isolate_pageblock, 1);
+    }
+    c.free(b, PAGEBLOCK_ORDER).unwrap();
+    c.free(a, PAGEBLOCK_ORDER).unwrap();
+    drop(c);
+    let head = a.0 & !(PAGEBLOCK_NR_PAGES * 2 - 1);
+    let blocks = f.free_blocks();
+    assert!(
+        !blocks.iter().any(|&(p, o, _)| p == head && o == MAX_ORDER),
+        "isolated pageblock merged"
+    );
+    assert!(blocks.contains(&(b.0, PAGEBLOCK_ORDER, MigrateType::Isolate)));
+    // Released again, the next free of a neighbour merges as usual.
+    {
+        let mut area = z.lock();
+        let mut bd = z.buddy(&f.a.map, &mut area, true);
+        bd.set_pageblock_mt(b.0, MigrateType::Movable);
+        assert_eq!(area.nr_isolate_pageblock, 0);
+    }
+}
+
+#[test]
+fn thisnode_on_a_node_without_memory_never_takes_the_fast_path_elsewhere() {
+    // Row 7 on a memoryless node: its CPU's order-0 and order-9 fast paths
+    // must not serve a THISNODE request from another node's zone (they
+    // start only at a local zone); a plain request spills as row 6 says.
+    let mut topo = Topology::single(2);
+    topo.nr_nodes = 2;
+    topo.distances = Distances::uniform(2);
+    topo.node_range[0] = (0, 64 * MIB);
+    topo.node_range[1] = (64 * MIB, 64 * MIB);
+    topo.cpu_node[1] = 1;
+    let f = fixture_topo(64 * MIB, topo);
+    let mut c = f.a.cpu(1);
+    let thisnode = Gfp::NOWAIT.union(Gfp::THISNODE);
+    for order in [0, 0, 9] {
+        assert_eq!(c.alloc(thisnode, order), None, "order {order}");
+    }
+    let p = c.alloc(Gfp::NOWAIT, 0).expect("spills to node 0");
+    c.free(p, 0).unwrap();
+    assert!(c.events().get(VmEvent::NumaMiss) >= 1);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    // The bulk free frees runs of consecutive pages as aligned blocks; the
+    // free lists, in order, must end exactly as freeing the pages one at a
+    // time in the same order does (free_pcppages_bulk → __free_one_page),
+    // whatever mix of rising, falling and scattered pages comes.
+    #[test]
+    fn bulk_free_of_runs_ends_as_page_by_page(
+        chunks in proptest::collection::vec((1usize..80, 0u8..4), 1..40),
+        rotate in 0usize..1000,
+    ) {
+        let states: Vec<Fixture> = (0..2).map(|_| fixture(32 * MIB, 1)).collect();
+        let mut pages = Vec::new();
+        for (k, f) in states.iter().enumerate() {
+            let mut c = f.a.cpu(0);
+            // Some holes first, so merges meet free and busy neighbours.
+            let held: Vec<_> = (0..200).map(|_| c.alloc_direct(Gfp::USER_MOVABLE, 0).unwrap()).collect();
+            for (i, &p) in held.iter().enumerate() {
+                if i % 5 == 2 {
+                    c.free_direct(p, 0).unwrap();
+                }
+            }
+            let got: Vec<u32> = (0..700)
+                .map(|_| f.a.map.idx(c.alloc_direct(Gfp::USER_MOVABLE, 0).unwrap().0))
+                .collect();
+            if k == 0 {
+                pages = got;
+            } else {
+                prop_assert_eq!(&pages, &got);
+            }
+        }
+        pages.sort_unstable();
+        let n = pages.len();
+        pages.rotate_left(rotate % n);
+        // The order the bulk free meets them: chunks kept, reversed,
+        // interleaved, or left allocated (so some blocks stay apart and the
+        // order of the lists shows).
+        let mut seq = Vec::new();
+        let mut rest = &pages[..];
+        for (len, how) in chunks {
+            let (chunk, tail) = rest.split_at(len.min(rest.len()));
+            rest = tail;
+            match how {
+                0 => seq.extend_from_slice(chunk),
+                1 => seq.extend(chunk.iter().rev()),
+                3 => {}
+                _ => {
+                    seq.extend(chunk.iter().step_by(2));
+                    seq.extend(chunk.iter().skip(1).step_by(2));
+                }
+            }
+        }
+        seq.extend(rest.iter().rev());
+        let mt = MigrateType::Movable;
+        let z = |_: &Fixture| zid(0, ZoneType::Dma32);
+        {
+            let f = &states[0];
+            let zone = &f.a.zones[z(f)];
+            let mut area = zone.lock();
+            let mut b = zone.buddy(&f.a.map, &mut area, true);
+            let mut run = PageRun::EMPTY;
+            for &idx in &seq {
+                run.add(&mut b, idx, 0, mt);
+            }
+            run.free(&mut b);
+        }
+        {
+            let f = &states[1];
+            let zone = &f.a.zones[z(f)];
+            let mut area = zone.lock();
+            let mut b = zone.buddy(&f.a.map, &mut area, true);
+            for &idx in &seq {
+                b.free_one(idx, 0, mt);
+            }
+        }
+        prop_assert_eq!(states[0].free_blocks(), states[1].free_blocks());
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use crate::mmzone::{
 };
 use crate::page::MemMap;
 use crate::sync::{SpinLock, SpinLockGuard};
+use crate::vmstat::ZoneCounter;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub const WMARK_MIN: usize = 0;
@@ -38,11 +39,30 @@ pub struct Zone {
     /// Pages this zone keeps from allocations that could have used a higher
     /// zone, indexed by that allocation's highest zone.
     pub lowmem_reserve: [u64; MAX_NR_ZONES],
-    /// Mirror of `free.free_pages` for lock-free order-0 watermark checks.
-    pub nr_free: AtomicU64,
+    /// Free pages in the buddy lists (NR_FREE_PAGES; pages on per-CPU
+    /// lists are not free, as in Linux). Changed only under the zone lock,
+    /// through per-CPU differentials (see [`ZoneCounter`] for why, and why
+    /// watermark decisions on it stay exact).
+    pub vm_free: ZoneCounter<{ super::MAX_CPUS }>,
+    /// For each highest zone of a request: the low watermark plus the
+    /// lowmem reserve plus the free count's largest drift. A folded free
+    /// count above this plus the boost passes the order-0 low-watermark
+    /// check whatever the per-CPU differentials hold, so the allocation
+    /// fast path compares once; anything closer takes the full path, which
+    /// decides from the exact count. Set with the watermarks
+    /// (`set_fast_low_mark`): whatever changes the low watermark, the
+    /// reserves or the fold threshold must set it again.
+    /// (Four entries, the last never passing, so a masked index needs no
+    /// bounds check.)
+    pub fast_low_mark: [i64; 4],
     pub pcp_batch: u32,
     pub pcp_high: u32,
-    pub free: SpinLock<FreeArea>,
+    /// `start_pfn..end_pfn` as descriptor indices (see `set_map_span`);
+    /// private so nothing can widen it past the map.
+    idx_span: (u32, u32),
+    /// Crate-private: the free lists' invariants are what the buddy's
+    /// unchecked descriptor accesses rely on (see `Buddy`).
+    pub(crate) free: SpinLock<FreeArea>,
 }
 
 impl Zone {
@@ -59,9 +79,11 @@ impl Zone {
         boost: AtomicU64::new(0),
         boosted: AtomicBool::new(false),
         lowmem_reserve: [0; MAX_NR_ZONES],
-        nr_free: AtomicU64::new(0),
+        vm_free: ZoneCounter::new(),
+        fast_low_mark: [i64::MAX; 4],
         pcp_batch: 1,
         pcp_high: 0,
+        idx_span: (0, 0),
         free: SpinLock::new(FreeArea::EMPTY),
     };
 
@@ -74,20 +96,51 @@ impl Zone {
     }
 
     /// Takes the zone lock, counting the acquisition.
-    pub fn lock(&self) -> SpinLockGuard<'_, FreeArea> {
+    pub(crate) fn lock(&self) -> SpinLockGuard<'_, FreeArea> {
         let mut g = self.free.lock();
         g.lock_acquisitions += 1;
         g
     }
 
-    pub fn buddy<'a>(&self, map: &'a MemMap, area: &'a mut FreeArea, grouping: bool) -> Buddy<'a> {
+    /// The zone's free lists under the held lock.
+    #[inline(always)]
+    pub(crate) fn buddy<'a>(
+        &self,
+        map: &'a MemMap,
+        area: &'a mut FreeArea,
+        grouping: bool,
+    ) -> Buddy<'a> {
         Buddy {
             map,
             area,
             start_pfn: self.start_pfn,
             end_pfn: self.end_pfn,
+            lo: self.idx_span.0,
+            hi: self.idx_span.1,
             grouping,
         }
+    }
+
+    /// Records the zone's span as indices into `map`, which must hold the
+    /// whole zone and start on a MAX_ORDER boundary: the merge loop then
+    /// indexes buddies without a bounds check per level, and a buddy's
+    /// index is the block's index with one bit flipped, as its pfn is.
+    pub fn set_map_span(&mut self, map: &MemMap) {
+        assert!(map
+            .start_pfn()
+            .is_multiple_of(1 << crate::mmzone::MAX_ORDER));
+        self.idx_span = if self.start_pfn < self.end_pfn {
+            assert!(
+                self.start_pfn >= map.start_pfn() && self.end_pfn <= map.end_pfn(),
+                "zone outside the descriptor array"
+            );
+            (
+                (self.start_pfn - map.start_pfn()) as u32,
+                (self.end_pfn - map.start_pfn()) as u32,
+            )
+        } else {
+            (0, 0)
+        };
     }
 
     /// A watermark plus the current boost (wmark_pages()).
@@ -95,8 +148,45 @@ impl Zone {
         self.watermark[which] + self.boost.load(Ordering::Relaxed)
     }
 
+    /// Recomputes [`Zone::fast_low_mark`] from the low watermark, the
+    /// reserves and the fold threshold.
+    pub fn set_fast_low_mark(&mut self) {
+        let drift = self.vm_free.max_drift();
+        for (m, &r) in self.fast_low_mark.iter_mut().zip(&self.lowmem_reserve) {
+            *m = (self.watermark[WMARK_LOW] + r) as i64 + drift;
+        }
+    }
+
+    /// Free pages in the buddy lists: exact as of the last release of the
+    /// zone lock (exact while holding it).
     pub fn free_pages(&self) -> u64 {
-        self.nr_free.load(Ordering::Relaxed)
+        self.vm_free.snapshot().max(0) as u64
+    }
+
+    /// The free count to give [`watermark_ok`] for a check against `mark`
+    /// with `order`, `highest` and the zone's HighAtomic reserve: the folded
+    /// count when it is so far above everything the check subtracts and
+    /// compares with that the per-CPU drift cannot change the answer, the
+    /// exact snapshot otherwise (Linux uses the snapshot below
+    /// `percpu_drift_mark`, i.e. near the high watermark; here the margin
+    /// is computed for the check at hand, so the answer is always exact).
+    pub fn free_for_check(
+        &self,
+        area: &FreeArea,
+        order: usize,
+        mark: u64,
+        highest: ZoneType,
+    ) -> u64 {
+        let needed = mark
+            + self.lowmem_reserve[highest as usize]
+            + (1u64 << order)
+            + area.nr_reserved_highatomic;
+        let approx = self.vm_free.folded();
+        if approx - self.vm_free.max_drift() > needed as i64 {
+            approx as u64
+        } else {
+            self.free_pages()
+        }
     }
 
     /// Raises the watermarks by a pageblock after a fragmentation event
@@ -146,13 +236,7 @@ pub fn watermark_ok(
     flags: AllocFlags,
     free_pages: u64,
 ) -> bool {
-    let mut free = free_pages as i64 - ((1i64 << order) - 1);
-    if !flags.has(AllocFlags::HARDER) {
-        // Non-atomic requests may not count the HighAtomic reserve.
-        free -= area.nr_reserved_highatomic as i64;
-    }
-    let min = reserve_after_flags(mark, flags) as i64;
-    if free <= min + z.lowmem_reserve[highest as usize] as i64 {
+    if !watermark_free_ok(z, area, order, mark, highest, flags, free_pages) {
         return false;
     }
     if order == 0 {
@@ -174,10 +258,35 @@ pub fn watermark_ok(
     false
 }
 
-/// The order-0 shortcut (zone_watermark_fast): no lock, only the counter.
+/// The first half of [`watermark_ok`]: enough free pages above the mark,
+/// whatever their block sizes. A caller that then takes a block of at
+/// least `order` from a mobility class's own lists has shown the second
+/// half (such a block exists) by taking it.
+#[inline]
+pub fn watermark_free_ok(
+    z: &Zone,
+    area: &FreeArea,
+    order: usize,
+    mark: u64,
+    highest: ZoneType,
+    flags: AllocFlags,
+    free_pages: u64,
+) -> bool {
+    let mut free = free_pages as i64 - ((1i64 << order) - 1);
+    if !flags.has(AllocFlags::HARDER) {
+        // Non-atomic requests may not count the HighAtomic reserve.
+        free -= area.nr_reserved_highatomic as i64;
+    }
+    let min = reserve_after_flags(mark, flags) as i64;
+    free > min + z.lowmem_reserve[highest as usize] as i64
+}
+
+/// The order-0 shortcut (zone_watermark_fast): no lock, only the counter,
+/// decided exactly (see [`ZoneCounter::above`]).
 pub fn watermark_fast_order0(z: &Zone, mark: u64, highest: ZoneType, flags: AllocFlags) -> bool {
     let min = reserve_after_flags(mark, flags);
-    z.free_pages() as i64 > (min + z.lowmem_reserve[highest as usize]) as i64
+    z.vm_free
+        .above((min + z.lowmem_reserve[highest as usize]) as i64)
 }
 
 /// [NOT IN SEED] Linux's min_free_kbytes = sqrt(lowmem_kbytes × 16), clamped
@@ -299,10 +408,14 @@ mod tests {
         assert!(ok(&ha, 0, ZoneType::Dma, f0, 1051));
         assert!(!ok(&ha, 2, ZoneType::Dma, f0, 1 << 20), "HighAtomic block");
         assert!(ok(&ha, 2, ZoneType::Dma, harder, 1 << 20));
-        // The lock-free order-0 form agrees.
-        z.nr_free.store(1101, Ordering::Relaxed);
+        // The lock-free order-0 form agrees, whatever part of the count
+        // still sits in a CPU's differential.
+        z.vm_free.configure(8, 2);
+        z.vm_free.add_global(1101 - 5);
+        z.vm_free.add(1, 5);
+        assert_eq!(z.vm_free.diff(1), 5, "still a differential");
         assert!(watermark_fast_order0(&z, 1000, ZoneType::Normal, f0));
-        z.nr_free.store(1100, Ordering::Relaxed);
+        z.vm_free.add(0, -1);
         assert!(!watermark_fast_order0(&z, 1000, ZoneType::Normal, f0));
         assert!(watermark_fast_order0(&z, 1000, ZoneType::Dma, f0));
     }

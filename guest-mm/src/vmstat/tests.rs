@@ -251,3 +251,72 @@ proptest! {
         prop_assert_eq!(f.free_pages(), info.free_pages);
     }
 }
+
+#[test]
+fn stat_threshold_follows_linux() {
+    // 2·fls(cpus)·(1 + fls(managed / 128 MiB)), capped at 125.
+    assert_eq!(
+        stat_threshold(1, 262_144),
+        2 * (1 + 4),
+        "1 GiB, 1 CPU: fls(1) = 1"
+    );
+    assert_eq!(stat_threshold(4, 262_144), 2 * 3 * (1 + 4), "1 GiB, 4 CPUs");
+    assert_eq!(stat_threshold(1, 1000), 2, "tiny zone: no 128 MiB unit");
+    assert_eq!(stat_threshold(64, 1 << 30), 125, "capped");
+}
+
+#[test]
+fn counter_folds_past_the_threshold_and_keeps_the_sum() {
+    let mut c = ZoneCounter::<4>::new();
+    c.configure(10, 4);
+    c.add_global(1000);
+    c.add(1, -10);
+    assert_eq!(
+        (c.folded(), c.diff(1)),
+        (1000, -10),
+        "at the threshold: kept"
+    );
+    c.add(1, -1);
+    assert_eq!((c.folded(), c.diff(1)), (989, 0), "past it: folded");
+    c.add(2, 7);
+    c.add(3, -3);
+    assert_eq!(c.snapshot(), 993);
+    assert_ne!(c.folded(), c.snapshot());
+    c.fold_all();
+    assert_eq!(c.folded(), 993, "exact after a fold");
+    assert_eq!((0..4).map(|i| c.diff(i)).sum::<i32>(), 0);
+    c.add(0, 512);
+    assert_eq!(
+        (c.folded(), c.diff(0)),
+        (1505, 0),
+        "large changes fold at once"
+    );
+}
+
+proptest! {
+    // Whatever the CPUs do: the snapshot is the exact sum, the folded count
+    // is within max_drift of it, `above` agrees with the exact sum for any
+    // bound, and a fold makes the folded count exact.
+    #[test]
+    fn counter_snapshot_is_exact_and_above_decides_exactly(
+        threshold in 0i32..40,
+        ops in proptest::collection::vec((0usize..4, -600i64..600), 0..300),
+        bounds in proptest::collection::vec(-200i64..2200, 1..20),
+    ) {
+        let mut c = ZoneCounter::<4>::new();
+        c.configure(threshold, 4);
+        c.add_global(1000);
+        let mut exact = 1000i64;
+        for (cpu, delta) in ops {
+            c.add(cpu, delta);
+            exact += delta;
+            prop_assert_eq!(c.snapshot(), exact);
+            prop_assert!((c.folded() - exact).abs() <= c.max_drift());
+            for &b in &bounds {
+                prop_assert_eq!(c.above(b), exact > b, "bound {}", b);
+            }
+        }
+        c.fold_all();
+        prop_assert_eq!(c.folded(), exact);
+    }
+}
