@@ -82,6 +82,18 @@ pub struct PcpList {
 }
 
 impl PcpList {
+    /// Where this list's ring lies: its first entry and its size (for the
+    /// tests that check the allocator's own memory).
+    #[cfg(test)]
+    pub(crate) fn ring_span(&self) -> (*const u32, usize) {
+        let n = if self.ring.is_null() {
+            0
+        } else {
+            self.mask as usize + 1
+        };
+        (self.ring, n)
+    }
+
     const EMPTY: PcpList = PcpList {
         ring: core::ptr::null_mut(),
         mask: 0,
