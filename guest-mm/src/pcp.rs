@@ -437,7 +437,8 @@ mod tests {
         assert_eq!(desc(5), (0, 0, 0), "a refused page is left alone");
         let ri = order_to_pindex(r, 1);
         assert!(p.push_head(&map, ri, 8, 1, r));
-        assert_eq!(p.count, 4 + 2);
+        assert!(p.put_head(ri, 10, 1));
+        assert_eq!(p.count, 4 + 2 + 2, "counted in base pages");
         assert_eq!(p.take_head(pi, 0), Some(2), "the hottest");
         assert_eq!(p.pop_head(&map, pi, 0), Some(1));
         assert_eq!(desc(1).0, 0, "no longer cached");
@@ -446,8 +447,12 @@ mod tests {
         assert_eq!(
             cold,
             [(4, 0, m), (3, 0, m), (8, 1, r)],
-            "coldest first, then the next list"
+            "coldest first, then the next list, until `count` pages went"
         );
+        assert_eq!(p.count, 2);
+        cold.clear();
+        assert_eq!(p.bulk_take(99, pi, |i, o, t| cold.push((i, o, t))), 2);
+        assert_eq!(cold, [(10, 1, r)]);
         assert_eq!(p.count, 0);
         assert_eq!((p.take_head(pi, 0), p.pop_head(&map, pi, 0)), (None, None));
     }

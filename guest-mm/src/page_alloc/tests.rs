@@ -242,6 +242,57 @@ fn bulk_allocation_locks_once_per_batch() {
 }
 
 #[test]
+fn bulk_allocation_below_the_low_watermark_still_gets_one_page_seed_2_2_5() {
+    // Seed 2.2.5.4 (Linux's alloc_pages_bulk): when no zone passes the
+    // bulk route's watermark, one regular allocation is made instead, which
+    // may go down to the slow path's lower mark.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    // Movable: no steal, so no boost raises the marks meanwhile.
+    let g = Gfp::USER_MOVABLE;
+    while c.alloc_direct(g, 0).is_some() {}
+    let mut out = [Pfn(0); 4];
+    assert_eq!(c.alloc_bulk(g, &mut out), 1);
+    assert!(c.events().get(VmEvent::AllocSlowpath) >= 1);
+}
+
+#[test]
+fn a_block_freed_straight_to_the_buddy_joins_its_pageblocks_type_seed_3_3() {
+    // Seed 3.3 (Linux's __free_pages_ok): a block above the per-CPU orders
+    // but below a pageblock goes back to the lists of its pageblock's
+    // migrate type.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let a = c.alloc(Gfp::KERNEL, 4).unwrap();
+    let b = c.alloc(Gfp::KERNEL, 4).unwrap();
+    assert_eq!(a.0 ^ 16, b.0, "buddies: the first cannot merge");
+    assert_eq!(f.a.pageblock_mt(a.0), MigrateType::Unmovable);
+    c.free(a, 4).unwrap();
+    assert!(f.free_blocks().contains(&(a.0, 4, MigrateType::Unmovable)));
+}
+
+#[test]
+fn pages_of_a_highatomic_pageblock_are_cached_on_the_movable_list() {
+    // Linux's free_unref_page: there is no HighAtomic per-CPU list, so a
+    // page of a HighAtomic pageblock is cached on the Movable one.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let p = c.alloc(Gfp::KERNEL, 1).unwrap();
+    let z = f.a.zone_index_of(p.0).unwrap();
+    let (node, kind) = (f.a.zones[z].node, f.a.zones[z].kind);
+    {
+        let zone = &f.a.zones[z];
+        let mut area = zone.lock();
+        zone.buddy(&f.a.map, &mut area, true)
+            .set_pageblock_mt(p.0, MigrateType::HighAtomic);
+    }
+    let list = |c: &CpuCache, mt| c.pcp(node, kind).lists[order_to_pindex(mt, 1)].len();
+    assert_eq!(list(&c, MigrateType::Movable), 0);
+    c.free(p, 1).unwrap();
+    assert_eq!(list(&c, MigrateType::Movable), 1);
+}
+
+#[test]
 fn order_aware_watermark_needs_a_block_of_the_order() {
     // Row 5: free > high but no order-k block: ok(k) false, ok(0) true.
     let f = fixture(32 * MIB, 1);
