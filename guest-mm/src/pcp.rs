@@ -8,7 +8,7 @@
 //! allocates (see `page_alloc::CpuPages`), which lets another CPU drain them
 //! without any work from the owner, even when that vCPU is halted.
 use crate::mmzone::{MigrateType, MIGRATE_PCPTYPES, PAGE_ALLOC_COSTLY_ORDER};
-use crate::page::{MemMap, PG_ALLOC, PG_BUDDY, PG_PCP};
+use crate::page::{MemMap, PG_PCP};
 
 pub const NR_PCP_LISTS: usize = MIGRATE_PCPTYPES * (PAGE_ALLOC_COSTLY_ORDER + 1);
 /// [seed 2.2.5.5] batch never exceeds PAGE_SHIFT · 8.
@@ -82,6 +82,18 @@ pub struct PcpList {
 }
 
 impl PcpList {
+    /// Where this list's ring lies: its first entry and its size (for the
+    /// tests that check the allocator's own memory).
+    #[cfg(test)]
+    pub(crate) fn ring_span(&self) -> (*const u32, usize) {
+        let n = if self.ring.is_null() {
+            0
+        } else {
+            self.mask as usize + 1
+        };
+        (self.ring, n)
+    }
+
     const EMPTY: PcpList = PcpList {
         ring: core::ptr::null_mut(),
         mask: 0,
@@ -176,7 +188,8 @@ impl PerCpuPages {
         // SAFETY: the page is entering this CPU's lists, whose lock the
         // caller holds (`&mut PerCpuPages`); nobody else holds it.
         let p = unsafe { map.at(idx) };
-        p.flags = (p.flags & !(PG_ALLOC | PG_BUDDY)) | PG_PCP;
+        // Neither reserved, allocated nor free any more: cached is all it is.
+        p.flags = PG_PCP;
         p.order = order as u8;
         p.mt = mt as u8;
     }
@@ -295,23 +308,6 @@ impl PerCpuPages {
         Some(idx)
     }
 
-    /// Takes the coldest page of list `pindex` (pages of `order`), leaving
-    /// its descriptor to the caller (the buddy free that follows rewrites
-    /// it).
-    #[inline(always)]
-    pub fn pop_tail(&mut self, pindex: usize, order: usize) -> Option<u32> {
-        let l = &mut self.lists[pindex];
-        if l.is_empty() {
-            return None;
-        }
-        // SAFETY: as in pop_head.
-        let idx = unsafe { l.slot(l.bottom).read() };
-        l.bottom = l.bottom.wrapping_add(1);
-        l.end = l.end.wrapping_add(1);
-        self.count -= 1 << order;
-        Some(idx)
-    }
-
     /// How many pages to give back once `count` reached `high` (nr_pcp_free):
     /// `batch` doubled for every free since the last allocation, keeping at
     /// least `batch` pages on the lists.
@@ -401,6 +397,64 @@ mod tests {
             last = h;
         }
         assert!(zone_highsize(10_000, 31, 1) > zone_highsize(10_000, 31, 8));
+        assert_eq!(zone_highsize(100, 31, 1), 4 * 31, "at least four batches");
+        assert_eq!(
+            zone_highsize(10_000, 31, 4),
+            2_500,
+            "low split among the CPUs"
+        );
+    }
+
+    #[test]
+    fn lists_give_hot_pages_from_the_top_cold_ones_from_the_bottom_and_refuse_when_full() {
+        // Seed 2.2.5: allocations and frees use the hot end, the bulk free
+        // the cold end, each page back with its list's order and type; a
+        // ring never overwrites.
+        use crate::page::Page;
+        let mut descs = vec![Page::FREE; 64];
+        // SAFETY: 64 descriptors this test owns for the map's life, reached
+        // only through the map from here on.
+        let map = unsafe { MemMap::new(descs.as_mut_ptr(), 0, 64) };
+        let mut buf = vec![0u32; 4 * NR_PCP_LISTS];
+        // SAFETY: `buf` holds the rings' 4 · NR_PCP_LISTS entries.
+        let mut p = unsafe { PerCpuPages::with_rings(buf.as_mut_ptr(), &[4; NR_PCP_LISTS]) };
+        let desc = |i: u32| {
+            // SAFETY: single-threaded; a copy.
+            let d = unsafe { *map.at(i) };
+            (d.flags, d.order, d.mt)
+        };
+        let (m, r) = (MigrateType::Movable, MigrateType::Reclaimable);
+        let pi = order_to_pindex(m, 0);
+        assert!(p.push_head(&map, pi, 1, 0, m));
+        assert!(p.put_head(pi, 2, 0));
+        assert!(p.push_tail(&map, pi, 3, 0, m));
+        assert!(p.put_tail(pi, 4, 0));
+        assert_eq!(desc(1), (PG_PCP, 0, m as u8));
+        assert_eq!(desc(3), (PG_PCP, 0, m as u8));
+        assert!(p.lists[pi].is_full() && p.lists[pi].room() == 0);
+        assert!(!p.push_head(&map, pi, 5, 0, m) && !p.put_head(pi, 5, 0));
+        assert!(!p.push_tail(&map, pi, 5, 0, m) && !p.put_tail(pi, 5, 0));
+        assert_eq!(desc(5), (0, 0, 0), "a refused page is left alone");
+        let ri = order_to_pindex(r, 1);
+        assert!(p.push_head(&map, ri, 8, 1, r));
+        assert!(p.put_head(ri, 10, 1));
+        assert_eq!(p.count, 4 + 2 + 2, "counted in base pages");
+        assert_eq!(p.take_head(pi, 0), Some(2), "the hottest");
+        assert_eq!(p.pop_head(&map, pi, 0), Some(1));
+        assert_eq!(desc(1).0, 0, "no longer cached");
+        let mut cold = Vec::new();
+        assert_eq!(p.bulk_take(4, pi, |i, o, t| cold.push((i, o, t))), 4);
+        assert_eq!(
+            cold,
+            [(4, 0, m), (3, 0, m), (8, 1, r)],
+            "coldest first, then the next list, until `count` pages went"
+        );
+        assert_eq!(p.count, 2);
+        cold.clear();
+        assert_eq!(p.bulk_take(99, pi, |i, o, t| cold.push((i, o, t))), 2);
+        assert_eq!(cold, [(10, 1, r)]);
+        assert_eq!(p.count, 0);
+        assert_eq!((p.take_head(pi, 0), p.pop_head(&map, pi, 0)), (None, None));
     }
 
     #[test]

@@ -950,6 +950,29 @@ impl PageRun {
     }
 }
 
+/// What the steals made under one zone lock did, summed, for the counters
+/// and the boost once the lock is dropped.
+#[derive(Clone, Copy, Default)]
+struct Steals {
+    /// Blocks taken from another migrate type.
+    fallbacks: u32,
+    /// Pageblocks retyped.
+    retyped: u32,
+    /// Steals of less than a pageblock (each boosts the watermarks).
+    partial: u32,
+}
+
+impl Steals {
+    #[inline(always)]
+    fn add(&mut self, s: buddy::StealOutcome) {
+        if s.fallback {
+            self.fallbacks += 1;
+            self.retyped += s.retyped;
+            self.partial += !s.whole_block as u32;
+        }
+    }
+}
+
 /// The slab allocator buys its pages here: RECLAIMABLE caches from
 /// RECLAIMABLE pageblocks, the rest Unmovable (seed 2.3, row 57). Do not
 /// call it on a CPU whose [`CpuCache`] the caller holds: the per-CPU lock is
@@ -1358,16 +1381,25 @@ impl CpuCache<'_> {
     }
 
     fn account_steal(&mut self, zone: &Zone, steal: buddy::StealOutcome) {
-        if !steal.fallback {
-            return;
+        let mut s = Steals::default();
+        s.add(steal);
+        if s.fallbacks > 0 {
+            self.account_steals(zone, s);
         }
+    }
+
+    /// Counts the steals made under one zone lock, every one of them, and
+    /// boosts the zone once for each that took less than a pageblock (an
+    /// external-fragmentation event, seed 2.2.6).
+    fn account_steals(&mut self, zone: &Zone, s: Steals) {
         let ev = &mut self.pages.events;
-        ev.inc(VmEvent::PgAllocFallback);
-        ev.add(VmEvent::PgRetypeBlock, steal.retyped as u64);
-        if steal.whole_block {
-            ev.inc(VmEvent::PgStealWholeBlock);
-        } else if zone.boost_watermark() {
-            ev.inc(VmEvent::WatermarkBoost);
+        ev.add(VmEvent::PgAllocFallback, s.fallbacks as u64);
+        ev.add(VmEvent::PgRetypeBlock, s.retyped as u64);
+        ev.add(VmEvent::PgStealWholeBlock, (s.fallbacks - s.partial) as u64);
+        for _ in 0..s.partial {
+            if zone.boost_watermark() {
+                ev.inc(VmEvent::WatermarkBoost);
+            }
         }
     }
 
@@ -1397,8 +1429,7 @@ impl CpuCache<'_> {
         let zone = &a.zones[z];
         let mut area = zone.lock();
         let mut b = zone.buddy(&a.map, &mut area, a.grouping);
-        let mut steals = [buddy::StealOutcome::default(); 4];
-        let mut nsteal = 0;
+        let mut steals = Steals::default();
         // The type's own blocks in one go; what they cannot supply block by
         // block, which may steal from other types.
         let room = pcp.lists[pindex].room();
@@ -1412,10 +1443,7 @@ impl CpuCache<'_> {
         }) as u64;
         while got < batch as u64 {
             let (idx, steal) = b.rmqueue(order, mt, flags);
-            if steal.fallback && nsteal < steals.len() {
-                steals[nsteal] = steal;
-                nsteal += 1;
-            }
+            steals.add(steal);
             let Some(idx) = idx else { break };
             if !pcp.push_tail(&a.map, pindex, idx, order, mt) {
                 // Ring full (lists far past high): the page goes back.
@@ -1429,8 +1457,8 @@ impl CpuCache<'_> {
         let ev = &mut self.pages.events;
         ev.inc(VmEvent::PcpRefill);
         ev.inc(VmEvent::ZoneLockAcquire);
-        for s in steals.into_iter().take(nsteal) {
-            self.account_steal(zone, s);
+        if steals.fallbacks > 0 {
+            self.account_steals(zone, steals);
         }
         self.pages.pcp[z].pop_head(&a.map, pindex, order)
     }

@@ -139,6 +139,25 @@ fn steal_keeps_the_type_when_less_than_half_is_free_seed_3_3_2() {
 }
 
 #[test]
+fn steal_counts_pages_already_of_the_new_type_toward_half_seed_3_3_2() {
+    // 300 of 512 pages allocated, 100 of them as unmovable: 212 free is
+    // under half, but with the 100 alike pages ([NOT IN SEED]: Linux's
+    // steal_suitable_fallback counts them) it is over, so the unmovable
+    // request claims the pageblock.
+    let mut s = Synth::new([M, M], |o| {
+        if second_full(o) || o < 200 {
+            Some(M)
+        } else {
+            (o < 300).then_some(U)
+        }
+    });
+    let (got, out) = s.rmqueue(0, U);
+    assert!(got.is_some() && out.fallback);
+    assert_eq!(out.retyped, 1);
+    assert_eq!(s.pageblock(0), U);
+}
+
+#[test]
 fn steal_moves_claimed_pageblocks_free_pages_to_new_type_seed_2_2_7() {
     // Claiming a pageblock moves every free block in it to the new type's
     // lists, not only the one taken.

@@ -242,6 +242,57 @@ fn bulk_allocation_locks_once_per_batch() {
 }
 
 #[test]
+fn bulk_allocation_below_the_low_watermark_still_gets_one_page_seed_2_2_5() {
+    // Seed 2.2.5.4 (Linux's alloc_pages_bulk): when no zone passes the
+    // bulk route's watermark, one regular allocation is made instead, which
+    // may go down to the slow path's lower mark.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    // Movable: no steal, so no boost raises the marks meanwhile.
+    let g = Gfp::USER_MOVABLE;
+    while c.alloc_direct(g, 0).is_some() {}
+    let mut out = [Pfn(0); 4];
+    assert_eq!(c.alloc_bulk(g, &mut out), 1);
+    assert!(c.events().get(VmEvent::AllocSlowpath) >= 1);
+}
+
+#[test]
+fn a_block_freed_straight_to_the_buddy_joins_its_pageblocks_type_seed_3_3() {
+    // Seed 3.3 (Linux's __free_pages_ok): a block above the per-CPU orders
+    // but below a pageblock goes back to the lists of its pageblock's
+    // migrate type.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let a = c.alloc(Gfp::KERNEL, 4).unwrap();
+    let b = c.alloc(Gfp::KERNEL, 4).unwrap();
+    assert_eq!(a.0 ^ 16, b.0, "buddies: the first cannot merge");
+    assert_eq!(f.a.pageblock_mt(a.0), MigrateType::Unmovable);
+    c.free(a, 4).unwrap();
+    assert!(f.free_blocks().contains(&(a.0, 4, MigrateType::Unmovable)));
+}
+
+#[test]
+fn pages_of_a_highatomic_pageblock_are_cached_on_the_movable_list() {
+    // Linux's free_unref_page: there is no HighAtomic per-CPU list, so a
+    // page of a HighAtomic pageblock is cached on the Movable one.
+    let f = fixture(64 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let p = c.alloc(Gfp::KERNEL, 1).unwrap();
+    let z = f.a.zone_index_of(p.0).unwrap();
+    let (node, kind) = (f.a.zones[z].node, f.a.zones[z].kind);
+    {
+        let zone = &f.a.zones[z];
+        let mut area = zone.lock();
+        zone.buddy(&f.a.map, &mut area, true)
+            .set_pageblock_mt(p.0, MigrateType::HighAtomic);
+    }
+    let list = |c: &CpuCache, mt| c.pcp(node, kind).lists[order_to_pindex(mt, 1)].len();
+    assert_eq!(list(&c, MigrateType::Movable), 0);
+    c.free(p, 1).unwrap();
+    assert_eq!(list(&c, MigrateType::Movable), 1);
+}
+
+#[test]
 fn order_aware_watermark_needs_a_block_of_the_order() {
     // Row 5: free > high but no order-k block: ok(k) false, ok(0) true.
     let f = fixture(32 * MIB, 1);
@@ -1037,15 +1088,47 @@ fn thisnode_on_a_node_without_memory_never_takes_the_fast_path_elsewhere() {
     assert!(c.events().get(VmEvent::NumaMiss) >= 1);
 }
 
+#[test]
+fn bulk_free_joins_consecutive_pages_of_one_type_into_a_run() {
+    // The bulk free's runs (free_pcp_bulk): consecutive pages, rising or
+    // falling, of one migrate type join one run; a gap, a turn or another
+    // type starts a new one. (That the result equals page-by-page freeing
+    // is the property test below; this pins that runs do form.)
+    let m = MigrateType::Movable;
+    let run_of = |pages: &[(u32, MigrateType)]| {
+        let mut r = PageRun::start(pages[0].0, pages[0].1);
+        let joined = pages[1..]
+            .iter()
+            .take_while(|&&(i, t)| r.extend(i, t))
+            .count();
+        (joined + 1, r.len, r.dir)
+    };
+    assert_eq!(run_of(&[(8, m), (9, m), (10, m), (11, m)]), (4, 4, 1));
+    assert_eq!(run_of(&[(11, m), (10, m), (9, m), (8, m)]), (4, 4, -1));
+    assert_eq!(run_of(&[(8, m), (9, m), (11, m)]).0, 2, "a gap");
+    assert_eq!(run_of(&[(8, m), (9, m), (8, m)]).0, 2, "a turn");
+    assert_eq!(run_of(&[(8, m), (7, m), (6, m), (7, m)]).0, 3, "a turn");
+    let u = MigrateType::Unmovable;
+    assert_eq!(run_of(&[(8, m), (9, m), (10, u)]).0, 2, "another type");
+    assert_eq!(run_of(&[(8, u), (9, m)]).0, 1, "another type");
+    let mut empty = PageRun::EMPTY;
+    assert!(
+        !empty.extend(0, m) && !empty.extend(1, m),
+        "an empty run takes nothing"
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     // The bulk free frees runs of consecutive pages as aligned blocks; the
     // free lists, in order, must end exactly as freeing the pages one at a
     // time in the same order does (free_pcppages_bulk → __free_one_page),
-    // whatever mix of rising, falling and scattered pages comes.
+    // whatever mix of rising, falling and scattered pages comes, and of
+    // migrate types (each page goes to its own type's list, so a run never
+    // spans two types).
     #[test]
     fn bulk_free_of_runs_ends_as_page_by_page(
-        chunks in proptest::collection::vec((1usize..80, 0u8..4), 1..40),
+        chunks in proptest::collection::vec((1usize..80, 0u8..4, any::<bool>()), 1..40),
         rotate in 0usize..1000,
     ) {
         let states: Vec<Fixture> = (0..2).map(|_| fixture(32 * MIB, 1)).collect();
@@ -1076,21 +1159,22 @@ proptest! {
         // order of the lists shows).
         let mut seq = Vec::new();
         let mut rest = &pages[..];
-        for (len, how) in chunks {
+        for (len, how, movable) in chunks {
             let (chunk, tail) = rest.split_at(len.min(rest.len()));
             rest = tail;
+            let mt = if movable { MigrateType::Movable } else { MigrateType::Unmovable };
+            let typed = |it: &mut dyn Iterator<Item = &u32>| it.map(|&i| (i, mt)).collect::<Vec<_>>();
             match how {
-                0 => seq.extend_from_slice(chunk),
-                1 => seq.extend(chunk.iter().rev()),
+                0 => seq.extend(typed(&mut chunk.iter())),
+                1 => seq.extend(typed(&mut chunk.iter().rev())),
                 3 => {}
                 _ => {
-                    seq.extend(chunk.iter().step_by(2));
-                    seq.extend(chunk.iter().skip(1).step_by(2));
+                    seq.extend(typed(&mut chunk.iter().step_by(2)));
+                    seq.extend(typed(&mut chunk.iter().skip(1).step_by(2)));
                 }
             }
         }
-        seq.extend(rest.iter().rev());
-        let mt = MigrateType::Movable;
+        seq.extend(rest.iter().rev().map(|&i| (i, MigrateType::Movable)));
         let z = |_: &Fixture| zid(0, ZoneType::Dma32);
         {
             let f = &states[0];
@@ -1098,7 +1182,7 @@ proptest! {
             let mut area = zone.lock();
             let mut b = zone.buddy(&f.a.map, &mut area, true);
             let mut run = PageRun::EMPTY;
-            for &idx in &seq {
+            for &(idx, mt) in &seq {
                 run.add(&mut b, idx, 0, mt);
             }
             run.free(&mut b);
@@ -1108,7 +1192,7 @@ proptest! {
             let zone = &f.a.zones[z(f)];
             let mut area = zone.lock();
             let mut b = zone.buddy(&f.a.map, &mut area, true);
-            for &idx in &seq {
+            for &(idx, mt) in &seq {
                 b.free_one(idx, 0, mt);
             }
         }
@@ -1127,6 +1211,81 @@ fn slab_page_provider_reports_a_bad_free_in_every_build() {
     assert_eq!(PageProvider::free_pages(&*f.a, 0, p, 0), bad(0));
     assert_eq!(PageProvider::free_pages(&*f.a, 0, p, 1), Ok(()));
     assert_eq!(PageProvider::free_pages(&*f.a, 0, p, 1), bad(1));
+}
+
+#[test]
+fn the_allocators_own_memory_is_never_free_memory_seed_2_2_1() {
+    // Row 1: the descriptors, every CPU's per-CPU list heads and their
+    // rings lie in memory memblock reserved for the allocator, apart from
+    // each other: no free block the allocator could hand out overlaps any
+    // of them.
+    let f = fixture(64 * MIB, 3);
+    let base = f._mem.phys_to_ptr(PhysAddr(0)) as usize;
+    let map = f.a.mem_map();
+    let mut own: Vec<(usize, usize, String)> = Vec::new();
+    // SAFETY: the descriptor of the map's first frame; only its address is used.
+    let desc = unsafe { map.at(0) } as *const Page as usize;
+    let desc_len = ((map.end_pfn() - map.start_pfn()) * crate::page::PAGE_DESC_SIZE) as usize;
+    own.push((desc - base, desc_len, "descriptors".into()));
+    for cpu in 0..f.a.topo.ncpus {
+        let pages = f.a.cpus[cpu].lock();
+        for z in 0..MAX_ZONES {
+            if !pages.pcp.has(z) {
+                continue;
+            }
+            let set = pages.pcp.ptr[z] as usize;
+            own.push((
+                set - base,
+                core::mem::size_of::<PerCpuPages>(),
+                format!("cpu {cpu} zone {z} lists"),
+            ));
+            for (i, l) in pages.pcp[z].lists.iter().enumerate() {
+                let (ring, n) = l.ring_span();
+                assert!(n > 0, "cpu {cpu} zone {z} list {i}: no ring");
+                own.push((
+                    ring as usize - base,
+                    n * 4,
+                    format!("cpu {cpu} zone {z} ring {i}"),
+                ));
+            }
+        }
+    }
+    own.sort();
+    for w in own.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "{} overlaps {}", w[0].2, w[1].2);
+    }
+    for (pfn, order, _) in f.free_blocks() {
+        let (s, e) = (
+            (pfn * PAGE_SIZE) as usize,
+            ((pfn + (1 << order)) * PAGE_SIZE) as usize,
+        );
+        for (at, len, what) in &own {
+            assert!(
+                at + len <= s || e <= *at,
+                "{what} lies in free block {pfn} order {order}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_descriptor_array_covers_the_memory_not_everything_below_it_seed_0_1() {
+    // Seed 0.1: one descriptor per frame of RAM, from the first region's
+    // MAX_ORDER-aligned start to the last one's aligned end (a guest whose
+    // RAM starts high does not pay for descriptors of the hole below).
+    let start = 1 << 30;
+    let size = 64 * MIB;
+    let mem = Box::new(SimMemory::new(PhysAddr(start), size));
+    let mut mb = Memblock::new();
+    // SAFETY: simulated RAM.
+    unsafe { mb.add(&*mem, PhysAddr(start), size).unwrap() };
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &*mem, Topology::single(1)).unwrap();
+    let pfn = start / PAGE_SIZE;
+    assert_eq!(
+        (a.mem_map().start_pfn(), a.mem_map().end_pfn()),
+        (pfn, pfn + size / PAGE_SIZE)
+    );
 }
 
 #[test]

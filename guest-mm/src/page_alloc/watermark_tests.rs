@@ -323,3 +323,47 @@ fn without_a_reclaimer_kswapd_balance_still_ends_the_boost_seed_2_2_6() {
     assert_eq!(f.a.kswapd_balance(1, ZoneType::Normal).boost, 0);
     assert_eq!(z.boost.load(Ordering::Relaxed), PAGEBLOCK_NR_PAGES);
 }
+
+#[test]
+fn every_steal_of_a_per_cpu_refill_counts_and_boosts_seed_2_2_6() {
+    // Row 12: a refill that has to steal block after block (one free page
+    // in each of many movable pageblocks, none worth retyping) counts every
+    // steal as a fallback and boosts for each, however many one refill
+    // makes.
+    let f = fixture(512 * MIB, 1);
+    let z = f.a.zone(0, ZoneType::Dma32);
+    assert!(z.pcp_batch >= 8, "a batch that needs many steals");
+    let mut c = f.a.cpu(0);
+    let all = Gfp::USER_MOVABLE.union(Gfp::DMA32).union(Gfp::MEMALLOC);
+    // Everything DMA32 and DMA hold, down to the last page (so no zone has
+    // a free pageblock, nor a per-CPU list a page).
+    let mut held = Vec::new();
+    while let Some(p) = c.alloc_direct(all, 0) {
+        held.push(p);
+    }
+    while let Some(p) = c.alloc(all, 0) {
+        held.push(p);
+    }
+    held.retain(|p| z.contains(p.0));
+    held.sort();
+    let one_per_block: Vec<Pfn> = held
+        .chunk_by(|a, b| a.0 / PAGEBLOCK_NR_PAGES == b.0 / PAGEBLOCK_NR_PAGES)
+        .map(|block| block[block.len() / 2])
+        .take(2 * z.pcp_batch as usize)
+        .collect();
+    for &p in &one_per_block {
+        c.free_direct(p, 0).unwrap();
+    }
+    let fallbacks = || z.free.lock().fallbacks;
+    let (e0, f0) = (c.events(), fallbacks());
+    let p = c
+        .alloc(Gfp::KERNEL.union(Gfp::DMA32).union(Gfp::MEMALLOC), 0)
+        .unwrap();
+    assert!(z.contains(p.0));
+    let (e, stolen) = (c.events(), fallbacks() - f0);
+    let d = |ev| e.get(ev) - e0.get(ev);
+    assert!(stolen >= 8, "{stolen} steals in the refill");
+    assert_eq!(d(VmEvent::PgAllocFallback), stolen);
+    assert_eq!(d(VmEvent::PgRetypeBlock), 0);
+    assert_eq!(d(VmEvent::WatermarkBoost), stolen, "each steal boosts");
+}

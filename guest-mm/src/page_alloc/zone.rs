@@ -335,6 +335,10 @@ mod tests {
         assert_eq!(small[0], 128 / 4);
         assert_eq!(zone_watermarks(16, 16)[0], 128 / 4, "clamped at 128 KiB");
         assert!(zone_watermarks(1 << 22, 1 << 22)[2] > zone_watermarks(1 << 20, 1 << 20)[2]);
+        // The gaps: 0.1% of the zone (watermark_scale_factor) once that
+        // is more than a quarter of min, as from 1 GiB on.
+        assert_eq!([min, low, high], [1024, 1024 + 262, 1024 + 2 * 262]);
+        assert_eq!(zone_watermarks(65_536, 65_536), [512, 512 + 128, 512 + 256]);
     }
 
     #[test]
@@ -418,6 +422,30 @@ mod tests {
         z.vm_free.add(0, -1);
         assert!(!watermark_fast_order0(&z, 1000, ZoneType::Normal, f0));
         assert!(watermark_fast_order0(&z, 1000, ZoneType::Dma, f0));
+    }
+
+    #[test]
+    fn free_for_check_is_the_exact_count_near_the_mark() {
+        // The folded count may be off by the per-CPU drift; the count given
+        // to watermark_ok is the folded one only when the drift cannot
+        // change the answer, the exact one otherwise (ZoneCounter's rule).
+        // The margin counts everything the check does: mark, reserve, the
+        // block (order 4: more than the drift of 16) and the HighAtomic
+        // reserve.
+        let mut z = Zone::EMPTY;
+        z.lowmem_reserve = [0, 0, 100];
+        z.vm_free.configure(8, 2);
+        let area = FreeArea::EMPTY;
+        let needed: i64 = 1000 + 100 + (1 << 4);
+        let check = |z: &Zone| z.free_for_check(&area, 4, 1000, ZoneType::Normal) as i64;
+        // Near: the folded count is above what is needed, the exact one
+        // below it.
+        z.vm_free.add_global(needed + 3);
+        z.vm_free.add(1, -5);
+        assert_eq!(check(&z), needed - 2, "exact near the mark");
+        // Far above: the folded count, without reading every CPU's line.
+        z.vm_free.add_global(100);
+        assert_eq!(check(&z), needed + 103, "folded far above");
     }
 
     #[test]

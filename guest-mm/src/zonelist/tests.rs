@@ -48,6 +48,11 @@ fn nodemask_basics() {
     assert_eq!(NodeMask::from_bits(u64::MAX), NodeMask::all_possible());
     assert_eq!(M.and(NodeMask::of(&[3, 4])), NodeMask::single(3));
     assert_eq!(M.or(NodeMask::single(0)).count(), 4);
+    assert_eq!(
+        M.or(NodeMask::of(&[3, 4])),
+        NodeMask::of(&[1, 3, 4, 5]),
+        "a node in both stays"
+    );
     assert_eq!(M.next_after_wrapping(1), Some(3));
     assert_eq!(M.next_after_wrapping(5), Some(1));
     assert_eq!(M.next_after_wrapping(63), Some(1));
@@ -87,6 +92,7 @@ fn nodes_without_memory_are_skipped_but_local_stays_first() {
     assert_eq!(order_of(2, &d, &[true]), vec![2, 0]);
     // A node the table does not describe has no order at all.
     assert!(node_order(3, &d, &[true; 4]).is_empty());
+    assert!(!node_order(2, &d, &[true]).is_empty());
 }
 
 #[test]
@@ -173,6 +179,7 @@ fn thisnode_list_has_only_local_zones() {
     let zl = Zonelist::build_thisnode(2, &p);
     assert_eq!(zl.as_slice(), &[zr(2, Normal)]);
     assert_eq!(zl.len(), 1);
+    assert!(!zl.is_empty());
     assert!(Zonelist::build_thisnode(MAX_NUMNODES, &p).is_empty());
 }
 
