@@ -87,7 +87,8 @@ struct RunArgs {
     irqchip: Option<IrqchipMode>,
     /// What host memory backs guest RAM: `anon` (private anonymous),
     /// `memfd` (a shared memfd; 4 KiB pages unless the host enables
-    /// shared-memory THP, so it needs --thp off here), `memfd-hugetlb` (a
+    /// shared-memory THP; where /sys/kernel/mm/transparent_hugepage/shmem_enabled is
+    /// `never` it needs --thp off), `memfd-hugetlb` (a
     /// memfd of 2 MiB hugetlb pages, MFD_HUGETLB) or `hugetlbfs` (private
     /// anonymous 2 MiB hugetlb pages, MAP_HUGETLB). The hugetlb ones need
     /// pages reserved in /proc/sys/vm/nr_hugepages.
