@@ -12,7 +12,7 @@ use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
 use crate::vstate::vcpu::{self, BootState, ExitCounters, VcpuContext, VcpuError, VcpuHandle};
-use crate::vstate::vm::{IrqchipMode, Vm, VmError};
+use crate::vstate::vm::{IrqchipMode, PrefaultMethod, Vm, VmError};
 use linux_loader::cmdline::Cmdline;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ pub enum BuildError {
     Devices(#[from] DeviceError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Backing(#[from] crate::memory::backing::BackingError),
     #[error("{what}: {source}")]
     Host {
         what: &'static str,
@@ -57,6 +59,8 @@ pub struct BuiltVm {
     pub cmdline: String,
     pub e820: Vec<E820Entry>,
     pub tsc_khz: Option<u32>,
+    /// With `--prefault`: how, and how long it took (µs).
+    pub prefault: Option<(PrefaultMethod, f64)>,
 }
 
 pub fn kernel_name(k: &KernelSource) -> String {
@@ -84,6 +88,9 @@ pub fn build(
         mem_total: resources::host_mem_total().map_err(host_err("reading /proc/meminfo"))?,
     };
     res.validate(&host)?;
+    // Host memory facts (shared-memory THP, the hugetlb pool) before
+    // anything is mapped, so a refusal names them and costs nothing.
+    crate::memory::backing::check_host(res.backing_config(), res.memory)?;
     let what = kernel_name(&res.kernel);
     // A kernel read from disk is needed only until it is in guest RAM.
     let mut owned = Vec::new();
@@ -108,7 +115,7 @@ pub fn build(
 
     // Memslots before the irqchip: the first memslot costs ~4.8 ms once an
     // in-kernel irqchip exists on the hosts measured (HOST_FACTS).
-    let vm = Vm::new(&kvm, res.memory)?;
+    let vm = Vm::new(&kvm, res.memory, res.backing_config())?;
     mark(&mut phases.vm_created);
     let irqchip = res.irqchip();
     vm.add_interrupt_controllers(irqchip)?;
@@ -163,6 +170,15 @@ pub fn build(
         .map(|id| vcpu::create_vcpu(&vm.fd, id, &cpuid, &boot_state))
         .collect::<Result<Vec<_>, _>>()?;
     mark(&mut phases.vcpus_created);
+    // KVM_PRE_FAULT_MEMORY is a vCPU ioctl: prefault once one exists.
+    let prefault = match (res.prefault, fds.first()) {
+        (true, Some(vcpu)) => {
+            let t = now_ns();
+            let method = vm.prefault(vcpu)?;
+            Some((method, now_ns().saturating_sub(t) as f64 / 1000.0))
+        }
+        _ => None,
+    };
     let tsc_khz = fds.first().and_then(|v| v.get_tsc_khz().ok());
 
     vcpu::install_kick_handler().map_err(host_err("installing the vCPU kick handler"))?;
@@ -190,5 +206,6 @@ pub fn build(
         cmdline,
         e820,
         tsc_khz,
+        prefault,
     })
 }

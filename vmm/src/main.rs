@@ -3,6 +3,7 @@ use clap::{Args, Parser, Subcommand};
 use memvisor::bench::api::GuestLoad;
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
+use memvisor::memory::backing::{Backing, Thp};
 use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
 use memvisor::vmm::{self, RunOptions, VmmError};
 use memvisor::vstate::vm::IrqchipMode;
@@ -84,6 +85,23 @@ struct RunArgs {
     /// kernel, full with --kernel.
     #[arg(long, value_enum, value_name = "MODE")]
     irqchip: Option<IrqchipMode>,
+    /// What host memory backs guest RAM: `anon` (private anonymous),
+    /// `memfd` (a shared memfd; 4 KiB pages unless the host enables
+    /// shared-memory THP; where /sys/kernel/mm/transparent_hugepage/shmem_enabled is
+    /// `never` it needs --thp off), `memfd-hugetlb` (a
+    /// memfd of 2 MiB hugetlb pages, MFD_HUGETLB) or `hugetlbfs` (private
+    /// anonymous 2 MiB hugetlb pages, MAP_HUGETLB). The hugetlb ones need
+    /// pages reserved in /proc/sys/vm/nr_hugepages.
+    #[arg(long, value_enum, value_name = "KIND", default_value = "anon")]
+    backing: Backing,
+    /// Transparent huge pages for anon and memfd RAM: `on` (MADV_HUGEPAGE)
+    /// or `off` (MADV_NOHUGEPAGE: 4 KiB pages).
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    thp: Thp,
+    /// Populate all of guest RAM before the guest runs
+    /// (KVM_PRE_FAULT_MEMORY where KVM supports it, else MADV_POPULATE_WRITE).
+    #[arg(long)]
+    prefault: bool,
     /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
     /// Unix socket during the run; the file is removed on exit.
     #[arg(long, value_name = "PATH")]
@@ -250,6 +268,9 @@ fn run(args: RunArgs) -> ExitCode {
         record_budget: args.record_budget as usize,
         entropy: args.entropy.then(Default::default),
         irqchip: args.irqchip,
+        backing: args.backing,
+        thp: args.thp,
+        prefault: args.prefault,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {

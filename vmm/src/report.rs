@@ -89,6 +89,9 @@ pub struct ConfigReport {
     pub timeout_s: f64,
     pub record_budget_bytes: u64,
     pub irqchip: crate::vstate::vm::IrqchipMode,
+    pub backing: crate::memory::backing::Backing,
+    pub thp: crate::memory::backing::Thp,
+    pub prefault: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -97,6 +100,9 @@ pub struct MemoryReport {
     pub e820_ram_bytes: u64,
     pub e820_ram_pages: u64,
     pub regions: Vec<RamRegion>,
+    /// With `--prefault`: how guest RAM was populated, and how long it took.
+    pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
+    pub prefault_us: Option<f64>,
     #[serde(flatten)]
     pub usage: MemoryUsage,
 }
@@ -187,11 +193,14 @@ impl Report {
         s += &format!("  phases (ms since {origin}): {}\n", phases.join(", "));
         let m = &self.memory;
         s += &format!(
-            "  memory: {} MiB guest RAM, e820 {} pages; touched {:.1} MiB ({:.1} MiB THP); VMM overhead {:.2} MiB (VmRSS {:.1} MiB)\n",
+            "  memory: {} MiB guest RAM ({}, THP {}), e820 {} pages; touched {:.1} MiB ({:.1} MiB THP, {:.1} MiB hugetlb); VMM overhead {:.2} MiB (VmRSS {:.1} MiB)\n",
             self.config.memory_bytes >> 20,
+            self.config.backing.name(),
+            if self.config.thp == crate::memory::backing::Thp::On { "on" } else { "off" },
             m.e820_ram_pages,
             mib(m.usage.guest_rss_bytes),
             mib(m.usage.guest_anon_huge_bytes),
+            mib(m.usage.guest_hugetlb_bytes),
             mib(m.usage.vmm_overhead_bytes),
             mib(m.usage.vm_rss_bytes),
         );
@@ -329,6 +338,9 @@ mod tests {
                 timeout_s: 1.0,
                 record_budget_bytes: 1 << 22,
                 irqchip: crate::vstate::vm::IrqchipMode::Split,
+                backing: Default::default(),
+                thp: Default::default(),
+                prefault: false,
             },
             clock_origin: Origin::Main,
             tsc_khz: None,

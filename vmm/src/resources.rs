@@ -4,6 +4,7 @@
 //!
 //! Everything a user can get wrong is checked here, before any resource is
 //! taken, with a message that names the bad value and what would be valid.
+use crate::memory::backing::{Backing, BackingConfig, Thp};
 use crate::vstate::vm::IrqchipMode;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,12 @@ pub struct VmResources {
     pub entropy: Option<crate::devices::virtio::rng::EntropyConfig>,
     /// `--irqchip`; unset means the kernel's default ([`Self::irqchip`]).
     pub irqchip: Option<IrqchipMode>,
+    /// `--backing`: what host memory backs guest RAM.
+    pub backing: Backing,
+    /// `--thp`: transparent huge pages for anon and memfd RAM.
+    pub thp: Thp,
+    /// `--prefault`: populate all of guest RAM before the guest runs.
+    pub prefault: bool,
 }
 
 impl Default for VmResources {
@@ -50,6 +57,9 @@ impl Default for VmResources {
             record_budget: crate::guest::log::DEFAULT_BUDGET,
             entropy: None,
             irqchip: None,
+            backing: Backing::Anon,
+            thp: Thp::On,
+            prefault: false,
         }
     }
 }
@@ -79,6 +89,8 @@ pub enum ConfigError {
     TooManyVcpus(u32, u32),
     #[error("--vcpus {0}: the bundled guest kernel supports at most {1} (boot another kernel with --kernel for more)")]
     TooManyVcpusForBundled(u32, usize),
+    #[error("--thp off with --backing {0}: hugetlb memory is always 2 MiB pages; drop --thp off, or use --backing anon or --backing memfd for 4 KiB pages")]
+    ThpOffWithHugetlb(&'static str),
     #[error("--timeout {0}: must be a number of seconds above 0 and below 1e9")]
     BadTimeout(String),
     #[error("--kernel {0}: not a regular file (a kernel image is an ELF or bzImage file)")]
@@ -137,6 +149,9 @@ impl VmResources {
         if !self.memory.is_multiple_of(MEMORY_ALIGN) {
             return Err(ConfigError::MemoryUnaligned(m));
         }
+        if self.backing.is_hugetlb() && self.thp == Thp::Off {
+            return Err(ConfigError::ThpOffWithHugetlb(self.backing.name()));
+        }
         if self.kernel == KernelSource::Bundled && self.vcpus as usize > crate::abi::MAX_VCPUS {
             return Err(ConfigError::TooManyVcpusForBundled(
                 self.vcpus,
@@ -144,6 +159,14 @@ impl VmResources {
             ));
         }
         Ok(())
+    }
+
+    /// How guest RAM is to be backed.
+    pub fn backing_config(&self) -> BackingConfig {
+        BackingConfig {
+            backing: self.backing,
+            thp: self.thp,
+        }
     }
 
     /// The most vCPUs this kernel can have on this host.
@@ -313,6 +336,23 @@ mod tests {
         ));
         c.memory = 4 * GIB;
         assert!(c.validate(&HOST).is_ok());
+    }
+
+    #[test]
+    fn hugetlb_backings_refuse_thp_off() {
+        let mut c = VmResources {
+            backing: Backing::Hugetlbfs,
+            thp: Thp::Off,
+            ..Default::default()
+        };
+        let e = c.validate_static().unwrap_err();
+        assert_eq!(e, ConfigError::ThpOffWithHugetlb("hugetlbfs"));
+        assert!(e.to_string().contains("--thp off with --backing hugetlbfs"));
+        c.thp = Thp::On;
+        assert!(c.validate_static().is_ok());
+        c.backing = Backing::Memfd;
+        c.thp = Thp::Off;
+        assert!(c.validate_static().is_ok());
     }
 
     #[test]

@@ -392,6 +392,8 @@ impl Vmm {
             memory.e820_ram_pages = e820_ram_pages(&b.e820);
             memory.e820 = std::mem::take(&mut b.e820);
             memory.regions = b.vm.ram().regions().to_vec();
+            memory.prefault_method = b.prefault.map(|p| p.0);
+            memory.prefault_us = b.prefault.map(|p| p.1);
             kernel = std::mem::take(&mut b.kernel_name);
             kernel_format = Some(b.kernel_format);
             cmdline = std::mem::take(&mut b.cmdline);
@@ -412,6 +414,9 @@ impl Vmm {
                 timeout_s: self.resources.timeout.as_secs_f64(),
                 record_budget_bytes: self.resources.record_budget as u64,
                 irqchip: self.resources.irqchip(),
+                backing: self.resources.backing,
+                thp: self.resources.thp,
+                prefault: self.resources.prefault,
             },
             clock_origin: clock::origin().1,
             tsc_khz,

@@ -12,6 +12,9 @@ pub struct MemoryUsage {
     pub guest_rss_bytes: u64,
     /// Of that, backed by transparent huge pages.
     pub guest_anon_huge_bytes: u64,
+    /// Hugetlb pages mapped in guest RAM (smaps Private_Hugetlb plus
+    /// Shared_Hugetlb): hugetlb memory is not in Rss or VmRSS.
+    pub guest_hugetlb_bytes: u64,
     /// VmRSS minus guest Rss: what the VMM itself costs.
     pub vmm_overhead_bytes: u64,
 }
@@ -38,20 +41,30 @@ pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
         .find_map(|l| kb_field(l, "VmHWM:"))
         .unwrap_or(0);
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let (rss, huge) = guest_rss_from_smaps(&smaps, ranges);
+    let g = guest_rss_from_smaps(&smaps, ranges);
     Ok(MemoryUsage {
         vm_rss_bytes: vm_rss,
         vm_peak_rss_bytes: peak,
-        guest_rss_bytes: rss,
-        guest_anon_huge_bytes: huge,
-        vmm_overhead_bytes: vm_rss.saturating_sub(rss),
+        guest_rss_bytes: g.rss,
+        guest_anon_huge_bytes: g.anon_huge,
+        guest_hugetlb_bytes: g.hugetlb,
+        vmm_overhead_bytes: vm_rss.saturating_sub(g.rss),
     })
 }
 
-/// Sums Rss and AnonHugePages of the smaps entries that lie within `ranges`.
-pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> (u64, u64) {
+/// What smaps says of some mappings, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmapsSum {
+    pub rss: u64,
+    pub anon_huge: u64,
+    pub hugetlb: u64,
+}
+
+/// Sums Rss, AnonHugePages and hugetlb pages of the smaps entries that lie
+/// within `ranges`.
+pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> SmapsSum {
     let mut inside = false;
-    let (mut rss, mut huge) = (0, 0);
+    let mut sum = SmapsSum::default();
     for line in smaps.lines() {
         let header = line
             .split_once(' ')
@@ -66,13 +79,25 @@ pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> (u64, u64) {
             inside = ranges.iter().any(|&(s, e)| start >= s && end <= e);
         } else if inside {
             if let Some(v) = kb_field(line, "Rss:") {
-                rss += v;
+                sum.rss += v;
             } else if let Some(v) = kb_field(line, "AnonHugePages:") {
-                huge += v;
+                sum.anon_huge += v;
+            } else if let Some(v) =
+                kb_field(line, "Private_Hugetlb:").or_else(|| kb_field(line, "Shared_Hugetlb:"))
+            {
+                sum.hugetlb += v;
             }
         }
     }
-    (rss, huge)
+    sum
+}
+
+/// The smaps figures of `ranges` in this process now.
+pub fn smaps_of(ranges: &[(u64, u64)]) -> io::Result<SmapsSum> {
+    Ok(guest_rss_from_smaps(
+        &std::fs::read_to_string("/proc/self/smaps")?,
+        ranges,
+    ))
 }
 
 #[cfg(test)]
@@ -86,12 +111,21 @@ mod tests {
 Size:               4096 kB
 Rss:                2048 kB
 AnonHugePages:      2048 kB
+Shared_Hugetlb:        0 kB
+Private_Hugetlb:    4096 kB
 7f0000400000-7f0000500000 rw-p 00000000 00:00 0
 Rss:                 100 kB
 AnonHugePages:         0 kB
 ";
         let r = guest_rss_from_smaps(smaps, &[(0x7f00_0000_0000, 0x7f00_0040_0000)]);
-        assert_eq!(r, (2048 * 1024, 2048 * 1024));
+        assert_eq!(
+            r,
+            SmapsSum {
+                rss: 2048 * 1024,
+                anon_huge: 2048 * 1024,
+                hugetlb: 4096 * 1024
+            }
+        );
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! dropped while the VM that maps it is alive.
 use super::kvm::KvmError;
 use crate::devices::legacy::ioapic::IOAPIC_PINS;
+use crate::memory::backing::BackingConfig;
 use crate::memory::{GuestMemory, GuestRam, MemoryError};
-use kvm_bindings::{kvm_enable_cap, kvm_pit_config, KVM_CAP_SPLIT_IRQCHIP, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, kvm_pre_fault_memory, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use std::sync::Arc;
 
 /// Address KVM may use for the VMX real-mode TSS: the top of the 4 GiB hole.
@@ -35,6 +39,21 @@ pub enum IrqchipMode {
     Full,
 }
 
+vmm_sys_util::ioctl_iowr_nr!(
+    KVM_PRE_FAULT_MEMORY,
+    kvm_bindings::KVMIO,
+    0xd5,
+    kvm_pre_fault_memory
+);
+
+/// How `--prefault` populated guest RAM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefaultMethod {
+    KvmPreFaultMemory,
+    MadvPopulateWrite,
+}
+
 pub struct Vm {
     /// Shared with the userspace IOAPIC of a split irqchip, which sets GSI
     /// routes; it lives on the device bus, dropped before the VM.
@@ -47,7 +66,7 @@ impl Vm {
     /// [`Vm::add_interrupt_controllers`], after the memslots: on the PVM hosts
     /// measured here the first KVM_SET_USER_MEMORY_REGION took ~4.8 ms once an
     /// in-kernel irqchip existed and ~0.25 ms before it.
-    pub fn new(kvm: &Kvm, memory: u64) -> Result<Self, VmError> {
+    pub fn new(kvm: &Kvm, memory: u64, backing: BackingConfig) -> Result<Self, VmError> {
         if !kvm.check_extension(Cap::Irqchip) {
             return Err(KvmError::MissingCap("KVM_CAP_IRQCHIP").into());
         }
@@ -58,7 +77,7 @@ impl Vm {
             what: "KVM_CREATE_VM",
             source,
         })?;
-        let ram = GuestRam::new(memory)?;
+        let ram = GuestRam::with_backing(memory, backing)?;
         ram.register(&fd)?;
         Ok(Vm {
             fd: Arc::new(fd),
@@ -94,6 +113,57 @@ impl Vm {
                     ..Default::default()
                 };
                 self.fd.create_pit2(pit).map_err(io("KVM_CREATE_PIT2"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Populates all of guest RAM before the guest runs (`--prefault`):
+    /// KVM_PRE_FAULT_MEMORY through `vcpu` where KVM supports it (host
+    /// pages and stage-2 entries both), else MADV_POPULATE_WRITE (host
+    /// pages only; stage-2 still fills on first touch, without the host
+    /// fault). Which one ran is returned and logged.
+    pub fn prefault(&self, vcpu: &VcpuFd) -> Result<PrefaultMethod, VmError> {
+        match self.pre_fault_memory(vcpu) {
+            Ok(()) => {
+                log::info!("prefaulted guest RAM with KVM_PRE_FAULT_MEMORY");
+                Ok(PrefaultMethod::KvmPreFaultMemory)
+            }
+            Err(e) => {
+                log::info!(
+                    "KVM_PRE_FAULT_MEMORY failed ({e}); prefaulting with MADV_POPULATE_WRITE"
+                );
+                self.ram.populate()?;
+                Ok(PrefaultMethod::MadvPopulateWrite)
+            }
+        }
+    }
+
+    fn pre_fault_memory(&self, vcpu: &VcpuFd) -> std::io::Result<()> {
+        for r in self.ram.regions() {
+            let mut range = kvm_pre_fault_memory {
+                gpa: r.guest_base,
+                size: r.size,
+                ..Default::default()
+            };
+            // KVM advances gpa and shrinks size as it goes, and returns
+            // early (EINTR/EAGAIN) when it must: call until all is done.
+            while range.size > 0 {
+                // SAFETY: KVM_PRE_FAULT_MEMORY reads and writes exactly one
+                // kvm_pre_fault_memory, which `range` is.
+                let rc = unsafe {
+                    vmm_sys_util::ioctl::ioctl_with_mut_ref(
+                        vcpu,
+                        KVM_PRE_FAULT_MEMORY(),
+                        &mut range,
+                    )
+                };
+                if rc < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) {
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(())
