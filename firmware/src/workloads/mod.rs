@@ -4,6 +4,7 @@ mod alloc;
 mod entropy;
 mod flood;
 mod memtest;
+mod touch;
 
 pub struct Workload {
     pub name: &'static str,
@@ -50,6 +51,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "touch",
+        run: touch::run,
     },
 ];
 
