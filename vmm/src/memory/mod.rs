@@ -9,6 +9,7 @@
 //! Discard and collapse take guest-physical ranges that will come from the
 //! guest (balloon PFNs): each range is checked, with overflow-safe
 //! arithmetic, to lie wholly inside one RAM region before anything is done.
+pub mod accounting;
 pub mod backing;
 pub mod layout;
 pub mod rss;
@@ -121,6 +122,7 @@ pub struct GuestRam {
     /// The region mappings, index for index with `regions`.
     mappings: Vec<Arc<HostMapping>>,
     config: BackingConfig,
+    counters: accounting::OpCounters,
 }
 
 impl GuestRam {
@@ -185,11 +187,17 @@ impl GuestRam {
             regions,
             mappings,
             config,
+            counters: Default::default(),
         })
     }
 
     pub fn config(&self) -> BackingConfig {
         self.config
+    }
+
+    /// Bytes and ranges discarded and collapsed so far.
+    pub fn op_counts(&self) -> accounting::OpCounts {
+        self.counters.snapshot()
     }
 
     /// Installs one memslot per region: KVM builds the stage-2 (EPT/NPT, or
@@ -317,6 +325,7 @@ impl GuestRam {
         if rc != 0 {
             return Err(fail(io::Error::last_os_error()));
         }
+        self.counters.discarded(len);
         Ok(())
     }
 
@@ -350,6 +359,7 @@ impl GuestRam {
                 source: io::Error::last_os_error(),
             });
         }
+        self.counters.collapsed(len);
         Ok(())
     }
 
