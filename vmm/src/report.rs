@@ -1,8 +1,8 @@
 //! The JSON report: host-side phase timings and memory figures merged with
 //! the guest's own JSON lines, plus the short human summary.
 use crate::clock::Origin;
-use crate::memory::layout::E820Entry;
 use crate::memory::accounting::MemoryAccounting;
+use crate::memory::layout::E820Entry;
 use serde::Serialize;
 use serde_json::Value;
 

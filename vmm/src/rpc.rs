@@ -134,6 +134,11 @@ impl Vmm {
                     Err(e) => ApiResponse::fault(500, e.to_string()),
                 }
             }
+            // allowed_in let it through: the VM is built.
+            ApiRequest::GetVmMemory => match &self.built {
+                Some(b) => ApiResponse::ok_json(&b.vm.accounting()),
+                None => ApiResponse::bad_request(crate::api::NOT_SUPPORTED_PRE_BOOT),
+            },
             ApiRequest::Action(ActionType::InstanceStart) => return Followup::Start(msg),
             ApiRequest::Action(a) => ApiResponse::bad_request(format!(
                 "{a:?} is not supported by memvisor (supported actions: InstanceStart)"
