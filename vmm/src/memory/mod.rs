@@ -12,6 +12,7 @@
 pub mod accounting;
 pub mod backing;
 pub mod layout;
+pub mod reserve;
 pub mod rss;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};
