@@ -257,7 +257,11 @@ pub fn measure(ram: &GuestRam, kvm: Option<KvmMemStats>) -> MemoryAccounting {
         regions,
         kvm,
         ops: ram.op_counts(),
-        usage: rss::measure(&ram.host_ranges()).unwrap_or_default(),
+        usage: smaps
+            .as_deref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+            .and_then(|t| rss::measure_with(t, &ram.host_ranges()))
+            .unwrap_or_default(),
     }
 }
 

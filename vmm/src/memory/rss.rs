@@ -31,6 +31,12 @@ fn kb_field(line: &str, name: &str) -> Option<u64> {
 
 /// Reads VmRSS and the smaps Rss/AnonHugePages of mappings inside `ranges`.
 pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
+    measure_with(&std::fs::read_to_string("/proc/self/smaps")?, ranges)
+}
+
+/// As [`measure`], with smaps already read (so that figures taken from the
+/// same text agree).
+pub fn measure_with(smaps: &str, ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let vm_rss = status
         .lines()
@@ -40,8 +46,7 @@ pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
         .lines()
         .find_map(|l| kb_field(l, "VmHWM:"))
         .unwrap_or(0);
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let g = guest_rss_from_smaps(&smaps, ranges);
+    let g = guest_rss_from_smaps(smaps, ranges);
     Ok(MemoryUsage {
         vm_rss_bytes: vm_rss,
         vm_peak_rss_bytes: peak,
