@@ -134,6 +134,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Memory benchmark: guest first-touch bandwidth per backing (THP on,
+    /// THP off, hugetlbfs, memfd-hugetlb; the hugetlb pages are reserved
+    /// for the run and given back), prefault time, host-side discard and
+    /// collapse throughput, and boot with --numa; medians beside the goals.
+    Memory {
+        /// Runs of each measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// MiB the guest touches in each run (1 to 16384; guest RAM is this
+        /// plus 256 MiB).
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        touch_mib: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -214,6 +230,30 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Memory {
+            runs,
+            touch_mib,
+            json,
+        }) => {
+            if runs == 0 || !(1..=16384).contains(&touch_mib) {
+                eprintln!(
+                    "memvisor: bench memory: error: --runs must be at least 1 and --touch-mib 1 to 16384 (got {runs} and {touch_mib})"
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::memory::MemoryBenchOptions {
+                runs,
+                json,
+                touch_mib,
+            };
+            match memvisor::bench::memory::bench_memory(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench memory: {e:#}");
                     ExitCode::from(1)
                 }
             }
