@@ -140,14 +140,17 @@ struct MemoryBenchResult {
     goals: Vec<String>,
 }
 
-/// One `memvisor run` of the touch workload: (GiB/s, pages_2m, huge share,
-/// prefault µs).
-fn touch_run(
-    dir: &TempDir,
-    case: &Case,
-    memory: u64,
-    mib: u64,
-) -> Result<(f64, f64, f64, Option<f64>)> {
+/// What one run of the touch workload gave.
+#[derive(Clone, Copy)]
+struct TouchSample {
+    gib_per_s: f64,
+    pages_2m: f64,
+    huge_share: f64,
+    prefault_us: Option<f64>,
+}
+
+/// One `memvisor run` of the touch workload.
+fn touch_run(dir: &TempDir, case: &Case, memory: u64, mib: u64) -> Result<TouchSample> {
     let exe = std::env::current_exe().context("locating the memvisor binary")?;
     let report = dir.0.join("touch.json");
     let mut cmd = Command::new(exe);
@@ -195,12 +198,12 @@ fn touch_run(
         + m["guest_hugetlb_bytes"].as_f64().unwrap_or(0.0);
     let huge = m["guest_anon_huge_bytes"].as_f64().unwrap_or(0.0)
         + m["guest_hugetlb_bytes"].as_f64().unwrap_or(0.0);
-    Ok((
-        bytes / secs / GIB,
-        m["kvm"]["pages_2m"].as_f64().unwrap_or(f64::NAN),
-        if held > 0.0 { huge / held } else { 0.0 },
-        m["prefault_us"].as_f64(),
-    ))
+    Ok(TouchSample {
+        gib_per_s: bytes / secs / GIB,
+        pages_2m: m["kvm"]["pages_2m"].as_f64().unwrap_or(f64::NAN),
+        huge_share: if held > 0.0 { huge / held } else { 0.0 },
+        prefault_us: m["prefault_us"].as_f64(),
+    })
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -369,7 +372,7 @@ pub fn bench_memory(o: &MemoryBenchOptions) -> Result<()> {
             anyhow::Error::new(e)
         )
     });
-    let mut samples: Vec<Vec<(f64, f64, f64, Option<f64>)>> = vec![Vec::new(); CASES.len()];
+    let mut samples: Vec<Vec<TouchSample>> = vec![Vec::new(); CASES.len()];
     let mut skipped: Vec<Option<String>> = vec![None; CASES.len()];
     // Round 0 warms up and is not counted: on the hosts measured here the
     // first use of host memory no process touched before costs ~30x more
@@ -402,24 +405,23 @@ pub fn bench_memory(o: &MemoryBenchOptions) -> Result<()> {
         }
     }
     drop(reservation);
-    let off = median(&samples[1].iter().map(|s| s.0).collect::<Vec<_>>());
+    let off = median(&samples[1].iter().map(|s| s.gib_per_s).collect::<Vec<_>>());
     let first_touch: Vec<TouchRow> = CASES
         .iter()
         .zip(samples.iter().zip(skipped))
         .map(|(case, (s, skipped))| {
-            let col =
-                |f: fn(&(f64, f64, f64, Option<f64>)) -> f64| s.iter().map(f).collect::<Vec<_>>();
-            let bw = summarize(&col(|r| r.0));
+            let col = |f: fn(&TouchSample) -> f64| s.iter().map(f).collect::<Vec<_>>();
+            let bw = summarize(&col(|r| r.gib_per_s));
             TouchRow {
                 case: case.name,
                 skipped,
                 vs_thp_off: bw.zip(off).map(|(b, o)| b.median / o),
                 gib_per_s: bw,
-                kvm_pages_2m: median(&col(|r| r.1)),
-                huge_share: median(&col(|r| r.2)),
+                kvm_pages_2m: median(&col(|r| r.pages_2m)),
+                huge_share: median(&col(|r| r.huge_share)),
                 prefault_ms_per_gib: median(
                     &s.iter()
-                        .filter_map(|r| r.3)
+                        .filter_map(|r| r.prefault_us)
                         .map(|us| us / 1000.0 / (memory as f64 / GIB))
                         .collect::<Vec<_>>(),
                 ),
@@ -490,15 +492,8 @@ fn print_table(r: &MemoryBenchResult) {
         r.runs, r.touch_mib, r.guest_memory
     );
     println!(
-        "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  {}",
-        "first touch (GiB/s)",
-        "min",
-        "median",
-        "max",
-        "vs 4K",
-        "pages_2m",
-        "huge",
-        "prefault ms/GiB"
+        "  {:<26} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}  prefault ms/GiB",
+        "first touch (GiB/s)", "min", "median", "max", "vs 4K", "pages_2m", "huge"
     );
     for t in &r.first_touch {
         if let Some(why) = &t.skipped {
