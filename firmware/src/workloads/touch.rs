@@ -15,9 +15,9 @@
 use crate::arch::cpu;
 use crate::hostio::{self, LINE};
 use crate::{abi, cmdline, mm};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use guest_mm::gfp::Gfp;
 use guest_mm::mmzone::MAX_ORDER;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use guest_mm::{Pfn, PAGE_SIZE};
 
 /// Movable, no reclaim, below the watermarks allowed: the test wants the
