@@ -4,11 +4,11 @@
 //! Three views, because each sees what the others cannot:
 //! - smaps, summed over exactly each region's host range: Rss (4 KiB and
 //!   THP pages the host holds), AnonHugePages (of which THP) and the hugetlb
-//!   pages mapped (hugetlb memory is in neither Rss nor VmRSS). Anonymous
-//!   regions carry a VMA name (`[anon:memvisor-ram-N]`, see
-//!   [`super::backing`]), so two adjacent regions never merge into one VMA
-//!   whose figures could not be split; a VMA that still straddles a region's
-//!   edge makes that region's figures an error, never a wrong number.
+//!   pages mapped (hugetlb memory is in neither Rss nor VmRSS). Every
+//!   region is followed by a PROT_NONE guard page (see [`super::backing`]),
+//!   so two regions never merge into one VMA whose figures could not be
+//!   split; a VMA that still straddles a region's edge makes that region's
+//!   figures an error, never a wrong number.
 //! - move_pages in query mode (nodes = NULL) over an evenly spaced sample
 //!   of at most [`MAX_SAMPLE`] pages per region: on which host node each
 //!   resident page is, at a bounded cost whatever the region's size.
