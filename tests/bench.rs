@@ -111,3 +111,23 @@ fn bench_memory_json_is_well_formed() {
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
+
+#[test]
+fn bench_memory_bad_sizes_exit_2_naming_them() {
+    require_kvm!();
+    for args in [
+        ["--touch-mib", "0"],
+        ["--touch-mib", "16385"],
+        ["--runs", "0"],
+    ] {
+        let mut full = vec!["bench", "memory"];
+        full.extend_from_slice(&args);
+        let out = memvisor(&full, &[]);
+        assert_eq!(out.code, Some(2), "{args:?}\n{}", out.describe());
+        assert!(
+            out.stderr.contains("--touch-mib 1 to 16384") && out.stderr.contains(args[1]),
+            "{}",
+            out.describe()
+        );
+    }
+}

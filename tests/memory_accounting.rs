@@ -322,3 +322,41 @@ fn get_vm_memory_before_start_is_refused() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("not supported before starting"), "{body}");
 }
+
+#[test]
+fn bad_touch_sizes_fail_naming_the_option_and_the_valid_ones() {
+    require_kvm!();
+    for bad in [
+        "touch_mib=0",
+        "touch_mib=abc",
+        "touch_mib=16385",
+        "touch_mib",
+    ] {
+        let cmdline = format!("workload=touch {bad}");
+        let out = run(&["--quiet", "--memory", "64M", "--cmdline", &cmdline]);
+        assert_eq!(out.code, Some(1), "{bad}\n{}", out.describe());
+        let e = out.guest_event("error");
+        let m = e["message"].as_str().unwrap();
+        assert!(
+            m.contains("touch_mib") && m.contains("1 to 16384"),
+            "{bad}: {m}"
+        );
+    }
+    // More than the guest has free: refused at run time, naming both.
+    let out = run(&[
+        "--quiet",
+        "--memory",
+        "64M",
+        "--cmdline",
+        "workload=touch touch_mib=128",
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    let m = out.guest_event("error")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        m.contains("touch_mib=128") && m.contains("were free"),
+        "{m}"
+    );
+}
