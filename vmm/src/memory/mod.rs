@@ -637,6 +637,8 @@ mod tests {
     /// do not change the host; tests/memory_backing.rs reserves them).
     #[test]
     fn hugetlb_discards_whole_huge_pages() {
+        // Others reserving and giving back pages must wait until we are done.
+        let _pool = reserve::PoolLock::take().unwrap();
         let need = 4 * MIB;
         if backing::HugePool::read()
             .map_or(true, |p| p.check(Backing::Hugetlbfs, 2 * need).is_err())
