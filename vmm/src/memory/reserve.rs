@@ -34,11 +34,14 @@ pub struct PoolLock {
 impl PoolLock {
     /// Waits for the lock.
     pub fn take() -> Result<PoolLock, ReserveError> {
+        // flock needs no write access: a user who cannot write a lock file
+        // root created still takes the lock.
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(LOCK_PATH)
+            .or_else(|_| File::open(LOCK_PATH))
             .map_err(ReserveError::Lock)?;
         loop {
             // SAFETY: flock on our own open file.
