@@ -348,4 +348,6 @@ fn slit(n: usize, distance: &[u8]) -> SLIT {
 }
 
 #[cfg(test)]
+mod guest_parser;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,471 @@
+//! The guest kernel's ACPI parser (firmware/src/acpi.rs, compiled here as
+//! it is into the guest) against the tables this VMM writes, and against
+//! the same tables broken every way a hostile or buggy VMM could break
+//! them: it must find exactly what was written, refuse the rest with the
+//! right reason, and never panic or read outside the memory it was given.
+use super::*;
+use proptest::prelude::*;
+
+#[path = "../../../../firmware/src/acpi.rs"]
+#[allow(dead_code)]
+mod parser;
+
+use parser::{discover, Fault, Numa, Phys, RsdpFrom, Windows, SCAN_END, SCAN_START};
+
+/// Guest memory as the guest kernel sees it: the ACPI area and nothing
+/// else readable.
+struct Mem {
+    image: Vec<u8>,
+    windows: Windows,
+}
+
+impl Mem {
+    fn new(tables: &[u8]) -> Mem {
+        let mut image = vec![0u8; (ACPI_END - ACPI_START) as usize];
+        image[..tables.len()].copy_from_slice(tables);
+        let mut windows = Windows::new();
+        windows.add(SCAN_START, SCAN_END);
+        Mem { image, windows }
+    }
+
+    fn off(gpa: u64) -> usize {
+        (gpa - ACPI_START) as usize
+    }
+
+    /// Image offset of the table the XSDT lists with signature `sig`.
+    fn table_off(&self, sig: &[u8; 4]) -> usize {
+        let xsdt = Mem::off(u64::from_le_bytes(self.image[24..32].try_into().unwrap()));
+        let len = u32::from_le_bytes(self.image[xsdt + 4..xsdt + 8].try_into().unwrap()) as usize;
+        self.image[xsdt + 36..xsdt + len]
+            .chunks_exact(8)
+            .map(|e| Mem::off(u64::from_le_bytes(e.try_into().unwrap())))
+            .find(|&o| &self.image[o..o + 4] == sig)
+            .expect("table listed")
+    }
+
+    /// Recomputes the checksum of the table at image offset `off`, as a
+    /// VMM that means harm would.
+    fn fix(&mut self, off: usize) {
+        let len = u32::from_le_bytes(self.image[off + 4..off + 8].try_into().unwrap()) as usize;
+        let len = len.min(self.image.len() - off);
+        self.image[off + 9] = 0;
+        let s = self.image[off..off + len]
+            .iter()
+            .fold(0u8, |a, &b| a.wrapping_add(b));
+        self.image[off + 9] = s.wrapping_neg();
+    }
+
+    fn discover(&self, ncpus: usize, ram: &[(u64, u64)]) -> Result<Numa, Fault> {
+        discover(self, ACPI_START, ncpus, ram)
+    }
+}
+
+impl Phys for Mem {
+    fn bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        if !self.windows.covers(addr, len) {
+            return None;
+        }
+        self.image.get(Mem::off(addr)..Mem::off(addr) + len)
+    }
+}
+
+const MIB: u64 = 1 << 20;
+/// The RAM the guest kernel manages in a 256 MiB VM (above its reserved
+/// first MiB).
+const RAM: [(u64, u64); 1] = [(MIB, 255 * MIB)];
+
+fn one_node(vcpus: u32) -> Mem {
+    let ram = [(0, 256 * MIB)];
+    let cpus: Vec<u32> = (0..vcpus).collect();
+    let nodes = [AcpiNode {
+        ram: &ram,
+        vcpus: &cpus,
+    }];
+    Mem::new(&build(vcpus, &nodes, &[10]).unwrap())
+}
+
+/// Two 128 MiB nodes, CPU 0 on node 0 and CPU 1 on node 1, distance 20.
+fn two_nodes() -> Mem {
+    let (r0, r1) = ([(0, 128 * MIB)], [(128 * MIB, 128 * MIB)]);
+    let nodes = [
+        AcpiNode {
+            ram: &r0,
+            vcpus: &[0],
+        },
+        AcpiNode {
+            ram: &r1,
+            vcpus: &[1],
+        },
+    ];
+    Mem::new(&build(2, &nodes, &[10, 20, 20, 10]).unwrap())
+}
+
+#[test]
+fn one_node_is_found_through_the_zero_page() {
+    let n = one_node(4).discover(4, &RAM).unwrap();
+    assert_eq!(n.nr_nodes, 1);
+    assert_eq!(n.pxm[0], 0);
+    assert_eq!(n.span[0], (0, 256 * MIB));
+    assert_eq!(n.cpu_node[..4], [0; 4]);
+    assert_eq!(n.distance[0][0], 10);
+    assert_eq!((n.rsdp, n.slit), (RsdpFrom::ZeroPage, true));
+}
+
+#[test]
+fn a_missing_or_wrong_pointer_falls_back_to_the_scan() {
+    let m = two_nodes();
+    let want = m.discover(2, &RAM).unwrap();
+    for hint in [0, ACPI_START + 16, 0x1000, u64::MAX - 4, ACPI_END - 8] {
+        let n = discover(&m, hint, 2, &RAM).unwrap();
+        assert_eq!(n.rsdp, RsdpFrom::Scan, "hint {hint:#x}");
+        assert_eq!(
+            Numa {
+                rsdp: want.rsdp,
+                ..n
+            },
+            want
+        );
+    }
+    // An RSDP moved to the last 16-byte slot of the area is still found.
+    let mut m = two_nodes();
+    let rsdp: Vec<u8> = m.image[..36].to_vec();
+    m.image[..36].fill(0);
+    let at = m.image.len() - 48;
+    m.image[at..at + 36].copy_from_slice(&rsdp);
+    assert_eq!(discover(&m, 0, 2, &RAM).unwrap().rsdp, RsdpFrom::Scan);
+    // Nothing anywhere: one node, and why.
+    m.image[at..at + 36].fill(0);
+    assert_eq!(discover(&m, 0, 2, &RAM), Err(Fault::NoRsdp));
+}
+
+#[test]
+fn two_nodes_their_cpus_memory_and_distances() {
+    let n = two_nodes().discover(2, &RAM).unwrap();
+    assert_eq!(n.nr_nodes, 2);
+    assert_eq!(n.span[..2], [(0, 128 * MIB), (128 * MIB, 256 * MIB)]);
+    assert_eq!(n.cpu_node[..2], [0, 1]);
+    assert_eq!(n.distance[0][..2], [10, 20]);
+    assert_eq!(n.distance[1][..2], [20, 10]);
+}
+
+#[test]
+fn distances_are_read_by_domain_not_by_entry_order() {
+    // Node 2 lists first in the SRAT (its CPU comes first) but is domain 2:
+    // node ids follow the domains, and each SLIT cell lands where it
+    // belongs.
+    let (r0, r1, r2) = (
+        [(0, 64 * MIB)],
+        [(64 * MIB, 64 * MIB)],
+        [(128 * MIB, 128 * MIB)],
+    );
+    let nodes = [
+        AcpiNode {
+            ram: &r0,
+            vcpus: &[1],
+        },
+        AcpiNode {
+            ram: &r1,
+            vcpus: &[2],
+        },
+        AcpiNode {
+            ram: &r2,
+            vcpus: &[0],
+        },
+    ];
+    let d = [10, 30, 15, 30, 10, 20, 15, 20, 10];
+    let n = Mem::new(&build(3, &nodes, &d).unwrap())
+        .discover(3, &RAM)
+        .unwrap();
+    assert_eq!(n.cpu_node[..3], [2, 0, 1]);
+    for a in 0..3 {
+        assert_eq!(n.distance[a][..3], d[a * 3..a * 3 + 3], "row {a}");
+    }
+    assert_eq!(n.span[2], (128 * MIB, 256 * MIB));
+}
+
+#[test]
+fn any_flipped_bit_in_any_table_is_refused() {
+    // Every byte of every table is under a checksum: a parser that skips
+    // one lets this fail.
+    let good = two_nodes();
+    let used = build(
+        2,
+        &[
+            AcpiNode {
+                ram: &[(0, 128 * MIB)],
+                vcpus: &[0],
+            },
+            AcpiNode {
+                ram: &[(128 * MIB, 128 * MIB)],
+                vcpus: &[1],
+            },
+        ],
+        &[10, 20, 20, 10],
+    )
+    .unwrap()
+    .len();
+    let want = good.discover(2, &RAM).unwrap();
+    let mut refused = 0;
+    for off in 0..used {
+        for bit in [0, 3, 7] {
+            let mut m = Mem::new(&good.image[..used]);
+            m.image[off] ^= 1 << bit;
+            match m.discover(2, &RAM) {
+                Ok(n) => {
+                    // Only padding between tables may change unnoticed.
+                    assert_eq!(n, want, "byte {off:#x} bit {bit} changed the result");
+                    assert_eq!(good.image[off], 0, "byte {off:#x} is not padding");
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > used, "{refused} refusals over {used} bytes");
+}
+
+#[test]
+fn lengths_that_lie_are_refused() {
+    for sig in [b"XSDT", b"SRAT", b"SLIT", b"APIC", b"FACP"] {
+        for len in [0u32, 35, 0x2_0001, u32::MAX, 0x1_ffff] {
+            let mut m = two_nodes();
+            let off = if sig == b"XSDT" {
+                Mem::off(u64::from_le_bytes(m.image[24..32].try_into().unwrap()))
+            } else {
+                m.table_off(sig)
+            };
+            m.image[off + 4..off + 8].copy_from_slice(&len.to_le_bytes());
+            m.fix(off);
+            let e = m.discover(2, &RAM).unwrap_err();
+            let want = if sig == b"XSDT" {
+                Fault::RootTable
+            } else {
+                Fault::Table
+            };
+            assert_eq!(e, want, "{sig:?} length {len:#x}");
+        }
+    }
+    // The RSDP's own length.
+    let mut m = two_nodes();
+    m.image[20..24].copy_from_slice(&0x10_0000u32.to_le_bytes());
+    m.image[32] = 0;
+    let s = m.image[..36].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    m.image[32] = s.wrapping_neg();
+    assert_eq!(m.discover(2, &RAM), Err(Fault::NoRsdp));
+}
+
+#[test]
+fn tables_outside_readable_memory_are_refused() {
+    // The XSDT lists an SRAT at 2 MiB, outside every window: never read.
+    let mut m = two_nodes();
+    let xsdt = Mem::off(u64::from_le_bytes(m.image[24..32].try_into().unwrap()));
+    let srat = m.table_off(b"SRAT");
+    let entry = (36..68)
+        .step_by(8)
+        .find(|e| {
+            Mem::off(u64::from_le_bytes(
+                m.image[xsdt + e..xsdt + e + 8].try_into().unwrap(),
+            )) == srat
+        })
+        .unwrap();
+    for addr in [2 * MIB, ACPI_END - 20, u64::MAX - 8] {
+        m.image[xsdt + entry..xsdt + entry + 8].copy_from_slice(&addr.to_le_bytes());
+        m.fix(xsdt);
+        assert_eq!(m.discover(2, &RAM), Err(Fault::Table), "{addr:#x}");
+    }
+}
+
+#[test]
+fn what_the_tables_say_must_be_usable() {
+    // No SRAT at all: one node.
+    let mut m = two_nodes();
+    let srat = m.table_off(b"SRAT");
+    m.image[srat..srat + 4].copy_from_slice(b"XXXX");
+    m.fix(srat);
+    assert_eq!(m.discover(2, &RAM), Err(Fault::NoSrat));
+    // No SLIT: the default distances.
+    let mut m = two_nodes();
+    let slit = m.table_off(b"SLIT");
+    m.image[slit..slit + 4].copy_from_slice(b"XXXX");
+    m.fix(slit);
+    let n = m.discover(2, &RAM).unwrap();
+    assert!(!n.slit);
+    assert_eq!(n.distance[0][..2], [10, 20]);
+    // A SLIT Linux would not accept, and one too small for the domains.
+    for (cell, value, fault) in [
+        (0, 11, Fault::SlitInvalid),
+        (1, 10, Fault::SlitInvalid),
+        (2, 0, Fault::SlitInvalid),
+    ] {
+        let mut m = two_nodes();
+        let slit = m.table_off(b"SLIT");
+        m.image[slit + 44 + cell] = value;
+        m.fix(slit);
+        assert_eq!(m.discover(2, &RAM), Err(fault), "cell {cell} = {value}");
+    }
+    let mut m = two_nodes();
+    let slit = m.table_off(b"SLIT");
+    m.image[slit + 36] = 1;
+    m.fix(slit);
+    assert_eq!(m.discover(2, &RAM), Err(Fault::SlitShort));
+    m.image[slit + 36..slit + 44].copy_from_slice(&u64::MAX.to_le_bytes());
+    m.fix(slit);
+    assert_eq!(m.discover(2, &RAM), Err(Fault::SlitShort));
+    // A third CPU the tables do not place.
+    assert_eq!(two_nodes().discover(3, &RAM), Err(Fault::CpuMissing));
+    // RAM beyond the SRAT's ranges.
+    assert_eq!(
+        two_nodes().discover(2, &[(MIB, 300 * MIB)]),
+        Err(Fault::RamUncovered)
+    );
+    assert_eq!(
+        two_nodes().discover(2, &[(MIB, 10 * MIB), (256 * MIB, 4096)]),
+        Err(Fault::RamUncovered)
+    );
+    // The same CPU twice: node 1's CPU entry made CPU 0's.
+    let mut m = two_nodes();
+    let srat = m.table_off(b"SRAT");
+    let cpu1 = (srat + 48..)
+        .step_by(1)
+        .find(|&o| m.image[o] == 0 && m.image[o + 1] == 16 && m.image[o + 3] == 1)
+        .unwrap();
+    m.image[cpu1 + 3] = 0;
+    m.fix(srat);
+    assert_eq!(m.discover(2, &RAM), Err(Fault::CpuTwice));
+    // An entry whose length runs past the table, or is too short to hold
+    // what its type needs.
+    for len in [0u8, 1, 15, 200] {
+        let mut m = two_nodes();
+        let srat = m.table_off(b"SRAT");
+        m.image[srat + 49] = len;
+        m.fix(srat);
+        assert_eq!(m.discover(2, &RAM), Err(Fault::SratEntry), "length {len}");
+    }
+}
+
+#[test]
+fn topologies_the_allocator_cannot_take_are_refused() {
+    // Nine domains: more than guest-mm's nodes.
+    let ranges: Vec<[(u64, u64); 1]> = (0..9).map(|i| [(i * 16 * MIB, 16 * MIB)]).collect();
+    let mut nodes: Vec<AcpiNode> = ranges
+        .iter()
+        .map(|r| AcpiNode { ram: r, vcpus: &[] })
+        .collect();
+    nodes[0].vcpus = &[0];
+    let d: Vec<u8> = (0..81).map(|i| if i % 10 == 0 { 10 } else { 20 }).collect();
+    let m = Mem::new(&build(1, &nodes, &d).unwrap());
+    assert_eq!(
+        m.discover(1, &[(MIB, 143 * MIB)]),
+        Err(Fault::TooManyDomains)
+    );
+    // Eight is the most.
+    let m = Mem::new(&build(1, &nodes[..8], &eight(&d)).unwrap());
+    assert_eq!(m.discover(1, &[(MIB, 127 * MIB)]).unwrap().nr_nodes, 8);
+    // Node 0 on both sides of node 1: their spans interleave.
+    let (r0, r1) = (
+        [(0, 64 * MIB), (128 * MIB, 64 * MIB)],
+        [(64 * MIB, 64 * MIB)],
+    );
+    let nodes = [
+        AcpiNode {
+            ram: &r0,
+            vcpus: &[0],
+        },
+        AcpiNode {
+            ram: &r1,
+            vcpus: &[],
+        },
+    ];
+    let m = Mem::new(&build(1, &nodes, &[10, 20, 20, 10]).unwrap());
+    assert_eq!(m.discover(1, &[(MIB, 191 * MIB)]), Err(Fault::SpansOverlap));
+    // A node with CPUs and no memory is a memoryless node, not an error.
+    let r = [(0, 256 * MIB)];
+    let nodes = [
+        AcpiNode {
+            ram: &r,
+            vcpus: &[0],
+        },
+        AcpiNode {
+            ram: &[],
+            vcpus: &[1],
+        },
+    ];
+    let n = Mem::new(&build(2, &nodes, &[10, 20, 20, 10]).unwrap())
+        .discover(2, &RAM)
+        .unwrap();
+    assert_eq!((n.nr_nodes, n.span[1], n.cpu_node[1]), (2, (0, 0), 1));
+}
+
+/// The top-left 8x8 of a 9x9 matrix.
+fn eight(d: &[u8]) -> Vec<u8> {
+    (0..64).map(|i| d[(i / 8) * 9 + i % 8]).collect()
+}
+
+#[test]
+fn windows_cover_only_what_was_added() {
+    let mut w = Windows::new();
+    w.add(0x1000, 0x2000);
+    w.add(5, 5);
+    assert!(w.covers(0x1000, 0x1000));
+    assert!(!w.covers(0x1000, 0x1001));
+    assert!(!w.covers(0xfff, 2));
+    assert!(!w.covers(u64::MAX, 2));
+    assert!(!w.covers(5, 0), "an empty window holds nothing");
+    for i in 0..parser::MAX_WINDOWS as u64 {
+        w.add(0x10_0000 * (i + 1), 0x10_0000 * (i + 1) + 8);
+    }
+    assert!(!w.covers(0x10_0000 * parser::MAX_WINDOWS as u64, 8), "full");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Random writes into valid tables, checksums then made right again:
+    /// whatever the parser makes of it, it does not panic, and what it
+    /// accepts is a topology the page allocator takes.
+    #[test]
+    fn garbage_with_good_checksums_never_yields_a_bad_topology(
+        writes in proptest::collection::vec((0usize..1024, any::<u8>()), 1..16),
+        ncpus in 1usize..4,
+    ) {
+        let mut m = two_nodes();
+        for (off, v) in writes {
+            m.image[off] = v;
+        }
+        // Every checksum made right again, innermost first.
+        let xsdt_gpa = u64::from_le_bytes(m.image[24..32].try_into().unwrap());
+        if (ACPI_START..ACPI_END - 36).contains(&xsdt_gpa) {
+            let xsdt = Mem::off(xsdt_gpa);
+            let len = u32::from_le_bytes(m.image[xsdt + 4..xsdt + 8].try_into().unwrap()) as usize;
+            let end = xsdt.saturating_add(len).min(m.image.len());
+            let listed: Vec<usize> = m.image[(xsdt + 36).min(end)..end]
+                .chunks_exact(8)
+                .map(|e| u64::from_le_bytes(e.try_into().unwrap()))
+                .filter(|gpa| (ACPI_START..ACPI_END - 36).contains(gpa))
+                .map(Mem::off)
+                .collect();
+            for o in listed {
+                m.fix(o);
+            }
+            m.fix(xsdt);
+        }
+        m.image[8] = 0;
+        let s = m.image[..20].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        m.image[8] = s.wrapping_neg();
+        m.image[32] = 0;
+        let s = m.image[..36].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+        m.image[32] = s.wrapping_neg();
+        if let Ok(n) = m.discover(ncpus, &RAM) {
+            use guest_mm::page_alloc::Topology;
+            let mut t = Topology::single(ncpus);
+            t.nr_nodes = n.nr_nodes;
+            t.node_range[..n.nr_nodes].copy_from_slice(&n.span[..n.nr_nodes]);
+            t.cpu_node = n.cpu_node;
+            prop_assert_eq!(t.check(), Ok(()));
+            for a in 0..n.nr_nodes {
+                for b in 0..n.nr_nodes {
+                    prop_assert_eq!(n.distance[a][b] == 10, a == b);
+                }
+            }
+        }
+    }
+}
