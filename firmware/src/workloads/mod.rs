@@ -4,6 +4,9 @@ mod alloc;
 mod entropy;
 mod flood;
 mod memtest;
+mod numa;
+
+pub use numa::parse_pages as parse_numa_pages;
 
 pub struct Workload {
     pub name: &'static str,
@@ -50,6 +53,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "numa",
+        run: numa::run,
     },
 ];
 
