@@ -23,8 +23,8 @@
 //! Pure and `no_std`: the VMM's unit tests compile this file too and feed
 //! it the tables the VMM writes, and garbage.
 use guest_mm::mmzone::MAX_NUMNODES;
-use guest_mm::page_alloc::MAX_CPUS;
-use guest_mm::zonelist::{LOCAL_DISTANCE, REMOTE_DISTANCE};
+use guest_mm::page_alloc::{Topology, MAX_CPUS};
+use guest_mm::zonelist::{Distances, LOCAL_DISTANCE, REMOTE_DISTANCE};
 
 /// The BIOS read-only area the ACPI spec has an OS scan, on 16-byte
 /// boundaries, for the RSDP.
@@ -163,6 +163,23 @@ pub struct Numa {
     pub rsdp: RsdpFrom,
     /// Distances from a SLIT (else the defaults).
     pub slit: bool,
+}
+
+impl Numa {
+    /// The page allocator's view: one node per proximity domain, each CPU
+    /// on its domain's node, zonelists ordered by the whole distance
+    /// matrix (asymmetric if the SLIT is).
+    pub fn topology(&self, ncpus: usize) -> Topology {
+        let mut t = Topology::single(ncpus);
+        t.nr_nodes = self.nr_nodes;
+        t.node_range = self.span;
+        t.cpu_node = self.cpu_node;
+        t.distances = Distances {
+            table: self.distance,
+            nr_nodes: self.nr_nodes,
+        };
+        t
+    }
 }
 
 fn sum(b: &[u8]) -> u8 {

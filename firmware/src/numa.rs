@@ -11,7 +11,6 @@ use crate::bootinfo::{BootInfo, E820_ACPI, E820_RAM};
 use crate::json::Line;
 use guest_mm::mmzone::{ZoneType, MAX_NUMNODES};
 use guest_mm::page_alloc::{PageAllocator, Topology};
-use guest_mm::zonelist::Distances;
 
 /// The VMM's identity map covers at least the first 4 GiB.
 const MAPPED_BELOW: u64 = 4 << 30;
@@ -60,22 +59,13 @@ pub fn discover(boot: &BootInfo, ncpus: usize, low_reserved: u64) -> Result<Numa
     acpi::discover(&Identity(w), boot.acpi_rsdp_addr(), ncpus, &ram[..nr_ram])
 }
 
-/// The page allocator's view: one node per proximity domain, or all of
-/// memory on one node when the tables were not usable.
+/// The page allocator's view: the tables' nodes, or all of memory on one
+/// node when they were not usable.
 pub fn topology(found: &Result<Numa, Fault>, ncpus: usize) -> Topology {
-    let Ok(n) = found else {
-        return Topology::single(ncpus);
-    };
-    let mut t = Topology::single(ncpus);
-    t.nr_nodes = n.nr_nodes;
-    t.node_range = n.span;
-    t.cpu_node = n.cpu_node;
-    // The whole matrix, asymmetric if the SLIT is.
-    t.distances = Distances {
-        table: n.distance,
-        nr_nodes: n.nr_nodes,
-    };
-    t
+    match found {
+        Ok(n) => n.topology(ncpus),
+        Err(_) => Topology::single(ncpus),
+    }
 }
 
 /// `"numa":{...}`: where the topology came from and what it is.

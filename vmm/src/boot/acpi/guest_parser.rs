@@ -395,6 +395,63 @@ fn topologies_the_allocator_cannot_take_are_refused() {
     assert_eq!((n.nr_nodes, n.span[1], n.cpu_node[1]), (2, (0, 0), 1));
 }
 
+#[test]
+fn zonelists_follow_the_slit() {
+    // Three nodes where node 0's nearest other node is 2 (15) and node 1's
+    // is 2 (20): the allocator built from the tables walks its fallback
+    // zonelists in that order, a SLIT ignored would give id order.
+    use guest_mm::page_alloc::PageAllocator;
+    use guest_mm::phys::sim::SimMemory;
+    use guest_mm::{Memblock, PhysAddr};
+    let (r0, r1, r2) = (
+        [(0, 32 * MIB)],
+        [(32 * MIB, 32 * MIB)],
+        [(64 * MIB, 32 * MIB)],
+    );
+    let nodes = [
+        AcpiNode {
+            ram: &r0,
+            vcpus: &[0],
+        },
+        AcpiNode {
+            ram: &r1,
+            vcpus: &[1],
+        },
+        AcpiNode {
+            ram: &r2,
+            vcpus: &[2],
+        },
+    ];
+    let d = [10, 30, 15, 30, 10, 20, 15, 20, 10];
+    let numa = Mem::new(&build(3, &nodes, &d).unwrap())
+        .discover(3, &[(MIB, 95 * MIB)])
+        .unwrap();
+    let mem = SimMemory::new(PhysAddr(0), 96 * MIB);
+    let mut mb = Memblock::new();
+    mb.reserve(&mem, PhysAddr(0), MIB).unwrap();
+    // SAFETY: simulated RAM, its first MiB reserved first.
+    unsafe { mb.add(&mem, PhysAddr(0), 96 * MIB).unwrap() };
+    let mut a = Box::new(PageAllocator::EMPTY);
+    a.init(&mut mb, &mem, numa.topology(3)).unwrap();
+    let order = |node: usize| -> Vec<usize> {
+        let mut v: Vec<usize> = Vec::new();
+        for z in a.zonelist(node, false).as_slice() {
+            if v.last() != Some(&z.node()) {
+                v.push(z.node());
+            }
+        }
+        v
+    };
+    assert_eq!(order(0), [0, 2, 1]);
+    assert_eq!(order(1), [1, 2, 0]);
+    assert_eq!(order(2), [2, 0, 1]);
+    assert_eq!(a.topology().cpu_node[..3], [0, 1, 2]);
+    for (node, range) in [(0, r0[0]), (1, r1[0]), (2, r2[0])] {
+        let pfn = range.0 / 4096 + 300;
+        assert_eq!(a.node_of(guest_mm::Pfn(pfn)), Some(node));
+    }
+}
+
 /// The top-left 8x8 of a 9x9 matrix.
 fn eight(d: &[u8]) -> Vec<u8> {
     (0..64).map(|i| d[(i / 8) * 9 + i % 8]).collect()
