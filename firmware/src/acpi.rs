@@ -453,13 +453,10 @@ fn numa(
         let end = base.saturating_add(size);
         let mut at = base;
         // Each step moves past one range, so at most one per range.
-        for _ in 0..=ranges.len() {
-            if at >= end {
-                break;
-            }
+        for _ in 0..ranges.len() {
             match ranges.iter().find(|r| r.1 <= at && at < r.2) {
-                Some(r) => at = r.2,
-                None => return Err(Fault::RamUncovered),
+                Some(r) if at < end => at = r.2,
+                _ => break,
             }
         }
         if at < end {

@@ -223,6 +223,51 @@ fn any_flipped_bit_in_any_table_is_refused() {
     assert!(refused > used, "{refused} refusals over {used} bytes");
 }
 
+/// Makes the RSDP's two checksums right again.
+fn fix_rsdp(m: &mut Mem, at: usize) {
+    for (field, len) in [(8, 20), (32, 36)] {
+        m.image[at + field] = 0;
+        let s = m.image[at..at + len]
+            .iter()
+            .fold(0u8, |a, &b| a.wrapping_add(b));
+        m.image[at + field] = s.wrapping_neg();
+    }
+}
+
+#[test]
+fn both_rsdp_checksums_count() {
+    // A wrong ACPI 1.0 checksum is refused even when the extended one,
+    // over all 36 bytes, is right.
+    let mut m = two_nodes();
+    m.image[8] ^= 1;
+    let s = m.image[..36].iter().fold(0u8, |a, &b| a.wrapping_add(b));
+    m.image[32] = m.image[32].wrapping_sub(s);
+    assert_eq!(discover(&m, 0, 2, &RAM), Err(Fault::NoRsdp));
+    // An ACPI 1.0 RSDP (revision 0, 20 bytes) leads to an RSDT of 32-bit
+    // pointers; its checksum is the only one it has.
+    let mut m = two_nodes();
+    let listed: Vec<u32> = [b"FACP", b"APIC", b"SRAT", b"SLIT"]
+        .iter()
+        .map(|s| (ACPI_START + m.table_off(s) as u64) as u32)
+        .collect();
+    let rsdt = m.image.len() - 4096;
+    let len = 36 + 4 * listed.len();
+    m.image[rsdt..rsdt + 4].copy_from_slice(b"RSDT");
+    m.image[rsdt + 4..rsdt + 8].copy_from_slice(&(len as u32).to_le_bytes());
+    for (i, a) in listed.iter().enumerate() {
+        m.image[rsdt + 36 + 4 * i..rsdt + 40 + 4 * i].copy_from_slice(&a.to_le_bytes());
+    }
+    m.fix(rsdt);
+    m.image[15] = 0;
+    m.image[16..20].copy_from_slice(&((ACPI_START as usize + rsdt) as u32).to_le_bytes());
+    m.image[20..36].fill(0);
+    fix_rsdp(&mut m, 0);
+    let n = discover(&m, ACPI_START, 2, &RAM).unwrap();
+    assert_eq!((n.nr_nodes, n.rsdp), (2, RsdpFrom::ZeroPage));
+    m.image[12] ^= 0x40;
+    assert_eq!(discover(&m, ACPI_START, 2, &RAM), Err(Fault::NoRsdp));
+}
+
 #[test]
 fn lengths_that_lie_are_refused() {
     for sig in [b"XSDT", b"SRAT", b"SLIT", b"APIC", b"FACP"] {
@@ -331,6 +376,19 @@ fn what_the_tables_say_must_be_usable() {
     m.image[cpu1 + 3] = 0;
     m.fix(srat);
     assert_eq!(m.discover(2, &RAM), Err(Fault::CpuTwice));
+    // The last entry (node 1's memory) cut to 24 bytes, the table with it:
+    // too short for a memory entry, refused as such rather than read short.
+    let mut m = two_nodes();
+    let srat = m.table_off(b"SRAT");
+    let len = u32::from_le_bytes(m.image[srat + 4..srat + 8].try_into().unwrap()) as usize;
+    assert_eq!(
+        (m.image[srat + len - 40], m.image[srat + len - 39]),
+        (1, 40)
+    );
+    m.image[srat + len - 39] = 24;
+    m.image[srat + 4..srat + 8].copy_from_slice(&(len as u32 - 16).to_le_bytes());
+    m.fix(srat);
+    assert_eq!(m.discover(2, &RAM), Err(Fault::SratEntry));
     // An entry whose length runs past the table, or is too short to hold
     // what its type needs.
     for len in [0u8, 1, 15, 200] {
