@@ -269,6 +269,33 @@ fn both_rsdp_checksums_count() {
 }
 
 #[test]
+fn a_root_table_lists_at_most_32_tables() {
+    // A new XSDT near the end of the area: the four real tables, then the
+    // FADT again and again. Each listed table costs a checksum pass, so the
+    // count is bounded.
+    for (copies, want) in [(28, Ok(2)), (29, Err(Fault::RootEntries))] {
+        let mut m = two_nodes();
+        let mut listed: Vec<u64> = [b"FACP", b"APIC", b"SRAT", b"SLIT"]
+            .iter()
+            .map(|s| ACPI_START + m.table_off(s) as u64)
+            .collect();
+        listed.extend(std::iter::repeat_n(listed[0], copies));
+        let xsdt = m.image.len() - 4096;
+        m.image[xsdt..xsdt + 4].copy_from_slice(b"XSDT");
+        let len = 36 + 8 * listed.len();
+        m.image[xsdt + 4..xsdt + 8].copy_from_slice(&(len as u32).to_le_bytes());
+        for (i, a) in listed.iter().enumerate() {
+            m.image[xsdt + 36 + 8 * i..xsdt + 44 + 8 * i].copy_from_slice(&a.to_le_bytes());
+        }
+        m.fix(xsdt);
+        m.image[24..32].copy_from_slice(&(ACPI_START + xsdt as u64).to_le_bytes());
+        fix_rsdp(&mut m, 0);
+        let got = m.discover(2, &RAM).map(|n| n.nr_nodes);
+        assert_eq!(got, want, "{} tables", listed.len());
+    }
+}
+
+#[test]
 fn lengths_that_lie_are_refused() {
     for sig in [b"XSDT", b"SRAT", b"SLIT", b"APIC", b"FACP"] {
         for len in [0u32, 35, 0x2_0001, u32::MAX, 0x1_ffff] {
