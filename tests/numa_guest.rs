@@ -156,3 +156,23 @@ fn two_nodes_from_srat_and_slit() {
     }
     assert_eq!(per_cpu("interleave"), [[100, 100], [100, 100]]);
 }
+
+/// The MADT and SRAT carry 8-bit APIC ids: a VM with more vCPUs than fit
+/// is refused before it runs (exit 2, naming the count and the limit),
+/// unless the host's KVM refuses it first.
+#[test]
+fn more_vcpus_than_xapic_ids_are_refused() {
+    require_kvm!();
+    let k = common::TempFile::new("kernel");
+    let out = common::memvisor(&["kernel", "--output", k.as_str()], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let out = run(&["--kernel", k.as_str(), "--vcpus", "256", "--memory", "64M"]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(out.leftovers.is_empty(), "{:?}", out.leftovers);
+    let e = &out.stderr;
+    assert!(
+        e.contains("256 vCPUs: MADT and SRAT carry 8-bit APIC ids, so 1 to 255 vCPUs fit")
+            || e.contains("--vcpus 256: this host's KVM allows at most"),
+        "{e}"
+    );
+}
