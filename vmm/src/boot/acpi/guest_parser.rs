@@ -611,3 +611,127 @@ proptest! {
         }
     }
 }
+
+/// Writes `body` as a table `sig` at image offset `at` (header with a
+/// right length and checksum) and makes the XSDT entry that listed `sig`
+/// point at it.
+fn replace_table(m: &mut Mem, sig: &[u8; 4], at: usize, revision: u8, body: &[u8]) {
+    let old = ACPI_START + m.table_off(sig) as u64;
+    let len = 36 + body.len();
+    m.image[at..at + 4].copy_from_slice(sig);
+    m.image[at + 4..at + 8].copy_from_slice(&(len as u32).to_le_bytes());
+    m.image[at + 8] = revision;
+    m.image[at + 36..at + len].copy_from_slice(body);
+    m.fix(at);
+    let xsdt = Mem::off(u64::from_le_bytes(m.image[24..32].try_into().unwrap()));
+    for e in (xsdt + 36..xsdt + 68).step_by(8) {
+        if u64::from_le_bytes(m.image[e..e + 8].try_into().unwrap()) == old {
+            m.image[e..e + 8].copy_from_slice(&(ACPI_START + at as u64).to_le_bytes());
+        }
+    }
+    m.fix(xsdt);
+}
+
+/// One SRAT entry: mostly well-formed CPU and memory entries with small
+/// ids and plausible ranges (so some tables are accepted), sometimes a
+/// wrong length or an unknown type.
+fn srat_entry() -> impl Strategy<Value = Vec<u8>> {
+    let small = prop_oneof![0u32..3, Just(0x100), any::<u32>()];
+    let addr = prop_oneof![
+        Just(0u64),
+        Just(MIB),
+        Just(2 * MIB),
+        Just(4 * MIB),
+        any::<u64>()
+    ];
+    let flags = prop_oneof![Just(1u32), Just(0), any::<u32>()];
+    let lapic = (small.clone(), 0u8..4, flags.clone()).prop_map(|(pxm, apic, fl)| {
+        let p = pxm.to_le_bytes();
+        let mut e = vec![0, 16, p[0], apic];
+        e.extend_from_slice(&fl.to_le_bytes());
+        e.extend_from_slice(&[0, p[1], p[2], p[3], 0, 0, 0, 0]);
+        e
+    });
+    let memory = (small.clone(), addr.clone(), addr, flags.clone()).prop_map(|(pxm, b, l, fl)| {
+        let mut e = vec![1, 40];
+        e.extend_from_slice(&pxm.to_le_bytes());
+        e.extend_from_slice(&[0, 0]);
+        e.extend_from_slice(&b.to_le_bytes());
+        e.extend_from_slice(&l.to_le_bytes());
+        e.extend_from_slice(&[0; 4]);
+        e.extend_from_slice(&fl.to_le_bytes());
+        e.extend_from_slice(&[0; 8]);
+        e
+    });
+    let x2apic = (small, 0u32..4, flags).prop_map(|(pxm, id, fl)| {
+        let mut e = vec![2, 24, 0, 0];
+        e.extend_from_slice(&pxm.to_le_bytes());
+        e.extend_from_slice(&id.to_le_bytes());
+        e.extend_from_slice(&fl.to_le_bytes());
+        e.extend_from_slice(&[0; 8]);
+        e
+    });
+    let raw = (
+        any::<u8>(),
+        0u8..48,
+        proptest::collection::vec(any::<u8>(), 46),
+    )
+        .prop_map(|(kind, len, payload)| {
+            let mut e = vec![kind, len];
+            e.extend_from_slice(&payload[..(len as usize).saturating_sub(2)]);
+            e
+        });
+    prop_oneof![4 => lapic, 4 => memory, 1 => x2apic, 1 => raw]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// SRATs of random entries and random SLITs, with right checksums: no
+    /// panic, and anything accepted is a topology the page allocator
+    /// takes, every CPU placed.
+    #[test]
+    fn random_srat_and_slit_entries_never_yield_a_bad_topology(
+        entries in proptest::collection::vec(srat_entry(), 0..8),
+        localities in prop_oneof![1u64..4, any::<u64>()],
+        slit in proptest::collection::vec(prop_oneof![Just(10u8), Just(20u8), any::<u8>()], 0..20),
+        ncpus in 1usize..4,
+        revision in 0u8..4,
+        sane_start in any::<bool>(),
+    ) {
+        let mut m = two_nodes();
+        let mut srat = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        if sane_start {
+            // Every CPU and the RAM on domain 0, so what follows decides.
+            for apic in 0..ncpus as u8 {
+                srat.extend_from_slice(&[0, 16, 0, apic, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            }
+            let mut e = vec![1, 40, 0, 0, 0, 0, 0, 0];
+            e.extend_from_slice(&0u64.to_le_bytes());
+            e.extend_from_slice(&(4 * MIB).to_le_bytes());
+            e.extend_from_slice(&[0, 0, 0, 0, 1, 0, 0, 0]);
+            e.extend_from_slice(&[0; 8]);
+            srat.extend_from_slice(&e);
+        }
+        for e in &entries {
+            srat.extend_from_slice(e);
+        }
+        let at = m.image.len() - 8192;
+        replace_table(&mut m, b"SRAT", at, revision, &srat);
+        let mut body = localities.to_le_bytes().to_vec();
+        body.extend_from_slice(&slit);
+        let at = m.image.len() - 4096;
+        replace_table(&mut m, b"SLIT", at, 1, &body);
+        let ram = [(MIB, 3 * MIB)];
+        if let Ok(n) = m.discover(ncpus, &ram) {
+            let t = n.topology(ncpus);
+            prop_assert_eq!(t.check(), Ok(()));
+            prop_assert!(n.nr_nodes >= 1);
+            for a in 0..n.nr_nodes {
+                for b in 0..n.nr_nodes {
+                    prop_assert_eq!(n.distance[a][b] == 10, a == b);
+                }
+            }
+        }
+    }
+}
