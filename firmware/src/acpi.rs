@@ -26,10 +26,9 @@ use guest_mm::mmzone::MAX_NUMNODES;
 use guest_mm::page_alloc::{Topology, MAX_CPUS};
 use guest_mm::zonelist::{Distances, LOCAL_DISTANCE, REMOTE_DISTANCE};
 
-/// The BIOS read-only area the ACPI spec has an OS scan, on 16-byte
-/// boundaries, for the RSDP.
-pub const SCAN_START: u64 = 0xe0000;
-pub const SCAN_END: u64 = 0x10_0000;
+/// Where to scan for the RSDP (abi.rs: the BIOS area the VMM writes to).
+pub const SCAN_START: u64 = crate::abi::ACPI_AREA_START;
+pub const SCAN_END: u64 = crate::abi::ACPI_AREA_END;
 /// The longest table read: the whole scan area (a SLIT for 8 nodes is 108
 /// bytes, an SRAT for 64 CPUs ~1 KiB).
 pub const MAX_TABLE_LEN: usize = (SCAN_END - SCAN_START) as usize;

@@ -16,12 +16,12 @@ pub const CMDLINE_MAX: usize = 4096;
 pub const PD_START: u64 = 0x21000;
 pub const PD_END: u64 = 0x9f000;
 pub const EBDA_START: u64 = 0x9fc00;
-/// The ACPI tables, RSDP first: inside the BIOS read-only area
-/// (0xe0000..1 MiB) where the ACPI spec has an OS scan for the RSDP, so a
-/// guest that ignores boot_params.acpi_rsdp_addr still finds it, and inside
-/// the legacy hole e820 keeps out of RAM, so no guest allocator reuses it.
-pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_END: u64 = 0x10_0000;
+/// The ACPI tables, RSDP first: the BIOS read-only area (abi.rs) where the
+/// ACPI spec has an OS scan for the RSDP, so a guest that ignores
+/// boot_params.acpi_rsdp_addr still finds it, inside the legacy hole e820
+/// keeps out of RAM, so no guest allocator reuses it.
+pub const ACPI_START: u64 = crate::abi::ACPI_AREA_START;
+pub const ACPI_END: u64 = crate::abi::ACPI_AREA_END;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 3 << 30;
 pub const MMIO_GAP_END: u64 = 4 << 30;
