@@ -49,6 +49,13 @@ pub const GUEST_EXIT_FAILURE: u32 = 1;
 /// The guest took an unexpected exception or panicked.
 pub const GUEST_EXIT_CRASH: u32 = 3;
 
+/// The BIOS read-only area [start, end) where the ACPI spec has an OS scan
+/// for the RSDP on 16-byte boundaries: the VMM writes its ACPI tables
+/// there (and says where in boot_params.acpi_rsdp_addr), the guest kernel
+/// scans it when the zero page does not say.
+pub const ACPI_AREA_START: u64 = 0xe0000;
+pub const ACPI_AREA_END: u64 = 0x10_0000;
+
 /// vCPUs the bundled guest kernel supports (its per-CPU stacks and TSSs);
 /// the VMM refuses more when booting it.
 pub const MAX_VCPUS: usize = 64;

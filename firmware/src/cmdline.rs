@@ -51,6 +51,12 @@ pub static OPTIONS: &[Opt] = &[
         valid: &"a whole number of MiB from 1 to 16384",
         accepts: |v| parse_touch_mib(v).is_some(),
     },
+    Opt {
+        key: "numa_pages",
+        what: "values",
+        valid: &"a whole number from 1 to 65536",
+        accepts: |v| crate::workloads::parse_numa_pages(v).is_some(),
+    },
 ];
 
 /// `mobility_grouping=on|off|auto`: Some(Some(on)), or Some(None) for auto

@@ -1,13 +1,14 @@
 //! Ordering only: resources → KVM → VM and RAM → interrupt controllers →
 //! devices → kernel and boot tables → vCPUs. The one place that knows the
 //! order, and why each step comes where it does.
+use crate::boot::acpi::{self, AcpiError, AcpiNode, LOCAL_DISTANCE};
 use crate::boot::{self, pagetables, params, regs, BootError, KernelFormat};
 use crate::clock::{now_ns, since_origin_us};
 use crate::devices::console::Console;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::firmware;
 use crate::guest::events::VmEvents;
-use crate::memory::layout::{e820_map, E820Entry, CMDLINE_MAX};
+use crate::memory::layout::{e820_map, ram_regions, E820Entry, CMDLINE_MAX};
 use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
@@ -36,6 +37,8 @@ pub enum BuildError {
     Boot(#[from] BootError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
@@ -150,7 +153,15 @@ pub fn build(
     regs::write_boot_tables(mem)?;
     let cr3 = pagetables::build_identity_map(mem, vm.ram().end())?;
     let e820 = e820_map(res.memory);
-    let zero_page = params::write_boot_params(mem, &kernel, &cmdline, &e820)?;
+    // One node holding all RAM and every vCPU.
+    let ram = ram_regions(res.memory);
+    let vcpus: Vec<u32> = (0..res.vcpus).collect();
+    let nodes = [AcpiNode {
+        ram: &ram,
+        vcpus: &vcpus,
+    }];
+    let rsdp = acpi::write_tables(mem, res.vcpus, &nodes, &[LOCAL_DISTANCE])?;
+    let zero_page = params::write_boot_params(mem, &kernel, &cmdline, &e820, rsdp)?;
     mark(&mut phases.kernel_loaded);
     log::debug!(
         "kernel {what} loaded ({:?}), entry {:#x}",

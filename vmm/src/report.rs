@@ -210,6 +210,14 @@ impl Report {
                 "  guest ready: {} vCPUs, {} pages total, {} free, workload {}\n",
                 r["vcpus"], r["total_pages"], r["free_pages"], r["workload"]
             );
+            let n = &r["numa"];
+            if n.is_object() {
+                let why = n.get("reason").map_or(String::new(), |r| format!(" ({r})"));
+                s += &format!(
+                    "  guest NUMA: {} node(s) from {}{why}, distances {}\n",
+                    n["nr_nodes"], n["source"], n["distance"]
+                );
+            }
         }
         if let Some(w) = self.guest_event("workload") {
             s += &format!("  workload {}: ok={}", w["name"], w["ok"]);

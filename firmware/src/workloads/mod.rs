@@ -4,7 +4,10 @@ mod alloc;
 mod entropy;
 mod flood;
 mod memtest;
+mod numa;
 mod touch;
+
+pub use numa::parse_pages as parse_numa_pages;
 
 pub struct Workload {
     pub name: &'static str,
@@ -55,6 +58,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "touch",
         run: touch::run,
+    },
+    Workload {
+        name: "numa",
+        run: numa::run,
     },
 ];
 
