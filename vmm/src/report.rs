@@ -92,6 +92,7 @@ pub struct ConfigReport {
     pub backing: crate::memory::backing::Backing,
     pub thp: crate::memory::backing::Thp,
     pub prefault: bool,
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -103,6 +104,8 @@ pub struct MemoryReport {
     /// With `--prefault`: how guest RAM was populated, and how long it took.
     pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
     pub prefault_us: Option<f64>,
+    /// With `--dirty-log`: what was written, and the `workload=dirty` check.
+    pub dirty: Option<crate::memory::dirty::DirtyReport>,
     #[serde(flatten)]
     pub usage: MemoryUsage,
 }
@@ -341,6 +344,7 @@ mod tests {
                 backing: Default::default(),
                 thp: Default::default(),
                 prefault: false,
+                dirty_log: Default::default(),
             },
             clock_origin: Origin::Main,
             tsc_khz: None,
