@@ -49,9 +49,7 @@ pub fn expected_pages(line: &Value, into: &mut PageSet) -> Result<(), String> {
                     .and_then(|p| p.checked_mul(PAGE_SIZE))
                     .filter(|&gpa| into.insert_gpa(gpa));
                 if gpa.is_none() {
-                    return Err(format!(
-                        "`{key}` entry {r}: page {i} is not in guest RAM"
-                    ));
+                    return Err(format!("`{key}` entry {r}: page {i} is not in guest RAM"));
                 }
             }
         }

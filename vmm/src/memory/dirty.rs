@@ -66,9 +66,7 @@ vmm_sys_util::ioctl_iowr_nr!(
 vmm_sys_util::ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, kvm_bindings::KVMIO, 0xc7);
 
 /// `--dirty-log`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DirtyMode {
     #[default]
@@ -164,7 +162,12 @@ impl PageSet {
         PageSet {
             slots: regions
                 .iter()
-                .map(|r| (r.guest_base, vec![0; (r.size / PAGE_SIZE).div_ceil(64) as usize]))
+                .map(|r| {
+                    (
+                        r.guest_base,
+                        vec![0; (r.size / PAGE_SIZE).div_ceil(64) as usize],
+                    )
+                })
                 .collect(),
         }
     }
@@ -193,9 +196,11 @@ impl PageSet {
 
     /// Sets the page holding guest-physical `gpa`; false if not in RAM.
     pub fn insert_gpa(&mut self, gpa: u64) -> bool {
-        let Some(i) = self.slots.iter().position(|(base, w)| {
-            gpa >= *base && (gpa - base) / PAGE_SIZE < 64 * w.len() as u64
-        }) else {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|(base, w)| gpa >= *base && (gpa - base) / PAGE_SIZE < 64 * w.len() as u64)
+        else {
             return false;
         };
         self.set(i, (gpa - self.slots[i].0) / PAGE_SIZE)
@@ -233,19 +238,22 @@ impl PageSet {
 
     /// Guest-physical addresses of the pages in `self` and not in `other`.
     pub fn minus<'a>(&'a self, other: &'a PageSet) -> impl Iterator<Item = u64> + 'a {
-        self.slots.iter().enumerate().flat_map(move |(i, (base, w))| {
-            w.iter().enumerate().flat_map(move |(k, &word)| {
-                let theirs = other.slots.get(i).and_then(|o| o.1.get(k)).copied();
-                let mut left = word & !theirs.unwrap_or(0);
-                std::iter::from_fn(move || {
-                    (left != 0).then(|| {
-                        let b = left.trailing_zeros() as u64;
-                        left &= left - 1;
-                        base + (64 * k as u64 + b) * PAGE_SIZE
+        self.slots
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, (base, w))| {
+                w.iter().enumerate().flat_map(move |(k, &word)| {
+                    let theirs = other.slots.get(i).and_then(|o| o.1.get(k)).copied();
+                    let mut left = word & !theirs.unwrap_or(0);
+                    std::iter::from_fn(move || {
+                        (left != 0).then(|| {
+                            let b = left.trailing_zeros() as u64;
+                            left &= left - 1;
+                            base + (64 * k as u64 + b) * PAGE_SIZE
+                        })
                     })
                 })
             })
-        })
     }
 }
 
@@ -486,7 +494,11 @@ impl DirtyLog {
                     // SAFETY: KVM reads one kvm_clear_dirty_log and the
                     // bitmap it points at, which covers the whole slot.
                     let rc = unsafe {
-                        vmm_sys_util::ioctl::ioctl_with_ref(&*self.vm, KVM_CLEAR_DIRTY_LOG(), &clear)
+                        vmm_sys_util::ioctl::ioctl_with_ref(
+                            &*self.vm,
+                            KVM_CLEAR_DIRTY_LOG(),
+                            &clear,
+                        )
                     };
                     if rc < 0 {
                         return Err(last_err("KVM_CLEAR_DIRTY_LOG"));
@@ -503,7 +515,8 @@ impl DirtyLog {
                         // SAFETY: `flags` is an aligned u32 KVM writes
                         // concurrently: read it as an atomic, with acquire
                         // so the slot and offset it publishes are seen.
-                        let flags = unsafe { &*(std::ptr::addr_of_mut!((*e).flags) as *const AtomicU32) };
+                        let flags =
+                            unsafe { &*(std::ptr::addr_of_mut!((*e).flags) as *const AtomicU32) };
                         if flags.load(Ordering::Acquire) & GFN_DIRTY == 0 {
                             break;
                         }
@@ -530,7 +543,8 @@ impl DirtyLog {
                 }
                 if any {
                     // SAFETY: an ioctl without arguments on our VM fd.
-                    let rc = unsafe { vmm_sys_util::ioctl::ioctl(&*self.vm, KVM_RESET_DIRTY_RINGS()) };
+                    let rc =
+                        unsafe { vmm_sys_util::ioctl::ioctl(&*self.vm, KVM_RESET_DIRTY_RINGS()) };
                     if rc < 0 {
                         return Err(last_err("KVM_RESET_DIRTY_RINGS"));
                     }
@@ -689,6 +703,9 @@ mod tests {
             e.contains("KVM_CAP_DIRTY_LOG_RING_ACQ_REL") && e.contains("KVM_CAP_DIRTY_LOG_RING"),
             "{e}"
         );
-        assert!(matches!(choose_ring(0, 2048), Err(DirtyError::RingTooSmall(2048))));
+        assert!(matches!(
+            choose_ring(0, 2048),
+            Err(DirtyError::RingTooSmall(2048))
+        ));
     }
 }

@@ -187,9 +187,8 @@ impl GuestRam {
                     len as usize,
                     RamOwner {
                         _mapping: map.clone(),
-                        vmm_writes: track.then(|| {
-                            AtomicBitmap::new(len as usize, dirty::PAGE_SIZE_NZ)
-                        }),
+                        vmm_writes: track
+                            .then(|| AtomicBitmap::new(len as usize, dirty::PAGE_SIZE_NZ)),
                     },
                 )
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)

@@ -109,11 +109,7 @@ impl DevicePio for HostIo {
                         });
                     }
                 }
-                self.events.push(VmEvent::Mark {
-                    vcpu,
-                    value,
-                    at_ns,
-                })
+                self.events.push(VmEvent::Mark { vcpu, value, at_ns })
             }
             HostPort::Exit => self.events.push(VmEvent::GuestExit {
                 vcpu,

@@ -303,10 +303,7 @@ mod tests {
     #[test]
     fn a_full_dirty_ring_is_harvested_and_the_vcpu_goes_on() {
         let bus = FakeBus::default();
-        assert_eq!(
-            handle(Exit::DirtyRingFull, &bus),
-            Action::HarvestDirtyRing
-        );
+        assert_eq!(handle(Exit::DirtyRingFull, &bus), Action::HarvestDirtyRing);
         assert!(bus.log.borrow().is_empty(), "no device is involved");
     }
 
