@@ -1,0 +1,131 @@
+//! `--dirty-log bitmap|ring`: with `workload=dirty`, the log's window holds
+//! exactly the pages the guest wrote there plus the pages the VMM's
+//! virtio-rng device wrote there (`--entropy`: eight buffers and the ring
+//! page), and nothing else; a full dirty ring is harvested and the guest
+//! goes on; a bad mode is refused with exit 2.
+#[macro_use]
+mod common;
+
+use common::{memvisor, run, u64_at, Output};
+use serde_json::Value;
+
+/// Pages of `[first_pfn, count, stride]` runs, checked to be distinct.
+fn run_pages(runs: &Value) -> Vec<u64> {
+    let mut pages: Vec<u64> = runs
+        .as_array()
+        .expect("runs is an array")
+        .iter()
+        .flat_map(|r| {
+            let (first, count, stride) = (
+                r[0].as_u64().unwrap(),
+                r[1].as_u64().unwrap(),
+                r[2].as_u64().unwrap(),
+            );
+            (0..count).map(move |i| first + i * stride)
+        })
+        .collect();
+    pages.sort_unstable();
+    pages.dedup();
+    pages
+}
+
+/// Runs `workload=dirty` and checks the window, returning the run.
+fn dirty_run(mode: &str, vcpus: &str, pages: u64, stride: u64) -> Output {
+    let cmdline = format!("workload=dirty dirty_pages={pages} dirty_stride={stride}");
+    let out = run(&[
+        "--dirty-log",
+        mode,
+        "--entropy",
+        "--vcpus",
+        vcpus,
+        "--memory",
+        "512M",
+        "--cmdline",
+        &cmdline,
+    ]);
+    let ctx = format!("--dirty-log {mode}, {vcpus} vCPUs, {pages} pages, stride {stride}");
+    assert_eq!(out.code, Some(0), "{ctx}: {}", out.describe());
+    let r = out.report();
+    assert_eq!(r["config"]["dirty_log"], mode, "{ctx}");
+    let w = out.guest_event("workload");
+    assert_eq!(w["name"], "dirty", "{ctx}: {w}");
+    assert_eq!(w["ok"], true, "{ctx}: {w}");
+    assert_eq!(u64_at(w, "device_bytes"), 8 * 4096, "{ctx}: {w}");
+
+    // What the guest says, checked here on its own terms: the pages asked
+    // for, `stride` apart within each block, plus the ring page; the
+    // device got eight buffer pages and the same ring page.
+    let guest = run_pages(&w["runs"]);
+    let device = run_pages(&w["device_runs"]);
+    assert_eq!(guest.len() as u64, pages + 1, "{ctx}: {w}");
+    assert_eq!(device.len(), 9, "{ctx}: {w}");
+    let ring_page: Vec<_> = device.iter().filter(|p| guest.contains(p)).collect();
+    assert_eq!(ring_page.len(), 1, "{ctx}: one page is both: {w}");
+
+    let d = &r["memory"]["dirty"];
+    assert_eq!(d["mode"], mode, "{ctx}: {d}");
+    let c = &d["check"];
+    assert_eq!(c["ok"], true, "{ctx}: {d}");
+    assert_eq!(u64_at(c, "missing"), 0, "{ctx}: {d}");
+    assert_eq!(u64_at(c, "extra"), 0, "{ctx}: {d}");
+    assert_eq!(u64_at(c, "expected"), pages + 9, "{ctx}: {d}");
+    assert_eq!(u64_at(c, "found"), pages + 9, "{ctx}: {d}");
+    // KVM logged the guest's pages, the VMM's bitmap the device's: each
+    // half is needed for the union to be exact.
+    let win = &d["window"];
+    assert_eq!(u64_at(win, "guest_pages"), pages + 1, "{ctx}: {d}");
+    assert_eq!(u64_at(win, "vmm_pages"), 9, "{ctx}: {d}");
+    // Over the run: boot-time writes of the VMM (kernel, page tables, boot
+    // parameters) and of the guest come on top of the window.
+    assert!(u64_at(d, "vmm_pages") > 9, "{ctx}: {d}");
+    assert!(u64_at(d, "guest_pages") > pages, "{ctx}: {d}");
+    assert!(
+        u64_at(d, "pages_dirty") >= u64_at(d, "guest_pages").max(u64_at(d, "vmm_pages")),
+        "{ctx}: {d}"
+    );
+    assert!(u64_at(d, "harvests") >= 3, "{ctx}: start, end, final: {d}");
+    out
+}
+
+#[test]
+fn bitmap_logs_exactly_the_pages_the_guest_and_the_device_wrote() {
+    require_kvm!();
+    dirty_run("bitmap", "1", 300, 3);
+    // A second vCPU waits, reading only, through the window.
+    dirty_run("bitmap", "2", 1000, 1);
+}
+
+#[test]
+fn ring_logs_exactly_the_pages_the_guest_and_the_device_wrote() {
+    require_kvm!();
+    dirty_run("ring", "2", 300, 3);
+}
+
+/// More pages than one 4096-entry ring holds: the vCPU exits with
+/// KVM_EXIT_DIRTY_RING_FULL, the VMM harvests and resets, the guest goes on,
+/// and nothing harvested on the way is lost from the window.
+#[test]
+fn a_full_dirty_ring_is_harvested_and_the_window_stays_exact() {
+    require_kvm!();
+    let out = dirty_run("ring", "1", 9000, 2);
+    let d = &out.report()["memory"]["dirty"];
+    assert!(u64_at(d, "ring_full_exits") >= 2, "{d}");
+}
+
+#[test]
+fn without_dirty_logging_there_is_no_dirty_section() {
+    require_kvm!();
+    let out = run(&["--cmdline", "workload=dirty"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.report()["config"]["dirty_log"], "off");
+    assert!(out.report()["memory"]["dirty"].is_null());
+}
+
+#[test]
+fn a_bad_dirty_log_mode_exits_2_naming_the_valid_ones() {
+    let out = memvisor(&["run", "--dirty-log", "maybe"], &[]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    for w in ["maybe", "off", "bitmap", "ring"] {
+        assert!(out.stderr.contains(w), "{w}: {}", out.describe());
+    }
+}
