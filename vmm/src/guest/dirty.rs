@@ -121,6 +121,59 @@ mod tests {
         }
     }
 
+    /// A window that is not what the guest says fails a run that had
+    /// succeeded (exit 1, as a failed memtest), naming the counts.
+    #[test]
+    fn a_failed_check_fails_the_run() {
+        let ram = GuestRam::new(16 << 20).unwrap();
+        let fin = |found: &[u64]| {
+            let mut w = crate::memory::dirty::Window {
+                guest: set(),
+                vmm: set(),
+            };
+            for &p in found {
+                w.guest.insert_gpa(p * PAGE_SIZE);
+            }
+            Final {
+                report: crate::memory::dirty::DirtyReport {
+                    mode: crate::memory::dirty::DirtyMode::Bitmap,
+                    harvests: 3,
+                    ring_full_exits: 0,
+                    pages_dirty: 0,
+                    guest_pages: 0,
+                    vmm_pages: 0,
+                    window: None,
+                    check: None,
+                },
+                window: Some(w),
+                empty: crate::memory::dirty::page_set_for(ram.regions()),
+                error: None,
+            }
+        };
+        let line = json!({"event": "workload", "name": "dirty", "runs": [[16, 2, 1]]});
+        let mut r = crate::report::sample();
+        r.guest.push(line.clone());
+        check_report(&mut r, fin(&[16, 17]));
+        assert_eq!(r.exit.code, 0);
+        assert!(r.memory.dirty.as_ref().unwrap().check.as_ref().unwrap().ok);
+
+        let mut r = crate::report::sample();
+        r.guest.push(line);
+        check_report(&mut r, fin(&[16, 18]));
+        assert_eq!(r.exit.status, ExitKind::Failure);
+        assert_eq!(r.exit.code, 1);
+        assert!(
+            r.exit.reason.contains("1 missing, 1 extra"),
+            "{}",
+            r.exit.reason
+        );
+        let c = r.memory.dirty.unwrap().check.unwrap();
+        assert_eq!(
+            (c.missing_sample, c.extra_sample),
+            (vec![17 * PAGE_SIZE], vec![18 * PAGE_SIZE])
+        );
+    }
+
     #[test]
     fn hostile_runs_are_refused() {
         let pages = (16u64 << 20) / PAGE_SIZE;

@@ -686,6 +686,35 @@ mod tests {
         assert!(a.contains_gpa(0x1234) && !a.contains_gpa(0x5000));
     }
 
+    /// Every vm-memory write marks its pages when tracked, nothing when
+    /// not; a clone of the memory shares the one bitmap (a device's clone
+    /// marks what the dirty log reads) and still owns the mapping.
+    #[test]
+    fn vmm_writes_are_marked_in_the_region_bitmap_only_when_tracked() {
+        use crate::memory::backing::BackingConfig;
+        use crate::memory::GuestRam;
+        use vm_memory::{Bytes, GuestAddress};
+        let marked = |m: &GuestMemory| -> Vec<u64> {
+            let r = m.iter().next().unwrap();
+            let owner: &super::super::RamOwner = std::ops::Deref::deref(r).bitmap();
+            owner.vmm_writes().map_or(Vec::new(), |b| {
+                (0..b.len() as u64)
+                    .filter(|&p| b.is_bit_set(p as usize))
+                    .collect()
+            })
+        };
+        let ram = GuestRam::with_vmm_write_tracking(16 << 20, BackingConfig::default()).unwrap();
+        let m = ram.memory().clone();
+        drop(ram);
+        m.write_obj(1u64, GuestAddress(0x3000)).unwrap();
+        m.write_slice(&[7u8; 4098], GuestAddress(0x5fff)).unwrap();
+        assert_eq!(marked(&m), vec![3, 5, 6, 7]);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 1);
+        let off = GuestRam::new(16 << 20).unwrap();
+        off.memory().write_obj(1u64, GuestAddress(0x3000)).unwrap();
+        assert!(marked(off.memory()).is_empty());
+    }
+
     #[test]
     fn ring_choice_prefers_acq_rel_and_names_what_is_missing() {
         assert_eq!(
