@@ -709,6 +709,15 @@ mod tests {
         m.write_obj(1u64, GuestAddress(0x3000)).unwrap();
         m.write_slice(&[7u8; 4098], GuestAddress(0x5fff)).unwrap();
         assert_eq!(marked(&m), vec![3, 5, 6, 7]);
+        // The Bitmap calls themselves, as other vm-memory paths make them.
+        {
+            use vm_memory::bitmap::Bitmap;
+            let r = m.iter().next().unwrap();
+            let owner: &super::super::RamOwner = std::ops::Deref::deref(r).bitmap();
+            owner.mark_dirty(0x9000, 1);
+            assert!(owner.dirty_at(0x9000) && !owner.dirty_at(0xa000));
+        }
+        assert_eq!(marked(&m), vec![3, 5, 6, 7, 9]);
         assert_eq!(m.read_obj::<u64>(GuestAddress(0x3000)).unwrap(), 1);
         let off = GuestRam::new(16 << 20).unwrap();
         off.memory().write_obj(1u64, GuestAddress(0x3000)).unwrap();
