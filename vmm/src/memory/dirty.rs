@@ -230,10 +230,15 @@ impl PageSet {
 
     pub fn union(&self, other: &PageSet) -> PageSet {
         let mut u = self.clone();
-        for (i, (_, w)) in other.slots.iter().enumerate() {
-            u.or_words(i, w);
-        }
+        u.add_all(other);
         u
+    }
+
+    /// Adds every page of `other` (a set over the same RAM).
+    pub fn add_all(&mut self, other: &PageSet) {
+        for (i, (_, w)) in other.slots.iter().enumerate() {
+            self.or_words(i, w);
+        }
     }
 
     /// Guest-physical addresses of the pages in `self` and not in `other`.
@@ -563,11 +568,11 @@ impl DirtyLog {
             }
         }
         st.harvests += 1;
-        st.total.guest = st.total.guest.union(&guest);
-        st.total.vmm = st.total.vmm.union(&vmm);
+        st.total.guest.add_all(&guest);
+        st.total.vmm.add_all(&vmm);
         if let Some(w) = st.open.as_mut() {
-            w.guest = w.guest.union(&guest);
-            w.vmm = w.vmm.union(&vmm);
+            w.guest.add_all(&guest);
+            w.vmm.add_all(&vmm);
         }
         Ok(())
     }
