@@ -84,6 +84,12 @@ fn dirty_run(mode: &str, vcpus: &str, pages: u64, stride: u64) -> Output {
         "{ctx}: {d}"
     );
     assert!(u64_at(d, "harvests") >= 3, "{ctx}: start, end, final: {d}");
+    let line = format!("dirty log ({mode}): ");
+    assert!(
+        out.stdout.contains(&line) && out.stdout.contains("; check ok: "),
+        "{ctx}: the summary says it: {}",
+        out.describe()
+    );
     out
 }
 

@@ -207,6 +207,9 @@ impl Report {
             mib(m.usage.vmm_overhead_bytes),
             mib(m.usage.vm_rss_bytes),
         );
+        if let Some(d) = &m.dirty {
+            s += &crate::memory::dirty::summary_line(d);
+        }
         if let Some(r) = self.guest_event("ready") {
             s += &format!(
                 "  guest ready: {} vCPUs, {} pages total, {} free, workload {}\n",

@@ -315,6 +315,33 @@ pub struct DirtyLog {
     state: Mutex<State>,
 }
 
+/// The summary's line on the dirty log.
+pub fn summary_line(d: &DirtyReport) -> String {
+    let mode = match d.mode {
+        DirtyMode::Off => "off",
+        DirtyMode::Bitmap => "bitmap",
+        DirtyMode::Ring => "ring",
+    };
+    let mut s = format!(
+        "  dirty log ({mode}): {} pages written ({} by vCPUs, {} by the VMM), {} harvests, {} ring-full exits",
+        d.pages_dirty, d.guest_pages, d.vmm_pages, d.harvests, d.ring_full_exits
+    );
+    if let Some(c) = &d.check {
+        s += &match &c.error {
+            Some(e) => format!("; check FAILED: {e}"),
+            None => format!(
+                "; check {}: {} expected, {} found, {} missing, {} extra",
+                if c.ok { "ok" } else { "FAILED" },
+                c.expected,
+                c.found,
+                c.missing,
+                c.extra
+            ),
+        };
+    }
+    s + "\n"
+}
+
 /// The dirty log's state at the end of a run.
 pub struct Final {
     pub report: DirtyReport,
