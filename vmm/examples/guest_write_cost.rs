@@ -23,7 +23,10 @@ fn measured_loop(mem: &GuestMemory, writes: u64, buf: &[u8]) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map_or("off", String::as_str);
-    let writes: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let writes: u64 = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let bytes: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(64);
     let ram = match mode {
         "off" => GuestRam::with_backing(RAM, BackingConfig::default()),
