@@ -312,48 +312,8 @@ fn escape_controls(json: &str) -> String {
     out
 }
 
-/// A report of a successful run with nothing in it, for unit tests.
 #[cfg(test)]
-pub(crate) fn sample() -> Report {
-    Report {
-        memvisor_version: "test",
-        config: ConfigReport {
-            kernel: "bundled".into(),
-            kernel_format: None,
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_bytes: 1 << 28,
-            timeout_s: 1.0,
-            record_budget_bytes: 1 << 22,
-            irqchip: crate::vstate::vm::IrqchipMode::Split,
-            backing: Default::default(),
-            thp: Default::default(),
-            prefault: false,
-            dirty_log: Default::default(),
-        },
-        clock_origin: Origin::Main,
-        tsc_khz: None,
-        phases_us: Phases::default(),
-        memory: MemoryReport::default(),
-        exits: ExitCounts::default(),
-        dropped_records: 0,
-        dropped_bytes: 0,
-        exit: ExitReport {
-            status: ExitKind::Success,
-            code: 0,
-            guest_status: None,
-            reason: "ok".into(),
-            vcpu: None,
-            rip: None,
-            signal: None,
-        },
-        guest: Vec::new(),
-        warnings: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -370,6 +330,44 @@ mod tests {
         assert!(safe.contains("\\u009b") && safe.contains("\\u007f") && safe.contains('\u{a0}'));
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
         assert_eq!(back, v);
+    }
+
+    pub(crate) fn sample() -> Report {
+        Report {
+            memvisor_version: "test",
+            config: ConfigReport {
+                kernel: "bundled".into(),
+                kernel_format: None,
+                cmdline: String::new(),
+                vcpus: 1,
+                memory_bytes: 1 << 28,
+                timeout_s: 1.0,
+                record_budget_bytes: 1 << 22,
+                irqchip: crate::vstate::vm::IrqchipMode::Split,
+                backing: Default::default(),
+                thp: Default::default(),
+                prefault: false,
+                dirty_log: Default::default(),
+            },
+            clock_origin: Origin::Main,
+            tsc_khz: None,
+            phases_us: Phases::default(),
+            memory: MemoryReport::default(),
+            exits: ExitCounts::default(),
+            dropped_records: 0,
+            dropped_bytes: 0,
+            exit: ExitReport {
+                status: ExitKind::Success,
+                code: 0,
+                guest_status: None,
+                reason: "ok".into(),
+                vcpu: None,
+                rip: None,
+                signal: None,
+            },
+            guest: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     #[test]

@@ -151,13 +151,13 @@ mod tests {
             }
         };
         let line = json!({"event": "workload", "name": "dirty", "runs": [[16, 2, 1]]});
-        let mut r = crate::report::sample();
+        let mut r = crate::report::tests::sample();
         r.guest.push(line.clone());
         check_report(&mut r, fin(&[16, 17]));
         assert_eq!(r.exit.code, 0);
         assert!(r.memory.dirty.as_ref().unwrap().check.as_ref().unwrap().ok);
 
-        let mut r = crate::report::sample();
+        let mut r = crate::report::tests::sample();
         r.guest.push(line);
         check_report(&mut r, fin(&[16, 18]));
         assert_eq!(r.exit.status, ExitKind::Failure);
