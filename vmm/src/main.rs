@@ -52,7 +52,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; dirty: write `dirty_pages=N` pages `dirty_stride=K` apart between two marks and have the VMM check its dirty log against them (with --dirty-log); boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; dirty: write `dirty_pages=N` pages `dirty_stride=K` apart between two marks and have the VMM check its dirty log against them (with --dirty-log); boot: report ready and exit; fault: a deliberate page fault; touch: time the first touch of `touch_mib=N` MiB) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
@@ -142,6 +142,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Memory benchmark: guest first-touch bandwidth per backing (THP on,
+    /// THP off, hugetlbfs, memfd-hugetlb; the hugetlb pages are reserved
+    /// for the run and given back), prefault time, host-side discard and
+    /// collapse throughput, and boot with --numa; medians beside the goals.
+    Memory {
+        /// Runs of each measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// MiB the guest touches in each run (1 to 16384; guest RAM is this
+        /// plus 256 MiB).
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        touch_mib: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -222,6 +238,30 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Memory {
+            runs,
+            touch_mib,
+            json,
+        }) => {
+            if runs == 0 || !(1..=16384).contains(&touch_mib) {
+                eprintln!(
+                    "memvisor: bench memory: error: --runs must be at least 1 and --touch-mib 1 to 16384 (got {runs} and {touch_mib})"
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::memory::MemoryBenchOptions {
+                runs,
+                json,
+                touch_mib,
+            };
+            match memvisor::bench::memory::bench_memory(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench memory: {e:#}");
                     ExitCode::from(1)
                 }
             }

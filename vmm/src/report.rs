@@ -1,9 +1,8 @@
 //! The JSON report: host-side phase timings and memory figures merged with
 //! the guest's own JSON lines, plus the short human summary.
 use crate::clock::Origin;
+use crate::memory::accounting::MemoryAccounting;
 use crate::memory::layout::E820Entry;
-use crate::memory::rss::MemoryUsage;
-use crate::memory::RamRegion;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -100,14 +99,16 @@ pub struct MemoryReport {
     pub e820: Vec<E820Entry>,
     pub e820_ram_bytes: u64,
     pub e820_ram_pages: u64,
-    pub regions: Vec<RamRegion>,
     /// With `--prefault`: how guest RAM was populated, and how long it took.
     pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
     pub prefault_us: Option<f64>,
     /// With `--dirty-log`: what was written, and the `workload=dirty` check.
     pub dirty: Option<crate::memory::dirty::DirtyReport>,
+    /// The RAM `regions` with what each costs the host, KVM's statistics,
+    /// discard/collapse counters and the process's figures: what
+    /// `GET /vm/memory` serves, at guest exit.
     #[serde(flatten)]
-    pub usage: MemoryUsage,
+    pub accounting: MemoryAccounting,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -201,11 +202,11 @@ impl Report {
             self.config.backing.name(),
             if self.config.thp == crate::memory::backing::Thp::On { "on" } else { "off" },
             m.e820_ram_pages,
-            mib(m.usage.guest_rss_bytes),
-            mib(m.usage.guest_anon_huge_bytes),
-            mib(m.usage.guest_hugetlb_bytes),
-            mib(m.usage.vmm_overhead_bytes),
-            mib(m.usage.vm_rss_bytes),
+            mib(m.accounting.usage.guest_rss_bytes),
+            mib(m.accounting.usage.guest_anon_huge_bytes),
+            mib(m.accounting.usage.guest_hugetlb_bytes),
+            mib(m.accounting.usage.vmm_overhead_bytes),
+            mib(m.accounting.usage.vm_rss_bytes),
         );
         if let Some(d) = &m.dirty {
             s += &crate::memory::dirty::summary_line(d);

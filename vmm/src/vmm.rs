@@ -13,7 +13,6 @@ use crate::guest::events::{VmEvent, VmEvents};
 use crate::guest::log::GuestLog;
 use crate::guest::record::RecordKind;
 use crate::memory::layout::{e820_ram_bytes, e820_ram_pages};
-use crate::memory::rss;
 use crate::report::{ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report};
 use crate::resources::VmResources;
 use crate::rpc::Followup;
@@ -373,7 +372,7 @@ impl Vmm {
         );
         let mut dirty = None;
         if let Some(mut b) = self.built.take() {
-            memory.usage = rss::measure(&b.vm.ram().host_ranges()).unwrap_or_default();
+            memory.accounting = b.vm.accounting();
             vcpu::finish_all(&mut b.vcpus);
             phases.teardown_done = Some(since_origin_us(now_ns()));
             dirty = b.vm.dirty().map(|d| d.finish());
@@ -393,7 +392,6 @@ impl Vmm {
             memory.e820_ram_bytes = e820_ram_bytes(&b.e820);
             memory.e820_ram_pages = e820_ram_pages(&b.e820);
             memory.e820 = std::mem::take(&mut b.e820);
-            memory.regions = b.vm.ram().regions().to_vec();
             memory.prefault_method = b.prefault.map(|p| p.0);
             memory.prefault_us = b.prefault.map(|p| p.1);
             kernel = std::mem::take(&mut b.kernel_name);

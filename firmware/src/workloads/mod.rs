@@ -5,6 +5,7 @@ mod dirty;
 mod entropy;
 mod flood;
 mod memtest;
+mod touch;
 
 pub struct Workload {
     pub name: &'static str,
@@ -55,6 +56,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "touch",
+        run: touch::run,
     },
 ];
 

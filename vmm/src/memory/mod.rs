@@ -9,9 +9,11 @@
 //! Discard and collapse take guest-physical ranges that will come from the
 //! guest (balloon PFNs): each range is checked, with overflow-safe
 //! arithmetic, to lie wholly inside one RAM region before anything is done.
+pub mod accounting;
 pub mod backing;
 pub mod dirty;
 pub mod layout;
+pub mod reserve;
 pub mod rss;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};
@@ -139,6 +141,7 @@ pub struct GuestRam {
     /// The region mappings, index for index with `regions`.
     mappings: Vec<Arc<HostMapping>>,
     config: BackingConfig,
+    counters: accounting::OpCounters,
 }
 
 impl GuestRam {
@@ -215,11 +218,17 @@ impl GuestRam {
             regions,
             mappings,
             config,
+            counters: Default::default(),
         })
     }
 
     pub fn config(&self) -> BackingConfig {
         self.config
+    }
+
+    /// Bytes and ranges discarded and collapsed so far.
+    pub fn op_counts(&self) -> accounting::OpCounts {
+        self.counters.snapshot()
     }
 
     /// Installs one memslot per region: KVM builds the stage-2 (EPT/NPT, or
@@ -356,6 +365,7 @@ impl GuestRam {
         if rc != 0 {
             return Err(fail(io::Error::last_os_error()));
         }
+        self.counters.discarded(len);
         Ok(())
     }
 
@@ -389,6 +399,7 @@ impl GuestRam {
                 source: io::Error::last_os_error(),
             });
         }
+        self.counters.collapsed(len);
         Ok(())
     }
 
@@ -665,6 +676,8 @@ mod tests {
     /// do not change the host; tests/memory_backing.rs reserves them).
     #[test]
     fn hugetlb_discards_whole_huge_pages() {
+        // Others reserving and giving back pages must wait until we are done.
+        let _pool = reserve::PoolLock::take().unwrap();
         let need = 4 * MIB;
         if backing::HugePool::read()
             .map_or(true, |p| p.check(Backing::Hugetlbfs, 2 * need).is_err())

@@ -206,6 +206,15 @@ impl Vm {
     pub fn memory(&self) -> &GuestMemory {
         self.ram.memory()
     }
+
+    /// What guest RAM costs now, host and KVM side (the report's memory
+    /// figures and `GET /vm/memory`).
+    pub fn accounting(&self) -> crate::memory::accounting::MemoryAccounting {
+        let kvm = super::kvm_stats::KvmStats::read_vm(&self.fd)
+            .map_err(|e| log::debug!("KVM statistics: {e}"))
+            .ok();
+        crate::memory::accounting::measure(&self.ram, kvm)
+    }
 }
 
 impl Drop for Vm {
