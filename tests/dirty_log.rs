@@ -6,8 +6,11 @@
 #[macro_use]
 mod common;
 
-use common::{memvisor, run, u64_at, Output};
+use common::{memvisor, run, u64_at, unique_path, Output, BIN};
+use memvisor::api::client::request;
 use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Pages of `[first_pfn, count, stride]` runs, checked to be distinct.
 fn run_pages(runs: &Value) -> Vec<u64> {
@@ -138,6 +141,45 @@ fn pages_in_the_memslot_above_4g_are_logged_in_both_modes() {
             pages.iter().any(|&p| p >= (4u64 << 30) / 4096),
             "{mode}: no page above 4 GiB: {pages:?}"
         );
+    }
+}
+
+/// `GET /vm/memory` carries the dirty log as it is now (harvested on the
+/// request), while the guest runs; null without `--dirty-log`.
+#[test]
+fn get_vm_memory_reports_the_dirty_log_while_the_guest_runs() {
+    require_kvm!();
+    for (mode, want) in [("ring", true), ("off", false)] {
+        let sock = unique_path("dirty.sock");
+        let mut child = Command::new(BIN)
+            .args(["run", "--quiet", "--timeout", "30", "--dirty-log", mode])
+            .args(["--cmdline", "workload=spin", "--api-sock"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let body = loop {
+            assert!(t.elapsed() < Duration::from_secs(10), "{mode}: no answer");
+            match request(&sock, "GET", "/vm/memory", None) {
+                Ok((200, body)) => break body,
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_file(&sock);
+        let m: Value = serde_json::from_str(&body).unwrap();
+        let d = &m["dirty"];
+        if want {
+            assert_eq!(d["mode"], mode, "{m:#}");
+            assert!(u64_at(d, "harvests") >= 1, "{m:#}");
+            assert!(u64_at(d, "guest_pages") > 0, "the boot wrote: {m:#}");
+            assert!(u64_at(d, "vmm_pages") > 0, "the VMM wrote: {m:#}");
+        } else {
+            assert!(d.is_null() && m.get("dirty").is_some(), "{m:#}");
+        }
     }
 }
 

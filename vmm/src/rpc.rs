@@ -163,7 +163,10 @@ impl Vmm {
             }
             // allowed_in let it through: the VM is built.
             ApiRequest::GetVmMemory => match &self.built {
-                Some(b) => ApiResponse::ok_json(&b.vm.accounting()),
+                Some(b) => ApiResponse::ok_json(&VmMemory {
+                    accounting: b.vm.accounting(),
+                    dirty: b.vm.dirty().map(|d| d.live_report()),
+                }),
                 None => ApiResponse::bad_request(crate::api::NOT_SUPPORTED_PRE_BOOT),
             },
             ApiRequest::Action(ActionType::InstanceStart) => return Followup::Start(msg),
@@ -221,4 +224,13 @@ mod tests {
         r.thp = Thp::On;
         assert_eq!(machine_config(&r).huge_pages, HugePages::Hugetlbfs2M);
     }
+}
+
+/// `GET /vm/memory`: the accounting, and with `--dirty-log` the dirty log
+/// as of now, as the report's `memory` section has them.
+#[derive(serde::Serialize)]
+struct VmMemory {
+    #[serde(flatten)]
+    accounting: crate::memory::accounting::MemoryAccounting,
+    dirty: Option<crate::memory::dirty::DirtyReport>,
 }

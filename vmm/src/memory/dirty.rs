@@ -658,6 +658,15 @@ impl DirtyLog {
         }
     }
 
+    /// The figures now, for `GET /vm/memory`: a harvest first (safe while
+    /// the vCPUs run; an open window keeps what it takes), then the report.
+    pub fn live_report(&self) -> DirtyReport {
+        if let Err(e) = self.harvest() {
+            log::debug!("dirty log: {e}");
+        }
+        self.report()
+    }
+
     /// The figures for the report (harvest first for the final state).
     pub fn report(&self) -> DirtyReport {
         let st = self.lock();
