@@ -183,6 +183,42 @@ fn get_vm_memory_reports_the_dirty_log_while_the_guest_runs() {
     }
 }
 
+/// Firecracker's `track_dirty_pages: true` turns the bitmap log on.
+#[test]
+fn track_dirty_pages_through_the_api_is_the_bitmap_log() {
+    require_kvm!();
+    let sock = unique_path("track.sock");
+    let mut child = Command::new(BIN)
+        .args(["run", "--quiet", "--timeout", "30", "--wait-for-start"])
+        .args(["--cmdline", "workload=spin", "--api-sock"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while request(&sock, "GET", "/", None).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let put = |uri: &str, body: &str| request(&sock, "PUT", uri, Some(body)).unwrap();
+    let cfg = r#"{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true}"#;
+    assert_eq!(put("/machine-config", cfg).0, 204);
+    let (_, mc) = request(&sock, "GET", "/machine-config", None).unwrap();
+    assert!(mc.contains(r#""track_dirty_pages":true"#), "{mc}");
+    assert_eq!(
+        put("/actions", r#"{"action_type": "InstanceStart"}"#).0,
+        204
+    );
+    let (code, body) = request(&sock, "GET", "/vm/memory", None).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&sock);
+    assert_eq!(code, 200, "{body}");
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["dirty"]["mode"], "bitmap", "{m:#}");
+}
+
 #[test]
 fn without_dirty_logging_there_is_no_dirty_section() {
     require_kvm!();
