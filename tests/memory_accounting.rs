@@ -187,7 +187,7 @@ fn a_guest_reads_zeros_where_the_vmm_discarded() {
             backing: Backing::Anon,
             thp,
         };
-        let vm = Vm::new(&kvm, 16 * MIB, cfg).unwrap();
+        let vm = Vm::new(&kvm, 16 * MIB, cfg, Default::default()).unwrap();
         let mem = vm.memory();
         memvisor::boot::regs::write_boot_tables(mem).unwrap();
         let cr3 = memvisor::boot::pagetables::build_identity_map(mem, 16 * MIB).unwrap();

@@ -20,6 +20,12 @@ pub const RESULTS_PORT: u16 = 0x6e0;
 /// its first instruction without trusting the guest's clock.
 pub const MARK_PORT: u16 = 0x6e4;
 pub const MARK_FIRST_INSTRUCTION: u32 = 1;
+/// Dirty-log window marks (`workload=dirty`): at the start mark the VMM
+/// clears its dirty log, at the end mark it reads what was written since,
+/// both synchronously on the writing vCPU's exit, so the window holds
+/// exactly what was written between the two `out`s.
+pub const MARK_DIRTY_START: u32 = 2;
+pub const MARK_DIRTY_END: u32 = 3;
 
 /// "MVR1": lets the VMM reject a stray or corrupted address cheaply.
 pub const RECORD_MAGIC: u32 = 0x3152_564d;

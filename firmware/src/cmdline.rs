@@ -46,6 +46,18 @@ pub static OPTIONS: &[Opt] = &[
         accepts: |v| parse_alloc_iters(v).is_some(),
     },
     Opt {
+        key: "dirty_pages",
+        what: "values",
+        valid: &"a whole number from 1 to 262144",
+        accepts: |v| parse_dirty_pages(v).is_some(),
+    },
+    Opt {
+        key: "dirty_stride",
+        what: "values",
+        valid: &"a whole number from 1 to 1024",
+        accepts: |v| parse_dirty_stride(v).is_some(),
+    },
+    Opt {
         key: "touch_mib",
         what: "values",
         valid: &"a whole number of MiB from 1 to 16384",
@@ -58,6 +70,16 @@ pub static OPTIONS: &[Opt] = &[
         accepts: |v| crate::workloads::parse_numa_pages(v).is_some(),
     },
 ];
+
+/// `dirty_pages=N`: pages `workload=dirty` writes (at most 1 GiB of them).
+pub fn parse_dirty_pages(v: &str) -> Option<u64> {
+    v.parse().ok().filter(|n| (1..=262_144).contains(n))
+}
+
+/// `dirty_stride=K`: `workload=dirty` writes every K-th page.
+pub fn parse_dirty_stride(v: &str) -> Option<u64> {
+    v.parse().ok().filter(|n| (1..=1024).contains(n))
+}
 
 /// `mobility_grouping=on|off|auto`: Some(Some(on)), or Some(None) for auto
 /// (the seed's size cutoff decides).

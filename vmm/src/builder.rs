@@ -118,7 +118,7 @@ pub fn build(
 
     // Memslots before the irqchip: the first memslot costs ~4.8 ms once an
     // in-kernel irqchip exists on the hosts measured (HOST_FACTS).
-    let vm = Vm::new(&kvm, res.memory, res.backing_config())?;
+    let vm = Vm::new(&kvm, res.memory, res.backing_config(), res.dirty_log)?;
     mark(&mut phases.vm_created);
     let irqchip = res.irqchip();
     vm.add_interrupt_controllers(irqchip)?;
@@ -130,7 +130,7 @@ pub fn build(
     if irqchip == IrqchipMode::Split {
         devices.add_ioapic(&vm.fd)?;
     }
-    devices.add_legacy(&vm.fd, vm.memory(), events, console)?;
+    devices.add_legacy(&vm.fd, vm.memory(), events, console, vm.dirty().cloned())?;
     let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| DeviceError::Cmdline(e.to_string()))?;
     cl.insert_str(&res.cmdline)
         .map_err(|e| DeviceError::Cmdline(format!("{e} ({} bytes)", res.cmdline.len())))?;
@@ -180,6 +180,11 @@ pub fn build(
     let fds = (0..res.vcpus)
         .map(|id| vcpu::create_vcpu(&vm.fd, id, &cpuid, &boot_state))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(d) = vm.dirty() {
+        for fd in &fds {
+            d.add_vcpu(fd).map_err(VmError::from)?;
+        }
+    }
     mark(&mut phases.vcpus_created);
     // KVM_PRE_FAULT_MEMORY is a vCPU ioctl: prefault once one exists.
     let prefault = match (res.prefault, fds.first()) {
@@ -198,6 +203,7 @@ pub fn build(
         bus: devices.bus(),
         events: events.clone(),
         counters: counters.clone(),
+        dirty: vm.dirty().cloned(),
     });
     let mut vcpus = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {

@@ -4,6 +4,7 @@ use memvisor::bench::api::GuestLoad;
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
 use memvisor::memory::backing::{Backing, Thp};
+use memvisor::memory::dirty::DirtyMode;
 use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
 use memvisor::vmm::{self, RunOptions, VmmError};
 use memvisor::vstate::vm::IrqchipMode;
@@ -51,7 +52,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; boot: report ready and exit; fault: a deliberate page fault; touch: time the first touch of `touch_mib=N` MiB) and `mobility_grouping=on|off|auto`.
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; dirty: write `dirty_pages=N` pages `dirty_stride=K` apart between two marks and have the VMM check its dirty log against them (with --dirty-log); boot: report ready and exit; fault: a deliberate page fault; touch: time the first touch of `touch_mib=N` MiB) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
@@ -102,6 +103,13 @@ struct RunArgs {
     /// (KVM_PRE_FAULT_MEMORY where KVM supports it, else MADV_POPULATE_WRITE).
     #[arg(long)]
     prefault: bool,
+    /// Dirty logging of guest RAM: `off`, `bitmap` (KVM_GET_DIRTY_LOG with
+    /// manual protect) or `ring` (per-vCPU dirty rings). Either also
+    /// records the VMM's own writes; the report's memory.dirty says what
+    /// was written. Off by default: every logged page takes a
+    /// write-protection fault on its first write after each harvest.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "off")]
+    dirty_log: DirtyMode,
     /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
     /// Unix socket during the run; the file is removed on exit.
     #[arg(long, value_name = "PATH")]
@@ -311,6 +319,7 @@ fn run(args: RunArgs) -> ExitCode {
         backing: args.backing,
         thp: args.thp,
         prefault: args.prefault,
+        dirty_log: args.dirty_log,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {

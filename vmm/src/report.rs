@@ -91,6 +91,7 @@ pub struct ConfigReport {
     pub backing: crate::memory::backing::Backing,
     pub thp: crate::memory::backing::Thp,
     pub prefault: bool,
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -101,6 +102,8 @@ pub struct MemoryReport {
     /// With `--prefault`: how guest RAM was populated, and how long it took.
     pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
     pub prefault_us: Option<f64>,
+    /// With `--dirty-log`: what was written, and the `workload=dirty` check.
+    pub dirty: Option<crate::memory::dirty::DirtyReport>,
     /// The RAM `regions` with what each costs the host, KVM's statistics,
     /// discard/collapse counters and the process's figures: what
     /// `GET /vm/memory` serves, at guest exit.
@@ -205,6 +208,9 @@ impl Report {
             mib(m.accounting.usage.vmm_overhead_bytes),
             mib(m.accounting.usage.vm_rss_bytes),
         );
+        if let Some(d) = &m.dirty {
+            s += &crate::memory::dirty::summary_line(d);
+        }
         if let Some(r) = self.guest_event("ready") {
             s += &format!(
                 "  guest ready: {} vCPUs, {} pages total, {} free, workload {}\n",
@@ -316,7 +322,7 @@ fn escape_controls(json: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -335,7 +341,7 @@ mod tests {
         assert_eq!(back, v);
     }
 
-    fn sample() -> Report {
+    pub(crate) fn sample() -> Report {
         Report {
             memvisor_version: "test",
             config: ConfigReport {
@@ -350,6 +356,7 @@ mod tests {
                 backing: Default::default(),
                 thp: Default::default(),
                 prefault: false,
+                dirty_log: Default::default(),
             },
             clock_origin: Origin::Main,
             tsc_khz: None,

@@ -44,6 +44,8 @@ pub struct VmResources {
     pub thp: Thp,
     /// `--prefault`: populate all of guest RAM before the guest runs.
     pub prefault: bool,
+    /// `--dirty-log`: which pages of guest RAM were written.
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 impl Default for VmResources {
@@ -60,6 +62,7 @@ impl Default for VmResources {
             backing: Backing::Anon,
             thp: Thp::On,
             prefault: false,
+            dirty_log: Default::default(),
         }
     }
 }

@@ -370,10 +370,12 @@ impl Vmm {
             self.resources.cmdline.clone(),
             None,
         );
+        let mut dirty = None;
         if let Some(mut b) = self.built.take() {
             memory.accounting = b.vm.accounting();
             vcpu::finish_all(&mut b.vcpus);
             phases.teardown_done = Some(since_origin_us(now_ns()));
+            dirty = b.vm.dirty().map(|d| d.finish());
             let c = &b.counters;
             exits = ExitCounts {
                 io: c.io.load(Ordering::Relaxed),
@@ -401,7 +403,7 @@ impl Vmm {
             drop(b);
             phases.vm_closed = Some(since_origin_us(now_ns()));
         }
-        Report {
+        let mut report = Report {
             memvisor_version: env!("CARGO_PKG_VERSION"),
             config: ConfigReport {
                 kernel,
@@ -415,6 +417,7 @@ impl Vmm {
                 backing: self.resources.backing,
                 thp: self.resources.thp,
                 prefault: self.resources.prefault,
+                dirty_log: self.resources.dirty_log,
             },
             clock_origin: clock::origin().1,
             tsc_khz,
@@ -430,7 +433,11 @@ impl Vmm {
             exit,
             warnings: self.log.warnings(),
             guest: self.log.into_lines(),
+        };
+        if let Some(d) = dirty {
+            crate::guest::dirty::check_report(&mut report, d);
         }
+        report
     }
 }
 

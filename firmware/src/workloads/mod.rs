@@ -1,6 +1,7 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod dirty;
 mod entropy;
 mod flood;
 mod memtest;
@@ -34,6 +35,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "boot",
         run: boot,
+    },
+    Workload {
+        name: "dirty",
+        run: dirty::run,
     },
     Workload {
         name: "fault",
