@@ -131,3 +131,32 @@ fn bench_memory_bad_sizes_exit_2_naming_them() {
         );
     }
 }
+
+/// `memvisor bench boot | true`: the closed pipe ends the bench as it ends
+/// any filter (SIGPIPE), never with a panic message.
+#[test]
+fn bench_output_into_a_closed_pipe_ends_quietly() {
+    require_kvm!();
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::BIN)
+        .args(["bench", "boot", "--runs", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning memvisor bench boot");
+    // The reader goes away before the bench prints its first line.
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?} {err}");
+}

@@ -200,6 +200,14 @@ fn main() -> ExitCode {
     memvisor::clock::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Bench(_)) {
+        // A bench prints tables as it goes; `| head` closing the pipe ends
+        // it the way it ends any Unix filter (SIGPIPE), not with a panic in
+        // println!. `run` keeps SIGPIPE ignored: it must still tear down the
+        // VM and write its report when stdout goes away.
+        // SAFETY: restoring a default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::Kernel { output } => match std::fs::write(&output, memvisor::firmware::BUNDLED) {
