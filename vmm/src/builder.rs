@@ -8,6 +8,7 @@ use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::firmware;
 use crate::guest::events::VmEvents;
 use crate::memory::layout::{e820_map, E820Entry, CMDLINE_MAX};
+use crate::memory::numa::HostNuma;
 use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
@@ -91,6 +92,16 @@ pub fn build(
     // Host memory facts (shared-memory THP, the hugetlb pool) before
     // anything is mapped, so a refusal names them and costs nothing.
     crate::memory::backing::check_host(res.backing_config(), res.memory)?;
+    // Host nodes and CPUs too; the answer is where each guest node's vCPU
+    // threads run.
+    let pins = match &res.numa {
+        Some(n) => Some(
+            HostNuma::read()
+                .and_then(|h| n.check_host(&h))
+                .map_err(ConfigError::from)?,
+        ),
+        None => None,
+    };
     let what = kernel_name(&res.kernel);
     // A kernel read from disk is needed only until it is in guest RAM.
     let mut owned = Vec::new();
@@ -115,7 +126,7 @@ pub fn build(
 
     // Memslots before the irqchip: the first memslot costs ~4.8 ms once an
     // in-kernel irqchip exists on the hosts measured (HOST_FACTS).
-    let vm = Vm::new(&kvm, res.memory, res.backing_config())?;
+    let vm = Vm::new(&kvm, &res.ram_plan(), res.backing_config())?;
     mark(&mut phases.vm_created);
     let irqchip = res.irqchip();
     vm.add_interrupt_controllers(irqchip)?;
@@ -191,7 +202,11 @@ pub fn build(
     let mut vcpus = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {
         // On failure the handles spawned so far stop and join on drop.
-        let h = VcpuHandle::spawn(fd, id as u32, ctx.clone())
+        let pin = pins.as_ref().zip(res.numa.as_ref()).and_then(|(p, n)| {
+            n.node_of_vcpu(id as u32)
+                .and_then(|node| p.get(node as usize).cloned())
+        });
+        let h = VcpuHandle::spawn(fd, id as u32, ctx.clone(), pin)
             .map_err(host_err("spawning a vCPU thread"))?;
         vcpus.push(h);
     }

@@ -3,7 +3,8 @@
 use crate::clock::Origin;
 use crate::memory::layout::E820Entry;
 use crate::memory::rss::MemoryUsage;
-use crate::memory::RamRegion;
+use crate::memory::mempolicy::RegionReport;
+use crate::memory::numa::NodeReport;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -92,6 +93,8 @@ pub struct ConfigReport {
     pub backing: crate::memory::backing::Backing,
     pub thp: crate::memory::backing::Thp,
     pub prefault: bool,
+    /// `--numa`'s nodes (null without it).
+    pub numa: Option<Vec<NodeReport>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,12 +102,45 @@ pub struct MemoryReport {
     pub e820: Vec<E820Entry>,
     pub e820_ram_bytes: u64,
     pub e820_ram_pages: u64,
-    pub regions: Vec<RamRegion>,
+    pub regions: Vec<RegionReport>,
     /// With `--prefault`: how guest RAM was populated, and how long it took.
     pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
     pub prefault_us: Option<f64>,
     #[serde(flatten)]
     pub usage: MemoryUsage,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VcpuReport {
+    pub id: u32,
+    pub node: u32,
+    /// The host CPUs its thread may run on, as a cpulist (`0-1`); null if
+    /// it could not be read.
+    pub affinity: Option<String>,
+}
+
+impl VcpuReport {
+    /// Reads each live vCPU thread's affinity back from the kernel.
+    pub fn of(
+        vcpus: &[crate::vstate::vcpu::VcpuHandle],
+        numa: Option<&crate::memory::numa::NumaConfig>,
+    ) -> Vec<Self> {
+        vcpus
+            .iter()
+            .map(|h| VcpuReport {
+                id: h.id,
+                node: numa.and_then(|n| n.node_of_vcpu(h.id)).unwrap_or(0),
+                affinity: match h.affinity() {
+                    Some(Ok(cpus)) => Some(cpus.to_string()),
+                    Some(Err(e)) => {
+                        log::warn!("reading vCPU {} affinity: {e}", h.id);
+                        None
+                    }
+                    None => None,
+                },
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -141,6 +177,8 @@ pub struct Report {
     pub tsc_khz: Option<u32>,
     pub phases_us: Phases,
     pub memory: MemoryReport,
+    /// Each vCPU's guest node and host CPU affinity, read back at the end.
+    pub vcpus: Vec<VcpuReport>,
     pub exits: ExitCounts,
     /// Guest records (JSON lines and console text) beyond the budget or the
     /// event queue's limit, and their bytes.

@@ -14,7 +14,9 @@ use crate::guest::log::GuestLog;
 use crate::guest::record::RecordKind;
 use crate::memory::layout::{e820_ram_bytes, e820_ram_pages};
 use crate::memory::rss;
-use crate::report::{ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report};
+use crate::report::{
+    ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report, VcpuReport,
+};
 use crate::resources::VmResources;
 use crate::rpc::Followup;
 use crate::signals::{self, SignalFd};
@@ -365,6 +367,7 @@ impl Vmm {
         let mut phases = self.phases.clone();
         let mut memory = MemoryReport::default();
         let mut exits = ExitCounts::default();
+        let mut vcpus = Vec::new();
         let (mut kernel, mut kernel_format, mut cmdline, mut tsc_khz) = (
             builder::kernel_name(&self.resources.kernel),
             None,
@@ -373,6 +376,7 @@ impl Vmm {
         );
         if let Some(mut b) = self.built.take() {
             memory.usage = rss::measure(&b.vm.ram().host_ranges()).unwrap_or_default();
+            vcpus = VcpuReport::of(&b.vcpus, self.resources.numa.as_ref());
             vcpu::finish_all(&mut b.vcpus);
             phases.teardown_done = Some(since_origin_us(now_ns()));
             let c = &b.counters;
@@ -391,7 +395,7 @@ impl Vmm {
             memory.e820_ram_bytes = e820_ram_bytes(&b.e820);
             memory.e820_ram_pages = e820_ram_pages(&b.e820);
             memory.e820 = std::mem::take(&mut b.e820);
-            memory.regions = b.vm.ram().regions().to_vec();
+            memory.regions = b.vm.ram().placement(self.resources.numa.is_some());
             memory.prefault_method = b.prefault.map(|p| p.0);
             memory.prefault_us = b.prefault.map(|p| p.1);
             kernel = std::mem::take(&mut b.kernel_name);
@@ -417,6 +421,7 @@ impl Vmm {
                 backing: self.resources.backing,
                 thp: self.resources.thp,
                 prefault: self.resources.prefault,
+                numa: self.resources.numa.as_ref().map(|n| n.report()),
             },
             clock_origin: clock::origin().1,
             tsc_khz,
@@ -426,6 +431,7 @@ impl Vmm {
                 ..phases
             },
             memory,
+            vcpus,
             exits,
             dropped_records: self.log.dropped_records,
             dropped_bytes: self.log.dropped_bytes,

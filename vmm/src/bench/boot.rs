@@ -21,6 +21,8 @@ pub struct BootBenchOptions {
     pub memory: u64,
     pub vcpus: u32,
     pub cmdline: String,
+    /// `--numa` specs passed on to every run.
+    pub numa: Vec<String>,
 }
 
 /// Anchors to print beside our figures (from the issue and HOST_FACTS).
@@ -36,6 +38,7 @@ struct BenchResult {
     memory: String,
     vcpus: u32,
     cmdline: String,
+    numa: Vec<String>,
     spawn_to_ready_ms: Summary,
     spawn_to_exit_ms: Summary,
     vmm_overhead_mib: Summary,
@@ -94,6 +97,7 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
             &o.vcpus.to_string(),
         ])
         .args(["--cmdline", &o.cmdline])
+        .args(o.numa.iter().flat_map(|s| ["--numa", s.as_str()]))
         .arg("--report")
         .arg(&report_path)
         // The API thread and its socket are part of what is measured.
@@ -173,6 +177,7 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
         memory: format_size(o.memory),
         vcpus: o.vcpus,
         cmdline: o.cmdline.clone(),
+        numa: o.numa.clone(),
         spawn_to_ready_ms: summarize(&ready).expect("runs > 0"),
         spawn_to_exit_ms: summarize(&exit).expect("runs > 0"),
         vmm_overhead_mib: summarize(&overhead).expect("runs > 0"),
@@ -195,6 +200,9 @@ fn print_table(r: &BenchResult) {
         "memvisor bench boot: {} runs, {} RAM, {} vCPU(s), cmdline '{}'",
         r.runs, r.memory, r.vcpus, r.cmdline
     );
+    for spec in &r.numa {
+        println!("  --numa {spec}");
+    }
     println!(
         "{:<26} {:>10} {:>10} {:>10}        goal (median)",
         "", "min", "median", "max"

@@ -6,6 +6,7 @@
 use super::kvm::KvmError;
 use crate::devices::legacy::ioapic::IOAPIC_PINS;
 use crate::memory::backing::BackingConfig;
+use crate::memory::numa::NodeRam;
 use crate::memory::{GuestMemory, GuestRam, MemoryError};
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_pre_fault_memory, KVM_CAP_SPLIT_IRQCHIP,
@@ -66,7 +67,7 @@ impl Vm {
     /// [`Vm::add_interrupt_controllers`], after the memslots: on the PVM hosts
     /// measured here the first KVM_SET_USER_MEMORY_REGION took ~4.8 ms once an
     /// in-kernel irqchip existed and ~0.25 ms before it.
-    pub fn new(kvm: &Kvm, memory: u64, backing: BackingConfig) -> Result<Self, VmError> {
+    pub fn new(kvm: &Kvm, nodes: &[NodeRam], backing: BackingConfig) -> Result<Self, VmError> {
         if !kvm.check_extension(Cap::Irqchip) {
             return Err(KvmError::MissingCap("KVM_CAP_IRQCHIP").into());
         }
@@ -77,7 +78,7 @@ impl Vm {
             what: "KVM_CREATE_VM",
             source,
         })?;
-        let ram = GuestRam::with_backing(memory, backing)?;
+        let ram = GuestRam::with_nodes(nodes, backing)?;
         ram.register(&fd)?;
         Ok(Vm {
             fd: Arc::new(fd),

@@ -16,6 +16,8 @@ pub use x86_64::{create_vcpu, BootState, VcpuError};
 use crate::clock::now_ns;
 use crate::devices::bus::Bus;
 use crate::guest::events::{VmEvent, VmEvents};
+use crate::memory::mempolicy;
+use crate::memory::numa::CpuList;
 use exit::{handle, Action, Exit};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::cell::Cell;
@@ -113,14 +115,34 @@ pub struct VcpuHandle {
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl VcpuHandle {
-    pub fn spawn(mut vcpu: VcpuFd, id: u32, ctx: Arc<VcpuContext>) -> std::io::Result<Self> {
+    /// Starts the vCPU's thread; with `pin`, the thread first pins itself
+    /// to those host CPUs (before its first KVM_RUN), and a failure to pin
+    /// is returned here, with the thread joined.
+    pub fn spawn(
+        mut vcpu: VcpuFd,
+        id: u32,
+        ctx: Arc<VcpuContext>,
+        pin: Option<CpuList>,
+    ) -> std::io::Result<Self> {
         let immediate_exit = &mut vcpu.get_kvm_run().immediate_exit as *mut u8 as usize;
         let (tx, msgs) = channel();
         let (replies, rx) = channel();
+        let (pinned_tx, pinned) = channel();
+        let pinning = pin.is_some();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 VCPU_ID.with(|c| c.set(id));
+                if let Some(cpus) = pin {
+                    let r = mempolicy::pin_current_thread(&cpus).map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("pinning vCPU {id} to host CPUs {cpus}: {e}"))
+                    });
+                    let failed = r.is_err();
+                    let _ = pinned_tx.send(r);
+                    if failed {
+                        return vcpu;
+                    }
+                }
                 // Even if the loop panics (tests unwind), hand the VcpuFd back:
                 // kick() writes into its kvm_run mapping until join().
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -135,6 +157,15 @@ impl VcpuHandle {
                 }
                 vcpu
             })?;
+        if pinning {
+            let r = pinned
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other(format!("vCPU {id} thread ended before pinning"))));
+            if let Err(e) = r {
+                let _ = thread.join();
+                return Err(e);
+            }
+        }
         Ok(VcpuHandle {
             id,
             state: VcpuState::Running,
@@ -144,6 +175,15 @@ impl VcpuHandle {
             rx,
             sent: 0,
         })
+    }
+
+    /// The host CPUs the vCPU's thread may run on, read back from the
+    /// kernel (None once the thread is joined).
+    pub fn affinity(&self) -> Option<std::io::Result<CpuList>> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread
+            .as_ref()
+            .map(|t| mempolicy::thread_affinity(t.as_pthread_t()))
     }
 
     /// Makes the vCPU leave KVM_RUN now, or not enter it next time.

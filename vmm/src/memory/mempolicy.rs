@@ -1,0 +1,347 @@
+//! Host NUMA placement through the raw system calls (no libnuma): binding
+//! guest RAM to a host node (mbind), reading the binding back
+//! (get_mempolicy with MPOL_F_ADDR), asking where resident pages are
+//! (move_pages in query mode), and pinning threads (sched_setaffinity).
+//!
+//! Why the read-backs: on a one-node host every page lands on node 0 with
+//! or without a binding, so residency alone proves nothing; the policy the
+//! kernel holds for the range is what shows the binding was made. Both go
+//! into the report per region, read at the end of the run.
+//!
+//! A region is bound right after it is mapped and before anything touches
+//! it, so no page is ever allocated under another policy (nothing has to be
+//! migrated, and MPOL_MF_MOVE is not needed). For shared memfd mappings
+//! mbind sets the shmem object's shared policy, for hugetlb the mapping's;
+//! get_mempolicy reads back whichever applies.
+use super::numa::CpuList;
+use super::GuestRam;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io;
+
+/// Bits in the node masks passed to the kernel: Linux's largest
+/// MAX_NUMNODES (NODES_SHIFT 10), so any host node fits.
+const NODEMASK_BITS: usize = 1024;
+type NodeMask = [libc::c_ulong; NODEMASK_BITS / 64];
+/// get_mempolicy: return the policy of the mapping at `addr`.
+const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
+/// Mode flags get_mempolicy may OR into the mode (static, relative nodes,
+/// NUMA balancing).
+const MPOL_MODE_FLAGS: libc::c_int =
+    libc::MPOL_F_STATIC_NODES | libc::MPOL_F_RELATIVE_NODES | libc::MPOL_F_NUMA_BALANCING;
+/// At most this many pages of a region are asked about by move_pages.
+const MAX_SAMPLED_PAGES: u64 = 65536;
+/// Pages per move_pages call: bounds the buffers.
+const QUERY_CHUNK: usize = 4096;
+
+/// The kernel's memory policy of a range, as read back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// `default`, `preferred`, `bind`, `interleave`, `local`,
+    /// `preferred_many`, `weighted_interleave` (or `mode N`).
+    pub policy: String,
+    /// The nodes of the policy's mask (empty for `default` and `local`).
+    pub policy_nodes: Vec<u32>,
+}
+
+/// Where the sampled pages of a region live on the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Residency {
+    /// Pages asked about (every page up to 65,536 per region, else evenly
+    /// spaced ones).
+    pub sampled_pages: u64,
+    /// Of those, the ones present in memory.
+    pub resident_pages: u64,
+    /// Resident sampled pages per host node.
+    pub by_host_node: BTreeMap<u32, u64>,
+}
+
+/// A region in the report: where it is, and where the host keeps it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionReport {
+    #[serde(flatten)]
+    pub region: super::RamRegion,
+    /// The policy read back (`policy` null and `policy_nodes` empty if
+    /// get_mempolicy failed).
+    pub policy: Option<String>,
+    pub policy_nodes: Vec<u32>,
+    /// With `--numa` only: sampled host-node residency.
+    pub residency: Option<Residency>,
+}
+
+fn mode_name(mode: libc::c_int) -> String {
+    match mode & !MPOL_MODE_FLAGS {
+        libc::MPOL_DEFAULT => "default".into(),
+        libc::MPOL_PREFERRED => "preferred".into(),
+        libc::MPOL_BIND => "bind".into(),
+        libc::MPOL_INTERLEAVE => "interleave".into(),
+        libc::MPOL_LOCAL => "local".into(),
+        5 => "preferred_many".into(),
+        6 => "weighted_interleave".into(),
+        m => format!("mode {m}"),
+    }
+}
+
+/// Binds `[addr, addr + len)` to host node `node` (MPOL_BIND): pages
+/// allocated for it from now on come from that node only.
+pub fn bind(addr: *mut u8, len: usize, node: u32) -> io::Result<()> {
+    let node = node as usize;
+    if node >= NODEMASK_BITS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut mask: NodeMask = [0; NODEMASK_BITS / 64];
+    mask[node / 64] |= 1 << (node % 64);
+    // SAFETY: mbind reads `mask` (NODEMASK_BITS bits; the kernel takes
+    // maxnode - 1 of them) and changes only the policy of the range,
+    // which the caller owns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mbind,
+            addr,
+            len,
+            libc::MPOL_BIND,
+            mask.as_ptr(),
+            NODEMASK_BITS + 1,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The policy of the mapping at `addr`.
+pub fn policy_at(addr: *const u8) -> io::Result<Policy> {
+    let mut mode: libc::c_int = 0;
+    let mut mask: NodeMask = [0; NODEMASK_BITS / 64];
+    // SAFETY: get_mempolicy writes one int and at most NODEMASK_BITS bits
+    // of mask (maxnode - 1, rounded to whole longs), both ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_mempolicy,
+            &mut mode as *mut libc::c_int,
+            mask.as_mut_ptr(),
+            NODEMASK_BITS + 1,
+            addr,
+            MPOL_F_ADDR,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let nodes = (0..NODEMASK_BITS)
+        .filter(|&n| mask[n / 64] & (1 << (n % 64)) != 0)
+        .map(|n| n as u32)
+        .collect();
+    Ok(Policy {
+        policy: mode_name(mode),
+        policy_nodes: nodes,
+    })
+}
+
+/// Asks the kernel (move_pages, query mode: nothing moves, nothing is
+/// faulted in) which host node holds each sampled page of
+/// `[addr, addr + len)`, with pages of `page` bytes.
+pub fn residency(addr: *mut u8, len: usize, page: usize) -> io::Result<Residency> {
+    let pages = (len / page) as u64;
+    let stride = pages.div_ceil(MAX_SAMPLED_PAGES).max(1) as usize;
+    let all: Vec<*mut libc::c_void> = (0..len / page)
+        .step_by(stride)
+        // SAFETY: inside the caller's mapping of `len` bytes.
+        .map(|i| unsafe { addr.add(i * page) }.cast())
+        .collect();
+    let mut r = Residency::default();
+    let mut status = vec![0 as libc::c_int; QUERY_CHUNK];
+    for chunk in all.chunks(QUERY_CHUNK) {
+        // SAFETY: move_pages with nodes NULL only reads the `chunk.len()`
+        // addresses and writes as many statuses; it moves nothing.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_pages,
+                0,
+                chunk.len(),
+                chunk.as_ptr(),
+                std::ptr::null::<libc::c_int>(),
+                status.as_mut_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        r.sampled_pages += chunk.len() as u64;
+        for &s in &status[..chunk.len()] {
+            // A negative status is -errno: -ENOENT for a page not present.
+            if s >= 0 {
+                r.resident_pages += 1;
+                *r.by_host_node.entry(s as u32).or_default() += 1;
+            }
+        }
+    }
+    Ok(r)
+}
+
+fn cpu_set(cpus: &CpuList) -> io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain bits; all zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus.ids() {
+        if c as usize >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {c} is beyond the {} a cpu_set_t holds", libc::CPU_SETSIZE),
+            ));
+        }
+        // SAFETY: `c` is below CPU_SETSIZE, checked above.
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    Ok(set)
+}
+
+fn cpu_list(set: &libc::cpu_set_t) -> CpuList {
+    CpuList::new(
+        (0..libc::CPU_SETSIZE as usize)
+            // SAFETY: `c` is below CPU_SETSIZE.
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+            .map(|c| c as u32)
+            .collect(),
+    )
+}
+
+/// Pins the calling thread to `cpus`.
+pub fn pin_current_thread(cpus: &CpuList) -> io::Result<()> {
+    let set = cpu_set(cpus)?;
+    // SAFETY: sched_setaffinity reads one cpu_set_t of ours.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The CPUs thread `t` may run on, as the kernel has them.
+pub fn thread_affinity(t: libc::pthread_t) -> io::Result<CpuList> {
+    // SAFETY: an empty set, filled by the kernel below.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `t` is a live thread (the caller has not joined it) and the
+    // call writes one cpu_set_t of ours.
+    let rc = unsafe { libc::pthread_getaffinity_np(t, std::mem::size_of_val(&set), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(cpu_list(&set))
+}
+
+impl GuestRam {
+    /// Each region with its policy read back now, and with `residency`
+    /// where its pages are (a sample of them).
+    pub fn placement(&self, residency: bool) -> Vec<RegionReport> {
+        let page = self.config.backing.page_size() as usize;
+        self.regions
+            .iter()
+            .zip(&self.mappings)
+            .map(|(r, m)| {
+                let policy = policy_at(m.addr)
+                    .map_err(|e| log::warn!("get_mempolicy of region {}: {e}", r.slot))
+                    .ok();
+                let residency = residency
+                    .then(|| {
+                        self::residency(m.addr, m.size, page)
+                            .map_err(|e| log::warn!("move_pages of region {}: {e}", r.slot))
+                            .ok()
+                    })
+                    .flatten();
+                let (policy, policy_nodes) = match policy {
+                    Some(p) => (Some(p.policy), p.policy_nodes),
+                    None => (None, Vec::new()),
+                };
+                RegionReport {
+                    region: *r,
+                    policy,
+                    policy_nodes,
+                    residency,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::backing::{Backing, BackingConfig, Thp};
+    use super::super::numa::NodeRam;
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn bound_regions_read_back_bind_and_others_default() {
+        for backing in [Backing::Anon, Backing::Memfd] {
+            let cfg = BackingConfig {
+                backing,
+                thp: Thp::Off,
+            };
+            let nodes = [
+                NodeRam {
+                    size: 4 * MIB,
+                    host_node: Some(0),
+                },
+                NodeRam {
+                    size: 2 * MIB,
+                    host_node: None,
+                },
+            ];
+            let ram = GuestRam::with_nodes(&nodes, cfg).unwrap();
+            for gpa in (0..6 * MIB).step_by(4096) {
+                ram.memory().write_obj(1u8, GuestAddress(gpa)).unwrap();
+            }
+            let p = ram.placement(true);
+            assert_eq!(p.len(), 2);
+            assert_eq!(p[0].policy.as_deref(), Some("bind"), "{backing:?}");
+            assert_eq!(p[0].policy_nodes, vec![0], "{backing:?}");
+            assert_eq!(p[0].region.node, 0);
+            assert_eq!(p[0].region.host_node, Some(0));
+            assert_eq!(p[1].policy.as_deref(), Some("default"), "{backing:?}");
+            assert!(p[1].policy_nodes.is_empty(), "{backing:?}");
+            assert_eq!(p[1].region.node, 1);
+            assert_eq!(p[1].region.host_node, None);
+            let r = p[0].residency.as_ref().unwrap();
+            assert_eq!(r.sampled_pages, 1024);
+            assert_eq!(r.resident_pages, 1024, "{backing:?}: all touched");
+            assert_eq!(r.by_host_node, BTreeMap::from([(0, 1024)]));
+        }
+    }
+
+    #[test]
+    fn untouched_pages_are_not_resident_and_samples_are_bounded() {
+        let ram = GuestRam::new(512 * MIB).unwrap();
+        let r = residency(ram.mappings[0].addr, 512 * MIB as usize, 4096).unwrap();
+        assert_eq!(r.sampled_pages, MAX_SAMPLED_PAGES);
+        assert_eq!(r.resident_pages, 0);
+    }
+
+    #[test]
+    fn a_node_beyond_the_mask_is_refused() {
+        let ram = GuestRam::new(16 * MIB).unwrap();
+        let m = &ram.mappings[0];
+        assert!(bind(m.addr, m.size, NODEMASK_BITS as u32).is_err());
+        assert_eq!(policy_at(m.addr).unwrap().policy, "default");
+    }
+
+    #[test]
+    fn pinning_reads_back() {
+        let online = super::super::numa::HostNuma::read().unwrap().online;
+        let last = CpuList::new(vec![*online.ids().last().unwrap()]);
+        let want = last.clone();
+        let got = std::thread::spawn(move || {
+            pin_current_thread(&last).unwrap();
+            // SAFETY: this thread is alive.
+            thread_affinity(unsafe { libc::pthread_self() }).unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(mode_name(libc::MPOL_BIND | libc::MPOL_F_STATIC_NODES), "bind");
+    }
+}
