@@ -2,9 +2,9 @@
 //! the guest's own JSON lines, plus the short human summary.
 use crate::clock::Origin;
 use crate::memory::layout::E820Entry;
-use crate::memory::rss::MemoryUsage;
 use crate::memory::mempolicy::RegionReport;
 use crate::memory::numa::NodeReport;
+use crate::memory::rss::MemoryUsage;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -379,11 +379,13 @@ mod tests {
                 backing: Default::default(),
                 thp: Default::default(),
                 prefault: false,
+                numa: None,
             },
             clock_origin: Origin::Main,
             tsc_khz: None,
             phases_us: Phases::default(),
             memory: MemoryReport::default(),
+            vcpus: Vec::new(),
             exits: ExitCounts::default(),
             dropped_records: 0,
             dropped_bytes: 0,

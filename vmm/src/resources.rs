@@ -387,11 +387,17 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate(&HOST).is_ok());
-        assert_eq!(c.guest_topology().nodes[1].ram, vec![(128 * MIB, 128 * MIB)]);
+        assert_eq!(
+            c.guest_topology().nodes[1].ram,
+            vec![(128 * MIB, 128 * MIB)]
+        );
         assert_eq!(c.ram_plan().len(), 2);
         c.memory = 512 * MIB;
         let e = c.validate(&HOST).unwrap_err().to_string();
-        assert!(e.starts_with("--numa: ") && e.contains("--memory is 512M"), "{e}");
+        assert!(
+            e.starts_with("--numa: ") && e.contains("--memory is 512M"),
+            "{e}"
+        );
         c.memory = 256 * MIB;
         c.vcpus = 1;
         let e = c.validate_static().unwrap_err().to_string();

@@ -155,12 +155,7 @@ mod tests {
         // Node 1 straddles the gap: two regions, both node 1.
         assert_eq!(
             node_ram_regions(&[2 * G, 2 * G, G]),
-            vec![
-                (0, 0, 2 * G),
-                (1, 2 * G, G),
-                (1, 4 * G, G),
-                (2, 5 * G, G)
-            ]
+            vec![(0, 0, 2 * G), (1, 2 * G, G), (1, 4 * G, G), (2, 5 * G, G)]
         );
         // A node ending exactly at the gap: the next starts at 4 GiB.
         assert_eq!(

@@ -189,7 +189,10 @@ fn cpu_set(cpus: &CpuList) -> io::Result<libc::cpu_set_t> {
         if c as usize >= libc::CPU_SETSIZE as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("CPU {c} is beyond the {} a cpu_set_t holds", libc::CPU_SETSIZE),
+                format!(
+                    "CPU {c} is beyond the {} a cpu_set_t holds",
+                    libc::CPU_SETSIZE
+                ),
             ));
         }
         // SAFETY: `c` is below CPU_SETSIZE, checked above.
@@ -342,6 +345,9 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!(got, want);
-        assert_eq!(mode_name(libc::MPOL_BIND | libc::MPOL_F_STATIC_NODES), "bind");
+        assert_eq!(
+            mode_name(libc::MPOL_BIND | libc::MPOL_F_STATIC_NODES),
+            "bind"
+        );
     }
 }

@@ -174,12 +174,7 @@ impl NumaNode {
                 Some((k, v)) => (k.trim(), v.trim()),
                 None => match list_key {
                     Some(k) if !part.trim().is_empty() => (k, part.trim()),
-                    _ => {
-                        return Err(bad(
-                            part,
-                            format!("expected key=value (keys: {KEYS})"),
-                        ))
-                    }
+                    _ => return Err(bad(part, format!("expected key=value (keys: {KEYS})"))),
                 },
             };
             list_key = None;
@@ -230,7 +225,10 @@ impl NumaNode {
                 "distance" => {
                     let (n, d) = parse_distance(value).map_err(|e| bad(part, e))?;
                     if distances.insert(n, d).is_some() {
-                        return Err(bad(part, format!("the distance to node {n} is given twice")));
+                        return Err(bad(
+                            part,
+                            format!("the distance to node {n} is given twice"),
+                        ));
                     }
                     list_key = Some("distance");
                 }
@@ -246,7 +244,10 @@ impl NumaNode {
         let id = id.ok_or_else(|| missing("node"))?;
         let cpus = CpuList::new(cpus.ok_or_else(|| missing("cpus"))?);
         if cpus.is_empty() {
-            return Err(bad("cpus=", "a node needs at least one vCPU (e.g. cpus=0)".into()));
+            return Err(bad(
+                "cpus=",
+                "a node needs at least one vCPU (e.g. cpus=0)".into(),
+            ));
         }
         let host_cpus = host_cpus.map(CpuList::new);
         if host_cpus.as_ref().is_some_and(CpuList::is_empty) {
@@ -417,7 +418,14 @@ impl NumaConfig {
         let all = CpuList::new((0..vcpus).collect());
         let given = CpuList::new(owner.keys().copied().collect());
         if given != all {
-            let extra = CpuList::new(given.ids().iter().copied().filter(|&c| c >= vcpus).collect());
+            let extra = CpuList::new(
+                given
+                    .ids()
+                    .iter()
+                    .copied()
+                    .filter(|&c| c >= vcpus)
+                    .collect(),
+            );
             let missing = CpuList::new((0..vcpus).filter(|c| !given.contains(*c)).collect());
             let mut why = Vec::new();
             if !extra.is_empty() {
@@ -459,10 +467,7 @@ impl NumaConfig {
     pub fn check_host(&self, host: &HostNuma) -> Result<Vec<CpuList>, NumaError> {
         let mut pins = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
-            let herr = |why: String| NumaError::Host {
-                node: node.id,
-                why,
-            };
+            let herr = |why: String| NumaError::Host { node: node.id, why };
             let Some(node_cpus) = host.nodes.get(&node.host_node) else {
                 let have: Vec<String> = host.nodes.keys().map(|k| k.to_string()).collect();
                 return Err(herr(format!(
@@ -474,8 +479,13 @@ impl NumaConfig {
             };
             let pin = match &node.host_cpus {
                 Some(list) => {
-                    let off =
-                        CpuList::new(list.ids().iter().copied().filter(|&c| !host.online.contains(c)).collect());
+                    let off = CpuList::new(
+                        list.ids()
+                            .iter()
+                            .copied()
+                            .filter(|&c| !host.online.contains(c))
+                            .collect(),
+                    );
                     if !off.is_empty() {
                         return Err(herr(format!(
                             "host-cpus={list}: CPUs {off} are not online (online CPUs: {})",
@@ -486,7 +496,12 @@ impl NumaConfig {
                 }
                 None => {
                     let on = CpuList::new(
-                        node_cpus.ids().iter().copied().filter(|&c| host.online.contains(c)).collect(),
+                        node_cpus
+                            .ids()
+                            .iter()
+                            .copied()
+                            .filter(|&c| host.online.contains(c))
+                            .collect(),
                     );
                     if on.is_empty() {
                         return Err(herr(format!(
@@ -684,20 +699,50 @@ mod tests {
             ("node=0,cpus=0,host-node=0", "no `size=`"),
             ("node=0,size=256M,host-node=0", "no `cpus=`"),
             ("node=x,size=2M,cpus=0,host-node=0", "`node=x`"),
-            ("node=0,size=3M,cpus=0,host-node=0", "`size=3M`: a node's size is a positive multiple of 2M"),
+            (
+                "node=0,size=3M,cpus=0,host-node=0",
+                "`size=3M`: a node's size is a positive multiple of 2M",
+            ),
             ("node=0,size=0,cpus=0,host-node=0", "`size=0`"),
             ("node=0,size=12X,cpus=0,host-node=0", "`size=12X`"),
             ("node=0,size=2M,cpus=1-0,host-node=0", "`cpus=1-0`"),
             ("node=0,size=2M,cpus=0,host-node=-1", "`host-node=-1`"),
-            ("node=0,size=2M,cpus=0,host-node=0,host-cpus=x", "`host-cpus=x`"),
-            ("node=0,size=2M,cpus=0,host-node=0,colour=red", "unknown key (valid keys: node, size"),
-            ("node=0,node=1,size=2M,cpus=0,host-node=0", "`node=1`: `node=` is given twice"),
-            ("node=0,size=2M,cpus=0,host-node=0,distance=1", "expected NODE@DISTANCE"),
-            ("node=0,size=2M,cpus=0,host-node=0,distance=1@10", "`distance=1@10`: a node is at distance 10 from itself and 11 to 254"),
-            ("node=0,size=2M,cpus=0,host-node=0,distance=1@255", "`distance=1@255`"),
-            ("node=0,size=2M,cpus=0,host-node=0,distance=1@300", "`distance=1@300`"),
-            ("node=0,size=2M,cpus=0,host-node=0,distance=0@20", "`distance=0@20`"),
-            ("node=0,size=2M,cpus=0,host-node=0,distance=1@20,1@30", "distance to node 1 is given twice"),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,host-cpus=x",
+                "`host-cpus=x`",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,colour=red",
+                "unknown key (valid keys: node, size",
+            ),
+            (
+                "node=0,node=1,size=2M,cpus=0,host-node=0",
+                "`node=1`: `node=` is given twice",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,distance=1",
+                "expected NODE@DISTANCE",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,distance=1@10",
+                "`distance=1@10`: a node is at distance 10 from itself and 11 to 254",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,distance=1@255",
+                "`distance=1@255`",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,distance=1@300",
+                "`distance=1@300`",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,distance=0@20",
+                "`distance=0@20`",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,distance=1@20,1@30",
+                "distance to node 1 is given twice",
+            ),
             ("node=0,size=2M,cpus=0,host-node=0,,", "expected key=value"),
             ("", "expected key=value"),
         ];
@@ -716,21 +761,37 @@ mod tests {
         ]);
         c.validate(256 * M, 2).unwrap();
         assert_eq!(c.nodes()[0].id, 0, "sorted by id");
-        assert_eq!(c.distance_matrix(), vec![10, 30, 30, 10], "one side given: both ways");
+        assert_eq!(
+            c.distance_matrix(),
+            vec![10, 30, 30, 10],
+            "one side given: both ways"
+        );
         assert_eq!(c.vcpu_count(), 2);
         assert_eq!(c.node_of_vcpu(1), Some(1));
         let t = guest_topology(Some(&c), 256 * M, 2);
         assert_eq!(
             t.nodes,
             vec![
-                GuestNode { ram: vec![(0, 128 * M)], vcpus: vec![0] },
-                GuestNode { ram: vec![(128 * M, 128 * M)], vcpus: vec![1] },
+                GuestNode {
+                    ram: vec![(0, 128 * M)],
+                    vcpus: vec![0]
+                },
+                GuestNode {
+                    ram: vec![(128 * M, 128 * M)],
+                    vcpus: vec![1]
+                },
             ]
         );
         assert_eq!(t.distance, c.distance_matrix());
         assert_eq!(
             ram_plan(Some(&c), 256 * M),
-            vec![NodeRam { size: 128 * M, host_node: Some(0) }; 2]
+            vec![
+                NodeRam {
+                    size: 128 * M,
+                    host_node: Some(0)
+                };
+                2
+            ]
         );
         let r = c.report();
         assert_eq!(r[1].distances, vec![30, 10]);
@@ -740,7 +801,10 @@ mod tests {
     fn without_numa_one_unbound_node_holds_everything() {
         assert_eq!(
             ram_plan(None, 256 * M),
-            vec![NodeRam { size: 256 * M, host_node: None }]
+            vec![NodeRam {
+                size: 256 * M,
+                host_node: None
+            }]
         );
         let t = guest_topology(None, 6 << 30, 3);
         assert_eq!(t.nodes.len(), 1);
@@ -819,15 +883,31 @@ mod tests {
             "node=1,size=2M,cpus=1,host-node=0,host-cpus=1-2",
         ]);
         let pins = c.check_host(&host()).unwrap();
-        assert_eq!(pins, vec![CpuList::new(vec![2]), CpuList::new(vec![1, 2])], "offline CPU 3 left out");
+        assert_eq!(
+            pins,
+            vec![CpuList::new(vec![2]), CpuList::new(vec![1, 2])],
+            "offline CPU 3 left out"
+        );
         let cases = [
-            ("node=0,size=2M,cpus=0,host-node=3", "host-node=3: /sys/devices/system/node/node3 does not exist (host nodes: 0,1,2)"),
-            ("node=0,size=2M,cpus=0,host-node=0,host-cpus=1-4", "host-cpus=1-4: CPUs 3-4 are not online (online CPUs: 0-2)"),
-            ("node=0,size=2M,cpus=0,host-node=2", "host node 2 has no online CPUs"),
+            (
+                "node=0,size=2M,cpus=0,host-node=3",
+                "host-node=3: /sys/devices/system/node/node3 does not exist (host nodes: 0,1,2)",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=0,host-cpus=1-4",
+                "host-cpus=1-4: CPUs 3-4 are not online (online CPUs: 0-2)",
+            ),
+            (
+                "node=0,size=2M,cpus=0,host-node=2",
+                "host node 2 has no online CPUs",
+            ),
         ];
         for (spec, want) in cases {
             let e = config(&[spec]).check_host(&host()).unwrap_err().to_string();
-            assert!(e.starts_with("--numa node=0: ") && e.contains(want), "{spec}: {e}");
+            assert!(
+                e.starts_with("--numa node=0: ") && e.contains(want),
+                "{spec}: {e}"
+            );
         }
         // A CPU-less host node is fine when host-cpus says where to run.
         config(&["node=0,size=2M,cpus=0,host-node=2,host-cpus=0"])

@@ -135,7 +135,10 @@ impl VcpuHandle {
                 VCPU_ID.with(|c| c.set(id));
                 if let Some(cpus) = pin {
                     let r = mempolicy::pin_current_thread(&cpus).map_err(|e| {
-                        std::io::Error::new(e.kind(), format!("pinning vCPU {id} to host CPUs {cpus}: {e}"))
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("pinning vCPU {id} to host CPUs {cpus}: {e}"),
+                        )
                     });
                     let failed = r.is_err();
                     let _ = pinned_tx.send(r);
@@ -158,9 +161,11 @@ impl VcpuHandle {
                 vcpu
             })?;
         if pinning {
-            let r = pinned
-                .recv()
-                .unwrap_or_else(|_| Err(std::io::Error::other(format!("vCPU {id} thread ended before pinning"))));
+            let r = pinned.recv().unwrap_or_else(|_| {
+                Err(std::io::Error::other(format!(
+                    "vCPU {id} thread ended before pinning"
+                )))
+            });
             if let Err(e) = r {
                 let _ = thread.join();
                 return Err(e);
