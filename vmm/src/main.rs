@@ -286,9 +286,8 @@ fn main() -> ExitCode {
                 vcpus,
                 cmdline,
                 numa: numa
-                    .iter()
-                    .flat_map(|n| n.specs().map(String::from).collect::<Vec<_>>())
-                    .collect(),
+                    .as_ref()
+                    .map_or_else(Vec::new, |n| n.specs().map(String::from).collect()),
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -13,6 +13,7 @@
 //! migrated, and MPOL_MF_MOVE is not needed). For shared memfd mappings
 //! mbind sets the shmem object's shared policy, for hugetlb the mapping's;
 //! get_mempolicy reads back whichever applies.
+use super::backing::HostMapping;
 use super::numa::CpuList;
 use super::GuestRam;
 use serde::Serialize;
@@ -82,9 +83,9 @@ fn mode_name(mode: libc::c_int) -> String {
     }
 }
 
-/// Binds `[addr, addr + len)` to host node `node` (MPOL_BIND): pages
-/// allocated for it from now on come from that node only.
-pub fn bind(addr: *mut u8, len: usize, node: u32) -> io::Result<()> {
+/// Binds all of `map` to host node `node` (MPOL_BIND): pages allocated
+/// for it from now on come from that node only.
+pub fn bind(map: &HostMapping, node: u32) -> io::Result<()> {
     let node = node as usize;
     if node >= NODEMASK_BITS {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
@@ -92,13 +93,12 @@ pub fn bind(addr: *mut u8, len: usize, node: u32) -> io::Result<()> {
     let mut mask: NodeMask = [0; NODEMASK_BITS / 64];
     mask[node / 64] |= 1 << (node % 64);
     // SAFETY: mbind reads `mask` (NODEMASK_BITS bits; the kernel takes
-    // maxnode - 1 of them) and changes only the policy of the range,
-    // which the caller owns.
+    // maxnode - 1 of them) and changes only the policy of our mapping.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_mbind,
-            addr,
-            len,
+            map.addr,
+            map.size,
             libc::MPOL_BIND,
             mask.as_ptr(),
             NODEMASK_BITS + 1,
@@ -111,8 +111,9 @@ pub fn bind(addr: *mut u8, len: usize, node: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// The policy of the mapping at `addr`.
-pub fn policy_at(addr: *const u8) -> io::Result<Policy> {
+/// The policy the kernel holds for `map` (for its first page: the whole
+/// mapping was bound at once).
+pub fn policy_of(map: &HostMapping) -> io::Result<Policy> {
     let mut mode: libc::c_int = 0;
     let mut mask: NodeMask = [0; NODEMASK_BITS / 64];
     // SAFETY: get_mempolicy writes one int and at most NODEMASK_BITS bits
@@ -123,7 +124,7 @@ pub fn policy_at(addr: *const u8) -> io::Result<Policy> {
             &mut mode as *mut libc::c_int,
             mask.as_mut_ptr(),
             NODEMASK_BITS + 1,
-            addr,
+            map.addr,
             MPOL_F_ADDR,
         )
     };
@@ -141,15 +142,15 @@ pub fn policy_at(addr: *const u8) -> io::Result<Policy> {
 }
 
 /// Asks the kernel (move_pages, query mode: nothing moves, nothing is
-/// faulted in) which host node holds each sampled page of
-/// `[addr, addr + len)`, with pages of `page` bytes.
-pub fn residency(addr: *mut u8, len: usize, page: usize) -> io::Result<Residency> {
-    let pages = (len / page) as u64;
+/// faulted in) which host node holds each sampled page of `map`, with
+/// pages of `page` bytes.
+pub fn residency(map: &HostMapping, page: usize) -> io::Result<Residency> {
+    let pages = (map.size / page) as u64;
     let stride = pages.div_ceil(MAX_SAMPLED_PAGES).max(1) as usize;
-    let all: Vec<*mut libc::c_void> = (0..len / page)
+    // Addresses only: the kernel looks them up, nothing here reads them.
+    let all: Vec<usize> = (0..map.size / page)
         .step_by(stride)
-        // SAFETY: inside the caller's mapping of `len` bytes.
-        .map(|i| unsafe { addr.add(i * page) }.cast())
+        .map(|i| map.addr as usize + i * page)
         .collect();
     let mut r = Residency::default();
     let mut status = vec![0 as libc::c_int; QUERY_CHUNK];
@@ -244,12 +245,12 @@ impl GuestRam {
             .iter()
             .zip(&self.mappings)
             .map(|(r, m)| {
-                let policy = policy_at(m.addr)
+                let policy = policy_of(m)
                     .map_err(|e| log::warn!("get_mempolicy of region {}: {e}", r.slot))
                     .ok();
                 let residency = residency
                     .then(|| {
-                        self::residency(m.addr, m.size, page)
+                        self::residency(m, page)
                             .map_err(|e| log::warn!("move_pages of region {}: {e}", r.slot))
                             .ok()
                     })
@@ -319,7 +320,7 @@ mod tests {
     #[test]
     fn untouched_pages_are_not_resident_and_samples_are_bounded() {
         let ram = GuestRam::new(512 * MIB).unwrap();
-        let r = residency(ram.mappings[0].addr, 512 * MIB as usize, 4096).unwrap();
+        let r = residency(&ram.mappings[0], 4096).unwrap();
         assert_eq!(r.sampled_pages, MAX_SAMPLED_PAGES);
         assert_eq!(r.resident_pages, 0);
     }
@@ -328,8 +329,8 @@ mod tests {
     fn a_node_beyond_the_mask_is_refused() {
         let ram = GuestRam::new(16 * MIB).unwrap();
         let m = &ram.mappings[0];
-        assert!(bind(m.addr, m.size, NODEMASK_BITS as u32).is_err());
-        assert_eq!(policy_at(m.addr).unwrap().policy, "default");
+        assert!(bind(m, NODEMASK_BITS as u32).is_err());
+        assert_eq!(policy_of(m).unwrap().policy, "default");
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl GuestRam {
                 })?,
             );
             if let Some(h) = host_node {
-                mempolicy::bind(map.addr, map.size, h).map_err(|source| MemoryError::Bind {
+                mempolicy::bind(&map, h).map_err(|source| MemoryError::Bind {
                     slot: slot as u32,
                     host_node: h,
                     source,
