@@ -30,8 +30,10 @@ const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
 /// NUMA balancing).
 const MPOL_MODE_FLAGS: libc::c_int =
     libc::MPOL_F_STATIC_NODES | libc::MPOL_F_RELATIVE_NODES | libc::MPOL_F_NUMA_BALANCING;
-/// At most this many pages of a region are asked about by move_pages.
-const MAX_SAMPLED_PAGES: u64 = 65536;
+/// At most this many pages of a region are asked about by move_pages:
+/// each costs ~0.1 µs here (65,536 pages took ~6.5 ms of the run's end),
+/// and evenly spaced pages of a bound region tell as much as all of them.
+const MAX_SAMPLED_PAGES: u64 = 4096;
 /// Pages per move_pages call: bounds the buffers.
 const QUERY_CHUNK: usize = 4096;
 
@@ -48,8 +50,8 @@ pub struct Policy {
 /// Where the sampled pages of a region live on the host.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Residency {
-    /// Pages asked about (every page up to 65,536 per region, else evenly
-    /// spaced ones).
+    /// Pages asked about (every page up to 4,096 per region, else evenly
+    /// spaced ones, at most 4,096).
     pub sampled_pages: u64,
     /// Of those, the ones present in memory.
     pub resident_pages: u64,
@@ -319,7 +321,7 @@ mod tests {
 
     #[test]
     fn untouched_pages_are_not_resident_and_samples_are_bounded() {
-        let ram = GuestRam::new(512 * MIB).unwrap();
+        let ram = GuestRam::new(64 * MIB).unwrap();
         let r = residency(&ram.mappings[0], 4096).unwrap();
         assert_eq!(r.sampled_pages, MAX_SAMPLED_PAGES);
         assert_eq!(r.resident_pages, 0);
