@@ -8,7 +8,6 @@ use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::firmware;
 use crate::guest::events::VmEvents;
 use crate::memory::layout::{e820_map, E820Entry, CMDLINE_MAX};
-use crate::memory::numa::HostNuma;
 use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
@@ -95,11 +94,7 @@ pub fn build(
     // Host nodes and CPUs too; the answer is where each guest node's vCPU
     // threads run.
     let pins = match &res.numa {
-        Some(n) => Some(
-            HostNuma::read()
-                .and_then(|h| n.check_host(&h))
-                .map_err(ConfigError::from)?,
-        ),
+        Some(n) => Some(n.check_this_host(res.backing).map_err(ConfigError::from)?),
         None => None,
     };
     let what = kernel_name(&res.kernel);

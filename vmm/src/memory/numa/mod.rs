@@ -24,6 +24,7 @@ mod spec;
 
 pub use spec::{CpuList, NumaNode};
 
+use super::backing::Backing;
 use super::layout;
 use crate::resources::format_size;
 use serde::Serialize;
@@ -41,6 +42,9 @@ pub const MAX_CPU_ID: u32 = 8191;
 
 const SYS_NODES: &str = "/sys/devices/system/node";
 const SYS_CPUS_ONLINE: &str = "/sys/devices/system/cpu/online";
+/// A node's 2 MiB hugetlb pool, under its sysfs directory.
+const NODE_HUGE_POOL: &str = "hugepages/hugepages-2048kB";
+const HUGE_PAGE: u64 = super::backing::HUGE as u64;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NumaError {
@@ -283,6 +287,50 @@ impl NumaConfig {
         Ok(pins)
     }
 
+    /// Reads this host's topology and checks it ([`Self::check_host`]); for
+    /// hugetlb RAM also that each host node holds the huge pages bound to
+    /// it ([`Self::check_huge_pages`]).
+    pub fn check_this_host(&self, backing: Backing) -> Result<Vec<CpuList>, NumaError> {
+        let host = HostNuma::read()?;
+        let pins = self.check_host(&host)?;
+        if backing.is_hugetlb() {
+            self.check_huge_pages(&host.huge_pools()?, backing)?;
+        }
+        Ok(pins)
+    }
+
+    /// Hugetlb RAM is reserved from the whole pool when it is mapped, but a
+    /// bound region's pages can only come from its host node: with too few
+    /// free there, the guest would die of SIGBUS on a first touch instead of
+    /// memvisor refusing to start. So each host node must have free the
+    /// 2 MiB pages of every guest node bound to it.
+    pub fn check_huge_pages(
+        &self,
+        pools: &BTreeMap<u32, NodeHugePool>,
+        backing: Backing,
+    ) -> Result<(), NumaError> {
+        let mut need: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+        for node in &self.nodes {
+            let e = need.entry(node.host_node).or_insert((node.id, 0));
+            e.1 += node.size.div_ceil(HUGE_PAGE);
+        }
+        for (&host_node, &(first, pages)) in &need {
+            let pool = pools.get(&host_node).copied().unwrap_or_default();
+            if pool.free < pages {
+                return Err(NumaError::Host {
+                    node: first,
+                    why: format!(
+                        "--backing {}: host node {host_node} has {} free 2 MiB huge pages and the guest nodes bound to it need {pages}; reserve them as root with `echo {} > {SYS_NODES}/node{host_node}/{NODE_HUGE_POOL}/nr_hugepages`",
+                        backing.name(),
+                        pool.free,
+                        pool.total + (pages - pool.free)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The n*n SLIT matrix, row-major.
     pub fn distance_matrix(&self) -> Vec<u8> {
         let n = self.nodes.len();
@@ -409,6 +457,40 @@ impl HostNuma {
         }
         Ok(HostNuma { nodes, online })
     }
+
+    /// Each node's 2 MiB hugetlb pool (a node without one has none).
+    pub fn huge_pools(&self) -> Result<BTreeMap<u32, NodeHugePool>, NumaError> {
+        let value = |id: u32, name: &str| -> Result<u64, NumaError> {
+            let p = format!("{SYS_NODES}/node{id}/{NODE_HUGE_POOL}/{name}");
+            match std::fs::read_to_string(&p) {
+                Ok(t) => t
+                    .trim()
+                    .parse()
+                    .map_err(|_| NumaError::HostRead(format!("{p}: not a number: {t:?}"))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                Err(e) => Err(NumaError::HostRead(format!("{p}: {e}"))),
+            }
+        };
+        self.nodes
+            .keys()
+            .map(|&id| {
+                Ok((
+                    id,
+                    NodeHugePool {
+                        total: value(id, "nr_hugepages")?,
+                        free: value(id, "free_hugepages")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// One host node's 2 MiB hugetlb pool, from sysfs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeHugePool {
+    pub total: u64,
+    pub free: u64,
 }
 
 #[cfg(test)]
@@ -584,6 +666,31 @@ mod tests {
         config(&["node=0,size=2M,cpus=0,host-node=2,host-cpus=0"])
             .check_host(&host())
             .unwrap();
+    }
+
+    #[test]
+    fn hugetlb_nodes_need_their_pages_on_their_host_node() {
+        let c = config(&[
+            "node=0,size=64M,cpus=0,host-node=0",
+            "node=1,size=64M,cpus=1,host-node=1",
+            "node=2,size=32M,cpus=2,host-node=1",
+        ]);
+        let pool = |total, free| NodeHugePool { total, free };
+        let pools = BTreeMap::from([(0, pool(40, 32)), (1, pool(50, 48))]);
+        c.check_huge_pages(&pools, Backing::Hugetlbfs).unwrap();
+        let short = BTreeMap::from([(0, pool(40, 32)), (1, pool(50, 46))]);
+        let e = c
+            .check_huge_pages(&short, Backing::MemfdHugetlb)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--numa node=1: --backing memfd-hugetlb: host node 1 has 46 free")
+                && e.contains("need 48")
+                && e.contains("echo 52 > /sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages"),
+            "{e}"
+        );
+        let none = BTreeMap::from([(0, pool(40, 32))]);
+        assert!(c.check_huge_pages(&none, Backing::Hugetlbfs).is_err());
     }
 
     #[test]
