@@ -1,7 +1,8 @@
 //! Host NUMA placement through the raw system calls (no libnuma): binding
 //! guest RAM to a host node (mbind), reading the binding back
 //! (get_mempolicy with MPOL_F_ADDR), asking where resident pages are
-//! (move_pages in query mode), and pinning threads (sched_setaffinity).
+//! (move_pages in query mode), and pinning threads (sched_setaffinity,
+//! through pthread_setaffinity_np).
 //!
 //! Why the read-backs: on a one-node host every page lands on node 0 with
 //! or without a binding, so residency alone proves nothing; the policy the
@@ -214,13 +215,14 @@ fn cpu_list(set: &libc::cpu_set_t) -> CpuList {
     )
 }
 
-/// Pins the calling thread to `cpus`.
-pub fn pin_current_thread(cpus: &CpuList) -> io::Result<()> {
+/// Pins thread `t` to `cpus` (sched_setaffinity of its task).
+pub fn pin_thread(t: libc::pthread_t, cpus: &CpuList) -> io::Result<()> {
     let set = cpu_set(cpus)?;
-    // SAFETY: sched_setaffinity reads one cpu_set_t of ours.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    // SAFETY: `t` is a live thread (the caller has not joined it) and the
+    // call reads one cpu_set_t of ours.
+    let rc = unsafe { libc::pthread_setaffinity_np(t, std::mem::size_of_val(&set), &set) };
     if rc != 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(())
 }
@@ -341,9 +343,10 @@ mod tests {
         let last = CpuList::new(vec![*online.ids().last().unwrap()]);
         let want = last.clone();
         let got = std::thread::spawn(move || {
-            pin_current_thread(&last).unwrap();
-            // SAFETY: this thread is alive.
-            thread_affinity(unsafe { libc::pthread_self() }).unwrap()
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            pin_thread(me, &last).unwrap();
+            thread_affinity(me).unwrap()
         })
         .join()
         .unwrap();
