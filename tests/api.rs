@@ -104,6 +104,22 @@ fn firecracker_boot_flow_boots_the_bundled_kernel() {
         body.contains(r#""vcpu_count":2"#) && body.contains(r#""mem_size_mib":128"#),
         "{body}"
     );
+    // huge_pages as Firecracker means it: omitted is "None", 4 KiB pages.
+    assert!(body.contains(r#""huge_pages":"None""#), "{body}");
+    // "2M" is hugetlbfs: taken when the host has the pages, otherwise
+    // refused at once, saying how many are needed and how to reserve them.
+    let (code, body) = vmm.call("PATCH", "/machine-config", Some(r#"{"huge_pages":"2M"}"#));
+    if code != 204 {
+        assert_eq!(code, 400, "{body}");
+        assert!(
+            body.contains("huge_pages") && body.contains("nr_hugepages"),
+            "{body}"
+        );
+    }
+    let thp = r#"{"huge_pages":"Transparent"}"#;
+    assert_eq!(vmm.call("PATCH", "/machine-config", Some(thp)).0, 204);
+    let (_, body) = vmm.call("GET", "/machine-config", None);
+    assert!(body.contains(r#""huge_pages":"Transparent""#), "{body}");
     let (code, body) = vmm.call(
         "PUT",
         "/actions",
@@ -123,6 +139,8 @@ fn firecracker_boot_flow_boots_the_bundled_kernel() {
     assert_eq!(code, 0, "{}", r["exit"]);
     assert_eq!(r["config"]["vcpus"], 2);
     assert_eq!(r["config"]["memory_bytes"], 128u64 << 20);
+    assert_eq!(r["config"]["backing"], "anon");
+    assert_eq!(r["config"]["thp"], "on");
     assert!(
         r["config"]["cmdline"]
             .as_str()

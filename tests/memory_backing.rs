@@ -7,8 +7,9 @@
 #[macro_use]
 mod common;
 
-use common::hugetlb::{pool_available, pool_value, root_or_skip, Reserved, POOL_LOCK};
+use common::hugetlb::{pool, root_or_skip};
 use common::{run, u64_at, Output};
+use memvisor::memory::reserve::{PoolLock, Reservation};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
@@ -114,10 +115,11 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
     if !root_or_skip("hugetlb_backings_put_all_of_ram_in_huge_pages") {
         return;
     }
-    let _pool = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let _reserved = Reserved::pages(RAM / (2 * MIB));
+    // Held across the runs: the pool is the host's, and other tests and
+    // benches reserve from it (memory::reserve locks it for them all).
+    let _reserved = Reservation::pages(RAM / (2 * MIB)).unwrap();
     for backing in ["hugetlbfs", "memfd-hugetlb"] {
-        let free_before = pool_value("free_hugepages");
+        let free_before = pool().free;
         let out = memtest(&["--backing", backing]);
         let m = memory(&out);
         assert_eq!(out.report()["config"]["backing"], backing);
@@ -131,11 +133,7 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
             0,
             "{backing}: no guest RAM in 4 KiB pages\n{m:#}"
         );
-        assert_eq!(
-            pool_value("free_hugepages"),
-            free_before,
-            "{backing}: pages given back"
-        );
+        assert_eq!(pool().free, free_before, "{backing}: pages given back");
         eprintln!("{backing}: first touch {:.1} ms", first_touch_ms(&out));
     }
 }
@@ -143,8 +141,8 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
 #[test]
 fn too_few_hugetlb_pages_exit_2_naming_the_count_and_the_cure() {
     require_kvm!();
-    let _pool = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let needed = (pool_available() + 8).max(8);
+    let _pool = PoolLock::take().unwrap();
+    let needed = (pool().available() + 8).max(8);
     let size = format!("{}M", needed * 2);
     for backing in ["hugetlbfs", "memfd-hugetlb"] {
         let out = run(&["--quiet", "--backing", backing, "--memory", &size]);

@@ -4,6 +4,7 @@ use memvisor::bench::api::GuestLoad;
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
 use memvisor::memory::backing::{Backing, Thp};
+use memvisor::memory::dirty::DirtyMode;
 use memvisor::memory::numa::{NumaConfig, NumaNode};
 use memvisor::resources::{
     parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE, DEFAULT_MEMORY,
@@ -54,7 +55,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; dirty: write `dirty_pages=N` pages `dirty_stride=K` apart between two marks and have the VMM check its dirty log against them (with --dirty-log); boot: report ready and exit; fault: a deliberate page fault; touch: time the first touch of `touch_mib=N` MiB) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
@@ -115,6 +116,13 @@ struct RunArgs {
     /// (KVM_PRE_FAULT_MEMORY where KVM supports it, else MADV_POPULATE_WRITE).
     #[arg(long)]
     prefault: bool,
+    /// Dirty logging of guest RAM: `off`, `bitmap` (KVM_GET_DIRTY_LOG with
+    /// manual protect) or `ring` (per-vCPU dirty rings). Either also
+    /// records the VMM's own writes; the report's memory.dirty says what
+    /// was written. Off by default: every logged page takes a
+    /// write-protection fault on its first write after each harvest.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "off")]
+    dirty_log: DirtyMode,
     /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
     /// Unix socket during the run; the file is removed on exit.
     #[arg(long, value_name = "PATH")]
@@ -143,6 +151,22 @@ enum BenchCommand {
         /// vCPUs of the guest.
         #[arg(long, default_value_t = 2)]
         vcpus: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Memory benchmark: guest first-touch bandwidth per backing (THP on,
+    /// THP off, hugetlbfs, memfd-hugetlb; the hugetlb pages are reserved
+    /// for the run and given back), prefault time, host-side discard and
+    /// collapse throughput, and boot with --numa; medians beside the goals.
+    Memory {
+        /// Runs of each measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// MiB the guest touches in each run (1 to 16384; guest RAM is this
+        /// plus 256 MiB).
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        touch_mib: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -256,6 +280,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(BenchCommand::Memory {
+            runs,
+            touch_mib,
+            json,
+        }) => {
+            if runs == 0 || !(1..=16384).contains(&touch_mib) {
+                eprintln!(
+                    "memvisor: bench memory: error: --runs must be at least 1 and --touch-mib 1 to 16384 (got {runs} and {touch_mib})"
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::memory::MemoryBenchOptions {
+                runs,
+                json,
+                touch_mib,
+            };
+            match memvisor::bench::memory::bench_memory(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench memory: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Bench(BenchCommand::Boot {
             runs,
             json,
@@ -317,6 +365,7 @@ fn run(args: RunArgs) -> ExitCode {
         thp: args.thp,
         prefault: args.prefault,
         numa,
+        dirty_log: args.dirty_log,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {

@@ -1,10 +1,9 @@
 //! The JSON report: host-side phase timings and memory figures merged with
 //! the guest's own JSON lines, plus the short human summary.
 use crate::clock::Origin;
+use crate::memory::accounting::MemoryAccounting;
 use crate::memory::layout::E820Entry;
-use crate::memory::mempolicy::RegionReport;
 use crate::memory::numa::NodeReport;
-use crate::memory::rss::MemoryUsage;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -95,6 +94,7 @@ pub struct ConfigReport {
     pub prefault: bool,
     /// `--numa`'s nodes (null without it).
     pub numa: Option<Vec<NodeReport>>,
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -102,12 +102,16 @@ pub struct MemoryReport {
     pub e820: Vec<E820Entry>,
     pub e820_ram_bytes: u64,
     pub e820_ram_pages: u64,
-    pub regions: Vec<RegionReport>,
     /// With `--prefault`: how guest RAM was populated, and how long it took.
     pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
     pub prefault_us: Option<f64>,
+    /// With `--dirty-log`: what was written, and the `workload=dirty` check.
+    pub dirty: Option<crate::memory::dirty::DirtyReport>,
+    /// The RAM `regions` with what each costs the host, KVM's statistics,
+    /// discard/collapse counters and the process's figures: what
+    /// `GET /vm/memory` serves, at guest exit.
     #[serde(flatten)]
-    pub usage: MemoryUsage,
+    pub accounting: MemoryAccounting,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -236,17 +240,28 @@ impl Report {
             self.config.backing.name(),
             if self.config.thp == crate::memory::backing::Thp::On { "on" } else { "off" },
             m.e820_ram_pages,
-            mib(m.usage.guest_rss_bytes),
-            mib(m.usage.guest_anon_huge_bytes),
-            mib(m.usage.guest_hugetlb_bytes),
-            mib(m.usage.vmm_overhead_bytes),
-            mib(m.usage.vm_rss_bytes),
+            mib(m.accounting.usage.guest_rss_bytes),
+            mib(m.accounting.usage.guest_anon_huge_bytes),
+            mib(m.accounting.usage.guest_hugetlb_bytes),
+            mib(m.accounting.usage.vmm_overhead_bytes),
+            mib(m.accounting.usage.vm_rss_bytes),
         );
+        if let Some(d) = &m.dirty {
+            s += &crate::memory::dirty::summary_line(d);
+        }
         if let Some(r) = self.guest_event("ready") {
             s += &format!(
                 "  guest ready: {} vCPUs, {} pages total, {} free, workload {}\n",
                 r["vcpus"], r["total_pages"], r["free_pages"], r["workload"]
             );
+            let n = &r["numa"];
+            if n.is_object() {
+                let why = n.get("reason").map_or(String::new(), |r| format!(" ({r})"));
+                s += &format!(
+                    "  guest NUMA: {} node(s) from {}{why}, distances {}\n",
+                    n["nr_nodes"], n["source"], n["distance"]
+                );
+            }
         }
         if let Some(w) = self.guest_event("workload") {
             s += &format!("  workload {}: ok={}", w["name"], w["ok"]);
@@ -345,7 +360,7 @@ fn escape_controls(json: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -364,7 +379,7 @@ mod tests {
         assert_eq!(back, v);
     }
 
-    fn sample() -> Report {
+    pub(crate) fn sample() -> Report {
         Report {
             memvisor_version: "test",
             config: ConfigReport {
@@ -380,6 +395,7 @@ mod tests {
                 thp: Default::default(),
                 prefault: false,
                 numa: None,
+                dirty_log: Default::default(),
             },
             clock_origin: Origin::Main,
             tsc_khz: None,

@@ -47,6 +47,8 @@ pub struct VmResources {
     pub prefault: bool,
     /// `--numa`: guest NUMA nodes on host nodes; None is one node, unbound.
     pub numa: Option<NumaConfig>,
+    /// `--dirty-log`: which pages of guest RAM were written.
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 impl Default for VmResources {
@@ -64,6 +66,7 @@ impl Default for VmResources {
             thp: Thp::On,
             prefault: false,
             numa: None,
+            dirty_log: Default::default(),
         }
     }
 }

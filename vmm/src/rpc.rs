@@ -10,6 +10,8 @@ use crate::api::{
     ActionType, ApiMessage, ApiRequest, ApiResponse, BootSource, CpuTemplate, HugePages,
     InstanceInfo, MachineConfig, VmConfig, VmState,
 };
+use crate::memory::backing::{Backing, Thp};
+use crate::memory::dirty::DirtyMode;
 use crate::resources::{KernelSource, VmResources, MIB};
 use crate::vmm::Vmm;
 use std::time::Instant;
@@ -28,7 +30,34 @@ fn machine_config(r: &VmResources) -> MachineConfig {
     MachineConfig {
         vcpu_count: r.vcpus.min(u8::MAX as u32) as u8,
         mem_size_mib: r.memory / MIB,
+        huge_pages: huge_pages(r.backing, r.thp),
+        track_dirty_pages: r.dirty_log != DirtyMode::Off,
         ..MachineConfig::default()
+    }
+}
+
+/// Firecracker's name for a backing: hugetlb memory is "2M", THP-advised
+/// memory "Transparent", 4 KiB pages "None".
+fn huge_pages(backing: Backing, thp: Thp) -> HugePages {
+    match (backing.is_hugetlb(), thp) {
+        (true, _) => HugePages::Hugetlbfs2M,
+        (false, Thp::On) => HugePages::Transparent,
+        (false, Thp::Off) => HugePages::None,
+    }
+}
+
+/// The backing Firecracker's `huge_pages` asks for, keeping a memfd a memfd
+/// (`--backing memfd` chose shared memory; only the page size changes).
+/// "None" means 4 KiB pages as in Firecracker, so a script that omits the
+/// field gets what it gets there, not this VMM's THP default.
+fn backing_for(h: HugePages, now: Backing) -> (Backing, Thp) {
+    match (h, now.is_memfd()) {
+        (HugePages::None, false) => (Backing::Anon, Thp::Off),
+        (HugePages::None, true) => (Backing::Memfd, Thp::Off),
+        (HugePages::Transparent, false) => (Backing::Anon, Thp::On),
+        (HugePages::Transparent, true) => (Backing::Memfd, Thp::On),
+        (HugePages::Hugetlbfs2M, false) => (Backing::Hugetlbfs, Thp::On),
+        (HugePages::Hugetlbfs2M, true) => (Backing::MemfdHugetlb, Thp::On),
     }
 }
 
@@ -40,15 +69,17 @@ fn with_machine(r: &VmResources, m: &MachineConfig) -> Result<VmResources, Strin
     if !matches!(m.cpu_template, None | Some(CpuTemplate::NoTemplate)) {
         return Err("cpu_template: CPU templates are not supported (valid: \"None\")".into());
     }
-    if m.track_dirty_pages {
-        return Err(
-            "track_dirty_pages: dirty-page tracking is not supported yet (valid: false)".into(),
-        );
-    }
-    if m.huge_pages == HugePages::Hugetlbfs2M {
-        return Err("huge_pages \"2M\": hugetlbfs backing is not supported yet; guest RAM is backed by transparent huge pages (valid: \"None\", \"Transparent\")".into());
-    }
     let mut next = r.clone();
+    // Firecracker's dirty-page tracking is KVM's dirty log: the bitmap,
+    // unless `--dirty-log ring` chose the ring already.
+    next.dirty_log = match (m.track_dirty_pages, r.dirty_log) {
+        (false, _) => DirtyMode::Off,
+        (true, DirtyMode::Off) => DirtyMode::Bitmap,
+        (true, mode) => mode,
+    };
+    (next.backing, next.thp) = backing_for(m.huge_pages, r.backing);
+    crate::memory::backing::check_host(next.backing_config(), next.memory)
+        .map_err(|e| format!("huge_pages {:?}: {e}", m.huge_pages))?;
     next.vcpus = m.vcpu_count as u32;
     next.memory = m
         .mem_size_mib
@@ -134,6 +165,14 @@ impl Vmm {
                     Err(e) => ApiResponse::fault(500, e.to_string()),
                 }
             }
+            // allowed_in let it through: the VM is built.
+            ApiRequest::GetVmMemory => match &self.built {
+                Some(b) => ApiResponse::ok_json(&VmMemory {
+                    accounting: b.vm.accounting(),
+                    dirty: b.vm.dirty().map(|d| d.live_report()),
+                }),
+                None => ApiResponse::bad_request(crate::api::NOT_SUPPORTED_PRE_BOOT),
+            },
             ApiRequest::Action(ActionType::InstanceStart) => return Followup::Start(msg),
             ApiRequest::Action(a) => ApiResponse::bad_request(format!(
                 "{a:?} is not supported by memvisor (supported actions: InstanceStart)"
@@ -151,5 +190,66 @@ impl Vmm {
             }
             Err(e) => ApiResponse::bad_request(e),
         }
+    }
+}
+
+/// `GET /vm/memory`: the accounting, and with `--dirty-log` the dirty log
+/// as of now, as the report's `memory` section has them.
+#[derive(serde::Serialize)]
+struct VmMemory {
+    #[serde(flatten)]
+    accounting: crate::memory::accounting::MemoryAccounting,
+    dirty: Option<crate::memory::dirty::DirtyReport>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_pages_names_the_backing_both_ways() {
+        use Backing::*;
+        for now in [Anon, Memfd, MemfdHugetlb, Hugetlbfs] {
+            for h in [
+                HugePages::None,
+                HugePages::Transparent,
+                HugePages::Hugetlbfs2M,
+            ] {
+                let (b, t) = backing_for(h, now);
+                assert_eq!(huge_pages(b, t), h, "{h:?} from {now:?}");
+                assert_eq!(b.is_memfd(), now.is_memfd(), "a memfd stays a memfd");
+            }
+        }
+        assert_eq!(backing_for(HugePages::None, Anon), (Anon, Thp::Off));
+        assert_eq!(
+            backing_for(HugePages::Hugetlbfs2M, Anon),
+            (Hugetlbfs, Thp::On)
+        );
+    }
+
+    #[test]
+    fn track_dirty_pages_is_the_dirty_log() {
+        let mut r = VmResources::default();
+        let mut m = machine_config(&r);
+        assert!(!m.track_dirty_pages);
+        m.track_dirty_pages = true;
+        r = with_machine(&r, &m).unwrap();
+        assert_eq!(r.dirty_log, DirtyMode::Bitmap);
+        assert!(machine_config(&r).track_dirty_pages);
+        r.dirty_log = DirtyMode::Ring;
+        assert_eq!(with_machine(&r, &m).unwrap().dirty_log, DirtyMode::Ring);
+        m.track_dirty_pages = false;
+        assert_eq!(with_machine(&r, &m).unwrap().dirty_log, DirtyMode::Off);
+    }
+
+    #[test]
+    fn machine_config_reports_the_backing_in_force() {
+        let mut r = VmResources::default();
+        assert_eq!(machine_config(&r).huge_pages, HugePages::Transparent);
+        r.thp = Thp::Off;
+        assert_eq!(machine_config(&r).huge_pages, HugePages::None);
+        r.backing = Backing::Hugetlbfs;
+        r.thp = Thp::On;
+        assert_eq!(machine_config(&r).huge_pages, HugePages::Hugetlbfs2M);
     }
 }

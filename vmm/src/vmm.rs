@@ -13,7 +13,6 @@ use crate::guest::events::{VmEvent, VmEvents};
 use crate::guest::log::GuestLog;
 use crate::guest::record::RecordKind;
 use crate::memory::layout::{e820_ram_bytes, e820_ram_pages};
-use crate::memory::rss;
 use crate::report::{
     ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report, VcpuReport,
 };
@@ -374,11 +373,13 @@ impl Vmm {
             self.resources.cmdline.clone(),
             None,
         );
+        let mut dirty = None;
         if let Some(mut b) = self.built.take() {
-            memory.usage = rss::measure(&b.vm.ram().host_ranges()).unwrap_or_default();
+            memory.accounting = b.vm.accounting();
             vcpus = VcpuReport::of(&b.vcpus, self.resources.numa.as_ref());
             vcpu::finish_all(&mut b.vcpus);
             phases.teardown_done = Some(since_origin_us(now_ns()));
+            dirty = b.vm.dirty().map(|d| d.finish());
             let c = &b.counters;
             exits = ExitCounts {
                 io: c.io.load(Ordering::Relaxed),
@@ -395,7 +396,6 @@ impl Vmm {
             memory.e820_ram_bytes = e820_ram_bytes(&b.e820);
             memory.e820_ram_pages = e820_ram_pages(&b.e820);
             memory.e820 = std::mem::take(&mut b.e820);
-            memory.regions = b.vm.ram().placement(self.resources.numa.is_some());
             memory.prefault_method = b.prefault.map(|p| p.0);
             memory.prefault_us = b.prefault.map(|p| p.1);
             kernel = std::mem::take(&mut b.kernel_name);
@@ -407,7 +407,7 @@ impl Vmm {
             drop(b);
             phases.vm_closed = Some(since_origin_us(now_ns()));
         }
-        Report {
+        let mut report = Report {
             memvisor_version: env!("CARGO_PKG_VERSION"),
             config: ConfigReport {
                 kernel,
@@ -422,6 +422,7 @@ impl Vmm {
                 thp: self.resources.thp,
                 prefault: self.resources.prefault,
                 numa: self.resources.numa.as_ref().map(|n| n.report()),
+                dirty_log: self.resources.dirty_log,
             },
             clock_origin: clock::origin().1,
             tsc_khz,
@@ -438,7 +439,11 @@ impl Vmm {
             exit,
             warnings: self.log.warnings(),
             guest: self.log.into_lines(),
+        };
+        if let Some(d) = dirty {
+            crate::guest::dirty::check_report(&mut report, d);
         }
+        report
     }
 }
 

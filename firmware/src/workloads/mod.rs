@@ -1,9 +1,14 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod dirty;
 mod entropy;
 mod flood;
 mod memtest;
+mod numa;
+mod touch;
+
+pub use numa::parse_pages as parse_numa_pages;
 
 pub struct Workload {
     pub name: &'static str,
@@ -32,6 +37,10 @@ pub static ALL: &[Workload] = &[
         run: boot,
     },
     Workload {
+        name: "dirty",
+        run: dirty::run,
+    },
+    Workload {
         name: "fault",
         run: fault,
     },
@@ -50,6 +59,14 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "touch",
+        run: touch::run,
+    },
+    Workload {
+        name: "numa",
+        run: numa::run,
     },
 ];
 

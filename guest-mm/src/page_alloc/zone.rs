@@ -446,6 +446,22 @@ mod tests {
         // Far above: the folded count, without reading every CPU's line.
         z.vm_free.add_global(100);
         assert_eq!(check(&z), needed + 103, "folded far above");
+
+        // The HighAtomic reserve is part of the margin: near the mark once
+        // it is counted, the count must be the exact one again.
+        let mut z = Zone::EMPTY;
+        z.lowmem_reserve = [0, 0, 100];
+        z.vm_free.configure(8, 2);
+        let mut area = FreeArea::EMPTY;
+        area.nr_reserved_highatomic = 50;
+        let needed = needed + 50;
+        z.vm_free.add_global(needed + 3);
+        z.vm_free.add(1, -5);
+        assert_eq!(
+            z.free_for_check(&area, 4, 1000, ZoneType::Normal) as i64,
+            needed - 2,
+            "exact near the mark with a HighAtomic reserve"
+        );
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum ApiRequest {
     GetVmConfig,
     /// `PATCH /vm` → 204. Post-boot only.
     PatchVm(VmState),
+    /// `GET /vm/memory` → 200 `MemoryAccounting`. Post-boot only (before
+    /// it there is no guest RAM to account).
+    GetVmMemory,
     /// `PUT /boot-source` → 204. Pre-boot only.
     PutBootSource(BootSource),
     /// `PUT /entropy` → 204. Pre-boot only.
@@ -126,6 +129,7 @@ impl ApiRequest {
                 }
             }
             ApiRequest::PatchVm(_)
+            | ApiRequest::GetVmMemory
             | ApiRequest::Action(ActionType::FlushMetrics)
             | ApiRequest::Action(ActionType::SendCtrlAltDel) => {
                 if started {

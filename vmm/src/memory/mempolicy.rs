@@ -1,13 +1,14 @@
 //! Host NUMA placement through the raw system calls (no libnuma): binding
 //! guest RAM to a host node (mbind), reading the binding back
-//! (get_mempolicy with MPOL_F_ADDR), asking where resident pages are
-//! (move_pages in query mode), and pinning threads (sched_setaffinity,
-//! through pthread_setaffinity_np).
+//! (get_mempolicy with MPOL_F_ADDR), and pinning threads
+//! (sched_setaffinity, through pthread_setaffinity_np). Where resident
+//! pages are (move_pages in query mode) is sampled in [`super::accounting`].
 //!
 //! Why the read-backs: on a one-node host every page lands on node 0 with
 //! or without a binding, so residency alone proves nothing; the policy the
 //! kernel holds for the range is what shows the binding was made. Both go
-//! into the report per region, read at the end of the run.
+//! into [`super::accounting::RegionAccounting`], so into the report and
+//! `GET /vm/memory`.
 //!
 //! A region is bound right after it is mapped and before anything touches
 //! it, so no page is ever allocated under another policy (nothing has to be
@@ -16,9 +17,7 @@
 //! get_mempolicy reads back whichever applies.
 use super::backing::HostMapping;
 use super::numa::CpuList;
-use super::GuestRam;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::io;
 
 /// Bits in the node masks passed to the kernel: Linux's largest
@@ -31,13 +30,6 @@ const MPOL_F_ADDR: libc::c_ulong = 1 << 1;
 /// NUMA balancing).
 const MPOL_MODE_FLAGS: libc::c_int =
     libc::MPOL_F_STATIC_NODES | libc::MPOL_F_RELATIVE_NODES | libc::MPOL_F_NUMA_BALANCING;
-/// At most this many pages of a region are asked about by move_pages:
-/// each costs ~0.1 µs here (65,536 pages took ~6.5 ms of the run's end),
-/// and evenly spaced pages of a bound region tell as much as all of them.
-const MAX_SAMPLED_PAGES: u64 = 4096;
-/// Pages per move_pages call: bounds the buffers.
-const QUERY_CHUNK: usize = 4096;
-
 /// The kernel's memory policy of a range, as read back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Policy {
@@ -46,31 +38,6 @@ pub struct Policy {
     pub policy: String,
     /// The nodes of the policy's mask (empty for `default` and `local`).
     pub policy_nodes: Vec<u32>,
-}
-
-/// Where the sampled pages of a region live on the host.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Residency {
-    /// Pages asked about (every page up to 4,096 per region, else evenly
-    /// spaced ones, at most 4,096).
-    pub sampled_pages: u64,
-    /// Of those, the ones present in memory.
-    pub resident_pages: u64,
-    /// Resident sampled pages per host node.
-    pub by_host_node: BTreeMap<u32, u64>,
-}
-
-/// A region in the report: where it is, and where the host keeps it.
-#[derive(Clone, Debug, Serialize)]
-pub struct RegionReport {
-    #[serde(flatten)]
-    pub region: super::RamRegion,
-    /// The policy read back (`policy` null and `policy_nodes` empty if
-    /// get_mempolicy failed).
-    pub policy: Option<String>,
-    pub policy_nodes: Vec<u32>,
-    /// With `--numa` only: sampled host-node residency.
-    pub residency: Option<Residency>,
 }
 
 fn mode_name(mode: libc::c_int) -> String {
@@ -144,48 +111,6 @@ pub fn policy_of(map: &HostMapping) -> io::Result<Policy> {
     })
 }
 
-/// Asks the kernel (move_pages, query mode: nothing moves, nothing is
-/// faulted in) which host node holds each sampled page of `map`, with
-/// pages of `page` bytes.
-pub fn residency(map: &HostMapping, page: usize) -> io::Result<Residency> {
-    let pages = (map.size / page) as u64;
-    let stride = pages.div_ceil(MAX_SAMPLED_PAGES).max(1) as usize;
-    // Addresses only: the kernel looks them up, nothing here reads them.
-    let all: Vec<usize> = (0..map.size / page)
-        .step_by(stride)
-        .map(|i| map.addr as usize + i * page)
-        .collect();
-    let mut r = Residency::default();
-    let mut status = vec![0 as libc::c_int; QUERY_CHUNK];
-    for chunk in all.chunks(QUERY_CHUNK) {
-        // SAFETY: move_pages with nodes NULL only reads the `chunk.len()`
-        // addresses and writes as many statuses; it moves nothing.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_pages,
-                0,
-                chunk.len(),
-                chunk.as_ptr(),
-                std::ptr::null::<libc::c_int>(),
-                status.as_mut_ptr(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        r.sampled_pages += chunk.len() as u64;
-        for &s in &status[..chunk.len()] {
-            // A negative status is -errno: -ENOENT for a page not present.
-            if s >= 0 {
-                r.resident_pages += 1;
-                *r.by_host_node.entry(s as u32).or_default() += 1;
-            }
-        }
-    }
-    Ok(r)
-}
-
 fn cpu_set(cpus: &CpuList) -> io::Result<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain bits; all zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -240,44 +165,11 @@ pub fn thread_affinity(t: libc::pthread_t) -> io::Result<CpuList> {
     Ok(cpu_list(&set))
 }
 
-impl GuestRam {
-    /// Each region with its policy read back now, and with `residency`
-    /// where its pages are (a sample of them).
-    pub fn placement(&self, residency: bool) -> Vec<RegionReport> {
-        let page = self.config.backing.page_size() as usize;
-        self.regions
-            .iter()
-            .zip(&self.mappings)
-            .map(|(r, m)| {
-                let policy = policy_of(m)
-                    .map_err(|e| log::warn!("get_mempolicy of region {}: {e}", r.slot))
-                    .ok();
-                let residency = residency
-                    .then(|| {
-                        self::residency(m, page)
-                            .map_err(|e| log::warn!("move_pages of region {}: {e}", r.slot))
-                            .ok()
-                    })
-                    .flatten();
-                let (policy, policy_nodes) = match policy {
-                    Some(p) => (Some(p.policy), p.policy_nodes),
-                    None => (None, Vec::new()),
-                };
-                RegionReport {
-                    region: *r,
-                    policy,
-                    policy_nodes,
-                    residency,
-                }
-            })
-            .collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::backing::{Backing, BackingConfig, Thp};
     use super::super::numa::NodeRam;
+    use super::super::{accounting, GuestRam};
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
 
@@ -300,11 +192,11 @@ mod tests {
                     host_node: None,
                 },
             ];
-            let ram = GuestRam::with_nodes(&nodes, cfg).unwrap();
+            let ram = GuestRam::with_nodes(&nodes, cfg, false).unwrap();
             for gpa in (0..6 * MIB).step_by(4096) {
                 ram.memory().write_obj(1u8, GuestAddress(gpa)).unwrap();
             }
-            let p = ram.placement(true);
+            let p = accounting::measure(&ram, None).regions;
             assert_eq!(p.len(), 2);
             assert_eq!(p[0].policy.as_deref(), Some("bind"), "{backing:?}");
             assert_eq!(p[0].policy_nodes, vec![0], "{backing:?}");
@@ -315,18 +207,16 @@ mod tests {
             assert_eq!(p[1].region.node, 1);
             assert_eq!(p[1].region.host_node, None);
             let r = p[0].residency.as_ref().unwrap();
-            assert_eq!(r.sampled_pages, 1024);
-            assert_eq!(r.resident_pages, 1024, "{backing:?}: all touched");
-            assert_eq!(r.by_host_node, BTreeMap::from([(0, 1024)]));
+            assert_eq!(r.sampled, 1024);
+            assert_eq!(r.resident, 1024, "{backing:?}: all touched");
+            assert_eq!(
+                r.nodes,
+                vec![accounting::NodePages {
+                    node: 0,
+                    pages: 1024
+                }]
+            );
         }
-    }
-
-    #[test]
-    fn untouched_pages_are_not_resident_and_samples_are_bounded() {
-        let ram = GuestRam::new(64 * MIB).unwrap();
-        let r = residency(&ram.mappings[0], 4096).unwrap();
-        assert_eq!(r.sampled_pages, MAX_SAMPLED_PAGES);
-        assert_eq!(r.resident_pages, 0);
     }
 
     #[test]
