@@ -123,6 +123,67 @@ fn two_nodes_boot_memtest_bound_and_pinned_to_host_node_0() {
     assert_eq!(u64_at(&nodes[0], "size"), 128 * MIB);
 }
 
+/// The guest learns the topology given, from ACPI (SRAT and SLIT): its
+/// ready line names each node's vCPUs and pages and carries the SLIT,
+/// here with distances other than the default 20 (one given on one side
+/// only, so it applies both ways) and a matrix that is not uniform.
+#[test]
+fn the_guest_reports_the_srat_and_slit_given() {
+    require_kvm!();
+    let cases: [(&[&str], Value); 2] = [
+        (
+            &[NODE0, "node=1,size=128M,cpus=1,host-node=0,distance=0@31"],
+            serde_json::json!([[10, 31], [31, 10]]),
+        ),
+        (
+            &[
+                "node=0,size=64M,cpus=0,host-node=0",
+                "node=1,size=64M,cpus=1-2,host-node=0,distance=0@31",
+                "node=2,size=128M,cpus=3,host-node=0,distance=0@25,distance=1@40",
+            ],
+            serde_json::json!([[10, 31, 25], [31, 10, 40], [25, 40, 10]]),
+        ),
+    ];
+    for (specs, slit) in cases {
+        let out = ok(run(&numa_args(
+            specs,
+            &["--cmdline", "console=ttyS0 workload=boot"],
+        )));
+        let ready = out.guest_event("ready");
+        let n = &ready["numa"];
+        assert_eq!(n["source"], "acpi", "{n:#}");
+        assert_eq!(n["slit"], true, "{n:#}");
+        assert_eq!(n["nr_nodes"], specs.len(), "{n:#}");
+        assert_eq!(n["distance"], slit, "{specs:?}: {n:#}");
+        // config.numa's rows are the same matrix.
+        let rows: Vec<Value> = out.report()["config"]["numa"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["distances"].clone())
+            .collect();
+        assert_eq!(Value::from(rows), slit);
+        let cfg = out.report()["config"]["numa"].as_array().unwrap().clone();
+        let nodes = n["nodes"].as_array().unwrap();
+        let mut total = 0;
+        for (i, (g, c)) in nodes.iter().zip(&cfg).enumerate() {
+            assert_eq!(u64_at(g, "id"), i as u64, "{g:#}");
+            assert_eq!(g["cpus"], c["cpus"], "node {i}'s vCPUs: {g:#}");
+            // Each node has its RAM; node 0 less the legacy hole and the
+            // first MiB's partial pages, as e820 says.
+            let pages = u64_at(g, "pages");
+            let size_pages = u64_at(c, "size") / 4096;
+            if i == 0 {
+                assert!(pages <= size_pages && pages + 256 >= size_pages, "{g:#}");
+            } else {
+                assert_eq!(pages, size_pages, "{g:#}");
+            }
+            total += pages;
+        }
+        assert_eq!(total, u64_at(ready, "total_pages"), "{n:#}");
+    }
+}
+
 #[test]
 fn host_cpus_pin_each_nodes_vcpus_there() {
     require_kvm!();
