@@ -30,8 +30,8 @@ use crate::resources::format_size;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// SLIT distance of a node to itself.
-pub const LOCAL_DISTANCE: u8 = 10;
+/// SLIT distance of a node to itself (ACPI's, defined once with the tables).
+pub use crate::boot::acpi::LOCAL_DISTANCE;
 /// Default SLIT distance between two different nodes.
 pub const REMOTE_DISTANCE: u8 = 20;
 /// Largest SLIT distance accepted (255 is "unreachable" in ACPI).
