@@ -103,7 +103,8 @@ pub(crate) struct BootSample {
 }
 
 /// Spawns one `memvisor run` as `o` describes (its report and API socket
-/// in `dir`, named after `tag`) and reads its figures. A run that fails
+/// in `dir`, named after `tag`: keep it short, the socket's path must fit
+/// in sun_path) and reads its figures. A run that fails
 /// is an error carrying its stderr.
 pub(crate) fn boot_once(dir: &TempDir, tag: &str, o: &BootBenchOptions) -> Result<BootSample> {
     let exe = std::env::current_exe().context("locating the memvisor binary")?;

@@ -302,8 +302,9 @@ fn numa_boot_options(numa: bool) -> BootBenchOptions {
 
 fn numa_row(dir: &TempDir, runs: u32) -> Result<NumaRow> {
     let (plain, numa) = (numa_boot_options(false), numa_boot_options(true));
-    // Also the warm-up round, not counted.
-    if let Err(e) = boot_once(dir, "numa-warm-up", &numa) {
+    // Also the warm-up round, not counted. Tags stay short: the API
+    // socket's path must fit in sun_path (108 bytes) under any TMPDIR.
+    if let Err(e) = boot_once(dir, "w", &numa) {
         return Ok(NumaRow {
             status: Some(format!("--numa run failed: {e:#}")),
             ready_ms_without: None,
@@ -313,8 +314,8 @@ fn numa_row(dir: &TempDir, runs: u32) -> Result<NumaRow> {
     }
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for i in 0..runs {
-        without.push(boot_once(dir, &format!("plain{i}"), &plain)?.ready_ms);
-        with.push(boot_once(dir, &format!("numa{i}"), &numa)?.ready_ms);
+        without.push(boot_once(dir, &format!("p{i}"), &plain)?.ready_ms);
+        with.push(boot_once(dir, &format!("n{i}"), &numa)?.ready_ms);
     }
     let (w, wo) = (summarize(&with), summarize(&without));
     Ok(NumaRow {
