@@ -462,11 +462,8 @@ impl HostNuma {
     pub fn huge_pools(&self) -> Result<BTreeMap<u32, NodeHugePool>, NumaError> {
         let value = |id: u32, name: &str| -> Result<u64, NumaError> {
             let p = format!("{SYS_NODES}/node{id}/{NODE_HUGE_POOL}/{name}");
-            match std::fs::read_to_string(&p) {
-                Ok(t) => t
-                    .trim()
-                    .parse()
-                    .map_err(|_| NumaError::HostRead(format!("{p}: not a number: {t:?}"))),
+            match super::backing::sysfs_number(&p) {
+                Ok(n) => Ok(n),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
                 Err(e) => Err(NumaError::HostRead(format!("{p}: {e}"))),
             }
