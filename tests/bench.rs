@@ -106,8 +106,26 @@ fn bench_memory_json_is_well_formed() {
     assert!(f64_at(&host[0], "after_mib") < 8.0, "{:#}", host[0]);
     assert_eq!(host[1]["op"], "collapse");
     assert_eq!(f64_at(&host[1], "after_mib"), 1024.0, "{:#}", host[1]);
-    assert!(r["numa_boot"].is_object(), "{r:#}");
-    assert!(!r["goals"].as_array().unwrap().is_empty());
+    let numa = &r["numa_boot"];
+    assert!(
+        numa["status"].is_null(),
+        "the --numa boot row is measured: {numa:#}"
+    );
+    assert!(f64_at(&numa["ready_ms_with"], "median") > 0.0, "{numa:#}");
+    assert!(
+        f64_at(&numa["ready_ms_without"], "median") > 0.0,
+        "{numa:#}"
+    );
+    assert!(numa["difference_ms"].is_f64(), "{numa:#}");
+    let goals = r["goals"].as_array().unwrap();
+    assert!(
+        goals.iter().any(|g| g
+            .as_str()
+            .unwrap()
+            .starts_with("boot with --numa (2 nodes) ")
+            && g.as_str().unwrap().contains("goal within 1 ms")),
+        "{goals:#?}"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }

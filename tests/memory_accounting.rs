@@ -11,6 +11,7 @@ mod common;
 use common::{run, u64_at, unique_path, Output, BIN};
 use memvisor::api::client::request;
 use memvisor::memory::backing::{Backing, BackingConfig, Thp};
+use memvisor::memory::numa::NodeRam;
 use memvisor::memory::reserve::Reservation;
 use memvisor::vstate::kvm_stats::KvmStats;
 use memvisor::vstate::vm::Vm;
@@ -187,7 +188,11 @@ fn a_guest_reads_zeros_where_the_vmm_discarded() {
             backing: Backing::Anon,
             thp,
         };
-        let vm = Vm::new(&kvm, 16 * MIB, cfg, Default::default()).unwrap();
+        let one = [NodeRam {
+            size: 16 * MIB,
+            host_node: None,
+        }];
+        let vm = Vm::new(&kvm, &one, cfg, Default::default()).unwrap();
         let mem = vm.memory();
         memvisor::boot::regs::write_boot_tables(mem).unwrap();
         let cr3 = memvisor::boot::pagetables::build_identity_map(mem, 16 * MIB).unwrap();

@@ -7,13 +7,13 @@
 #[macro_use]
 mod common;
 
+use common::hugetlb::{pool, root_or_skip};
 use common::{run, u64_at, Output};
 use memvisor::memory::reserve::{PoolLock, Reservation};
 use serde_json::Value;
 
 const MIB: u64 = 1 << 20;
 const RAM: u64 = 256 * MIB;
-const POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
 
 fn memtest(extra: &[&str]) -> Output {
     let mut args = vec!["--quiet", "--memory", "256M"];
@@ -109,40 +109,6 @@ fn memfd_boots_with_4k_pages() {
     eprintln!("memfd (4K): first touch {:.1} ms", first_touch_ms(&out));
 }
 
-fn pool_value(name: &str) -> u64 {
-    std::fs::read_to_string(format!("{POOL}/{name}"))
-        .unwrap_or_else(|e| panic!("reading {POOL}/{name}: {e}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// 2 MiB pages a new mapping could reserve now.
-fn pool_available() -> u64 {
-    pool_value("free_hugepages").saturating_sub(pool_value("resv_hugepages"))
-        + pool_value("nr_overcommit_hugepages").saturating_sub(pool_value("surplus_hugepages"))
-}
-
-/// Whether this test may change the hugetlb pool: root may; others skip,
-/// or fail under REQUIRE_KVM=1.
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("REQUIRE_KVM").is_ok_and(|v| v == "1") {
-        panic!(
-            "{test}: reserving hugetlb pages needs root, and REQUIRE_KVM=1 makes that a failure"
-        );
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping {test}: reserving hugetlb pages needs root (set REQUIRE_KVM=1 to fail instead)"
-    );
-    false
-}
-
 #[test]
 fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
     require_kvm!();
@@ -153,7 +119,7 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
     // benches reserve from it (memory::reserve locks it for them all).
     let _reserved = Reservation::pages(RAM / (2 * MIB)).unwrap();
     for backing in ["hugetlbfs", "memfd-hugetlb"] {
-        let free_before = pool_value("free_hugepages");
+        let free_before = pool().free;
         let out = memtest(&["--backing", backing]);
         let m = memory(&out);
         assert_eq!(out.report()["config"]["backing"], backing);
@@ -167,11 +133,7 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
             0,
             "{backing}: no guest RAM in 4 KiB pages\n{m:#}"
         );
-        assert_eq!(
-            pool_value("free_hugepages"),
-            free_before,
-            "{backing}: pages given back"
-        );
+        assert_eq!(pool().free, free_before, "{backing}: pages given back");
         eprintln!("{backing}: first touch {:.1} ms", first_touch_ms(&out));
     }
 }
@@ -180,7 +142,7 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
 fn too_few_hugetlb_pages_exit_2_naming_the_count_and_the_cure() {
     require_kvm!();
     let _pool = PoolLock::take().unwrap();
-    let needed = (pool_available() + 8).max(8);
+    let needed = (pool().available() + 8).max(8);
     let size = format!("{}M", needed * 2);
     for backing in ["hugetlbfs", "memfd-hugetlb"] {
         let out = run(&["--quiet", "--backing", backing, "--memory", &size]);

@@ -102,7 +102,6 @@ fn a_bad_numa_pages_value_is_refused() {
 /// 20: the guest reports both nodes, the SLIT, each node's pages and CPUs,
 /// and `workload=numa` places each policy's pages where it says.
 #[test]
-#[ignore = "needs --numa from numa-host"]
 fn two_nodes_from_srat_and_slit() {
     require_kvm!();
     let out = run(&[

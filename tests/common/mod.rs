@@ -8,6 +8,8 @@
 //!   hang and clean up their temporary files.
 #![allow(dead_code)]
 
+pub mod hugetlb;
+
 use serde_json::Value;
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,14 +1,14 @@
 //! Ordering only: resources → KVM → VM and RAM → interrupt controllers →
 //! devices → kernel and boot tables → vCPUs. The one place that knows the
 //! order, and why each step comes where it does.
-use crate::boot::acpi::{self, AcpiError, AcpiNode, LOCAL_DISTANCE};
+use crate::boot::acpi::{self, AcpiError, AcpiNode};
 use crate::boot::{self, pagetables, params, regs, BootError, KernelFormat};
 use crate::clock::{now_ns, since_origin_us};
 use crate::devices::console::Console;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::firmware;
 use crate::guest::events::VmEvents;
-use crate::memory::layout::{e820_map, ram_regions, E820Entry, CMDLINE_MAX};
+use crate::memory::layout::{e820_map, E820Entry, CMDLINE_MAX};
 use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
@@ -94,6 +94,12 @@ pub fn build(
     // Host memory facts (shared-memory THP, the hugetlb pool) before
     // anything is mapped, so a refusal names them and costs nothing.
     crate::memory::backing::check_host(res.backing_config(), res.memory)?;
+    // Host nodes and CPUs too; the answer is where each guest node's vCPU
+    // threads run.
+    let pins = match &res.numa {
+        Some(n) => Some(n.check_this_host(res.backing).map_err(ConfigError::from)?),
+        None => None,
+    };
     let what = kernel_name(&res.kernel);
     // A kernel read from disk is needed only until it is in guest RAM.
     let mut owned = Vec::new();
@@ -118,7 +124,7 @@ pub fn build(
 
     // Memslots before the irqchip: the first memslot costs ~4.8 ms once an
     // in-kernel irqchip exists on the hosts measured (HOST_FACTS).
-    let vm = Vm::new(&kvm, res.memory, res.backing_config(), res.dirty_log)?;
+    let vm = Vm::new(&kvm, &res.ram_plan(), res.backing_config(), res.dirty_log)?;
     mark(&mut phases.vm_created);
     let irqchip = res.irqchip();
     vm.add_interrupt_controllers(irqchip)?;
@@ -153,14 +159,18 @@ pub fn build(
     regs::write_boot_tables(mem)?;
     let cr3 = pagetables::build_identity_map(mem, vm.ram().end())?;
     let e820 = e820_map(res.memory);
-    // One node holding all RAM and every vCPU.
-    let ram = ram_regions(res.memory);
-    let vcpus: Vec<u32> = (0..res.vcpus).collect();
-    let nodes = [AcpiNode {
-        ram: &ram,
-        vcpus: &vcpus,
-    }];
-    let rsdp = acpi::write_tables(mem, res.vcpus, &nodes, &[LOCAL_DISTANCE])?;
+    // SRAT and SLIT: `--numa`'s nodes (RAM ranges from the same layout as
+    // the memslots), or one node holding all RAM and every vCPU.
+    let topology = res.guest_topology();
+    let nodes: Vec<AcpiNode> = topology
+        .nodes
+        .iter()
+        .map(|n| AcpiNode {
+            ram: &n.ram,
+            vcpus: &n.vcpus,
+        })
+        .collect();
+    let rsdp = acpi::write_tables(mem, res.vcpus, &nodes, &topology.distance)?;
     let zero_page = params::write_boot_params(mem, &kernel, &cmdline, &e820, rsdp)?;
     mark(&mut phases.kernel_loaded);
     log::debug!(
@@ -208,7 +218,11 @@ pub fn build(
     let mut vcpus = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {
         // On failure the handles spawned so far stop and join on drop.
-        let h = VcpuHandle::spawn(fd, id as u32, ctx.clone())
+        let pin = pins.as_ref().zip(res.numa.as_ref()).and_then(|(p, n)| {
+            n.node_of_vcpu(id as u32)
+                .and_then(|node| p.get(node as usize).cloned())
+        });
+        let h = VcpuHandle::spawn(fd, id as u32, ctx.clone(), pin)
             .map_err(host_err("spawning a vCPU thread"))?;
         vcpus.push(h);
     }

@@ -5,7 +5,10 @@ use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
 use memvisor::memory::backing::{Backing, Thp};
 use memvisor::memory::dirty::DirtyMode;
-use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
+use memvisor::memory::numa::{NumaConfig, NumaNode};
+use memvisor::resources::{
+    parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE, DEFAULT_MEMORY,
+};
 use memvisor::vmm::{self, RunOptions, VmmError};
 use memvisor::vstate::vm::IrqchipMode;
 use std::io::Write;
@@ -56,11 +59,21 @@ struct RunArgs {
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    vcpus: u32,
+    /// Default: 1, or with --numa as many as the nodes' cpus name.
+    #[arg(long, value_name = "N")]
+    vcpus: Option<u32>,
     /// Guest RAM: at least 16M, a multiple of 2M, at most the host's MemTotal. K/M/G suffixes.
-    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size_arg)]
-    memory: u64,
+    /// Default: 256M, or with --numa the sum of the nodes' sizes.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    memory: Option<u64>,
+    /// A guest NUMA node, repeated once per node:
+    /// `node=ID,size=SIZE,cpus=LIST,host-node=N[,host-cpus=LIST][,distance=NODE@D]...`.
+    /// Node ids 0..n-1 once each; sizes multiples of 2M adding up to --memory;
+    /// cpus disjoint and covering 0..--vcpus-1; the node's RAM is bound to
+    /// host node N (mbind) and its vCPU threads pinned to that node's CPUs
+    /// (or host-cpus); distances 11..254 (default 20), symmetric.
+    #[arg(long, value_name = "SPEC", value_parser = parse_numa_arg)]
+    numa: Vec<NumaNode>,
     /// Write the full JSON report to PATH (`-` for stdout, guest console then goes to stderr).
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
@@ -168,12 +181,16 @@ enum BenchCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
-        /// Guest RAM for each run.
-        #[arg(long, default_value = "256M", value_parser = parse_size_arg)]
-        memory: u64,
-        /// vCPUs for each run.
-        #[arg(long, default_value_t = 1)]
-        vcpus: u32,
+        /// Guest RAM for each run (default 256M, or the --numa nodes' sum).
+        #[arg(long, value_parser = parse_size_arg)]
+        memory: Option<u64>,
+        /// vCPUs for each run (default 1, or as many as the --numa nodes name).
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// A guest NUMA node for each run, as `run --numa` takes it (repeat
+        /// once per node).
+        #[arg(long, value_name = "SPEC", value_parser = parse_numa_arg)]
+        numa: Vec<NumaNode>,
         /// Kernel command line for each run (default: boot, report ready, exit).
         #[arg(long, default_value = "workload=boot")]
         cmdline: String,
@@ -182,6 +199,27 @@ enum BenchCommand {
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_numa_arg(s: &str) -> Result<NumaNode, String> {
+    NumaNode::parse(s).map_err(|e| e.to_string())
+}
+
+/// `--numa`'s nodes, and the `--memory` and `--vcpus` they imply where those
+/// are left out.
+fn machine(
+    numa: Vec<NumaNode>,
+    memory: Option<u64>,
+    vcpus: Option<u32>,
+) -> (Option<NumaConfig>, u64, u32) {
+    let numa = (!numa.is_empty()).then(|| NumaConfig::new(numa));
+    let memory = memory
+        .or_else(|| numa.as_ref().and_then(NumaConfig::total_size))
+        .unwrap_or(DEFAULT_MEMORY);
+    let vcpus = vcpus
+        .or_else(|| numa.as_ref().map(NumaConfig::vcpu_count))
+        .unwrap_or(1);
+    (numa, memory, vcpus)
 }
 
 fn parse_budget_arg(s: &str) -> Result<u64, String> {
@@ -280,10 +318,13 @@ fn main() -> ExitCode {
             memory,
             vcpus,
             cmdline,
+            numa,
         }) => {
+            let (numa, memory, vcpus) = machine(numa, memory, vcpus);
             let probe = VmResources {
                 memory,
                 vcpus,
+                numa: numa.clone(),
                 ..Default::default()
             };
             if let Err(e) = probe.validate_static() {
@@ -300,6 +341,9 @@ fn main() -> ExitCode {
                 memory,
                 vcpus,
                 cmdline,
+                numa: numa
+                    .as_ref()
+                    .map_or_else(Vec::new, |n| n.specs().map(String::from).collect()),
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -312,14 +356,15 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    let (numa, memory, vcpus) = machine(args.numa.clone(), args.memory, args.vcpus);
     let resources = VmResources {
         kernel: args
             .kernel
             .clone()
             .map_or(KernelSource::Bundled, KernelSource::Path),
         cmdline: args.cmdline.clone(),
-        vcpus: args.vcpus,
-        memory: args.memory,
+        vcpus,
+        memory,
         timeout: args.timeout,
         record_budget: args.record_budget as usize,
         entropy: args.entropy.then(Default::default),
@@ -327,6 +372,7 @@ fn run(args: RunArgs) -> ExitCode {
         backing: args.backing,
         thp: args.thp,
         prefault: args.prefault,
+        numa,
         dirty_log: args.dirty_log,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));

@@ -3,6 +3,7 @@
 use crate::clock::Origin;
 use crate::memory::accounting::MemoryAccounting;
 use crate::memory::layout::E820Entry;
+use crate::memory::numa::NodeReport;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -91,6 +92,8 @@ pub struct ConfigReport {
     pub backing: crate::memory::backing::Backing,
     pub thp: crate::memory::backing::Thp,
     pub prefault: bool,
+    /// `--numa`'s nodes (null without it).
+    pub numa: Option<Vec<NodeReport>>,
     pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
@@ -109,6 +112,39 @@ pub struct MemoryReport {
     /// `GET /vm/memory` serves, at guest exit.
     #[serde(flatten)]
     pub accounting: MemoryAccounting,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VcpuReport {
+    pub id: u32,
+    pub node: u32,
+    /// The host CPUs its thread may run on, as a cpulist (`0-1`); null if
+    /// it could not be read.
+    pub affinity: Option<String>,
+}
+
+impl VcpuReport {
+    /// Reads each live vCPU thread's affinity back from the kernel.
+    pub fn of(
+        vcpus: &[crate::vstate::vcpu::VcpuHandle],
+        numa: Option<&crate::memory::numa::NumaConfig>,
+    ) -> Vec<Self> {
+        vcpus
+            .iter()
+            .map(|h| VcpuReport {
+                id: h.id,
+                node: numa.and_then(|n| n.node_of_vcpu(h.id)).unwrap_or(0),
+                affinity: match h.affinity() {
+                    Some(Ok(cpus)) => Some(cpus.to_string()),
+                    Some(Err(e)) => {
+                        log::warn!("reading vCPU {} affinity: {e}", h.id);
+                        None
+                    }
+                    None => None,
+                },
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -145,6 +181,8 @@ pub struct Report {
     pub tsc_khz: Option<u32>,
     pub phases_us: Phases,
     pub memory: MemoryReport,
+    /// Each vCPU's guest node and host CPU affinity, read back at the end.
+    pub vcpus: Vec<VcpuReport>,
     pub exits: ExitCounts,
     /// Guest records (JSON lines and console text) beyond the budget or the
     /// event queue's limit, and their bytes.
@@ -356,12 +394,14 @@ pub(crate) mod tests {
                 backing: Default::default(),
                 thp: Default::default(),
                 prefault: false,
+                numa: None,
                 dirty_log: Default::default(),
             },
             clock_origin: Origin::Main,
             tsc_khz: None,
             phases_us: Phases::default(),
             memory: MemoryReport::default(),
+            vcpus: Vec::new(),
             exits: ExitCounts::default(),
             dropped_records: 0,
             dropped_bytes: 0,

@@ -5,6 +5,7 @@
 //! Everything a user can get wrong is checked here, before any resource is
 //! taken, with a message that names the bad value and what would be valid.
 use crate::memory::backing::{Backing, BackingConfig, Thp};
+use crate::memory::numa::{self, GuestTopology, NodeRam, NumaConfig, NumaError};
 use crate::vstate::vm::IrqchipMode;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct VmResources {
     pub thp: Thp,
     /// `--prefault`: populate all of guest RAM before the guest runs.
     pub prefault: bool,
+    /// `--numa`: guest NUMA nodes on host nodes; None is one node, unbound.
+    pub numa: Option<NumaConfig>,
     /// `--dirty-log`: which pages of guest RAM were written.
     pub dirty_log: crate::memory::dirty::DirtyMode,
 }
@@ -62,6 +65,7 @@ impl Default for VmResources {
             backing: Backing::Anon,
             thp: Thp::On,
             prefault: false,
+            numa: None,
             dirty_log: Default::default(),
         }
     }
@@ -94,6 +98,8 @@ pub enum ConfigError {
     TooManyVcpusForBundled(u32, usize),
     #[error("--thp off with --backing {0}: hugetlb memory is always 2 MiB pages; drop --thp off, or use --backing anon or --backing memfd for 4 KiB pages")]
     ThpOffWithHugetlb(&'static str),
+    #[error(transparent)]
+    Numa(#[from] NumaError),
     #[error("--timeout {0}: must be a number of seconds above 0 and below 1e9")]
     BadTimeout(String),
     #[error("--kernel {0}: not a regular file (a kernel image is an ELF or bzImage file)")]
@@ -161,7 +167,21 @@ impl VmResources {
                 crate::abi::MAX_VCPUS,
             ));
         }
+        if let Some(n) = &self.numa {
+            n.validate(self.memory, self.vcpus)?;
+        }
         Ok(())
+    }
+
+    /// Guest RAM node by node, and the host node each is bound to.
+    pub fn ram_plan(&self) -> Vec<NodeRam> {
+        numa::ram_plan(self.numa.as_ref(), self.memory)
+    }
+
+    /// The topology the guest's ACPI tables (SRAT, SLIT) describe: per node
+    /// its RAM ranges and vCPUs, and the distance matrix.
+    pub fn guest_topology(&self) -> GuestTopology {
+        numa::guest_topology(self.numa.as_ref(), self.memory, self.vcpus)
     }
 
     /// How guest RAM is to be backed.
@@ -356,6 +376,37 @@ mod tests {
         c.backing = Backing::Memfd;
         c.thp = Thp::Off;
         assert!(c.validate_static().is_ok());
+    }
+
+    #[test]
+    fn numa_nodes_must_match_memory_and_vcpus() {
+        let spec = |s: &str| numa::NumaNode::parse(s).unwrap();
+        let mut c = VmResources {
+            vcpus: 2,
+            numa: Some(NumaConfig::new(vec![
+                spec("node=0,size=128M,cpus=0,host-node=0"),
+                spec("node=1,size=128M,cpus=1,host-node=0"),
+            ])),
+            ..Default::default()
+        };
+        assert!(c.validate(&HOST).is_ok());
+        assert_eq!(
+            c.guest_topology().nodes[1].ram,
+            vec![(128 * MIB, 128 * MIB)]
+        );
+        assert_eq!(c.ram_plan().len(), 2);
+        c.memory = 512 * MIB;
+        let e = c.validate(&HOST).unwrap_err().to_string();
+        assert!(
+            e.starts_with("--numa: ") && e.contains("--memory is 512M"),
+            "{e}"
+        );
+        c.memory = 256 * MIB;
+        c.vcpus = 1;
+        let e = c.validate_static().unwrap_err().to_string();
+        assert!(e.contains("vCPUs 1 do not exist"), "{e}");
+        c.numa = None;
+        assert_eq!(c.guest_topology().distance, vec![10]);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use crate::guest::events::{VmEvent, VmEvents};
 use crate::guest::log::GuestLog;
 use crate::guest::record::RecordKind;
 use crate::memory::layout::{e820_ram_bytes, e820_ram_pages};
-use crate::report::{ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report};
+use crate::report::{
+    ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report, VcpuReport,
+};
 use crate::resources::VmResources;
 use crate::rpc::Followup;
 use crate::signals::{self, SignalFd};
@@ -364,6 +366,7 @@ impl Vmm {
         let mut phases = self.phases.clone();
         let mut memory = MemoryReport::default();
         let mut exits = ExitCounts::default();
+        let mut vcpus = Vec::new();
         let (mut kernel, mut kernel_format, mut cmdline, mut tsc_khz) = (
             builder::kernel_name(&self.resources.kernel),
             None,
@@ -373,6 +376,7 @@ impl Vmm {
         let mut dirty = None;
         if let Some(mut b) = self.built.take() {
             memory.accounting = b.vm.accounting();
+            vcpus = VcpuReport::of(&b.vcpus, self.resources.numa.as_ref());
             vcpu::finish_all(&mut b.vcpus);
             phases.teardown_done = Some(since_origin_us(now_ns()));
             dirty = b.vm.dirty().map(|d| d.finish());
@@ -417,6 +421,7 @@ impl Vmm {
                 backing: self.resources.backing,
                 thp: self.resources.thp,
                 prefault: self.resources.prefault,
+                numa: self.resources.numa.as_ref().map(|n| n.report()),
                 dirty_log: self.resources.dirty_log,
             },
             clock_origin: clock::origin().1,
@@ -427,6 +432,7 @@ impl Vmm {
                 ..phases
             },
             memory,
+            vcpus,
             exits,
             dropped_records: self.log.dropped_records,
             dropped_bytes: self.log.dropped_bytes,

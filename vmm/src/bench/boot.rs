@@ -21,6 +21,8 @@ pub struct BootBenchOptions {
     pub memory: u64,
     pub vcpus: u32,
     pub cmdline: String,
+    /// `--numa` specs passed on to every run.
+    pub numa: Vec<String>,
 }
 
 /// Anchors to print beside our figures (from the issue and HOST_FACTS).
@@ -36,6 +38,7 @@ struct BenchResult {
     memory: String,
     vcpus: u32,
     cmdline: String,
+    numa: Vec<String>,
     spawn_to_ready_ms: Summary,
     spawn_to_exit_ms: Summary,
     vmm_overhead_mib: Summary,
@@ -72,100 +75,131 @@ impl Drop for TempDir {
     }
 }
 
+/// The phases of a report, in boot order.
+const PHASE_ORDER: [&str; 13] = [
+    "vmm_main",
+    "kvm_opened",
+    "vm_created",
+    "memory_ready",
+    "kernel_loaded",
+    "vcpus_created",
+    "first_kvm_run",
+    "first_guest_instruction",
+    "guest_ready",
+    "workload_done",
+    "guest_exit",
+    "teardown_done",
+    "vm_closed",
+];
+
+/// What one boot gave.
+pub(crate) struct BootSample {
+    /// Spawn→guest-ready (from the child's report) and spawn→exit, ms.
+    pub ready_ms: f64,
+    pub exit_ms: f64,
+    pub vmm_overhead_mib: f64,
+    /// Each phase's span from the previous one present, ms, in boot order.
+    pub phase_spans_ms: Vec<(usize, f64)>,
+}
+
+/// Spawns one `memvisor run` as `o` describes (its report and API socket
+/// in `dir`, named after `tag`: keep it short, the socket's path must fit
+/// in sun_path) and reads its figures. A run that fails
+/// is an error carrying its stderr.
+pub(crate) fn boot_once(dir: &TempDir, tag: &str, o: &BootBenchOptions) -> Result<BootSample> {
+    let exe = std::env::current_exe().context("locating the memvisor binary")?;
+    let report_path = dir.0.join(format!("{tag}.json"));
+    let mut cmd = Command::new(&exe);
+    cmd.args([
+        "run",
+        "--quiet",
+        "--memory",
+        &format_size(o.memory),
+        "--vcpus",
+        &o.vcpus.to_string(),
+    ])
+    .args(["--cmdline", &o.cmdline])
+    .args(o.numa.iter().flat_map(|s| ["--numa", s.as_str()]))
+    .arg("--report")
+    .arg(&report_path)
+    // The API thread and its socket are part of what is measured.
+    .arg("--api-sock")
+    .arg(dir.0.join(format!("{tag}.sock")))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let t0 = now_ns();
+    let out = cmd
+        .env(SPAWN_ENV, t0.to_string())
+        .output()
+        .context("spawning memvisor run")?;
+    let t1 = now_ns();
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&report_path);
+        bail!(
+            "{tag} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path)?)
+        .context("parsing the run's report")?;
+    let _ = std::fs::remove_file(&report_path);
+    if report["clock_origin"] != "spawn" {
+        bail!(
+            "the run did not take the spawn clock (clock_origin {})",
+            report["clock_origin"]
+        );
+    }
+    let phases = report["phases_us"]
+        .as_object()
+        .context("report without phases_us")?;
+    let ready_ms = phases
+        .get("guest_ready")
+        .and_then(Value::as_f64)
+        .context("no guest_ready phase")?
+        / 1000.0;
+    // Span of each phase = its timestamp minus the previous one, in boot order.
+    let mut prev = 0.0;
+    let mut phase_spans_ms = Vec::new();
+    for (k, name) in PHASE_ORDER.iter().enumerate() {
+        if let Some(t) = phases.get(*name).and_then(Value::as_f64) {
+            phase_spans_ms.push((k, (t - prev) / 1000.0));
+            prev = t;
+        }
+    }
+    Ok(BootSample {
+        ready_ms,
+        exit_ms: (t1 - t0) as f64 / 1e6,
+        vmm_overhead_mib: report["memory"]["vmm_overhead_bytes"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / (1 << 20) as f64,
+        phase_spans_ms,
+    })
+}
+
 pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
     if o.runs == 0 {
         bail!("--runs 0: at least 1 run is needed");
     }
-    let exe = std::env::current_exe().context("locating the memvisor binary")?;
     let dir = TempDir::new()?;
     let mut ready = Vec::new();
     let mut exit = Vec::new();
     let mut overhead = Vec::new();
     let mut phase_spans: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
     for i in 0..o.runs {
-        let report_path = dir.0.join(format!("run{i}.json"));
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "run",
-            "--quiet",
-            "--memory",
-            &format_size(o.memory),
-            "--vcpus",
-            &o.vcpus.to_string(),
-        ])
-        .args(["--cmdline", &o.cmdline])
-        .arg("--report")
-        .arg(&report_path)
-        // The API thread and its socket are part of what is measured.
-        .arg("--api-sock")
-        .arg(dir.0.join(format!("run{i}.sock")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-        let t0 = now_ns();
-        let status = cmd
-            .env(SPAWN_ENV, t0.to_string())
-            .status()
-            .context("spawning memvisor run")?;
-        let t1 = now_ns();
-        if !status.success() {
-            bail!(
-                "run {i} failed with {status} (report: {})",
-                report_path.display()
-            );
+        let s = boot_once(&dir, &format!("run{i}"), o)?;
+        ready.push(s.ready_ms);
+        exit.push(s.exit_ms);
+        overhead.push(s.vmm_overhead_mib);
+        for (k, span) in s.phase_spans_ms {
+            phase_spans
+                .entry(k)
+                .or_insert_with(|| (PHASE_ORDER[k].to_string(), Vec::new()))
+                .1
+                .push(span);
         }
-        let report: Value = serde_json::from_slice(&std::fs::read(&report_path)?)
-            .context("parsing the run's report")?;
-        if report["clock_origin"] != "spawn" {
-            bail!(
-                "the run did not take the spawn clock (clock_origin {})",
-                report["clock_origin"]
-            );
-        }
-        let phases = report["phases_us"]
-            .as_object()
-            .context("report without phases_us")?;
-        ready.push(
-            phases
-                .get("guest_ready")
-                .and_then(Value::as_f64)
-                .context("no guest_ready phase")?
-                / 1000.0,
-        );
-        exit.push((t1 - t0) as f64 / 1e6);
-        overhead.push(
-            report["memory"]["vmm_overhead_bytes"]
-                .as_f64()
-                .unwrap_or(0.0)
-                / (1 << 20) as f64,
-        );
-        // Span of each phase = its timestamp minus the previous one, in boot order.
-        let order = [
-            "vmm_main",
-            "kvm_opened",
-            "vm_created",
-            "memory_ready",
-            "kernel_loaded",
-            "vcpus_created",
-            "first_kvm_run",
-            "first_guest_instruction",
-            "guest_ready",
-            "workload_done",
-            "guest_exit",
-            "teardown_done",
-            "vm_closed",
-        ];
-        let mut prev = 0.0;
-        for (k, name) in order.iter().enumerate() {
-            if let Some(t) = phases.get(*name).and_then(Value::as_f64) {
-                phase_spans
-                    .entry(k)
-                    .or_insert_with(|| (name.to_string(), Vec::new()))
-                    .1
-                    .push((t - prev) / 1000.0);
-                prev = t;
-            }
-        }
-        let _ = std::fs::remove_file(&report_path);
     }
     drop(dir);
     let result = BenchResult {
@@ -173,6 +207,7 @@ pub fn bench_boot(o: &BootBenchOptions) -> Result<()> {
         memory: format_size(o.memory),
         vcpus: o.vcpus,
         cmdline: o.cmdline.clone(),
+        numa: o.numa.clone(),
         spawn_to_ready_ms: summarize(&ready).expect("runs > 0"),
         spawn_to_exit_ms: summarize(&exit).expect("runs > 0"),
         vmm_overhead_mib: summarize(&overhead).expect("runs > 0"),
@@ -195,6 +230,9 @@ fn print_table(r: &BenchResult) {
         "memvisor bench boot: {} runs, {} RAM, {} vCPU(s), cmdline '{}'",
         r.runs, r.memory, r.vcpus, r.cmdline
     );
+    for spec in &r.numa {
+        println!("  --numa {spec}");
+    }
     println!(
         "{:<26} {:>10} {:>10} {:>10}        goal (median)",
         "", "min", "median", "max"

@@ -12,18 +12,20 @@
 //! - move_pages in query mode (nodes = NULL) over an evenly spaced sample
 //!   of at most [`MAX_SAMPLE`] pages per region: on which host node each
 //!   resident page is, at a bounded cost whatever the region's size.
+//! - get_mempolicy with MPOL_F_ADDR ([`super::mempolicy::policy_of`]): the
+//!   policy the kernel holds for the region, which is what proves a
+//!   `--numa` binding on a one-node host where residency alone cannot.
 //! - KVM's own statistics (`vstate::kvm_stats`): how much of it stage-2 (or
 //!   the shadow MMU) maps, and at which page size.
 //!
 //! Plus counters of what the VMM gave back (discard) and made huge
 //! (collapse), incremented by [`super::GuestRam`] on success.
 //!
-//! Extending: other branches add per-region fields (the mempolicy read
-//! back with get_mempolicy) to [`RegionAccounting`] and VM-wide ones (dirty
-//! pages) to [`MemoryAccounting`]; both the report and `GET /vm/memory`
-//! serialise these structs, so a field added here shows in both.
+//! Both the report and `GET /vm/memory` serialise these structs, so a
+//! field added here shows in both. This is the one place residency is
+//! sampled.
 use super::rss::{self, MemoryUsage, SmapsSum};
-use super::{GuestRam, RamRegion};
+use super::{mempolicy, GuestRam, RamRegion};
 use crate::vstate::kvm_stats::KvmMemStats;
 use serde::Serialize;
 use std::io;
@@ -92,11 +94,17 @@ pub struct Residency {
     pub nodes: Vec<NodePages>,
 }
 
-/// One RAM region and what it costs the host.
+/// One RAM region, where the host keeps it and what it costs.
 #[derive(Clone, Debug, Serialize)]
 pub struct RegionAccounting {
+    /// Where it is, with its guest `node` and the `host_node` it is bound
+    /// to (null without `--numa`).
     #[serde(flatten)]
     pub region: RamRegion,
+    /// The policy read back (`default`, `bind`, ...; null if get_mempolicy
+    /// failed) and the nodes of its mask.
+    pub policy: Option<String>,
+    pub policy_nodes: Vec<u32>,
     /// smaps Rss of exactly this region's host range.
     pub rss_bytes: Option<u64>,
     /// Of which transparent huge pages.
@@ -221,11 +229,14 @@ pub fn measure(ram: &GuestRam, kvm: Option<KvmMemStats>) -> MemoryAccounting {
     let smaps = std::fs::read_to_string("/proc/self/smaps");
     let page = ram.config().backing.page_size();
     let regions = ram
-        .regions()
+        .regions
         .iter()
-        .map(|r| {
+        .zip(&ram.mappings)
+        .map(|(r, map)| {
             let mut a = RegionAccounting {
                 region: *r,
+                policy: None,
+                policy_nodes: Vec::new(),
                 rss_bytes: None,
                 anon_huge_bytes: None,
                 hugetlb_bytes: None,
@@ -244,6 +255,13 @@ pub fn measure(ram: &GuestRam, kvm: Option<KvmMemStats>) -> MemoryAccounting {
                 }
                 Ok(Err(e)) => errors.push(e.to_string()),
                 Err(e) => errors.push(format!("reading /proc/self/smaps: {e}")),
+            }
+            match mempolicy::policy_of(map) {
+                Ok(p) => {
+                    a.policy = Some(p.policy);
+                    a.policy_nodes = p.policy_nodes;
+                }
+                Err(e) => errors.push(format!("get_mempolicy: {e}")),
             }
             match residency(r, page) {
                 Ok(res) => a.residency = Some(res),

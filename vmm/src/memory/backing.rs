@@ -161,18 +161,24 @@ pub struct HugePool {
     pub overcommit: u64,
 }
 
+/// A number from a sysfs file (a hugetlb pool's counts): the file's text,
+/// trimmed, or an error (NotFound where the file is absent, InvalidData
+/// naming the text).
+pub fn sysfs_number(path: &str) -> io::Result<u64> {
+    let text = std::fs::read_to_string(path)?;
+    text.trim().parse().map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a number: {text:?}"),
+        )
+    })
+}
+
 impl HugePool {
     pub fn read() -> Result<Self, BackingError> {
         let f = |name: &str| -> Result<u64, BackingError> {
             let path = format!("{HUGETLB_POOL}/{name}");
-            let text = std::fs::read_to_string(&path).map_err(|source| BackingError::HostFile {
-                path: path.clone(),
-                source,
-            })?;
-            text.trim().parse().map_err(|_| BackingError::HostFile {
-                path,
-                source: io::Error::other(format!("not a number: {text:?}")),
-            })
+            sysfs_number(&path).map_err(|source| BackingError::HostFile { path, source })
         };
         Ok(HugePool {
             total: f("nr_hugepages")?,

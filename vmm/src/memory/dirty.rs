@@ -698,12 +698,16 @@ mod tests {
                 size: 1 << 20,
                 host_addr: 0,
                 slot: 0,
+                node: 0,
+                host_node: None,
             },
             RamRegion {
                 guest_base: 1 << 32,
                 size: 1 << 20,
                 host_addr: 0,
                 slot: 1,
+                node: 0,
+                host_node: None,
             },
         ]
     }

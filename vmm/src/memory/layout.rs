@@ -45,13 +45,41 @@ pub struct E820Entry {
     pub kind: u32,
 }
 
-/// (guest base, size) of each RAM region: below the MMIO gap, then above 4 GiB.
+/// (guest base, size) of each RAM region of a one-node guest: below the
+/// MMIO gap, then above 4 GiB.
 pub fn ram_regions(size: u64) -> Vec<(u64, u64)> {
-    if size <= MMIO_GAP_START {
-        vec![(0, size)]
-    } else {
-        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, size - MMIO_GAP_START)]
+    node_ram_regions(&[size])
+        .into_iter()
+        .map(|(_, base, len)| (base, len))
+        .collect()
+}
+
+/// (node index, guest base, size) of each RAM region when node `i` has
+/// `sizes[i]` bytes: the nodes follow each other in guest-physical space
+/// from 0, in order, and whatever would fall in the MMIO gap moves above
+/// 4 GiB, so a node straddling the gap gets two regions. The whole is the
+/// same RAM as one node of the summed size (same e820 map); only the cuts
+/// between regions differ, which is what lets each node be its own mapping,
+/// bound to its own host node, and its own memslot.
+pub fn node_ram_regions(sizes: &[u64]) -> Vec<(usize, u64, u64)> {
+    let mut regions = Vec::with_capacity(sizes.len() + 1);
+    // Bytes of RAM laid out so far; RAM offset `o` is at guest address `o`
+    // below the gap and `o + gap size` above it.
+    let mut offset = 0u64;
+    for (node, &size) in sizes.iter().enumerate() {
+        let end = offset + size;
+        if offset < MMIO_GAP_START {
+            let low_end = end.min(MMIO_GAP_START);
+            regions.push((node, offset, low_end - offset));
+        }
+        if end > MMIO_GAP_START {
+            let high = offset.max(MMIO_GAP_START);
+            regions.push((node, high + (MMIO_GAP_END - MMIO_GAP_START), end - high));
+        }
+        offset = end;
     }
+    regions.retain(|r| r.2 > 0);
+    regions
 }
 
 /// The e820 map the guest sees: usable RAM minus the legacy hole (EBDA, VGA,
@@ -120,6 +148,38 @@ mod tests {
         let m = e820_map(6 << 30);
         assert_eq!(m.last().unwrap().addr, 4 << 30);
         assert_eq!(e820_ram_bytes(&m), (6 << 30) - (HIMEM_START - EBDA_START));
+    }
+
+    #[test]
+    fn nodes_follow_each_other_and_split_around_the_gap() {
+        const M: u64 = 1 << 20;
+        const G: u64 = 1 << 30;
+        assert_eq!(
+            node_ram_regions(&[128 * M, 128 * M]),
+            vec![(0, 0, 128 * M), (1, 128 * M, 128 * M)]
+        );
+        // Node 1 straddles the gap: two regions, both node 1.
+        assert_eq!(
+            node_ram_regions(&[2 * G, 2 * G, G]),
+            vec![(0, 0, 2 * G), (1, 2 * G, G), (1, 4 * G, G), (2, 5 * G, G)]
+        );
+        // A node ending exactly at the gap: the next starts at 4 GiB.
+        assert_eq!(
+            node_ram_regions(&[3 * G, G]),
+            vec![(0, 0, 3 * G), (1, 4 * G, G)]
+        );
+        // The same RAM as one node of the summed size.
+        for sizes in [&[3 * G, G][..], &[2 * G, 2 * G, G], &[256 * M]] {
+            let total: u64 = sizes.iter().sum();
+            let mut joined: Vec<(u64, u64)> = Vec::new();
+            for (_, b, l) in node_ram_regions(sizes) {
+                match joined.last_mut() {
+                    Some(last) if last.0 + last.1 == b => last.1 += l,
+                    _ => joined.push((b, l)),
+                }
+            }
+            assert_eq!(joined, ram_regions(total), "{sizes:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod accounting;
 pub mod backing;
 pub mod dirty;
 pub mod layout;
+pub mod mempolicy;
+pub mod numa;
 pub mod reserve;
 pub mod rss;
 
@@ -38,6 +40,13 @@ pub enum MemoryError {
     },
     #[error(transparent)]
     Backing(#[from] BackingError),
+    #[error("cannot bind guest RAM region {slot} to host node {host_node} (mbind MPOL_BIND)")]
+    Bind {
+        slot: u32,
+        host_node: u32,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot describe guest RAM to vm-memory: {0}")]
     Region(String),
     #[error("KVM rejected memslot {slot} ({size} bytes at guest address {base:#x})")]
@@ -133,6 +142,10 @@ pub struct RamRegion {
     pub size: u64,
     pub host_addr: u64,
     pub slot: u32,
+    /// The guest NUMA node it belongs to (0 without `--numa`).
+    pub node: u32,
+    /// The host node it is bound to (None: not bound, without `--numa`).
+    pub host_node: Option<u32>,
 }
 
 pub struct GuestRam {
@@ -154,20 +167,39 @@ impl GuestRam {
     /// Maps `size` bytes of guest RAM backed as `config` says. The host's
     /// support for it is checked by [`backing::check_host`] first.
     pub fn with_backing(size: u64, config: BackingConfig) -> Result<Self, MemoryError> {
-        Self::build(size, config, false)
+        let one = numa::NodeRam {
+            size,
+            host_node: None,
+        };
+        Self::with_nodes(&[one], config, false)
     }
 
     /// As [`Self::with_backing`], with the VMM's own writes to each region
     /// recorded page by page (see [`RamOwner`]), for `--dirty-log`.
     pub fn with_vmm_write_tracking(size: u64, config: BackingConfig) -> Result<Self, MemoryError> {
-        Self::build(size, config, true)
+        let one = numa::NodeRam {
+            size,
+            host_node: None,
+        };
+        Self::with_nodes(&[one], config, true)
     }
 
-    fn build(size: u64, config: BackingConfig, track: bool) -> Result<Self, MemoryError> {
+    /// Maps guest RAM node after node ([`layout::node_ram_regions`]), each
+    /// region its own mapping and memslot, and binds every region of a
+    /// node with a host node to it before anything touches it. With
+    /// `track`, the VMM's own writes are recorded as
+    /// [`Self::with_vmm_write_tracking`] says.
+    pub fn with_nodes(
+        nodes: &[numa::NodeRam],
+        config: BackingConfig,
+        track: bool,
+    ) -> Result<Self, MemoryError> {
         let mut mm_regions = Vec::new();
         let mut regions = Vec::new();
         let mut mappings = Vec::new();
-        for (slot, (base, len)) in layout::ram_regions(size).into_iter().enumerate() {
+        let sizes: Vec<u64> = nodes.iter().map(|n| n.size).collect();
+        for (slot, (node, base, len)) in layout::node_ram_regions(&sizes).into_iter().enumerate() {
+            let host_node = nodes[node].host_node;
             let name = format!("memvisor-ram-{slot}");
             let map = Arc::new(
                 backing::map(config, len as usize, &name).map_err(|e| match e {
@@ -180,6 +212,13 @@ impl GuestRam {
                     },
                 })?,
             );
+            if let Some(h) = host_node {
+                mempolicy::bind(&map, h).map_err(|source| MemoryError::Bind {
+                    slot: slot as u32,
+                    host_node: h,
+                    source,
+                })?;
+            }
             let host_addr = map.addr;
             let flags = map.flags;
             // SAFETY: `host_addr` is a live mapping of `len` bytes with these
@@ -207,6 +246,8 @@ impl GuestRam {
                 size: len,
                 host_addr: host_addr as u64,
                 slot: slot as u32,
+                node: node as u32,
+                host_node,
             });
             mm_regions.push(gr);
             mappings.push(map);

@@ -7,6 +7,7 @@ use super::kvm::KvmError;
 use crate::devices::legacy::ioapic::IOAPIC_PINS;
 use crate::memory::backing::BackingConfig;
 use crate::memory::dirty::{self, DirtyError, DirtyLog, DirtyMode};
+use crate::memory::numa::NodeRam;
 use crate::memory::{GuestMemory, GuestRam, MemoryError};
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_pre_fault_memory, KVM_CAP_SPLIT_IRQCHIP,
@@ -76,7 +77,7 @@ impl Vm {
     /// (the ring) and in the memslot flags (both modes).
     pub fn new(
         kvm: &Kvm,
-        memory: u64,
+        nodes: &[NodeRam],
         backing: BackingConfig,
         dirty_mode: DirtyMode,
     ) -> Result<Self, VmError> {
@@ -91,11 +92,7 @@ impl Vm {
             source,
         })?;
         let (slot_flags, ring) = dirty::enable(&fd, dirty_mode)?;
-        let ram = if dirty_mode == DirtyMode::Off {
-            GuestRam::with_backing(memory, backing)?
-        } else {
-            GuestRam::with_vmm_write_tracking(memory, backing)?
-        };
+        let ram = GuestRam::with_nodes(nodes, backing, dirty_mode != DirtyMode::Off)?;
         ram.register_with_flags(&fd, slot_flags)?;
         let fd = Arc::new(fd);
         let dirty = (dirty_mode != DirtyMode::Off).then(|| {
