@@ -180,8 +180,14 @@ mod tests {
         assert_eq!(
             walk(&m, 0, Payload::Pfns),
             Ok(vec![
-                Buf { addr: 0x10_0000, len: 8 },
-                Buf { addr: 0x20_0000, len: 4 }
+                Buf {
+                    addr: 0x10_0000,
+                    len: 8
+                },
+                Buf {
+                    addr: 0x20_0000,
+                    len: 4
+                }
             ])
         );
         put(&m, 5, 0x10_0000, 20, 0, 0);
@@ -220,7 +226,14 @@ mod tests {
         assert_eq!(walk(&m, 0, Payload::Ranges), Err(Reject::BadLength));
         put(&m, 0, 0x10_0000, (MAX_PFN_BYTES_PER_CHAIN + 4) as u32, 0, 0);
         assert_eq!(walk(&m, 0, Payload::Pfns), Err(Reject::BadLength));
-        put(&m, 0, 0x10_0000, STAT_ENTRY_SIZE * (MAX_STATS_PER_BUFFER + 1), 0, 0);
+        put(
+            &m,
+            0,
+            0x10_0000,
+            STAT_ENTRY_SIZE * (MAX_STATS_PER_BUFFER + 1),
+            0,
+            0,
+        );
         assert_eq!(walk(&m, 0, Payload::Stats), Err(Reject::BadLength));
         for addr in [MEM - 4, MEM, u64::MAX - 3, 3 << 30] {
             put(&m, 0, addr, 8, 0, 0);

@@ -177,9 +177,8 @@ impl Balloon {
         set_nonblocking(&stats_timer).map_err(BalloonError::Fd)?;
         let shared = Arc::new(Shared::default());
         let inflated = Arc::new(Mutex::new(PageMap::new(ram_end)));
-        let worker =
-            CollapseWorker::spawn(host.clone(), shared.clone(), inflated.clone(), delay)
-                .map_err(BalloonError::Worker)?;
+        let worker = CollapseWorker::spawn(host.clone(), shared.clone(), inflated.clone(), delay)
+            .map_err(BalloonError::Worker)?;
         let mut b = Balloon {
             cfg: *cfg,
             acked_features: 0,
@@ -343,7 +342,11 @@ impl Balloon {
         let Some(role) = queue_role(index, self.acked_features) else {
             return 0;
         };
-        if self.active.as_ref().is_none_or(|a| !a.queues[index].ready()) {
+        if self
+            .active
+            .as_ref()
+            .is_none_or(|a| !a.queues[index].ready())
+        {
             return 0;
         }
         let payload = match role {

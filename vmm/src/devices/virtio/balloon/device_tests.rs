@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
-use crate::devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG, VIRTIO_RING_F_EVENT_IDX};
 use crate::devices::virtio::balloon::{VIRTIO_BALLOON_F_REPORTING, VIRTIO_BALLOON_F_STATS_VQ};
+use crate::devices::virtio::{VIRTIO_F_VERSION_1, VIRTIO_MMIO_INT_CONFIG, VIRTIO_RING_F_EVENT_IDX};
 
 pub(super) const QSIZE: u16 = 16;
 const MIB: u64 = 1 << 20;
@@ -96,7 +96,13 @@ impl Fx {
     /// Negotiates `features` (plus VERSION_1) and activates with the
     /// queues that exist under them made ready.
     pub fn activate(&mut self, features: u64, event_idx: bool) {
-        let acked = features | VIRTIO_F_VERSION_1 | if event_idx { VIRTIO_RING_F_EVENT_IDX } else { 0 };
+        let acked = features
+            | VIRTIO_F_VERSION_1
+            | if event_idx {
+                VIRTIO_RING_F_EVENT_IDX
+            } else {
+                0
+            };
         self.dev.set_acked_features(acked);
         let qs = (0..BALLOON_MAX_QUEUES)
             .map(|i| {
@@ -203,7 +209,11 @@ fn inflate_discards_one_range_per_run_keeping_2m_blocks_whole() {
     assert_eq!(f.dev.process_queue(0), 3);
     assert_eq!(
         f.discards(),
-        vec![(4 * MIB, 4 * MIB), (10 * MIB, 4096), (12 * MIB + 0x3000, 4096)]
+        vec![
+            (4 * MIB, 4 * MIB),
+            (10 * MIB, 4096),
+            (12 * MIB + 0x3000, 4096)
+        ]
     );
     let m = f.m();
     assert_eq!((m.inflate_requests, m.inflate_pages), (3, 1026));
@@ -236,15 +246,21 @@ fn each_rejected_kind_is_counted_never_acted_on_and_the_device_keeps_serving() {
         .write_obj(((4 * MIB) / 4096) as u32, GuestAddress(good))
         .unwrap();
     let kinds: [(Reject, &dyn Fn(&Fx)); 8] = [
-        (Reject::NextOutOfRange, &|f| f.desc(0, 0, good, 4, F_NEXT, QSIZE + 1)),
+        (Reject::NextOutOfRange, &|f| {
+            f.desc(0, 0, good, 4, F_NEXT, QSIZE + 1)
+        }),
         (Reject::ChainLoop, &|f| {
             f.desc(0, 0, good, 4, F_NEXT, 1);
             f.desc(0, 1, good + 8, 4, F_NEXT, 0);
         }),
         (Reject::Indirect, &|f| f.desc(0, 0, good, 16, F_INDIRECT, 0)),
-        (Reject::WrongDirection, &|f| f.desc(0, 0, good, 4, F_WRITE, 0)),
+        (Reject::WrongDirection, &|f| {
+            f.desc(0, 0, good, 4, F_WRITE, 0)
+        }),
         (Reject::BadLength, &|f| f.desc(0, 0, good, 6, 0, 0)),
-        (Reject::BufferOutsideRam, &|f| f.desc(0, 0, 16 * MIB - 2, 4, 0, 0)),
+        (Reject::BufferOutsideRam, &|f| {
+            f.desc(0, 0, 16 * MIB - 2, 4, 0, 0)
+        }),
         (Reject::Overlap, &|f| {
             f.desc(0, 0, good, 8, F_NEXT, 1);
             f.desc(0, 1, good + 4, 4, 0, 0);
@@ -253,7 +269,14 @@ fn each_rejected_kind_is_counted_never_acted_on_and_the_device_keeps_serving() {
     ];
     for (i, (kind, setup)) in kinds.iter().enumerate() {
         setup(&f);
-        f.publish(0, if *kind == Reject::HeadOutOfRange { QSIZE + 2 } else { 0 });
+        f.publish(
+            0,
+            if *kind == Reject::HeadOutOfRange {
+                QSIZE + 2
+            } else {
+                0
+            },
+        );
         f.dev.process_queue(0);
         assert_eq!(f.dev.metrics().rejected(*kind), 1, "{kind:?}");
         assert_eq!(f.dev.metrics().rejected_total(), i as u64 + 1, "{kind:?}");
@@ -288,7 +311,9 @@ fn pfns_outside_ram_and_in_the_mmio_gap_are_refused_one_by_one() {
 fn deflate_collapses_only_blocks_with_nothing_left_in_the_balloon() {
     let mut f = fixture(16 * MIB, BalloonConfig::default());
     f.activate(0, false);
-    f.mem.write_slice(&[1; 4096], GuestAddress(4 * MIB)).unwrap();
+    f.mem
+        .write_slice(&[1; 4096], GuestAddress(4 * MIB))
+        .unwrap();
     f.pfns(0, &pfn_range(4 * MIB, 8 * MIB));
     f.dev.process_queue(0);
     // All of block 4M, half of block 6M.
@@ -335,9 +360,15 @@ fn config_space_target_actual_and_the_config_interrupt() {
     f.dev.read_config(0, &mut b);
     assert_eq!(b, [0, 4, 0, 0, 0, 0, 0, 0]);
     // Before the driver is up, the target cannot change.
-    assert!(matches!(f.dev.update_target(8), Err(BalloonError::DeviceNotActive)));
+    assert!(matches!(
+        f.dev.update_target(8),
+        Err(BalloonError::DeviceNotActive)
+    ));
     f.activate(0, false);
-    assert!(matches!(f.dev.update_target(17), Err(BalloonError::TooManyPagesRequested)));
+    assert!(matches!(
+        f.dev.update_target(17),
+        Err(BalloonError::TooManyPagesRequested)
+    ));
     f.dev.update_target(8).unwrap();
     assert_eq!(f.dev.num_pages(), 2048);
     assert_eq!(f.irq.status.load(Ordering::SeqCst), VIRTIO_MMIO_INT_CONFIG);
@@ -413,7 +444,10 @@ fn stats_buffer_is_read_held_and_given_back_on_the_timer() {
     assert_eq!(f.dev.metrics().rejected(Reject::BadLength), 1);
     // The interval may change, stats may not be switched off.
     f.dev.update_stats_interval(5).unwrap();
-    assert!(matches!(f.dev.update_stats_interval(0), Err(BalloonError::InvalidStatsUpdate)));
+    assert!(matches!(
+        f.dev.update_stats_interval(0),
+        Err(BalloonError::InvalidStatsUpdate)
+    ));
     assert!(f.dev.stats_timer.is_armed().unwrap());
 }
 
@@ -433,7 +467,10 @@ fn reporting_discards_writable_ranges_at_the_index_the_features_give() {
         assert_eq!(f.dev.process_queue(index), 1, "{features:#x}");
         assert_eq!(f.discards(), vec![(4 * MIB, 2 * MIB), (8 * MIB, 2 * MIB)]);
         let m = f.m();
-        assert_eq!((m.report_requests, m.report_pages, m.whole_2m_freed), (1, 1024, 2));
+        assert_eq!(
+            (m.report_requests, m.report_pages, m.whole_2m_freed),
+            (1, 1024, 2)
+        );
         // Reported pages are not in the balloon: inflate counters stay.
         assert_eq!(m.inflate_pages, 0);
         // Device-readable or unaligned ranges are refused.

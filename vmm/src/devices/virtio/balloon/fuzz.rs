@@ -91,10 +91,7 @@ fn input() -> impl Strategy<Value = Input> {
         prop::collection::vec(prop_oneof![0u16..QSIZE, any::<u16>()], 0..24),
         prop::option::of(any::<u16>()),
         any::<u64>().prop_map(pfns),
-        prop::collection::vec(
-            (0u64..16, prop::collection::vec(any::<u8>(), 0..9)),
-            0..4,
-        ),
+        prop::collection::vec((0u64..16, prop::collection::vec(any::<u8>(), 0..9)), 0..4),
     )
         .prop_map(
             |(features, event_idx, queue, descs, heads, avail_idx, data, config_writes)| Input {
@@ -138,7 +135,10 @@ pub(super) fn run(input: &Input) -> Result<(), String> {
     let done = f.dev.process_queue(q) + f.dev.process_queue(q);
     f.dev.request_stats();
     f.dev.flush_collapses();
-    let offered = input.heads.len().max(input.avail_idx.map_or(0, usize::from));
+    let offered = input
+        .heads
+        .len()
+        .max(input.avail_idx.map_or(0, usize::from));
     if done > offered {
         return Err(format!("{done} chains given back, {offered} offered"));
     }

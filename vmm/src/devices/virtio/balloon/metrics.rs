@@ -269,7 +269,10 @@ mod tests {
             assert_eq!(v[name], tag + 100, "{name}");
         }
         assert_eq!(v.as_object().unwrap().len(), 10);
-        assert_eq!(serde_json::to_value(GuestStats::default()).unwrap(), serde_json::json!({}));
+        assert_eq!(
+            serde_json::to_value(GuestStats::default()).unwrap(),
+            serde_json::json!({})
+        );
     }
 
     #[test]

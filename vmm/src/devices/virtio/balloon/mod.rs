@@ -209,7 +209,7 @@ pub struct BalloonConfig {
     pub free_page_reporting: bool,
     /// Firecracker's field; F_FREE_PAGE_HINT is not implemented, so only
     /// `false` is accepted (checked by [`BalloonConfig::validate`]).
-    #[serde(default, skip_serializing)]
+    #[serde(default)]
     pub free_page_hinting: bool,
 }
 
@@ -237,6 +237,47 @@ impl BalloonConfig {
             return Err(BalloonError::HintingUnsupported);
         }
         check_amount(self.amount_mib, mem_bytes)
+    }
+}
+
+impl BalloonConfig {
+    /// The `--balloon` flag: `key=value` pairs separated by commas, every
+    /// key optional (`amount_mib=0,deflate_on_oom=on,
+    /// free_page_reporting=on,stats_polling_interval_s=1`).
+    pub fn from_flag(s: &str) -> Result<Self, String> {
+        const KEYS: &str =
+            "amount_mib, deflate_on_oom, free_page_reporting, stats_polling_interval_s";
+        let mut c = BalloonConfig::default();
+        for kv in s.split(',').filter(|kv| !kv.trim().is_empty()) {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(format!("`{kv}`: expected key=value (keys: {KEYS})"));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            let onoff = |v: &str| match v {
+                "on" | "true" => Ok(true),
+                "off" | "false" => Ok(false),
+                _ => Err(format!("{k}={v}: expected on or off")),
+            };
+            match k {
+                "amount_mib" => {
+                    c.amount_mib = v.parse().map_err(|_| {
+                        format!("amount_mib={v}: expected a whole number of MiB, 0 to {}", u32::MAX)
+                    })?
+                }
+                "deflate_on_oom" => c.deflate_on_oom = onoff(v)?,
+                "free_page_reporting" => c.free_page_reporting = onoff(v)?,
+                "stats_polling_interval_s" => {
+                    c.stats_polling_interval_s = v.parse().map_err(|_| {
+                        format!(
+                            "stats_polling_interval_s={v}: expected whole seconds, 0 (no stats) to {}",
+                            u16::MAX
+                        )
+                    })?
+                }
+                _ => return Err(format!("unknown key `{k}` (keys: {KEYS})")),
+            }
+        }
+        Ok(c)
     }
 }
 
@@ -293,7 +334,10 @@ mod tests {
         let table: [(u64, [Option<QueueRole>; 4]); 4] = [
             (0, [Some(Inflate), Some(Deflate), None, None]),
             (STATS, [Some(Inflate), Some(Deflate), Some(Stats), None]),
-            (REPORTING, [Some(Inflate), Some(Deflate), Some(Reporting), None]),
+            (
+                REPORTING,
+                [Some(Inflate), Some(Deflate), Some(Reporting), None],
+            ),
             (
                 STATS | REPORTING,
                 [Some(Inflate), Some(Deflate), Some(Stats), Some(Reporting)],
@@ -323,9 +367,50 @@ mod tests {
             free_page_reporting: true,
             ..Default::default()
         };
-        assert_eq!(c.features() & (STATS | REPORTING | 4), STATS | REPORTING | 4);
+        assert_eq!(
+            c.features() & (STATS | REPORTING | 4),
+            STATS | REPORTING | 4
+        );
         assert_eq!(c.features() & (1 << VIRTIO_BALLOON_F_FREE_PAGE_HINT), 0);
         assert_eq!(c.features() & (1 << VIRTIO_BALLOON_F_PAGE_POISON), 0);
+    }
+
+    #[test]
+    fn the_flag_takes_every_key_optionally_and_names_bad_ones() {
+        assert_eq!(BalloonConfig::from_flag(""), Ok(BalloonConfig::default()));
+        assert_eq!(
+            BalloonConfig::from_flag(
+                "amount_mib=512,deflate_on_oom=on,free_page_reporting=on,stats_polling_interval_s=1"
+            ),
+            Ok(BalloonConfig {
+                amount_mib: 512,
+                deflate_on_oom: true,
+                free_page_reporting: true,
+                stats_polling_interval_s: 1,
+                free_page_hinting: false,
+            })
+        );
+        assert_eq!(
+            BalloonConfig::from_flag("deflate_on_oom=off"),
+            Ok(BalloonConfig::default())
+        );
+        for (bad, says) in [
+            ("amount=1", "unknown key `amount`"),
+            ("amount_mib=-1", "amount_mib=-1"),
+            ("amount_mib=1G", "amount_mib=1G"),
+            (
+                "deflate_on_oom=yes",
+                "deflate_on_oom=yes: expected on or off",
+            ),
+            (
+                "stats_polling_interval_s=70000",
+                "stats_polling_interval_s=70000",
+            ),
+            ("amount_mib", "expected key=value"),
+        ] {
+            let e = BalloonConfig::from_flag(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]
