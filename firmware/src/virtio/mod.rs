@@ -10,6 +10,9 @@
 //! keeps a copy of the status byte instead of re-reading it, and the data
 //! path touches only QueueNotify (when the device asked for it) and the
 //! interrupt registers (once per interrupt).
+pub mod balloon;
+pub mod balloon_list;
+mod balloon_report;
 pub mod cmdline;
 pub mod queue;
 pub mod ring;
@@ -482,6 +485,16 @@ impl Transport {
             return Err(VirtioError::NeedsReset { status });
         }
         Ok(())
+    }
+
+    /// A 32-bit field of the device-specific configuration (one exit).
+    pub fn config_read32(&self, offset: u64) -> u32 {
+        self.read(REG_CONFIG + offset)
+    }
+
+    /// Writes a 32-bit field of the device-specific configuration.
+    pub fn config_write32(&self, offset: u64, v: u32) {
+        self.write(REG_CONFIG + offset, v)
     }
 
     /// QueueNotify for `q`: one exit.

@@ -1,6 +1,7 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod balloon;
 mod entropy;
 mod flood;
 mod memtest;
@@ -50,6 +51,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "balloon-hold",
+        run: balloon::hold,
     },
 ];
 

@@ -1213,6 +1213,9 @@ impl CpuCache<'_> {
         };
         let Some(idx) = idx else {
             self.pages.events.inc(VmEvent::AllocFail);
+            if order >= PAGEBLOCK_ORDER {
+                self.pages.events.inc(VmEvent::PgAllocHugeFail);
+            }
             return None;
         };
         let z = self
@@ -1485,6 +1488,9 @@ impl CpuCache<'_> {
         ev.add(VmEvent::PgAlloc, 1 << order);
         if order > 0 {
             ev.inc(VmEvent::PgAllocHighOrder);
+            if order >= PAGEBLOCK_ORDER {
+                ev.inc(VmEvent::PgAllocHuge);
+            }
         }
         self.a.map.to_pfn(idx)
     }

@@ -85,7 +85,8 @@ impl PageAllocator {
                         let p = *unsafe { self.map.at(i) };
                         let next = p.next;
                         let keep = zone.wmark(WMARK_LOW) as i64 + (1i64 << order);
-                        if p.flags & PG_REPORTED == 0 && zone.vm_free.snapshot() >= keep + (1 << order)
+                        if p.flags & PG_REPORTED == 0
+                            && zone.vm_free.snapshot() >= keep + (1 << order)
                         {
                             let mut b = zone.buddy(&self.map, &mut area, self.grouping);
                             b.del(i);

@@ -3,8 +3,8 @@
 use super::super::tests::{check_free_lists, fixture, Fixture};
 use super::*;
 use crate::gfp::Gfp;
-use crate::vmstat::VmEvent;
 use crate::page_alloc::ReclaimHooks;
+use crate::vmstat::VmEvent;
 use std::collections::BTreeSet;
 
 const MIB: u64 = 1 << 20;
@@ -72,7 +72,10 @@ fn every_free_big_block_is_reported_once() {
         .map(|b| 1u64 << b.1)
         .sum();
     let z = f.a.zones().next().unwrap();
-    assert!(unreported <= z.wmark(WMARK_LOW) + (4 << MAX_ORDER), "{unreported}");
+    assert!(
+        unreported <= z.wmark(WMARK_LOW) + (4 << MAX_ORDER),
+        "{unreported}"
+    );
     assert!(!seen.is_empty());
 }
 
@@ -92,7 +95,11 @@ fn allocating_a_reported_block_clears_the_mark() {
             break;
         }
     }
-    assert_eq!(held.last(), Some(&b.pfn), "the reported block was handed out");
+    assert_eq!(
+        held.last(),
+        Some(&b.pfn),
+        "the reported block was handed out"
+    );
     for p in held {
         c.free(p, b.order as usize).unwrap();
     }
@@ -157,7 +164,10 @@ fn a_reported_block_merges_with_its_freed_buddy_into_an_unreported_one() {
     assert!(
         f.a.is_reported(lo),
         "{lo:?} {:?}",
-        f.free_blocks().iter().filter(|b| b.0 == lo.0).collect::<Vec<_>>()
+        f.free_blocks()
+            .iter()
+            .filter(|b| b.0 == lo.0)
+            .collect::<Vec<_>>()
     );
     f.a.free_pages(0, hi, PAGEBLOCK_ORDER).unwrap();
     // Merged (the lists checker refuses unmerged buddies), and the merged
@@ -287,7 +297,10 @@ fn an_oom_hook_frees_with_the_cpu_lock_held_and_the_allocation_succeeds() {
     // An ordinary request now reaches the OOM step, which deflates.
     let p = c.alloc(Gfp::KERNEL, 0).expect("the OOM hook made room");
     assert!(d.calls.load(Ordering::Relaxed) >= 1);
-    assert_eq!(c.events().get(VmEvent::OomKill), d.calls.load(Ordering::Relaxed));
+    assert_eq!(
+        c.events().get(VmEvent::OomKill),
+        d.calls.load(Ordering::Relaxed)
+    );
     c.free(p, 0).unwrap();
     c.drain_all(None);
     drop(c);
