@@ -499,7 +499,12 @@ impl Transport {
 
     /// QueueNotify for `q`: one exit.
     pub fn notify(&self, q: &Virtqueue) {
-        self.write(REG_QUEUE_NOTIFY, q.index() as u32);
+        self.notify_index(q.index());
+    }
+
+    /// QueueNotify for queue `index` (for rings written by hand).
+    pub fn notify_index(&self, index: u16) {
+        self.write(REG_QUEUE_NOTIFY, index as u32);
     }
 
     /// Reads InterruptStatus and acknowledges what it shows (two exits);

@@ -2,6 +2,7 @@
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
 mod balloon;
+mod balloon_hostile;
 mod entropy;
 mod flood;
 mod memtest;
@@ -55,6 +56,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "balloon-hold",
         run: balloon::hold,
+    },
+    Workload {
+        name: "balloon-hostile",
+        run: balloon_hostile::run,
     },
 ];
 
