@@ -142,6 +142,9 @@ pub struct Report {
     pub phases_us: Phases,
     pub memory: MemoryReport,
     pub exits: ExitCounts,
+    /// The virtio-balloon (`--balloon`, `PUT /balloon`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::devices::virtio::balloon::BalloonReport>,
     /// Guest records (JSON lines and console text) beyond the budget or the
     /// event queue's limit, and their bytes.
     pub dropped_records: u64,
@@ -347,6 +350,7 @@ mod tests {
             phases_us: Phases::default(),
             memory: MemoryReport::default(),
             exits: ExitCounts::default(),
+            balloon: None,
             dropped_records: 0,
             dropped_bytes: 0,
             exit: ExitReport {

@@ -44,6 +44,8 @@ pub struct VmResources {
     pub thp: Thp,
     /// `--prefault`: populate all of guest RAM before the guest runs.
     pub prefault: bool,
+    /// A virtio-balloon device (`--balloon`, `PUT /balloon`).
+    pub balloon: Option<crate::devices::virtio::balloon::BalloonConfig>,
 }
 
 impl Default for VmResources {
@@ -60,6 +62,7 @@ impl Default for VmResources {
             backing: Backing::Anon,
             thp: Thp::On,
             prefault: false,
+            balloon: None,
         }
     }
 }
@@ -93,6 +96,8 @@ pub enum ConfigError {
     ThpOffWithHugetlb(&'static str),
     #[error("--timeout {0}: must be a number of seconds above 0 and below 1e9")]
     BadTimeout(String),
+    #[error("--balloon amount_mib={0}: more than the guest's {1} MiB of memory (valid: 0 to {1})")]
+    BalloonTooLarge(u32, u64),
     #[error("--kernel {0}: not a regular file (a kernel image is an ELF or bzImage file)")]
     KernelNotFile(String),
     #[error("--kernel {path}: {size} bytes is larger than the guest's {memory} of RAM")]
@@ -151,6 +156,14 @@ impl VmResources {
         }
         if self.backing.is_hugetlb() && self.thp == Thp::Off {
             return Err(ConfigError::ThpOffWithHugetlb(self.backing.name()));
+        }
+        if let Some(b) = &self.balloon {
+            if u64::from(b.amount_mib) * MIB > self.memory {
+                return Err(ConfigError::BalloonTooLarge(
+                    b.amount_mib,
+                    self.memory / MIB,
+                ));
+            }
         }
         if self.kernel == KernelSource::Bundled && self.vcpus as usize > crate::abi::MAX_VCPUS {
             return Err(ConfigError::TooManyVcpusForBundled(

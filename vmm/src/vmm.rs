@@ -365,6 +365,7 @@ impl Vmm {
         let mut phases = self.phases.clone();
         let mut memory = MemoryReport::default();
         let mut exits = ExitCounts::default();
+        let mut balloon = None;
         let (mut kernel, mut kernel_format, mut cmdline, mut tsc_khz) = (
             builder::kernel_name(&self.resources.kernel),
             None,
@@ -374,6 +375,11 @@ impl Vmm {
         if let Some(mut b) = self.built.take() {
             memory.usage = rss::measure(&b.vm.ram().host_ranges()).unwrap_or_default();
             vcpu::finish_all(&mut b.vcpus);
+            balloon = b
+                .devices
+                .balloon
+                .as_ref()
+                .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).report());
             phases.teardown_done = Some(since_origin_us(now_ns()));
             let c = &b.counters;
             exits = ExitCounts {
@@ -427,6 +433,7 @@ impl Vmm {
             },
             memory,
             exits,
+            balloon,
             dropped_records: self.log.dropped_records,
             dropped_bytes: self.log.dropped_bytes,
             exit,

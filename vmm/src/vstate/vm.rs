@@ -58,7 +58,8 @@ pub struct Vm {
     /// Shared with the userspace IOAPIC of a split irqchip, which sets GSI
     /// routes; it lives on the device bus, dropped before the VM.
     pub fd: Arc<VmFd>,
-    ram: GuestRam,
+    /// Shared with devices that give memory back to the host (the balloon).
+    ram: Arc<GuestRam>,
 }
 
 impl Vm {
@@ -81,7 +82,7 @@ impl Vm {
         ram.register(&fd)?;
         Ok(Vm {
             fd: Arc::new(fd),
-            ram,
+            ram: Arc::new(ram),
         })
     }
 
@@ -171,6 +172,11 @@ impl Vm {
 
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// A handle on guest RAM for a device that discards or collapses it.
+    pub fn shared_ram(&self) -> Arc<GuestRam> {
+        self.ram.clone()
     }
 
     pub fn memory(&self) -> &GuestMemory {
