@@ -79,6 +79,8 @@ pub fn init(
     let a = unsafe { &mut *addr_of_mut!(PAGE_ALLOC) };
     a.init_with(mb, &mem, Topology::single(ncpus), grouping)
         .map_err(|_| "page allocator setup failed")?;
+    // The OOM step deflates the balloon, once there is one.
+    a.set_hooks(&crate::virtio::balloon::HOOKS);
     let free_pages = a.free_pages_buddy();
     let grouping = a.grouping_by_mobility();
     READY.store(true, Ordering::Release);

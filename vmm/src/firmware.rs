@@ -35,6 +35,10 @@ mod queue;
 #[allow(dead_code)]
 #[path = "../../firmware/src/virtio/ring.rs"]
 mod ring;
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/balloon_list.rs"]
+mod guest_balloon_list;
 
 #[cfg(test)]
 mod tests {

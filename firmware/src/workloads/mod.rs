@@ -1,6 +1,8 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod balloon;
+mod balloon_hostile;
 mod entropy;
 mod flood;
 mod memtest;
@@ -50,6 +52,14 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "balloon-hold",
+        run: balloon::hold,
+    },
+    Workload {
+        name: "balloon-hostile",
+        run: balloon_hostile::run,
     },
 ];
 
