@@ -1,6 +1,7 @@
 //! balloon-hold: memory held busy while the host moves the balloon.
 //!
-//! `workload=balloon-hold size=N [seconds=S] [cycles=C] [balloon_mode=4k|2m]`
+//! `workload=balloon-hold size=N [seconds=S] [cycles=C] [linger=MS]
+//! [balloon_mode=4k|2m]`
 //! (with a virtio-balloon device on the command line):
 //!
 //! 1. CPU 0 brings the driver up, takes `size` bytes from guest-mm
@@ -20,8 +21,10 @@
 //!    reclaim, which is where guest-mm's OOM step deflates the balloon
 //!    when the device offers F_DEFLATE_ON_OOM), writes and checks it, and
 //!    frees it.
-//! 5. The held memory is checked word by word, freed, and the result line
-//!    carries the checks and everything the driver counted.
+//! 5. The held memory is checked word by word and freed; the driver goes
+//!    on for `linger` ms (default 0), so free page reporting can hand the
+//!    freed memory to the host; the result line carries the checks and
+//!    everything the driver counted.
 use crate::arch::cpu;
 use crate::hostio::{self, LINE};
 use crate::smp::Barrier;
@@ -192,7 +195,7 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
                 ))
             }),
         };
-        for key in ["seconds", "cycles"] {
+        for key in ["seconds", "cycles", "linger"] {
             if let Some(v) = cmdline::get(line, key) {
                 if v.parse::<u64>().is_err() {
                     user::fail(format_args!("{key}={v}: must be a whole number"));
@@ -262,11 +265,23 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
 
     let mut held_errors = ERRORS.load(Relaxed);
     list.for_each(|_, pfn, order| held_errors += check(pfn, order));
+    let held_blocks = list.len;
     // SAFETY: every other CPU is past the last barrier and done with it.
     let held_free_errors = unsafe { (*core::ptr::addr_of_mut!(HELD_LIST)).free(0) };
-    // The rest of the balloon's work after the frees (a reporting pass may
-    // be due), then its books.
-    balloon::service(0);
+    // The balloon's work after the frees goes on for `linger` ms, so that
+    // free page reporting can hand them to the host.
+    let linger: u64 = cmdline::get(line, "linger")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let tpm = balloon::with(|b| b.tsc_per_ms).unwrap_or(1);
+    let freed_at = cpu::rdtsc();
+    loop {
+        balloon::service(0);
+        if (cpu::rdtsc() - freed_at) / tpm >= linger {
+            break;
+        }
+        core::hint::spin_loop();
+    }
     let (c, mode, target, actual, pages, features, list_pages) = balloon::with(|b| {
         (
             b.c,
@@ -297,7 +312,7 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
          \"hold_ms\":{held_secs_ms},\"cycles_seen\":{},\"target\":{target},\"actual\":{actual},\
          \"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
         mode.name(),
-        list.len,
+        held_blocks,
         TOUCHES.load(Relaxed),
         held_free_errors + reuse_free_errors,
         steps.cycles,

@@ -31,6 +31,9 @@ const CANARY_ORDER: usize = 9;
 const PATTERN: u64 = 0x686f_7374_696c_6521;
 /// How long the honest requests may take (seconds at any TSC rate here).
 const WAIT_CYCLES: u64 = 20_000_000_000;
+/// How long a refused chain may take to come back (~0.5 s), before the
+/// next case goes ahead anyway.
+const CASE_CYCLES: u64 = 1_000_000_000;
 
 /// A queue written by hand: descriptors, avail ring and used index at
 /// the addresses the device was given.
@@ -97,10 +100,10 @@ fn put_pfns(page: u64, pfns: &[u32]) -> u32 {
 }
 
 /// Waits until the device has used `n` more chains of `q` than `before`.
-fn wait_used(q: &Raw, before: u16, n: u16) -> bool {
+fn wait_used(q: &Raw, before: u16, n: u16, cycles: u64) -> bool {
     let start = cpu::rdtsc();
     while q.used_idx().wrapping_sub(before) < n {
-        if cpu::rdtsc() - start > WAIT_CYCLES {
+        if cpu::rdtsc() - start > cycles {
             return false;
         }
         core::hint::spin_loop();
@@ -177,7 +180,7 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
         (b0, l0, 0, 0),            // PFNs past the end of RAM, the top le32 PFN
         (b1, l1, 0, 0),            // PFNs in the MMIO hole
         (b2, 4, F_NEXT, 3),        // 2 -> 3 -> 2: a loop
-        (b2, 4, F_NEXT, 2),        // (3)
+        (b1, 4, F_NEXT, 2),        // (3)
         (b2, 4, F_NEXT, 200),      // next off the table
         (1 << 40, 4096, 0, 0),     // buffer outside RAM
         (ram_end - 4, 4096, 0, 0), // buffer across the end of RAM
@@ -187,23 +190,30 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
         (b2, 16, F_INDIRECT, 0),   // indirect, never negotiated
         (u64::MAX - 3, 8, 0, 0),   // address wrapping past 2^64
     ];
+    // One case at a time: the device reads descriptors when it gets to
+    // the chain, so each waits to be given back (a refused chain comes
+    // back used, length 0) before the table is written again.
+    let mut answered = 0u32;
     for (i, &(addr, len, flags, nx)) in cases.iter().enumerate() {
         infl.desc(i as u16, addr, len, flags, nx);
     }
     for head in [0u16, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11] {
+        let before = infl.used_idx();
         infl.post(head);
         sent += 1;
+        t.notify_index(infl.index);
+        answered += wait_used(&infl, before, 1, CASE_CYCLES) as u32;
     }
-    infl.post(999); // an avail entry naming no descriptor
-    sent += 1;
-    t.notify_index(infl.index);
-    // A chain that loops through every descriptor, longer than the queue.
+    // A chain that runs through every descriptor and back: longer than
+    // the queue.
     for i in 0..SIZE {
-        infl.desc(i, b2, 4, F_NEXT, (i + 1) % SIZE);
+        infl.desc(i, b2 + 4 * i as u64, 4, F_NEXT, (i + 1) % SIZE);
     }
+    let before = infl.used_idx();
     infl.post(0);
     sent += 1;
     t.notify_index(infl.index);
+    answered += wait_used(&infl, before, 1, CASE_CYCLES) as u32;
 
     // Reporting abuse.
     if let Some((r, _)) = report.as_ref() {
@@ -217,11 +227,13 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
             (canary * PAGE_SIZE, huge as u32, 0),      // read-only
         ];
         for (i, &(addr, len, flags)) in rcases.iter().enumerate() {
+            let before = r.used_idx();
             r.desc(i as u16, addr, len, flags, 0);
             r.post(i as u16);
             sent += 1;
+            t.notify_index(r.index);
+            answered += wait_used(&r, before, 1, CASE_CYCLES) as u32;
         }
-        t.notify_index(r.index);
     }
 
     // A stats flood: every wrong length, notified again and again.
@@ -237,6 +249,10 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
         }
     }
 
+    // An avail entry naming no descriptor (nothing comes back for it).
+    infl.post(999);
+    sent += 1;
+
     // Still serving? An honest inflate then deflate of one page.
     let Some(Pfn(page)) = a.alloc_pages(0, Gfp::MOVABLE, 0) else {
         user::fail(format_args!(
@@ -250,12 +266,12 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
     t.notify_index(infl.index);
     // The abuse before it may or may not come back used; the honest chain
     // must, and the used index can only have moved past it.
-    let inflate_ok = wait_used(&infl, before, 1);
+    let inflate_ok = wait_used(&infl, before, 1, WAIT_CYCLES);
     let before = defl.used_idx();
     defl.desc(0, b2, lp, 0, 0);
     defl.post(0);
     t.notify_index(defl.index);
-    let deflate_ok = wait_used(&defl, before, 1);
+    let deflate_ok = wait_used(&defl, before, 1, WAIT_CYCLES);
     let status_ok = t.check().is_ok();
     let _ = a.free_pages(0, Pfn(page), 0);
 
@@ -275,7 +291,7 @@ pub fn run(cpu: usize, _ncpus: usize) -> bool {
         "{{\"event\":\"workload\",\"name\":\"balloon-hostile\",\"ok\":{ok},\"hostile_chains\":{sent},\
          \"features\":{features},\"stats_queue\":{},\"reporting_queue\":{},\"honest_inflate\":{inflate_ok},\
          \"honest_deflate\":{deflate_ok},\"device_status_ok\":{status_ok},\"canary_bad_words\":{bad_words},\
-         \"inflate_used\":{},\"reset\":{reset}}}",
+         \"inflate_used\":{},\"answered\":{answered},\"reset\":{reset}}}",
         stats.is_some(),
         report.is_some(),
         infl.used_idx(),

@@ -327,3 +327,27 @@ fn an_oom_hook_frees_with_the_cpu_lock_held_and_the_allocation_succeeds() {
     drop(c);
     check_free_lists(&f.a);
 }
+
+#[test]
+fn huge_allocations_and_their_failures_are_counted() {
+    // What the balloon's stats queue reports as hugetlb allocations and
+    // failures: order >= pageblock requests, and only those.
+    let f = fixture(32 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let small = c.alloc(ALL, PAGEBLOCK_ORDER - 1).unwrap();
+    assert_eq!(c.events().get(VmEvent::PgAllocHuge), 0);
+    let mut held = Vec::new();
+    while let Some(p) = c.alloc(ALL, PAGEBLOCK_ORDER) {
+        held.push(p);
+    }
+    let e = c.events();
+    assert_eq!(e.get(VmEvent::PgAllocHuge), held.len() as u64);
+    assert_eq!(e.get(VmEvent::PgAllocHugeFail), 1);
+    assert!(c.alloc(ALL, MAX_ORDER).is_none());
+    assert_eq!(c.events().get(VmEvent::PgAllocHugeFail), 2);
+    for p in held {
+        c.free(p, PAGEBLOCK_ORDER).unwrap();
+    }
+    c.free(small, PAGEBLOCK_ORDER - 1).unwrap();
+    assert_eq!(c.events().get(VmEvent::PgAllocHugeFail), 2);
+}
