@@ -245,7 +245,8 @@ fn each_rejected_kind_is_counted_never_acted_on_and_the_device_keeps_serving() {
     f.mem
         .write_obj(((4 * MIB) / 4096) as u32, GuestAddress(good))
         .unwrap();
-    let kinds: [(Reject, &dyn Fn(&Fx)); 8] = [
+    type Setup<'a> = &'a dyn Fn(&Fx);
+    let kinds: [(Reject, Setup); 8] = [
         (Reject::NextOutOfRange, &|f| {
             f.desc(0, 0, good, 4, F_NEXT, QSIZE + 1)
         }),
