@@ -180,10 +180,39 @@ fn inflate_deflate_cycle(mode: &str) -> Value {
     b.clone()
 }
 
+/// README's report section names every field of the `balloon` section.
+fn readme_names_every_balloon_field(b: &Value) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start = readme.find("## The report").unwrap();
+    let end = readme[start..]
+        .find("\n## ")
+        .map_or(readme.len(), |e| start + e);
+    let doc = &readme[start..end];
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut fields = keys(b);
+    fields.extend(keys(&b["rejected"]));
+    fields.extend(keys(&b["steps"][0]));
+    fields.extend(keys(&b["thp_before_inflate"]));
+    let missing: Vec<_> = fields
+        .iter()
+        .filter(|f| !doc.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's report section lacks {missing:?}"
+    );
+}
+
 #[test]
 fn inflate_and_deflate_in_2m_mode() {
     require_kvm!();
     let b = inflate_deflate_cycle("2m");
+    readme_names_every_balloon_field(&b);
     // Whole pageblocks: whole host huge pages freed.
     assert!(b["whole_2m_freed"].as_u64().unwrap() >= 250, "{b}");
 }
