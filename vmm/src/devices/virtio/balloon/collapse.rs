@@ -160,6 +160,7 @@ fn collapse(
     for gpa in std::mem::take(pending) {
         let map = inflated.lock().unwrap_or_else(|p| p.into_inner());
         if map.any_in(gpa, HUGE_PAGE) {
+            BalloonMetrics::add(&m.collapse_skipped, 1);
             continue;
         }
         match host.collapse(gpa, HUGE_PAGE) {
