@@ -351,3 +351,44 @@ fn huge_allocations_and_their_failures_are_counted() {
     c.free(small, PAGEBLOCK_ORDER - 1).unwrap();
     assert_eq!(c.events().get(VmEvent::PgAllocHugeFail), 2);
 }
+
+#[test]
+fn a_block_that_merges_on_putback_is_not_marked_reported() {
+    // Linux's page_reporting_drain marks a block only if it came back at
+    // its own order: merged, it holds memory the host never saw.
+    let f = fixture(32 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let mut blocks = Vec::new();
+    while let Some(p) = c.alloc(ALL, PAGEBLOCK_ORDER) {
+        blocks.push(p);
+    }
+    drop(c);
+    let lo = *blocks
+        .iter()
+        .find(|p| p.0 % (2 << PAGEBLOCK_ORDER) == 0 && blocks.contains(&Pfn(p.0 + 512)))
+        .unwrap();
+    let hi = Pfn(lo.0 + 512);
+    for p in blocks.iter().filter(|p| **p != hi) {
+        f.a.free_pages(0, *p, PAGEBLOCK_ORDER).unwrap();
+    }
+    // Isolate until `lo` is among the blocks taken.
+    let out = loop {
+        let got = isolate_all(&f);
+        assert!(!got.is_empty(), "lo never isolated");
+        if got.iter().any(|b| b.pfn == lo) {
+            break got;
+        }
+        f.a.report_putback(&got);
+    };
+    // Its buddy comes free while it is away, and cannot merge with it.
+    f.a.free_pages(0, hi, PAGEBLOCK_ORDER).unwrap();
+    check_free_lists(&f.a);
+    let marked = f.a.report_putback(&out);
+    assert_eq!(marked, out.len() - 1, "all but the merged one marked");
+    check_free_lists(&f.a);
+    assert!(!f.a.is_reported(lo));
+    assert!(f
+        .free_blocks()
+        .iter()
+        .any(|b| (b.0, b.1) == (lo.0, PAGEBLOCK_ORDER + 1)));
+}
