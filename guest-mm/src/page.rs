@@ -24,7 +24,8 @@ pub const PG_ALLOC: u8 = 1 << 3;
 /// free and unmerged since, so it need not be reported again. Taking the
 /// block off its list clears it, as Linux's `del_page_from_free_list`
 /// clears `PageReported`: whoever gets the block next (an allocation, a
-/// merge into a bigger block) makes it unreported.
+/// merge into a bigger block, where it may become an inside page that must
+/// carry no flags) has unreported memory.
 pub const PG_REPORTED: u8 = 1 << 4;
 
 #[repr(C)]

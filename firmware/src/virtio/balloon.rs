@@ -165,6 +165,8 @@ pub struct Balloon {
     pub(super) reporter: Option<Reporter>,
     pub c: Counters,
     pub tsc_per_ms: u64,
+    /// TSC when the driver last read a new target.
+    pub changed_tsc: u64,
     /// Set when the device failed; the driver then stops.
     pub error: Option<VirtioError>,
 }
@@ -315,6 +317,7 @@ impl Balloon {
             reporter,
             c: Counters::default(),
             tsc_per_ms,
+            changed_tsc: cpu::rdtsc(),
             error: None,
             t,
         };
@@ -350,7 +353,11 @@ impl Balloon {
                 self.c.interrupts += 1;
                 if isr & INT_CONFIG_CHANGE != 0 {
                     self.c.config_changes += 1;
-                    self.target = self.t.config_read32(CFG_NUM_PAGES);
+                    let target = self.t.config_read32(CFG_NUM_PAGES);
+                    if target != self.target {
+                        self.changed_tsc = now;
+                    }
+                    self.target = target;
                     self.oom_hold = false;
                     self.retry_at = 0;
                 }

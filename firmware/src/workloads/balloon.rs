@@ -343,7 +343,6 @@ struct Steps {
     last: (u32, u32),
     inflated: bool,
     cycles: u64,
-    changed_at: u64,
     next_look: u64,
 }
 
@@ -353,17 +352,14 @@ impl Steps {
         if now < self.next_look {
             return;
         }
-        let Some((target, actual, tpm, c)) =
-            balloon::with(|b| (b.target, b.actual, b.tsc_per_ms, b.c))
+        let Some((target, actual, tpm, c, changed)) =
+            balloon::with(|b| (b.target, b.actual, b.tsc_per_ms, b.c, b.changed_tsc))
         else {
             DONE.store(true, Relaxed);
             return;
         };
         self.next_look = now + tpm;
         if (target, actual) != self.last {
-            if self.last.0 != target {
-                self.changed_at = now;
-            }
             self.last = (target, actual);
             if target == actual {
                 let mut l = LINE.lock();
@@ -372,7 +368,7 @@ impl Steps {
                     "{{\"event\":\"balloon\",\"target\":{target},\"actual\":{actual},\
                      \"ms_since_change\":{},\"inflated_pages\":{},\"deflated_pages\":{},\
                      \"reported_pages\":{},\"oom_deflated_pages\":{}}}",
-                    (now - self.changed_at) / tpm,
+                    (now - changed) / tpm,
                     c.inflated_pages,
                     c.deflated_pages,
                     c.reported_pages,

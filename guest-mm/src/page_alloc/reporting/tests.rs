@@ -52,11 +52,12 @@ fn a_pass_isolates_unreported_big_blocks_and_the_putback_marks_them() {
 fn every_free_big_block_is_reported_once() {
     let f = fixture(64 * MIB, 1);
     let mut seen = BTreeSet::new();
-    loop {
+    for pass in 0.. {
         let got = isolate_all(&f);
         if got.is_empty() {
             break;
         }
+        assert!(pass < 64, "passes never run out of unreported blocks");
         for b in &got {
             assert!(seen.insert(b.pfn.0), "block {} reported twice", b.pfn.0);
         }
@@ -350,4 +351,85 @@ fn huge_allocations_and_their_failures_are_counted() {
     }
     c.free(small, PAGEBLOCK_ORDER - 1).unwrap();
     assert_eq!(c.events().get(VmEvent::PgAllocHugeFail), 2);
+}
+
+#[test]
+fn a_block_that_merges_on_putback_is_not_marked_reported() {
+    // Linux's page_reporting_drain marks a block only if it came back at
+    // its own order: merged, it holds memory the host never saw.
+    let f = fixture(32 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let mut blocks = Vec::new();
+    while let Some(p) = c.alloc(ALL, PAGEBLOCK_ORDER) {
+        blocks.push(p);
+    }
+    drop(c);
+    let lo = *blocks
+        .iter()
+        .find(|p| p.0 % (2 << PAGEBLOCK_ORDER) == 0 && blocks.contains(&Pfn(p.0 + 512)))
+        .unwrap();
+    let hi = Pfn(lo.0 + 512);
+    for p in blocks.iter().filter(|p| **p != hi) {
+        f.a.free_pages(0, *p, PAGEBLOCK_ORDER).unwrap();
+    }
+    // Isolate until `lo` is among the blocks taken.
+    let out = loop {
+        let got = isolate_all(&f);
+        assert!(!got.is_empty(), "lo never isolated");
+        if got.iter().any(|b| b.pfn == lo) {
+            break got;
+        }
+        f.a.report_putback(&got);
+    };
+    // Its buddy comes free while it is away, and cannot merge with it.
+    f.a.free_pages(0, hi, PAGEBLOCK_ORDER).unwrap();
+    check_free_lists(&f.a);
+    let marked = f.a.report_putback(&out);
+    assert_eq!(marked, out.len() - 1, "all but the merged one marked");
+    check_free_lists(&f.a);
+    assert!(!f.a.is_reported(lo));
+    assert!(f
+        .free_blocks()
+        .iter()
+        .any(|b| (b.0, b.1) == (lo.0, PAGEBLOCK_ORDER + 1)));
+}
+
+#[test]
+fn a_reported_upper_half_leaves_no_mark_inside_the_merged_block() {
+    let f = fixture(32 * MIB, 1);
+    let mut c = f.a.cpu(0);
+    let mut blocks = Vec::new();
+    while let Some(p) = c.alloc(ALL, PAGEBLOCK_ORDER) {
+        blocks.push(p);
+    }
+    drop(c);
+    let lo = *blocks
+        .iter()
+        .find(|p| p.0 % (2 << PAGEBLOCK_ORDER) == 0 && blocks.contains(&Pfn(p.0 + 512)))
+        .unwrap();
+    let hi = Pfn(lo.0 + 512);
+    for p in blocks.iter().filter(|p| **p != lo) {
+        f.a.free_pages(0, *p, PAGEBLOCK_ORDER).unwrap();
+    }
+    while !f.a.is_reported(hi) {
+        let got = isolate_all(&f);
+        assert!(!got.is_empty(), "hi never reported");
+        f.a.report_putback(&got);
+    }
+    // `lo` comes free: `hi` merges into it and is an inside page now.
+    f.a.free_pages(0, lo, PAGEBLOCK_ORDER).unwrap();
+    // SAFETY: a read of a free block's inside page, nothing else running.
+    let inside = unsafe { f.a.map.at(f.a.map.idx(hi.0)) }.flags;
+    assert_eq!(inside, 0, "an inside page carries no flags");
+    check_free_lists(&f.a);
+    // Splitting the merged block hands `hi` out as a clean block.
+    let mut c = f.a.cpu(0);
+    let mut held = Vec::new();
+    while let Some(p) = c.alloc(ALL, PAGEBLOCK_ORDER) {
+        held.push(p);
+    }
+    assert!(held.contains(&hi));
+    for p in held {
+        c.free(p, PAGEBLOCK_ORDER).unwrap();
+    }
 }
