@@ -40,6 +40,12 @@ pub static OPTIONS: &[Opt] = &[
         accepts: |v| parse_grouping(v).is_some(),
     },
     Opt {
+        key: "balloon_mode",
+        what: "values",
+        valid: &"4k or 2m",
+        accepts: |v| crate::virtio::balloon::Mode::parse(v).is_some(),
+    },
+    Opt {
         key: "alloc_iters",
         what: "values",
         valid: &"a whole number from 1 to 1000000000",

@@ -120,3 +120,30 @@ pub fn stop_watchdog() {
 }
 
 pub const WATCHDOG: u32 = TIMER_PENDING;
+
+const LAPIC_TIMER_CURRENT: u64 = 0x390;
+const LVT_MASKED: u32 = 1 << 16;
+
+/// TSC cycles per millisecond, measured against the LAPIC timer (KVM's
+/// counts at 1 GHz with divide-by-1, see `TIMER_DIVIDE_BY_1`): for code
+/// that must wait real time (the balloon's reporting delay), since nothing
+/// tells this kernel its TSC rate. Masks the timer while it counts and
+/// leaves it stopped; call after `route_to_this_cpu` (which enables the
+/// LAPIC). Four exits and ~10 ms.
+pub fn tsc_per_ms() -> u64 {
+    mmio_write(
+        LAPIC_BASE + LAPIC_LVT_TIMER,
+        TIMER_VECTOR as u32 | LVT_MASKED,
+    );
+    mmio_write(LAPIC_BASE + LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+    mmio_write(LAPIC_BASE + LAPIC_TIMER_INITIAL, u32::MAX);
+    let (c0, t0) = (mmio_read(LAPIC_BASE + LAPIC_TIMER_CURRENT), cpu::rdtsc());
+    while cpu::rdtsc() - t0 < 20_000_000 {
+        core::hint::spin_loop();
+    }
+    let (c1, t1) = (mmio_read(LAPIC_BASE + LAPIC_TIMER_CURRENT), cpu::rdtsc());
+    mmio_write(LAPIC_BASE + LAPIC_TIMER_INITIAL, 0);
+    mmio_write(LAPIC_BASE + LAPIC_LVT_TIMER, TIMER_VECTOR as u32);
+    let ns = c0.wrapping_sub(c1).max(1) as u64;
+    ((t1 - t0) * 1_000_000 / ns).max(1)
+}

@@ -87,6 +87,8 @@ pub fn init(
     let numa = crate::numa::discover(boot, ncpus, LOW_RESERVED);
     a.init_with(mb, &mem, crate::numa::topology(&numa, ncpus), grouping)
         .map_err(|_| "page allocator setup failed")?;
+    // The OOM step deflates the balloon, once there is one.
+    a.set_hooks(&crate::virtio::balloon::HOOKS);
     let free_pages = a.free_pages_buddy();
     let grouping = a.grouping_by_mobility();
     READY.store(true, Ordering::Release);

@@ -19,6 +19,14 @@ pub const PG_PCP: u8 = 1 << 2;
 /// Head of an allocated block; `order` is what was allocated, so a free of
 /// the wrong order, a tail page or a free page is caught.
 pub const PG_ALLOC: u8 = 1 << 3;
+/// On a free block's head beside `PG_BUDDY`: the block was reported to the
+/// hypervisor (free page reporting, `page_alloc::reporting`) and has stayed
+/// free and unmerged since, so it need not be reported again. Taking the
+/// block off its list clears it, as Linux's `del_page_from_free_list`
+/// clears `PageReported`: whoever gets the block next (an allocation, a
+/// merge into a bigger block, where it may become an inside page that must
+/// carry no flags) has unreported memory.
+pub const PG_REPORTED: u8 = 1 << 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -94,10 +94,16 @@ pub enum VmEvent {
     HighAtomicReserve,
     /// Reserved pageblocks given back under memory pressure.
     HighAtomicUnreserve,
+    /// Allocations of a pageblock or more (a huge page's worth): what a
+    /// guest reports as hugetlb allocations (Linux's
+    /// `htlb_buddy_alloc_success`; virtio-balloon's HTLB_PGALLOC stat).
+    PgAllocHuge,
+    /// Such allocations that returned no page (`htlb_buddy_alloc_fail`).
+    PgAllocHugeFail,
 }
 
 /// Number of [`VmEvent`] variants; the length of an [`EventCounters`].
-pub const NR_VM_EVENTS: usize = VmEvent::HighAtomicUnreserve as usize + 1;
+pub const NR_VM_EVENTS: usize = VmEvent::PgAllocHugeFail as usize + 1;
 
 impl VmEvent {
     /// Every event, in discriminant order (`ALL[e as usize] == e`).
@@ -133,6 +139,8 @@ impl VmEvent {
         VmEvent::NumaForeign,
         VmEvent::HighAtomicReserve,
         VmEvent::HighAtomicUnreserve,
+        VmEvent::PgAllocHuge,
+        VmEvent::PgAllocHugeFail,
     ];
 
     /// The /proc/vmstat-style name.
@@ -169,6 +177,8 @@ impl VmEvent {
             VmEvent::NumaForeign => "numa_foreign",
             VmEvent::HighAtomicReserve => "highatomic_reserve",
             VmEvent::HighAtomicUnreserve => "highatomic_unreserve",
+            VmEvent::PgAllocHuge => "htlb_buddy_alloc_success",
+            VmEvent::PgAllocHugeFail => "htlb_buddy_alloc_fail",
         }
     }
 

@@ -143,6 +143,9 @@ pub fn build(
     if let Some(cfg) = &res.entropy {
         devices.add_entropy(cfg, &vm.fd, vm.memory(), &mut cl)?;
     }
+    if let Some(cfg) = &res.balloon {
+        devices.add_balloon(cfg, &vm.fd, vm.shared_ram(), &mut cl)?;
+    }
     let cmdline = cl
         .as_cstring()
         .map_err(|e| DeviceError::Cmdline(e.to_string()))?

@@ -41,6 +41,15 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Drive the balloon of a running memvisor through its API socket
+    /// (Firecracker's /balloon endpoints).
+    Balloon {
+        #[command(subcommand)]
+        action: BalloonAction,
+        /// The API socket of the running memvisor (`run --api-sock PATH`).
+        #[arg(long, value_name = "PATH", global = true)]
+        api_sock: Option<PathBuf>,
+    },
     /// Write the bundled guest kernel (an ELF) to PATH, e.g. for
     /// `PUT /boot-source {"kernel_image_path": PATH}` or another VMM.
     Kernel {
@@ -131,6 +140,30 @@ struct RunArgs {
     /// started with PUT /actions {"action_type": "InstanceStart"}.
     #[arg(long)]
     wait_for_start: bool,
+    /// Add a virtio-balloon device: comma-separated key=value, every key
+    /// optional: amount_mib=N (initial target), deflate_on_oom=on|off,
+    /// free_page_reporting=on|off, stats_polling_interval_s=S (0: no
+    /// stats queue). E.g. `--balloon amount_mib=0,stats_polling_interval_s=1`.
+    #[arg(long, value_name = "KEY=VALUE,...", value_parser = parse_balloon_arg)]
+    balloon: Option<memvisor::devices::virtio::balloon::BalloonConfig>,
+}
+
+#[derive(Subcommand)]
+enum BalloonAction {
+    /// Set the target: PATCH /balloon {"amount_mib": N}.
+    Set {
+        /// Target balloon size in MiB.
+        amount_mib: u32,
+    },
+    /// The configuration in force: GET /balloon.
+    Get,
+    /// Statistics: GET /balloon/statistics; with --interval, set the
+    /// polling interval instead (PATCH /balloon/statistics).
+    Stats {
+        /// Seconds between the guest's stats updates (1 to 65535).
+        #[arg(long, value_name = "S")]
+        interval: Option<u16>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -230,6 +263,10 @@ fn parse_budget_arg(s: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_balloon_arg(s: &str) -> Result<memvisor::devices::virtio::balloon::BalloonConfig, String> {
+    memvisor::devices::virtio::balloon::BalloonConfig::from_flag(s)
+}
+
 fn parse_timeout_arg(s: &str) -> Result<Duration, String> {
     parse_timeout(s).map_err(|e| e.to_string())
 }
@@ -248,6 +285,7 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Balloon { action, api_sock } => balloon(action, api_sock),
         Command::Kernel { output } => match std::fs::write(&output, memvisor::firmware::BUNDLED) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -373,6 +411,7 @@ fn run(args: RunArgs) -> ExitCode {
         thp: args.thp,
         prefault: args.prefault,
         numa,
+        balloon: args.balloon,
         dirty_log: args.dirty_log,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
@@ -445,6 +484,56 @@ fn run(args: RunArgs) -> ExitCode {
         );
     }
     ExitCode::from(code as u8)
+}
+
+/// `memvisor balloon …`: one request, the answer's body on stdout; a
+/// refusal (4xx) is bad input (exit 2), an unreachable socket exit 1.
+fn balloon(action: BalloonAction, sock: Option<PathBuf>) -> ExitCode {
+    let Some(sock) = sock else {
+        eprintln!("memvisor: balloon: error: --api-sock PATH is required (the socket of `memvisor run --api-sock PATH`)");
+        return ExitCode::from(EXIT_BAD_INPUT);
+    };
+    let (method, uri, body) = match action {
+        BalloonAction::Set { amount_mib } => (
+            "PATCH",
+            "/balloon",
+            Some(format!("{{\"amount_mib\": {amount_mib}}}")),
+        ),
+        BalloonAction::Get => ("GET", "/balloon", None),
+        BalloonAction::Stats { interval: None } => ("GET", "/balloon/statistics", None),
+        BalloonAction::Stats { interval: Some(s) } => (
+            "PATCH",
+            "/balloon/statistics",
+            Some(format!("{{\"stats_polling_interval_s\": {s}}}")),
+        ),
+    };
+    match memvisor::api::client::request(&sock, method, uri, body.as_deref()) {
+        Ok((status, text)) if (200..300).contains(&status) => {
+            if !text.is_empty() {
+                let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or(text);
+                let _ = writeln!(std::io::stdout().lock(), "{pretty}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((status, text)) => {
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("fault_message")?.as_str().map(str::to_owned))
+                .unwrap_or(text);
+            eprintln!("memvisor: balloon: error: {method} {uri} answered {status}: {msg}");
+            ExitCode::from(if status < 500 { EXIT_BAD_INPUT } else { 1 })
+        }
+        Err(e) => {
+            eprintln!(
+                "memvisor: balloon: error: cannot reach the API at {}: {e}",
+                sock.display()
+            );
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

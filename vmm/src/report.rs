@@ -184,6 +184,9 @@ pub struct Report {
     /// Each vCPU's guest node and host CPU affinity, read back at the end.
     pub vcpus: Vec<VcpuReport>,
     pub exits: ExitCounts,
+    /// The virtio-balloon (`--balloon`, `PUT /balloon`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::devices::virtio::balloon::BalloonReport>,
     /// Guest records (JSON lines and console text) beyond the budget or the
     /// event queue's limit, and their bytes.
     pub dropped_records: u64,
@@ -403,6 +406,7 @@ pub(crate) mod tests {
             memory: MemoryReport::default(),
             vcpus: Vec::new(),
             exits: ExitCounts::default(),
+            balloon: None,
             dropped_records: 0,
             dropped_bytes: 0,
             exit: ExitReport {

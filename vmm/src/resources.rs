@@ -47,6 +47,8 @@ pub struct VmResources {
     pub prefault: bool,
     /// `--numa`: guest NUMA nodes on host nodes; None is one node, unbound.
     pub numa: Option<NumaConfig>,
+    /// A virtio-balloon device (`--balloon`, `PUT /balloon`).
+    pub balloon: Option<crate::devices::virtio::balloon::BalloonConfig>,
     /// `--dirty-log`: which pages of guest RAM were written.
     pub dirty_log: crate::memory::dirty::DirtyMode,
 }
@@ -66,6 +68,7 @@ impl Default for VmResources {
             thp: Thp::On,
             prefault: false,
             numa: None,
+            balloon: None,
             dirty_log: Default::default(),
         }
     }
@@ -102,6 +105,8 @@ pub enum ConfigError {
     Numa(#[from] NumaError),
     #[error("--timeout {0}: must be a number of seconds above 0 and below 1e9")]
     BadTimeout(String),
+    #[error("--balloon amount_mib={0}: more than the guest's {1} MiB of memory (valid: 0 to {1})")]
+    BalloonTooLarge(u32, u64),
     #[error("--kernel {0}: not a regular file (a kernel image is an ELF or bzImage file)")]
     KernelNotFile(String),
     #[error("--kernel {path}: {size} bytes is larger than the guest's {memory} of RAM")]
@@ -160,6 +165,14 @@ impl VmResources {
         }
         if self.backing.is_hugetlb() && self.thp == Thp::Off {
             return Err(ConfigError::ThpOffWithHugetlb(self.backing.name()));
+        }
+        if let Some(b) = &self.balloon {
+            if u64::from(b.amount_mib) * MIB > self.memory {
+                return Err(ConfigError::BalloonTooLarge(
+                    b.amount_mib,
+                    self.memory / MIB,
+                ));
+            }
         }
         if self.kernel == KernelSource::Bundled && self.vcpus as usize > crate::abi::MAX_VCPUS {
             return Err(ConfigError::TooManyVcpusForBundled(

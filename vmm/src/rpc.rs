@@ -151,6 +151,11 @@ impl Vmm {
                 }
                 Err(err) => ApiResponse::bad_request(format!("rate_limiter: {err}")),
             },
+            ApiRequest::PutBalloon(_)
+            | ApiRequest::PatchBalloon(_)
+            | ApiRequest::GetBalloon
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::PatchBalloonStats(_) => self.balloon_request(&msg.request),
             ApiRequest::PatchVm(state) => {
                 let t = Instant::now();
                 let done = match state {
@@ -180,6 +185,44 @@ impl Vmm {
         };
         msg.respond(answer);
         Followup::None
+    }
+
+    /// The balloon's endpoints, with Firecracker's answers: pre-boot they
+    /// edit the resources, afterwards they go to the device.
+    fn balloon_request(&mut self, req: &ApiRequest) -> ApiResponse {
+        use crate::devices::virtio::balloon::BalloonError;
+        let bad = |e: BalloonError| ApiResponse::bad_request(e.to_string());
+        if let ApiRequest::PutBalloon(cfg) = req {
+            return match cfg.validate(self.resources.memory) {
+                Ok(()) => {
+                    self.resources.balloon = Some(*cfg);
+                    ApiResponse::no_content()
+                }
+                Err(e) => bad(e),
+            };
+        }
+        let dev = self.built.as_ref().and_then(|b| b.devices.balloon.clone());
+        let Some(dev) = dev else {
+            return match (req, self.resources.balloon) {
+                (ApiRequest::GetBalloon, Some(cfg)) if self.built.is_none() => {
+                    ApiResponse::ok_json(&cfg)
+                }
+                _ => bad(BalloonError::DeviceNotFound),
+            };
+        };
+        let mut b = dev.lock().unwrap_or_else(|p| p.into_inner());
+        let done = match req {
+            ApiRequest::GetBalloon => return ApiResponse::ok_json(&b.config()),
+            ApiRequest::GetBalloonStats if !b.stats_enabled() => Err(BalloonError::StatsNotFound),
+            ApiRequest::GetBalloonStats => return ApiResponse::ok_json(&b.report()),
+            ApiRequest::PatchBalloon(u) => b.update_target(u.amount_mib),
+            ApiRequest::PatchBalloonStats(u) => b.update_stats_interval(u.stats_polling_interval_s),
+            _ => Ok(()),
+        };
+        match done {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => bad(e),
+        }
     }
 
     fn replace(&mut self, next: Result<VmResources, String>) -> ApiResponse {

@@ -367,6 +367,7 @@ impl Vmm {
         let mut memory = MemoryReport::default();
         let mut exits = ExitCounts::default();
         let mut vcpus = Vec::new();
+        let mut balloon = None;
         let (mut kernel, mut kernel_format, mut cmdline, mut tsc_khz) = (
             builder::kernel_name(&self.resources.kernel),
             None,
@@ -378,6 +379,12 @@ impl Vmm {
             memory.accounting = b.vm.accounting();
             vcpus = VcpuReport::of(&b.vcpus, self.resources.numa.as_ref());
             vcpu::finish_all(&mut b.vcpus);
+            balloon = b.devices.balloon.as_ref().map(|d| {
+                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+                // Pending collapses first, so the report counts them all.
+                d.finish_collapses();
+                d.report()
+            });
             phases.teardown_done = Some(since_origin_us(now_ns()));
             dirty = b.vm.dirty().map(|d| d.finish());
             let c = &b.counters;
@@ -434,6 +441,7 @@ impl Vmm {
             memory,
             vcpus,
             exits,
+            balloon,
             dropped_records: self.log.dropped_records,
             dropped_bytes: self.log.dropped_bytes,
             exit,

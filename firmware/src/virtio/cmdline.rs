@@ -74,7 +74,8 @@ pub fn parse(value: &str) -> Result<MmioDevice, DeviceParamError> {
     Ok(MmioDevice { base, size, irq })
 }
 
-fn parse_size(s: &str) -> Option<u64> {
+/// A size with an optional K/M/G suffix (Linux's memparse), not 0.
+pub fn parse_size(s: &str) -> Option<u64> {
     let (digits, shift) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 10),
         b'm' | b'M' => (&s[..s.len() - 1], 20),

@@ -10,6 +10,9 @@
 //! keeps a copy of the status byte instead of re-reading it, and the data
 //! path touches only QueueNotify (when the device asked for it) and the
 //! interrupt registers (once per interrupt).
+pub mod balloon;
+pub mod balloon_list;
+mod balloon_report;
 pub mod cmdline;
 pub mod queue;
 pub mod ring;
@@ -484,9 +487,24 @@ impl Transport {
         Ok(())
     }
 
+    /// A 32-bit field of the device-specific configuration (one exit).
+    pub fn config_read32(&self, offset: u64) -> u32 {
+        self.read(REG_CONFIG + offset)
+    }
+
+    /// Writes a 32-bit field of the device-specific configuration.
+    pub fn config_write32(&self, offset: u64, v: u32) {
+        self.write(REG_CONFIG + offset, v)
+    }
+
     /// QueueNotify for `q`: one exit.
     pub fn notify(&self, q: &Virtqueue) {
-        self.write(REG_QUEUE_NOTIFY, q.index() as u32);
+        self.notify_index(q.index());
+    }
+
+    /// QueueNotify for queue `index` (for rings written by hand).
+    pub fn notify_index(&self, index: u16) {
+        self.write(REG_QUEUE_NOTIFY, index as u32);
     }
 
     /// Reads InterruptStatus and acknowledges what it shows (two exits);

@@ -1,6 +1,8 @@
 //! Workloads chosen with `workload=NAME` on the command line. Each runs on
 //! every CPU at once; CPU 0 reports the result line and returns the verdict.
 mod alloc;
+mod balloon;
+mod balloon_hostile;
 mod dirty;
 mod entropy;
 mod flood;
@@ -59,6 +61,14 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "spin",
         run: spin,
+    },
+    Workload {
+        name: "balloon-hold",
+        run: balloon::hold,
+    },
+    Workload {
+        name: "balloon-hostile",
+        run: balloon_hostile::run,
     },
     Workload {
         name: "touch",

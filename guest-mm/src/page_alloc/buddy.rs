@@ -17,7 +17,7 @@ use crate::gfp::AllocFlags;
 use crate::mmzone::{
     MigrateType, MAX_ORDER, MIGRATE_TYPES, NR_ORDERS, PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
-use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_RESERVED};
+use crate::page::{MemMap, NIL, PG_ALLOC, PG_BUDDY, PG_REPORTED, PG_RESERVED};
 
 #[derive(Clone, Copy, Debug)]
 pub struct FreeList {
@@ -60,6 +60,11 @@ pub struct FreeArea {
     pub nr_isolate_pageblock: u64,
     /// Lock acquisitions, for the per-CPU-list checks (row 14).
     pub lock_acquisitions: u64,
+    /// Frees that left a block of at least `reporting::PAGE_REPORTING_ORDER`
+    /// on the lists: what may have made free page reporting worth a pass
+    /// (Linux's `page_reporting_notify_free`). Reporting's own putbacks
+    /// take theirs back.
+    pub reportable_frees: u64,
     pub fallbacks: u64,
     pub steals_whole_block: u64,
     pub retypes: u64,
@@ -72,6 +77,7 @@ impl FreeArea {
         nr_reserved_highatomic: 0,
         nr_isolate_pageblock: 0,
         lock_acquisitions: 0,
+        reportable_frees: 0,
         fallbacks: 0,
         steals_whole_block: 0,
         retypes: 0,
@@ -179,7 +185,7 @@ impl Buddy<'_> {
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
-        p.flags &= !PG_BUDDY;
+        p.flags &= !(PG_BUDDY | PG_REPORTED);
     }
 
     #[inline(always)]
@@ -200,7 +206,7 @@ impl Buddy<'_> {
         }
         l.count -= 1;
         self.area.nr_free[order] -= 1;
-        p.flags &= !PG_BUDDY;
+        p.flags &= !(PG_BUDDY | PG_REPORTED);
     }
 
     fn move_to(&mut self, idx: u32, mt: MigrateType) {
@@ -594,8 +600,10 @@ impl Buddy<'_> {
             // SAFETY: lo <= buddy < hi, and the zone lies inside the map
             // (checked when this Buddy was made).
             let b = unsafe { self.map.at_unchecked(buddy) };
-            // Exactly PG_BUDDY: a free block head, not reserved, not cached.
-            if b.flags != PG_BUDDY || b.order as usize != order {
+            // Exactly PG_BUDDY (reported or not): a free block head, not
+            // reserved, not cached. A reported buddy merges: the merged
+            // block is unreported (`unlink` clears the mark).
+            if b.flags & !PG_REPORTED != PG_BUDDY || b.order as usize != order {
                 break;
             }
             // Never merge an isolated pageblock into a usable one.
@@ -628,6 +636,9 @@ impl Buddy<'_> {
         // that was checked against the zone span.
         let p = unsafe { self.map.at_unchecked(idx) };
         self.add_page(idx, p, order, mt, tail);
+        if order >= super::reporting::PAGE_REPORTING_ORDER {
+            self.area.reportable_frees += 1;
+        }
     }
 
     fn isolation_differs(&self, a: u32, b: u32) -> bool {

@@ -15,6 +15,7 @@
 //! drain those lists takes the same lock and does the work itself.
 mod boost;
 pub mod buddy;
+pub mod reporting;
 mod slowpath;
 pub mod zone;
 
@@ -250,6 +251,9 @@ pub struct PageAllocator {
     /// kcompactd wake-ups from kswapd context, which has no per-CPU
     /// counters of its own (added to [`VmEvent::KcompactdWake`]).
     kcompactd_wakes: AtomicU64,
+    /// Pages freed by [`PageAllocator::free_from_hook`], which has no
+    /// per-CPU counters to use (added to [`VmEvent::PgFree`]).
+    hook_frees: AtomicU64,
 }
 
 static NO_HOOKS: NoHooks = NoHooks;
@@ -285,6 +289,7 @@ impl PageAllocator {
         mt_of: [MigrateType::Unmovable; 4],
         policy_zone: ZoneType::Dma,
         kcompactd_wakes: AtomicU64::new(0),
+        hook_frees: AtomicU64::new(0),
     };
 
     /// Takes over all free memory from memblock (memblock_free_all): the
@@ -650,6 +655,7 @@ impl PageAllocator {
             VmEvent::KcompactdWake,
             self.kcompactd_wakes.load(Ordering::Relaxed),
         );
+        e.add(VmEvent::PgFree, self.hook_frees.load(Ordering::Relaxed));
         e
     }
 
@@ -1236,6 +1242,9 @@ impl CpuCache<'_> {
         };
         let Some(idx) = idx else {
             self.pages.events.inc(VmEvent::AllocFail);
+            if order >= PAGEBLOCK_ORDER {
+                self.pages.events.inc(VmEvent::PgAllocHugeFail);
+            }
             return None;
         };
         let z = self
@@ -1508,6 +1517,9 @@ impl CpuCache<'_> {
         ev.add(VmEvent::PgAlloc, 1 << order);
         if order > 0 {
             ev.inc(VmEvent::PgAllocHighOrder);
+            if order >= PAGEBLOCK_ORDER {
+                ev.inc(VmEvent::PgAllocHuge);
+            }
         }
         self.a.map.to_pfn(idx)
     }

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 /// total counts and the lock-free mirror agree; and no two free buddies of
 /// the same order are left unmerged.
 pub(crate) fn check_free_lists(a: &PageAllocator) {
-    use crate::page::{NIL, PG_BUDDY};
+    use crate::page::{NIL, PG_BUDDY, PG_REPORTED};
     for z in a.zones() {
         let area = z.free.lock();
         let mut total = 0;
@@ -26,7 +26,11 @@ pub(crate) fn check_free_lists(a: &PageAllocator) {
                     // SAFETY: the zone lock is held; the copy is read only.
                     let p = *unsafe { a.map.at(i) };
                     let pfn = a.map.pfn(i);
-                    assert_eq!(p.flags, PG_BUDDY, "pfn {pfn}: flags of a free block");
+                    assert_eq!(
+                        p.flags & !PG_REPORTED,
+                        PG_BUDDY,
+                        "pfn {pfn}: flags of a free block"
+                    );
                     assert_eq!((p.order as usize, p.mt), (o, mt as u8), "pfn {pfn}");
                     assert_eq!(p.prev, prev, "pfn {pfn}: broken back link");
                     assert!(z.contains(pfn) && pfn.is_multiple_of(1 << o), "pfn {pfn}");

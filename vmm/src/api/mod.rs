@@ -37,6 +37,7 @@ use serde_json::Value;
 
 pub use inbox::ApiInbox;
 pub use request::actions::ActionType;
+pub use request::balloon::{BalloonConfig, BalloonStatsUpdate, BalloonUpdate};
 pub use request::boot_source::BootSource;
 pub use request::entropy::{EntropyConfig, RateLimiterConfig, TokenBucketConfig};
 pub use request::instance_info::{InstanceInfo, InstanceState};
@@ -96,6 +97,16 @@ pub enum ApiRequest {
     /// `PUT /actions` → 204. `InstanceStart` is pre-boot only, the others
     /// post-boot only.
     Action(ActionType),
+    /// `PUT /balloon` → 204. Pre-boot only.
+    PutBalloon(BalloonConfig),
+    /// `PATCH /balloon` → 204. Post-boot only.
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon` → 200 [`BalloonConfig`].
+    GetBalloon,
+    /// `GET /balloon/statistics` → 200. Post-boot only.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics` → 204. Post-boot only.
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 /// Firecracker's wording, so scripts that match on it keep working.
@@ -116,11 +127,13 @@ impl ApiRequest {
         match self {
             ApiRequest::GetInstanceInfo
             | ApiRequest::GetMachineConfig
-            | ApiRequest::GetVmConfig => Ok(()),
+            | ApiRequest::GetVmConfig
+            | ApiRequest::GetBalloon => Ok(()),
             ApiRequest::PutMachineConfig(_)
             | ApiRequest::PatchMachineConfig(_)
             | ApiRequest::PutBootSource(_)
             | ApiRequest::PutEntropy(_)
+            | ApiRequest::PutBalloon(_)
             | ApiRequest::Action(ActionType::InstanceStart) => {
                 if started {
                     Err(ApiResponse::bad_request(NOT_SUPPORTED_POST_BOOT))
@@ -129,6 +142,9 @@ impl ApiRequest {
                 }
             }
             ApiRequest::PatchVm(_)
+            | ApiRequest::PatchBalloon(_)
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::PatchBalloonStats(_)
             | ApiRequest::GetVmMemory
             | ApiRequest::Action(ActionType::FlushMetrics)
             | ApiRequest::Action(ActionType::SendCtrlAltDel) => {
@@ -252,6 +268,7 @@ mod tests {
                 initrd_path: None,
             }),
             ApiRequest::PutEntropy(EntropyConfig::default()),
+            ApiRequest::PutBalloon(BalloonConfig::default()),
             ApiRequest::Action(ActionType::InstanceStart),
         ];
         let post = [
@@ -259,11 +276,17 @@ mod tests {
             ApiRequest::PatchVm(VmState::Resumed),
             ApiRequest::Action(ActionType::FlushMetrics),
             ApiRequest::Action(ActionType::SendCtrlAltDel),
+            ApiRequest::PatchBalloon(BalloonUpdate { amount_mib: 1 }),
+            ApiRequest::GetBalloonStats,
+            ApiRequest::PatchBalloonStats(BalloonStatsUpdate {
+                stats_polling_interval_s: 1,
+            }),
         ];
         let any = [
             ApiRequest::GetInstanceInfo,
             ApiRequest::GetMachineConfig,
             ApiRequest::GetVmConfig,
+            ApiRequest::GetBalloon,
         ];
         for r in &pre {
             assert_eq!(r.allowed_in(NotStarted), Ok(()), "{r:?}");

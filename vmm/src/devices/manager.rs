@@ -43,6 +43,8 @@ pub enum DeviceError {
     Allocator(#[from] vm_allocator::Error),
     #[error("virtio-rng: {0}")]
     Rng(#[from] crate::devices::virtio::rng::RngError),
+    #[error("virtio-balloon: {0}")]
+    Balloon(#[from] crate::devices::virtio::balloon::BalloonError),
     #[error(transparent)]
     Virtio(#[from] crate::devices::virtio::VirtioError),
     #[error("kernel command line: {0}")]
@@ -62,6 +64,8 @@ pub struct DeviceManager {
     pub results: Option<Arc<HostIo>>,
     /// The entropy device, for its metrics.
     pub rng: Option<Arc<Mutex<crate::devices::virtio::rng::Rng>>>,
+    /// The balloon, for the API and the report.
+    pub balloon: Option<Arc<Mutex<crate::devices::virtio::balloon::Balloon>>>,
 }
 
 impl DeviceManager {
@@ -76,6 +80,7 @@ impl DeviceManager {
             subscribers: Vec::new(),
             results: None,
             rng: None,
+            balloon: None,
         })
     }
 
@@ -172,6 +177,32 @@ impl DeviceManager {
         log::debug!("virtio-rng at {:#x}, IRQ {}", slot.base, slot.irq);
         self.rng = Some(rng.clone());
         self.subscribers.push(rng);
+        Ok(())
+    }
+
+    /// A virtio-balloon device over `ram`; its token goes on `cmdline`.
+    pub fn add_balloon(
+        &mut self,
+        cfg: &crate::devices::virtio::balloon::BalloonConfig,
+        vm: &VmFd,
+        ram: Arc<crate::memory::GuestRam>,
+        cmdline: &mut linux_loader::cmdline::Cmdline,
+    ) -> Result<(), DeviceError> {
+        use crate::devices::virtio::{attach_mmio_device, balloon::Balloon};
+        let (size, end, mem) = (ram.size(), ram.end(), ram.memory().clone());
+        let balloon = Arc::new(Mutex::new(Balloon::new(cfg, ram, size, end)?));
+        let slot = attach_mmio_device(
+            balloon.clone(),
+            &mem,
+            vm,
+            &mut self.io,
+            &mut self.mmio_addresses,
+            &mut self.irqs,
+            cmdline,
+        )?;
+        log::debug!("virtio-balloon at {:#x}, IRQ {}", slot.base, slot.irq);
+        self.balloon = Some(balloon.clone());
+        self.subscribers.push(balloon);
         Ok(())
     }
 

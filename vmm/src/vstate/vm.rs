@@ -64,7 +64,8 @@ pub struct Vm {
     /// Shared with the userspace IOAPIC of a split irqchip, which sets GSI
     /// routes; it lives on the device bus, dropped before the VM.
     pub fd: Arc<VmFd>,
-    ram: GuestRam,
+    /// Shared with devices that give memory back to the host (the balloon).
+    ram: Arc<GuestRam>,
 }
 
 impl Vm {
@@ -104,7 +105,11 @@ impl Vm {
                 ring,
             ))
         });
-        Ok(Vm { dirty, fd, ram })
+        Ok(Vm {
+            dirty,
+            fd,
+            ram: Arc::new(ram),
+        })
     }
 
     /// The interrupt controllers of `mode`. Interrupts handled in the
@@ -198,6 +203,11 @@ impl Vm {
 
     pub fn ram(&self) -> &GuestRam {
         &self.ram
+    }
+
+    /// A handle on guest RAM for a device that discards or collapses it.
+    pub fn shared_ram(&self) -> Arc<GuestRam> {
+        self.ram.clone()
     }
 
     pub fn memory(&self) -> &GuestMemory {

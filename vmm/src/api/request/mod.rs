@@ -12,6 +12,7 @@
 //! than silently ignored.
 
 pub mod actions;
+pub mod balloon;
 pub mod boot_source;
 pub mod entropy;
 pub mod instance_info;
@@ -55,6 +56,11 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         ("PUT", ["boot-source"]) => boot_source::parse_put(body),
         ("PUT", ["entropy"]) => entropy::parse_put(body),
         ("PUT", ["actions"]) => actions::parse_put(body),
+        ("GET", ["balloon"]) => Ok(ApiRequest::GetBalloon),
+        ("GET", ["balloon", "statistics"]) => Ok(ApiRequest::GetBalloonStats),
+        ("PUT", ["balloon"]) => balloon::parse_put(body),
+        ("PATCH", ["balloon"]) => balloon::parse_patch(body),
+        ("PATCH", ["balloon", "statistics"]) => balloon::parse_patch_stats(body),
         _ => Err(invalid_path_method(method, path)),
     }
 }

@@ -32,6 +32,7 @@
 //! vCPU threads then pass MMIO exits to `io_manager.mmio_read/mmio_write`;
 //! a guest kick is a 32-bit write of the queue index to base + 0x50, which
 //! KVM swallows (ioeventfd, datamatch = index).
+pub mod balloon;
 pub mod mmio;
 pub mod rng;
 

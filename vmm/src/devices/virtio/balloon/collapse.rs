@@ -1,0 +1,171 @@
+//! Huge pages back after a balloon cycle, off the vCPU threads and the
+//! event loop.
+//!
+//! A 4 KiB-mode inflate discards single pages out of the host's 2 MiB THPs,
+//! which splits them; when the guest takes the pages back (deflate) and
+//! reuses them, each refaults as a 4 KiB host page, and the range stays
+//! split for good (khugepaged is slow and off by default for madvise
+//! mappings here). So every 2 MiB block the guest deflated is handed to
+//! this worker, which waits a while (the guest is reusing it; default
+//! [`DEFAULT_COLLAPSE_DELAY`]) and then asks the host to rebuild the huge
+//! page with MADV_COLLAPSE (`GuestRam::collapse`, synchronous, milliseconds
+//! per block, which is why it is a thread of its own).
+//!
+//! A block is collapsed only if none of its pages is in the balloon at that
+//! moment: collapsing fills missing pages, which would hand an inflated
+//! page's memory back to the guest. The check and the collapse happen
+//! under the lock of the inflated-page map, which the device takes before
+//! it marks pages inflated and discards them, so the two never interleave.
+//!
+//! The worker also reads guest RAM's smaps (Rss, AnonHugePages) for the
+//! timeline, since that read takes milliseconds for a large guest.
+use std::collections::BTreeSet;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::device::{HostMemory, PageMap};
+use super::metrics::{BalloonMetrics, Shared, ThpPoint};
+use super::HUGE_PAGE;
+use crate::clock::{now_ns, since_origin_us};
+
+pub const DEFAULT_COLLAPSE_DELAY: Duration = Duration::from_secs(1);
+
+/// What the device asks of the worker.
+#[derive(Debug)]
+pub enum Job {
+    /// Deflated 2 MiB blocks (guest-physical bases) to collapse after the
+    /// delay.
+    Collapse(Vec<u64>),
+    /// Collapse what is pending now.
+    Flush,
+    /// The guest reached an inflate target: THP coverage for the timeline,
+    /// and the Rss of step `.0`.
+    AfterInflate(usize),
+    /// The guest reached a deflate target (step `.0`).
+    AfterDeflate(usize),
+}
+
+pub struct CollapseWorker {
+    tx: Option<mpsc::Sender<Job>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl CollapseWorker {
+    pub fn spawn(
+        host: Arc<dyn HostMemory>,
+        shared: Arc<Shared>,
+        inflated: Arc<Mutex<PageMap>>,
+        delay: Duration,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("balloon-collapse".into())
+            .spawn(move || run(rx, &*host, &shared, &inflated, delay))?;
+        Ok(CollapseWorker {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Collapses what is pending now and stops the worker, waiting for it:
+    /// at teardown, so the report counts every deflated block.
+    pub fn finish(&mut self) {
+        self.send(Job::Flush);
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+
+    pub fn send(&self, job: Job) {
+        if let Some(tx) = &self.tx {
+            // A worker that died (it cannot panic short of a bug) only
+            // stops collapses; the device goes on.
+            let _ = tx.send(job);
+        }
+    }
+}
+
+impl Drop for CollapseWorker {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn point(host: &dyn HostMemory) -> Option<ThpPoint> {
+    let (rss, huge) = host.usage()?;
+    Some(ThpPoint::new(since_origin_us(now_ns()), rss, huge))
+}
+
+fn run(
+    rx: mpsc::Receiver<Job>,
+    host: &dyn HostMemory,
+    shared: &Shared,
+    inflated: &Mutex<PageMap>,
+    delay: Duration,
+) {
+    // A set: a block deflated twice is collapsed once, and the set never
+    // holds more than guest RAM's 2 MiB blocks.
+    let mut pending = BTreeSet::new();
+    let mut due: Option<Instant> = None;
+    loop {
+        let job = match due {
+            Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match job {
+            Ok(Job::Collapse(blocks)) => {
+                pending.extend(blocks);
+                due = Some(Instant::now() + delay);
+            }
+            Ok(Job::Flush) | Err(RecvTimeoutError::Timeout) => {
+                collapse(host, &shared.metrics, inflated, &mut pending);
+                due = None;
+                if let Some(p) = point(host) {
+                    shared.timeline().thp_after_deflate = Some(p);
+                }
+            }
+            Ok(Job::AfterInflate(step)) => {
+                if let Some(p) = point(host) {
+                    let mut t = shared.timeline();
+                    t.thp_after_inflate.get_or_insert(p);
+                    if let Some(s) = t.steps.get_mut(step) {
+                        s.guest_rss_after_bytes = Some(p.guest_rss_bytes);
+                    }
+                }
+            }
+            Ok(Job::AfterDeflate(step)) => {
+                if let Some(p) = point(host) {
+                    if let Some(s) = shared.timeline().steps.get_mut(step) {
+                        s.guest_rss_after_bytes = Some(p.guest_rss_bytes);
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn collapse(
+    host: &dyn HostMemory,
+    m: &BalloonMetrics,
+    inflated: &Mutex<PageMap>,
+    pending: &mut BTreeSet<u64>,
+) {
+    for gpa in std::mem::take(pending) {
+        let map = inflated.lock().unwrap_or_else(|p| p.into_inner());
+        if map.any_in(gpa, HUGE_PAGE) {
+            BalloonMetrics::add(&m.collapse_skipped, 1);
+            continue;
+        }
+        match host.collapse(gpa, HUGE_PAGE) {
+            Ok(()) => BalloonMetrics::add(&m.ranges_collapsed, 1),
+            Err(_) => BalloonMetrics::add(&m.collapse_errors, 1),
+        }
+    }
+}
