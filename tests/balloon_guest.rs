@@ -171,6 +171,12 @@ fn cycle(mode: &str, vcpus: &str) {
     assert_eq!(u64_at(b, "inflated_pages"), 131072, "{b}");
     assert_eq!(u64_at(b, "deflated_pages"), 131072, "{b}");
     assert_eq!(u64_at(w, "held_errors") + u64_at(w, "reuse_errors"), 0, "{w}");
+    // Nothing leaked: with the balloon empty, every page is free again.
+    assert_eq!(
+        u64_at(w, "free_pages_end"),
+        u64_at(w, "free_pages_start"),
+        "{w}"
+    );
     // The deflated memory was used again: more than the 512 MiB that was
     // in the balloon is reused.
     assert!(u64_at(w, "reused_pages") > 131072, "{w}");
@@ -224,6 +230,11 @@ fn an_oom_deflates_the_balloon_and_the_allocation_goes_on() {
         assert!(u64_at(b, "oom_deflates") > 1, "{mode}: {b}");
         assert!(u64_at(b, "oom_deflated_pages") >= 190 * 256, "{mode}: {b}");
         assert!(u64_at(w, "reused_pages") > 200 * 256, "{mode}: {w}");
+        assert_eq!(
+            u64_at(w, "free_pages_end"),
+            u64_at(w, "free_pages_start"),
+            "{mode}: {w}"
+        );
         assert_eq!(w["ok"], true, "{w}");
     }
 }
@@ -267,6 +278,12 @@ fn free_page_reporting_hands_freed_memory_back_without_inflating() {
     // watermark's share.
     assert!(u64_at(b, "reported_pages") >= 400 * 256, "{b}");
     assert!(u64_at(b, "report_passes") >= 1, "{b}");
+    // Every reported block came back to the free lists.
+    assert_eq!(
+        u64_at(w, "free_pages_end"),
+        u64_at(w, "free_pages_start"),
+        "{w}"
+    );
     let host = &out.report()["balloon"];
     assert!(u64_at(host, "report_pages") >= 400 * 256, "{host}");
     // And the host let go of it: the guest's Rss at the end is what was
