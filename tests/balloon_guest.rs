@@ -136,7 +136,10 @@ fn cycle(mode: &str, vcpus: &str) {
     // a target is refused.
     let t = Instant::now();
     while vmm.call("PATCH", "/balloon", Some(r#"{"amount_mib":0}"#)).0 != 204 {
-        assert!(t.elapsed() < Duration::from_secs(20), "the driver never came up");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the driver never came up"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let before = vmm.rss();
@@ -170,7 +173,11 @@ fn cycle(mode: &str, vcpus: &str) {
     let b = &w["balloon"];
     assert_eq!(u64_at(b, "inflated_pages"), 131072, "{b}");
     assert_eq!(u64_at(b, "deflated_pages"), 131072, "{b}");
-    assert_eq!(u64_at(w, "held_errors") + u64_at(w, "reuse_errors"), 0, "{w}");
+    assert_eq!(
+        u64_at(w, "held_errors") + u64_at(w, "reuse_errors"),
+        0,
+        "{w}"
+    );
     // Nothing leaked: with the balloon empty, every page is free again.
     assert_eq!(
         u64_at(w, "free_pages_end"),
@@ -341,11 +348,17 @@ fn balloon_mode_and_sizes_are_checked() {
         "workload=balloon-hold size=12345",
     ]);
     assert_eq!(out.code, Some(1), "{}", out.describe());
-    let m = out.guest_event("error")["message"].as_str().unwrap().to_string();
+    let m = out.guest_event("error")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(m.contains("size=12345"), "{m}");
     // No device: say how to get one.
     let out = run(&["--cmdline", "workload=balloon-hold"]);
     assert_eq!(out.code, Some(1), "{}", out.describe());
-    let m = out.guest_event("error")["message"].as_str().unwrap().to_string();
+    let m = out.guest_event("error")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(m.contains("--balloon"), "{m}");
 }

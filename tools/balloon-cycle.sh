@@ -1,52 +1,67 @@
 #!/usr/bin/env bash
-# One inflate/deflate cycle of the bundled guest's balloon driver through
-# the control API, with guest RAM resident first (--prefault), and the
-# timings both sides measured: the guest's (target read -> actual reached)
-# and the host's steps (target set -> actual reached, -> Rss change done),
-# with the driver's batches, kicks and interrupts.
+# One balloon cycle against a prefaulted guest, driven through the API as a
+# user would, and what the report's `balloon` section says of it: per step,
+# target set → actual reached and → the Rss drop complete, the reclaim rate,
+# the host Rss before and after, whole 2 MiB blocks freed, collapses and THP
+# coverage before inflate, after inflate and after deflate and reuse.
 #
-#   tools/balloon-cycle.sh MODE MEMORY INFLATE_MIB
-#   tools/balloon-cycle.sh 2m 1G 768
+#   tools/balloon-cycle.sh [--mode 2m|4k] [--memory SIZE] [--amount MIB] [--bin PATH]
 #
-# MODE: 4k or 2m (balloon_mode=). Uses target/release/memvisor (build it
-# first: cargo build --release). The memvisor bench for the issue's goals
-# is `memvisor bench balloon`; this is the driver's own view of one cycle.
+# Defaults: 2m, 1G, 512, target/release/memvisor (build it first:
+# `cargo build --release`). Needs /dev/kvm and jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=${1:?mode 4k or 2m}
-mem=${2:?memory, e.g. 1G}
-mib=${3:?MiB to inflate}
+
+mode=2m
+memory=1G
+amount=512
 bin=target/release/memvisor
-sock=$(mktemp -u /tmp/balloon-cycle-XXXXXX.sock)
-report=$(mktemp /tmp/balloon-cycle-XXXXXX.json)
-trap 'rm -f "$sock" "$report"' EXIT
-"$bin" run --memory "$mem" --prefault --api-sock "$sock" --balloon amount_mib=0 \
-    --cmdline "workload=balloon-hold size=64M balloon_mode=$mode" \
-    --report "$report" --quiet --timeout 120 &
-vmm=$!
-# Refused until the guest's driver has set the device up.
-until "$bin" balloon set 0 --api-sock "$sock" 2>/dev/null; do sleep 0.1; done
-sleep 0.5
-"$bin" balloon set "$mib" --api-sock "$sock"
-sleep 2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --mode) mode="$2"; shift 2 ;;
+        --memory) memory="$2"; shift 2 ;;
+        --amount) amount="$2"; shift 2 ;;
+        --bin) bin="$2"; shift 2 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+dir=$(mktemp -d /tmp/memvisor-balloon-cycle.XXXXXX)
+sock="$dir/api.sock"
+report="$dir/report.json"
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+"$bin" run --quiet --memory "$memory" --prefault --timeout 300 \
+    --api-sock "$sock" --report "$report" \
+    --balloon amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1 \
+    --cmdline "console=ttyS0 workload=balloon-hold size=128M cycles=1 seconds=240 balloon_mode=$mode" &
+pid=$!
+
+rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status"; }
+# Firecracker refuses a target until the guest's driver is up.
+until "$bin" balloon set 0 --api-sock "$sock" 2>/dev/null; do sleep 0.05; done
+before=$(rss)
+"$bin" balloon set "$amount" --api-sock "$sock"
+until [ "$("$bin" balloon stats --api-sock "$sock" | jq .actual_mib)" = "$amount" ]; do
+    sleep 0.01
+done
+after=$(rss)
 "$bin" balloon set 0 --api-sock "$sock"
-wait "$vmm"
-python3 - "$mode" "$mem" "$report" <<'PY'
-import json, sys
-mode, mem, path = sys.argv[1:4]
-r = json.load(open(path))
-w = [g for g in r["guest"] if g["event"] == "workload"][-1]
-b = w["balloon"]
-print(f"{mode} {mem}: ok={w['ok']} inflated {b['inflated_pages']} pages in "
-      f"{b['inflate_buffers']} buffers, {b['inflate_batches']} kicks; "
-      f"{b['notifications']} notifications, {b['interrupts']} interrupts; "
-      f"2 MiB units {b['huge_units']}")
-for g in r["guest"]:
-    if g["event"] == "balloon":
-        print(f"  guest: target {g['target']} pages reached {g['ms_since_change']} ms after it was read")
-for s in r["balloon"]["steps"]:
-    mib = abs(s["to_pages"] - s["from_pages"]) / 256
-    ms = s["actual_reached_ms"]
-    print(f"  host {s['kind']} {mib:.0f} MiB: actual after {ms:.1f} ms, "
-          f"Rss done after {s['rss_done_ms']} ms: {mib / 1024 / (ms / 1000):.1f} GiB/s")
-PY
+wait "$pid"
+pid=
+
+echo "mode $mode, guest $memory, balloon $amount MiB"
+echo "host VmRSS: $((before >> 20)) MiB before inflate, $((after >> 20)) MiB at target:" \
+    "dropped $(((before - after) >> 20)) MiB ($(( (before - after) * 100 / (amount << 20) ))% of the balloon)"
+jq -r --argjson mib "$amount" '.balloon as $b |
+  ($b.steps[] | "\(.kind) \(.from_pages / 256 | floor) -> \(.to_pages / 256 | floor) MiB: actual reached in \(.actual_reached_ms * 100 | round / 100) ms" +
+     (if .rss_done_ms then ", Rss drop complete in \(.rss_done_ms * 100 | round / 100) ms = \((($mib / 1024) / (.rss_done_ms / 1000)) * 100 | round / 100) GiB/s" else "" end)),
+  "discarded \($b.discarded_bytes / 1048576) MiB in \($b.discards) ranges, \($b.whole_2m_freed) whole 2 MiB blocks; collapsed \($b.ranges_collapsed) (failed \($b.collapse_errors), skipped \($b.collapse_skipped))",
+  "THP coverage: before inflate \($b.thp_before_inflate.coverage // "n/a"), after inflate \($b.thp_after_inflate.coverage // "n/a"), after deflate and reuse \($b.thp_after_deflate.coverage // "n/a")",
+  "interrupts \($b.interrupts), guest kicks \($b.notifications), rejected \($b.rejected_total)"' "$report"

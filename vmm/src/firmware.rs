@@ -18,6 +18,10 @@ pub fn release_bundled_pages() {
     }
 }
 
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../../firmware/src/virtio/balloon_list.rs"]
+mod guest_balloon_list;
 /// The guest's virtio helpers that need no hardware (command-line parsing,
 /// ring arithmetic, the split virtqueue over plain memory), compiled here
 /// only to run their unit tests on the host: the freestanding guest crate
@@ -35,10 +39,6 @@ mod queue;
 #[allow(dead_code)]
 #[path = "../../firmware/src/virtio/ring.rs"]
 mod ring;
-#[cfg(test)]
-#[allow(dead_code)]
-#[path = "../../firmware/src/virtio/balloon_list.rs"]
-mod guest_balloon_list;
 
 #[cfg(test)]
 mod tests {

@@ -375,11 +375,12 @@ impl Vmm {
         if let Some(mut b) = self.built.take() {
             memory.usage = rss::measure(&b.vm.ram().host_ranges()).unwrap_or_default();
             vcpu::finish_all(&mut b.vcpus);
-            balloon = b
-                .devices
-                .balloon
-                .as_ref()
-                .map(|d| d.lock().unwrap_or_else(|p| p.into_inner()).report());
+            balloon = b.devices.balloon.as_ref().map(|d| {
+                let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
+                // Pending collapses first, so the report counts them all.
+                d.finish_collapses();
+                d.report()
+            });
             phases.teardown_done = Some(since_origin_us(now_ns()));
             let c = &b.counters;
             exits = ExitCounts {

@@ -398,8 +398,12 @@ mod tests {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            if (x >> 33) % 3 != 0 {
-                let order = if (x >> 40) % 4 == 0 { HUGE_ORDER } else { 0 };
+            if !(x >> 33).is_multiple_of(3) {
+                let order = if (x >> 40).is_multiple_of(4) {
+                    HUGE_ORDER
+                } else {
+                    0
+                };
                 let pfn = next_pfn;
                 next_pfn += 1 << order;
                 let got = s.push(pfn, order, || free_pages.pop().or_else(|| pool.take()));

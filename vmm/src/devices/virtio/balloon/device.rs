@@ -331,6 +331,12 @@ impl Balloon {
         self.worker.send(job);
     }
 
+    /// Teardown: collapse what is pending and stop the worker (no collapse
+    /// after this), so the report that follows is complete.
+    pub fn finish_collapses(&mut self) {
+        self.worker.finish();
+    }
+
     /// Collapse deflated blocks now instead of after the delay.
     pub fn flush_collapses(&self) {
         self.worker.send(Job::Flush);

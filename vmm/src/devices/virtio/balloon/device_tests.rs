@@ -245,7 +245,8 @@ fn each_rejected_kind_is_counted_never_acted_on_and_the_device_keeps_serving() {
     f.mem
         .write_obj(((4 * MIB) / 4096) as u32, GuestAddress(good))
         .unwrap();
-    let kinds: [(Reject, &dyn Fn(&Fx)); 8] = [
+    type Setup<'a> = &'a dyn Fn(&Fx);
+    let kinds: [(Reject, Setup); 8] = [
         (Reject::NextOutOfRange, &|f| {
             f.desc(0, 0, good, 4, F_NEXT, QSIZE + 1)
         }),
@@ -330,6 +331,56 @@ fn deflate_collapses_only_blocks_with_nothing_left_in_the_balloon() {
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(*f.host.collapses.lock().unwrap(), vec![(4 * MIB, 2 * MIB)]);
     assert!(f.m().timeline.thp_after_deflate.is_some());
+}
+
+/// The rule the collapse worker exists for: a 4 KiB inflate splits a host
+/// huge page, and after the deflate and the guest's reuse the worker
+/// rebuilds it (AnonHugePages back to where it was).
+#[test]
+fn a_split_huge_page_is_collapsed_back_after_deflate_and_reuse() {
+    let mut f = fixture(16 * MIB, BalloonConfig::default());
+    f.activate(0, false);
+    let touch = |f: &Fx| {
+        for a in (0..16 * MIB).step_by(4096) {
+            f.mem.write_obj(1u8, GuestAddress(a)).unwrap();
+        }
+    };
+    touch(&f);
+    let host = f.host.clone();
+    let huge = || HostMemory::usage(&host.ram).unwrap().1;
+    let before = huge();
+    if before < 8 * MIB {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping the collapse check: the host gave no THPs ({before} bytes)"
+        );
+        return;
+    }
+    let page = (6 * MIB + 0x3000) / 4096;
+    f.pfns(0, &[page as u32]);
+    f.dev.process_queue(0);
+    assert!(
+        huge() <= before - 2 * MIB,
+        "the 4 KiB discard split the block"
+    );
+    f.pfns(1, &[page as u32]);
+    f.dev.process_queue(1);
+    touch(&f);
+    f.dev.flush_collapses();
+    let t0 = std::time::Instant::now();
+    while f.m().ranges_collapsed == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no collapse: {:?}",
+            f.m()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(*f.host.collapses.lock().unwrap(), vec![(6 * MIB, 2 * MIB)]);
+    assert_eq!(huge(), before, "the huge page is back");
+    let cov = f.m().timeline.thp_after_deflate.map(|p| p.coverage);
+    assert!(cov.is_some_and(|c| c > 0.99), "{cov:?}");
 }
 
 #[test]

@@ -233,7 +233,8 @@ fn corpus() {
             config_writes: vec![
                 (4, vec![0xff; 4]),
                 (4, vec![1; 8]),
-                (u64::MAX.min(15), vec![1]),
+                (15, vec![1]),
+                (u64::MAX, vec![1, 2, 3, 4]),
             ],
             ..base.clone()
         },

@@ -413,6 +413,26 @@ mod tests {
         }
     }
 
+    /// The README quotes the refusals a user sees; this keeps the quotes
+    /// true.
+    #[test]
+    fn readme_quotes_every_refusal() {
+        const README: &str = include_str!("../../../../../README.md");
+        for e in [
+            BalloonError::DeviceNotFound,
+            BalloonError::DeviceNotActive,
+            BalloonError::InvalidStatsUpdate,
+            BalloonError::TooManyPagesRequested,
+            BalloonError::StatsNotFound,
+            BalloonError::HintingUnsupported,
+        ] {
+            let m = e.to_string();
+            // The README wraps long lines.
+            let flat = README.split_whitespace().collect::<Vec<_>>().join(" ");
+            assert!(flat.contains(&m), "README does not quote: {m}");
+        }
+    }
+
     #[test]
     fn amounts_are_bounded_by_guest_memory() {
         assert!(check_amount(256, 256 << 20).is_ok());
