@@ -285,6 +285,8 @@ fn free_page_reporting_hands_freed_memory_back_without_inflating() {
     // watermark's share.
     assert!(u64_at(b, "reported_pages") >= 400 * 256, "{b}");
     assert!(u64_at(b, "report_passes") >= 1, "{b}");
+    // What the end freed was reported within the linger.
+    assert!(u64_at(w, "reported_after_free") >= 200 * 256, "{w}");
     // Every reported block came back to the free lists.
     assert_eq!(
         u64_at(w, "free_pages_end"),
@@ -297,6 +299,22 @@ fn free_page_reporting_hands_freed_memory_back_without_inflating() {
     // not reported.
     let rss = u64_at(&out.report()["memory"], "guest_rss_bytes");
     assert!(rss < 112 * MIB, "guest Rss {rss} after reporting");
+
+    // A pass waits for the frees to gather: ending 100 ms after the last
+    // free, before the delay is up, reports none of it.
+    let out = run(&[
+        "--memory",
+        "512M",
+        "--balloon",
+        "amount_mib=0,free_page_reporting=on",
+        "--cmdline",
+        "workload=balloon-hold size=256M seconds=1 cycles=0 linger=100",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let w = out.guest_event("workload");
+    assert_eq!(u64_at(w, "reported_after_free"), 0, "{w}");
+    // Reporting ran before that all the same (what was free at boot).
+    assert!(u64_at(&w["balloon"], "reported_pages") > 0, "{w}");
 }
 
 #[test]

@@ -278,7 +278,8 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
     let linger: u64 = cmdline::get(line, "linger")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let tpm = balloon::with(|b| b.tsc_per_ms).unwrap_or(1);
+    let (tpm, reported_before) =
+        balloon::with(|b| (b.tsc_per_ms, b.c.reported_pages)).unwrap_or((1, 0));
     let freed_at = cpu::rdtsc();
     loop {
         balloon::service(0);
@@ -316,12 +317,13 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
          \"held_pages\":{held},\"held_blocks\":{},\"touches\":{},\"held_errors\":{held_errors},\
          \"reused_pages\":{reused},\"reuse_errors\":{reuse_errors},\"free_errors\":{},\
          \"hold_ms\":{held_secs_ms},\"cycles_seen\":{},\"target\":{target},\"actual\":{actual},\
-         \"free_pages_start\":{},\"free_pages_end\":{free_end},\"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
+         \"reported_after_free\":{},\"free_pages_start\":{},\"free_pages_end\":{free_end},\"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
         mode.name(),
         held_blocks,
         TOUCHES.load(Relaxed),
         held_free_errors + reuse_free_errors,
         steps.cycles,
+        c.reported_pages - reported_before,
         FREE_START.load(Relaxed),
     ));
     counters_json(&mut l, &c);
