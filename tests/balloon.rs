@@ -301,9 +301,22 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let r: Value = serde_json::from_slice(&std::fs::read(report.path()).unwrap()).unwrap();
     let b = &r["balloon"];
-    // Which kinds are seen depends on when the device looks at rings the
-    // guest rewrites by hand (a refused avail ring ends a pass), so only
-    // their sum is fixed; the device-level tests pin each kind.
+    // The workload offers one bad case at a time and waits for it to come
+    // back, so every kind it tries is seen; except its stats flood, whose
+    // count depends on when the device looks (a refused avail ring ends a
+    // pass), which the device's own tests pin instead.
+    for kind in [
+        "pfn_outside_ram",
+        "chain_loop",
+        "next_out_of_range",
+        "buffer_outside_ram",
+        "wrong_direction",
+        "bad_length",
+        "indirect",
+        "head_out_of_range",
+    ] {
+        assert!(b["rejected"][kind].as_u64().unwrap() > 0, "{kind}: {b}");
+    }
     let total: u64 = b["rejected"]
         .as_object()
         .unwrap()
@@ -311,7 +324,6 @@ fn a_hostile_guest_changes_nothing_on_the_host() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(b["rejected_total"], total, "{b}");
-    assert!(total >= 5, "{b}");
     // One honest page in, and out; nothing else discarded.
     assert_eq!(b["discarded_bytes"], 4096, "{b}");
     assert_eq!(b["report_pages"], 0, "{b}");

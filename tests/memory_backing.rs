@@ -8,16 +8,12 @@
 mod common;
 
 use common::{run, u64_at, Output};
+use memvisor::memory::reserve::{PoolLock, Reservation};
 use serde_json::Value;
-use std::sync::Mutex;
 
 const MIB: u64 = 1 << 20;
 const RAM: u64 = 256 * MIB;
 const POOL: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
-const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
-
-/// The hugetlb pool is the host's: one test at a time changes or counts on it.
-static POOL_LOCK: Mutex<()> = Mutex::new(());
 
 fn memtest(extra: &[&str]) -> Output {
     let mut args = vec!["--quiet", "--memory", "256M"];
@@ -147,42 +143,15 @@ fn root_or_skip(test: &str) -> bool {
     false
 }
 
-/// Raises nr_hugepages so that `pages` more are available; puts the old
-/// count back on drop.
-struct Reserved {
-    old: u64,
-}
-
-impl Reserved {
-    fn pages(pages: u64) -> Reserved {
-        let old = pool_value("nr_hugepages");
-        let short = pages.saturating_sub(pool_available());
-        std::fs::write(NR_HUGEPAGES, (old + short).to_string())
-            .unwrap_or_else(|e| panic!("writing {NR_HUGEPAGES}: {e}"));
-        let r = Reserved { old };
-        assert!(
-            pool_available() >= pages,
-            "the kernel found only {} of {pages} huge pages (memory too fragmented?)",
-            pool_available()
-        );
-        r
-    }
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        let _ = std::fs::write(NR_HUGEPAGES, self.old.to_string());
-    }
-}
-
 #[test]
 fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
     require_kvm!();
     if !root_or_skip("hugetlb_backings_put_all_of_ram_in_huge_pages") {
         return;
     }
-    let _pool = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let _reserved = Reserved::pages(RAM / (2 * MIB));
+    // Held across the runs: the pool is the host's, and other tests and
+    // benches reserve from it (memory::reserve locks it for them all).
+    let _reserved = Reservation::pages(RAM / (2 * MIB)).unwrap();
     for backing in ["hugetlbfs", "memfd-hugetlb"] {
         let free_before = pool_value("free_hugepages");
         let out = memtest(&["--backing", backing]);
@@ -210,7 +179,7 @@ fn hugetlb_backings_put_all_of_ram_in_huge_pages() {
 #[test]
 fn too_few_hugetlb_pages_exit_2_naming_the_count_and_the_cure() {
     require_kvm!();
-    let _pool = POOL_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _pool = PoolLock::take().unwrap();
     let needed = (pool_available() + 8).max(8);
     let size = format!("{}M", needed * 2);
     for backing in ["hugetlbfs", "memfd-hugetlb"] {

@@ -40,6 +40,8 @@ fn readme_names_every_report_field() {
     fields.extend(keys(ready));
     fields.extend(keys(&ready["boot_cycles"]));
     fields.extend(keys(&ready["cpus"][0]));
+    fields.extend(keys(&ready["numa"]));
+    fields.extend(keys(&ready["numa"]["nodes"][0]));
     fields.extend(keys(out.guest_event("workload")));
     let missing: Vec<_> = fields
         .iter()

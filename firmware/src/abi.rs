@@ -20,6 +20,12 @@ pub const RESULTS_PORT: u16 = 0x6e0;
 /// its first instruction without trusting the guest's clock.
 pub const MARK_PORT: u16 = 0x6e4;
 pub const MARK_FIRST_INSTRUCTION: u32 = 1;
+/// Dirty-log window marks (`workload=dirty`): at the start mark the VMM
+/// clears its dirty log, at the end mark it reads what was written since,
+/// both synchronously on the writing vCPU's exit, so the window holds
+/// exactly what was written between the two `out`s.
+pub const MARK_DIRTY_START: u32 = 2;
+pub const MARK_DIRTY_END: u32 = 3;
 
 /// "MVR1": lets the VMM reject a stray or corrupted address cheaply.
 pub const RECORD_MAGIC: u32 = 0x3152_564d;
@@ -48,6 +54,13 @@ pub const GUEST_EXIT_SUCCESS: u32 = 0;
 pub const GUEST_EXIT_FAILURE: u32 = 1;
 /// The guest took an unexpected exception or panicked.
 pub const GUEST_EXIT_CRASH: u32 = 3;
+
+/// The BIOS read-only area [start, end) where the ACPI spec has an OS scan
+/// for the RSDP on 16-byte boundaries: the VMM writes its ACPI tables
+/// there (and says where in boot_params.acpi_rsdp_addr), the guest kernel
+/// scans it when the zero page does not say.
+pub const ACPI_AREA_START: u64 = 0xe0000;
+pub const ACPI_AREA_END: u64 = 0x10_0000;
 
 /// vCPUs the bundled guest kernel supports (its per-CPU stacks and TSSs);
 /// the VMM refuses more when booting it.

@@ -2,6 +2,9 @@
 //! command line), read with the offsets of Linux's bootparam.h.
 
 pub const E820_RAM: u32 = 1;
+/// ACPI tables the OS may reclaim once read.
+pub const E820_ACPI: u32 = 3;
+const ACPI_RSDP_ADDR_OFF: usize = 0x070;
 const E820_ENTRIES_OFF: usize = 0x1e8;
 const CMD_LINE_PTR_OFF: usize = 0x228;
 const CMDLINE_SIZE_OFF: usize = 0x238;
@@ -43,6 +46,11 @@ impl BootInfo {
                 kind: self.read(off + 16),
             }
         })
+    }
+
+    /// Where the VMM put the ACPI RSDP (0: not said; scan for it).
+    pub fn acpi_rsdp_addr(&self) -> u64 {
+        self.read(ACPI_RSDP_ADDR_OFF)
     }
 
     /// The command line, or "" if absent or not UTF-8.

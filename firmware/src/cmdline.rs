@@ -51,7 +51,41 @@ pub static OPTIONS: &[Opt] = &[
         valid: &"a whole number from 1 to 1000000000",
         accepts: |v| parse_alloc_iters(v).is_some(),
     },
+    Opt {
+        key: "dirty_pages",
+        what: "values",
+        valid: &"a whole number from 1 to 262144",
+        accepts: |v| parse_dirty_pages(v).is_some(),
+    },
+    Opt {
+        key: "dirty_stride",
+        what: "values",
+        valid: &"a whole number from 1 to 1024",
+        accepts: |v| parse_dirty_stride(v).is_some(),
+    },
+    Opt {
+        key: "touch_mib",
+        what: "values",
+        valid: &"a whole number of MiB from 1 to 16384",
+        accepts: |v| parse_touch_mib(v).is_some(),
+    },
+    Opt {
+        key: "numa_pages",
+        what: "values",
+        valid: &"a whole number from 1 to 65536",
+        accepts: |v| crate::workloads::parse_numa_pages(v).is_some(),
+    },
 ];
+
+/// `dirty_pages=N`: pages `workload=dirty` writes (at most 1 GiB of them).
+pub fn parse_dirty_pages(v: &str) -> Option<u64> {
+    v.parse().ok().filter(|n| (1..=262_144).contains(n))
+}
+
+/// `dirty_stride=K`: `workload=dirty` writes every K-th page.
+pub fn parse_dirty_stride(v: &str) -> Option<u64> {
+    v.parse().ok().filter(|n| (1..=1024).contains(n))
+}
 
 /// `mobility_grouping=on|off|auto`: Some(Some(on)), or Some(None) for auto
 /// (the seed's size cutoff decides).
@@ -69,6 +103,13 @@ pub fn parse_grouping(v: &str) -> Option<Option<bool>> {
 /// from running for hours.
 pub fn parse_alloc_iters(v: &str) -> Option<u64> {
     v.parse().ok().filter(|n| (1..=1_000_000_000).contains(n))
+}
+
+/// `touch_mib=N`: MiB the touch workload faults in. The cap is what it can
+/// hold (4096 blocks of 4 MiB); more than the guest has free fails at run
+/// time, naming both.
+pub fn parse_touch_mib(v: &str) -> Option<u64> {
+    v.parse().ok().filter(|n| (1..=16384).contains(n))
 }
 
 /// A known option with a value it does not accept (`value` None: the bare

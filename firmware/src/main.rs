@@ -9,6 +9,7 @@
 #![no_main]
 
 mod abi;
+mod acpi;
 mod arch;
 mod bootinfo;
 mod cmdline;
@@ -17,6 +18,7 @@ mod irq;
 mod json;
 mod mem;
 mod mm;
+mod numa;
 mod smp;
 mod syscall;
 mod trap;

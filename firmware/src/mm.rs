@@ -4,10 +4,11 @@
 //! The first megabyte (zero page, the VMM's page tables, command line, BIOS
 //! holes) and the kernel image are reserved, the way Linux reserves its low
 //! memory and `_text.._end` before it frees anything to the page allocator.
+use crate::acpi::{Fault, Numa};
 use crate::bootinfo::{BootInfo, E820_RAM};
 use core::ptr::addr_of_mut;
 use core::sync::atomic::{AtomicBool, Ordering};
-use guest_mm::page_alloc::{PageAllocator, Topology};
+use guest_mm::page_alloc::PageAllocator;
 use guest_mm::{IdentityMap, Memblock, PhysAddr};
 
 extern "C" {
@@ -19,6 +20,9 @@ static mut MEMBLOCK: Memblock = Memblock::new();
 /// Written once by the BSP in `init`, shared read-only afterwards.
 static mut PAGE_ALLOC: PageAllocator = PageAllocator::EMPTY;
 static READY: AtomicBool = AtomicBool::new(false);
+/// Low memory (zero page, boot page tables, command line, BIOS area) stays
+/// reserved: nothing below it is handed out.
+pub const LOW_RESERVED: u64 = 0x10_0000;
 
 pub struct MmSummary {
     pub total_pages: u64,
@@ -27,6 +31,8 @@ pub struct MmSummary {
     pub kernel_start: u64,
     pub kernel_end: u64,
     pub grouping: bool,
+    /// The ACPI topology the nodes follow, or why there was none.
+    pub numa: Result<Numa, Fault>,
 }
 
 /// The page allocator, once `init` has run.
@@ -63,7 +69,7 @@ pub fn init(
     );
     // Live memory is reserved before any RAM is added, so memblock never
     // places its own arrays on it.
-    mb.reserve(&mem, PhysAddr(0), 0x10_0000)
+    mb.reserve(&mem, PhysAddr(0), LOW_RESERVED)
         .map_err(|_| "cannot reserve low memory")?;
     mb.reserve(&mem, PhysAddr(ks), ke - ks)
         .map_err(|_| "cannot reserve the kernel image")?;
@@ -77,7 +83,9 @@ pub fn init(
     // SAFETY: as for MEMBLOCK; READY is not yet set, so no shared
     // reference to PAGE_ALLOC exists.
     let a = unsafe { &mut *addr_of_mut!(PAGE_ALLOC) };
-    a.init_with(mb, &mem, Topology::single(ncpus), grouping)
+    // One node per SRAT proximity domain, zonelists by SLIT distance.
+    let numa = crate::numa::discover(boot, ncpus, LOW_RESERVED);
+    a.init_with(mb, &mem, crate::numa::topology(&numa, ncpus), grouping)
         .map_err(|_| "page allocator setup failed")?;
     // The OOM step deflates the balloon, once there is one.
     a.set_hooks(&crate::virtio::balloon::HOOKS);
@@ -91,5 +99,6 @@ pub fn init(
         kernel_start: ks,
         kernel_end: ke,
         grouping,
+        numa,
     })
 }

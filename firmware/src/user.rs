@@ -137,8 +137,10 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         let cpl3 = smp::CHECKINS[0]
             .tsc
             .load(core::sync::atomic::Ordering::Relaxed);
+        l.raw("],");
+        crate::numa::write_json(&mut l, &mm.numa, mm::allocator());
         l.fmt(format_args!(
-            "],\"boot_cycles\":{{\"cpl0\":{},\"to_mm\":{},\"mm\":{},\"checkins\":{},\"syscall\":{},\"to_ready\":{}}}}}",
+            ",\"boot_cycles\":{{\"cpl0\":{},\"to_mm\":{},\"mm\":{},\"checkins\":{},\"syscall\":{},\"to_ready\":{}}}}}",
             cpl3.wrapping_sub(entry),
             tsc_mm_start.wrapping_sub(cpl3),
             tsc_mm_done - tsc_mm_start,

@@ -1,13 +1,14 @@
 //! Ordering only: resources → KVM → VM and RAM → interrupt controllers →
 //! devices → kernel and boot tables → vCPUs. The one place that knows the
 //! order, and why each step comes where it does.
+use crate::boot::acpi::{self, AcpiError, AcpiNode, LOCAL_DISTANCE};
 use crate::boot::{self, pagetables, params, regs, BootError, KernelFormat};
 use crate::clock::{now_ns, since_origin_us};
 use crate::devices::console::Console;
 use crate::devices::manager::{DeviceError, DeviceManager};
 use crate::firmware;
 use crate::guest::events::VmEvents;
-use crate::memory::layout::{e820_map, E820Entry, CMDLINE_MAX};
+use crate::memory::layout::{e820_map, ram_regions, E820Entry, CMDLINE_MAX};
 use crate::report::Phases;
 use crate::resources::{self, ConfigError, HostLimits, KernelSource, VmResources};
 use crate::vstate::kvm::{self, KvmError};
@@ -36,6 +37,8 @@ pub enum BuildError {
     Boot(#[from] BootError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
@@ -115,7 +118,7 @@ pub fn build(
 
     // Memslots before the irqchip: the first memslot costs ~4.8 ms once an
     // in-kernel irqchip exists on the hosts measured (HOST_FACTS).
-    let vm = Vm::new(&kvm, res.memory, res.backing_config())?;
+    let vm = Vm::new(&kvm, res.memory, res.backing_config(), res.dirty_log)?;
     mark(&mut phases.vm_created);
     let irqchip = res.irqchip();
     vm.add_interrupt_controllers(irqchip)?;
@@ -127,7 +130,7 @@ pub fn build(
     if irqchip == IrqchipMode::Split {
         devices.add_ioapic(&vm.fd)?;
     }
-    devices.add_legacy(&vm.fd, vm.memory(), events, console)?;
+    devices.add_legacy(&vm.fd, vm.memory(), events, console, vm.dirty().cloned())?;
     let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| DeviceError::Cmdline(e.to_string()))?;
     cl.insert_str(&res.cmdline)
         .map_err(|e| DeviceError::Cmdline(format!("{e} ({} bytes)", res.cmdline.len())))?;
@@ -153,7 +156,15 @@ pub fn build(
     regs::write_boot_tables(mem)?;
     let cr3 = pagetables::build_identity_map(mem, vm.ram().end())?;
     let e820 = e820_map(res.memory);
-    let zero_page = params::write_boot_params(mem, &kernel, &cmdline, &e820)?;
+    // One node holding all RAM and every vCPU.
+    let ram = ram_regions(res.memory);
+    let vcpus: Vec<u32> = (0..res.vcpus).collect();
+    let nodes = [AcpiNode {
+        ram: &ram,
+        vcpus: &vcpus,
+    }];
+    let rsdp = acpi::write_tables(mem, res.vcpus, &nodes, &[LOCAL_DISTANCE])?;
+    let zero_page = params::write_boot_params(mem, &kernel, &cmdline, &e820, rsdp)?;
     mark(&mut phases.kernel_loaded);
     log::debug!(
         "kernel {what} loaded ({:?}), entry {:#x}",
@@ -172,6 +183,11 @@ pub fn build(
     let fds = (0..res.vcpus)
         .map(|id| vcpu::create_vcpu(&vm.fd, id, &cpuid, &boot_state))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(d) = vm.dirty() {
+        for fd in &fds {
+            d.add_vcpu(fd).map_err(VmError::from)?;
+        }
+    }
     mark(&mut phases.vcpus_created);
     // KVM_PRE_FAULT_MEMORY is a vCPU ioctl: prefault once one exists.
     let prefault = match (res.prefault, fds.first()) {
@@ -190,6 +206,7 @@ pub fn build(
         bus: devices.bus(),
         events: events.clone(),
         counters: counters.clone(),
+        dirty: vm.dirty().cloned(),
     });
     let mut vcpus = Vec::with_capacity(fds.len());
     for (id, fd) in fds.into_iter().enumerate() {

@@ -4,6 +4,7 @@ use memvisor::bench::api::GuestLoad;
 use memvisor::bench::boot::{bench_boot, BootBenchOptions};
 use memvisor::devices::console::Console;
 use memvisor::memory::backing::{Backing, Thp};
+use memvisor::memory::dirty::DirtyMode;
 use memvisor::resources::{parse_size, parse_timeout, KernelSource, VmResources, DEFAULT_CMDLINE};
 use memvisor::vmm::{self, RunOptions, VmmError};
 use memvisor::vstate::vm::IrqchipMode;
@@ -60,7 +61,7 @@ struct RunArgs {
     /// Guest kernel: an ELF or a Linux bzImage. Default: the bundled memvisor guest kernel.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
-    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; boot: report ready and exit; fault: a deliberate page fault) and `mobility_grouping=on|off|auto`.
+    /// Kernel command line. The bundled kernel reads `workload=NAME` (memtest: write and verify every free page from every vCPU; alloc: page/slab allocator stress and fragmentation study, with `alloc_iters=N`; entropy: read `bytes=N` bytes from the virtio-rng device of `--entropy` and check their distribution; dirty: write `dirty_pages=N` pages `dirty_stride=K` apart between two marks and have the VMM check its dirty log against them (with --dirty-log); boot: report ready and exit; fault: a deliberate page fault; touch: time the first touch of `touch_mib=N` MiB) and `mobility_grouping=on|off|auto`.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
     /// Number of vCPUs, 1 to the host's KVM_CAP_MAX_VCPUS (the bundled kernel: at most 64).
@@ -111,6 +112,13 @@ struct RunArgs {
     /// (KVM_PRE_FAULT_MEMORY where KVM supports it, else MADV_POPULATE_WRITE).
     #[arg(long)]
     prefault: bool,
+    /// Dirty logging of guest RAM: `off`, `bitmap` (KVM_GET_DIRTY_LOG with
+    /// manual protect) or `ring` (per-vCPU dirty rings). Either also
+    /// records the VMM's own writes; the report's memory.dirty says what
+    /// was written. Off by default: every logged page takes a
+    /// write-protection fault on its first write after each harvest.
+    #[arg(long, value_enum, value_name = "MODE", default_value = "off")]
+    dirty_log: DirtyMode,
     /// Serve the Firecracker-style control API (HTTP/1.1 + JSON) on this
     /// Unix socket during the run; the file is removed on exit.
     #[arg(long, value_name = "PATH")]
@@ -167,6 +175,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Memory benchmark: guest first-touch bandwidth per backing (THP on,
+    /// THP off, hugetlbfs, memfd-hugetlb; the hugetlb pages are reserved
+    /// for the run and given back), prefault time, host-side discard and
+    /// collapse throughput, and boot with --numa; medians beside the goals.
+    Memory {
+        /// Runs of each measurement.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// MiB the guest touches in each run (1 to 16384; guest RAM is this
+        /// plus 256 MiB).
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        touch_mib: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -213,6 +237,14 @@ fn main() -> ExitCode {
     memvisor::clock::init();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Bench(_)) {
+        // A bench prints tables as it goes; `| head` closing the pipe ends
+        // it the way it ends any Unix filter (SIGPIPE), not with a panic in
+        // println!. `run` keeps SIGPIPE ignored: it must still tear down the
+        // VM and write its report when stdout goes away.
+        // SAFETY: restoring a default disposition before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::Balloon { action, api_sock } => balloon(action, api_sock),
@@ -252,6 +284,30 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Memory {
+            runs,
+            touch_mib,
+            json,
+        }) => {
+            if runs == 0 || !(1..=16384).contains(&touch_mib) {
+                eprintln!(
+                    "memvisor: bench memory: error: --runs must be at least 1 and --touch-mib 1 to 16384 (got {runs} and {touch_mib})"
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::memory::MemoryBenchOptions {
+                runs,
+                json,
+                touch_mib,
+            };
+            match memvisor::bench::memory::bench_memory(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench memory: {e:#}");
                     ExitCode::from(1)
                 }
             }
@@ -310,6 +366,7 @@ fn run(args: RunArgs) -> ExitCode {
         thp: args.thp,
         prefault: args.prefault,
         balloon: args.balloon,
+        dirty_log: args.dirty_log,
     };
     let to_stdout = args.report.as_deref() == Some(std::path::Path::new("-"));
     let console = match (args.quiet, to_stdout) {

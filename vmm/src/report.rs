@@ -1,9 +1,8 @@
 //! The JSON report: host-side phase timings and memory figures merged with
 //! the guest's own JSON lines, plus the short human summary.
 use crate::clock::Origin;
+use crate::memory::accounting::MemoryAccounting;
 use crate::memory::layout::E820Entry;
-use crate::memory::rss::MemoryUsage;
-use crate::memory::RamRegion;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -92,6 +91,7 @@ pub struct ConfigReport {
     pub backing: crate::memory::backing::Backing,
     pub thp: crate::memory::backing::Thp,
     pub prefault: bool,
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,12 +99,16 @@ pub struct MemoryReport {
     pub e820: Vec<E820Entry>,
     pub e820_ram_bytes: u64,
     pub e820_ram_pages: u64,
-    pub regions: Vec<RamRegion>,
     /// With `--prefault`: how guest RAM was populated, and how long it took.
     pub prefault_method: Option<crate::vstate::vm::PrefaultMethod>,
     pub prefault_us: Option<f64>,
+    /// With `--dirty-log`: what was written, and the `workload=dirty` check.
+    pub dirty: Option<crate::memory::dirty::DirtyReport>,
+    /// The RAM `regions` with what each costs the host, KVM's statistics,
+    /// discard/collapse counters and the process's figures: what
+    /// `GET /vm/memory` serves, at guest exit.
     #[serde(flatten)]
-    pub usage: MemoryUsage,
+    pub accounting: MemoryAccounting,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -201,17 +205,28 @@ impl Report {
             self.config.backing.name(),
             if self.config.thp == crate::memory::backing::Thp::On { "on" } else { "off" },
             m.e820_ram_pages,
-            mib(m.usage.guest_rss_bytes),
-            mib(m.usage.guest_anon_huge_bytes),
-            mib(m.usage.guest_hugetlb_bytes),
-            mib(m.usage.vmm_overhead_bytes),
-            mib(m.usage.vm_rss_bytes),
+            mib(m.accounting.usage.guest_rss_bytes),
+            mib(m.accounting.usage.guest_anon_huge_bytes),
+            mib(m.accounting.usage.guest_hugetlb_bytes),
+            mib(m.accounting.usage.vmm_overhead_bytes),
+            mib(m.accounting.usage.vm_rss_bytes),
         );
+        if let Some(d) = &m.dirty {
+            s += &crate::memory::dirty::summary_line(d);
+        }
         if let Some(r) = self.guest_event("ready") {
             s += &format!(
                 "  guest ready: {} vCPUs, {} pages total, {} free, workload {}\n",
                 r["vcpus"], r["total_pages"], r["free_pages"], r["workload"]
             );
+            let n = &r["numa"];
+            if n.is_object() {
+                let why = n.get("reason").map_or(String::new(), |r| format!(" ({r})"));
+                s += &format!(
+                    "  guest NUMA: {} node(s) from {}{why}, distances {}\n",
+                    n["nr_nodes"], n["source"], n["distance"]
+                );
+            }
         }
         if let Some(w) = self.guest_event("workload") {
             s += &format!("  workload {}: ok={}", w["name"], w["ok"]);
@@ -310,7 +325,7 @@ fn escape_controls(json: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -329,7 +344,7 @@ mod tests {
         assert_eq!(back, v);
     }
 
-    fn sample() -> Report {
+    pub(crate) fn sample() -> Report {
         Report {
             memvisor_version: "test",
             config: ConfigReport {
@@ -344,6 +359,7 @@ mod tests {
                 backing: Default::default(),
                 thp: Default::default(),
                 prefault: false,
+                dirty_log: Default::default(),
             },
             clock_origin: Origin::Main,
             tsc_khz: None,

@@ -46,6 +46,8 @@ pub struct VmResources {
     pub prefault: bool,
     /// A virtio-balloon device (`--balloon`, `PUT /balloon`).
     pub balloon: Option<crate::devices::virtio::balloon::BalloonConfig>,
+    /// `--dirty-log`: which pages of guest RAM were written.
+    pub dirty_log: crate::memory::dirty::DirtyMode,
 }
 
 impl Default for VmResources {
@@ -63,6 +65,7 @@ impl Default for VmResources {
             thp: Thp::On,
             prefault: false,
             balloon: None,
+            dirty_log: Default::default(),
         }
     }
 }

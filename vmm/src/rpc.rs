@@ -11,6 +11,7 @@ use crate::api::{
     InstanceInfo, MachineConfig, VmConfig, VmState,
 };
 use crate::memory::backing::{Backing, Thp};
+use crate::memory::dirty::DirtyMode;
 use crate::resources::{KernelSource, VmResources, MIB};
 use crate::vmm::Vmm;
 use std::time::Instant;
@@ -30,6 +31,7 @@ fn machine_config(r: &VmResources) -> MachineConfig {
         vcpu_count: r.vcpus.min(u8::MAX as u32) as u8,
         mem_size_mib: r.memory / MIB,
         huge_pages: huge_pages(r.backing, r.thp),
+        track_dirty_pages: r.dirty_log != DirtyMode::Off,
         ..MachineConfig::default()
     }
 }
@@ -67,12 +69,14 @@ fn with_machine(r: &VmResources, m: &MachineConfig) -> Result<VmResources, Strin
     if !matches!(m.cpu_template, None | Some(CpuTemplate::NoTemplate)) {
         return Err("cpu_template: CPU templates are not supported (valid: \"None\")".into());
     }
-    if m.track_dirty_pages {
-        return Err(
-            "track_dirty_pages: dirty-page tracking is not supported yet (valid: false)".into(),
-        );
-    }
     let mut next = r.clone();
+    // Firecracker's dirty-page tracking is KVM's dirty log: the bitmap,
+    // unless `--dirty-log ring` chose the ring already.
+    next.dirty_log = match (m.track_dirty_pages, r.dirty_log) {
+        (false, _) => DirtyMode::Off,
+        (true, DirtyMode::Off) => DirtyMode::Bitmap,
+        (true, mode) => mode,
+    };
     (next.backing, next.thp) = backing_for(m.huge_pages, r.backing);
     crate::memory::backing::check_host(next.backing_config(), next.memory)
         .map_err(|e| format!("huge_pages {:?}: {e}", m.huge_pages))?;
@@ -166,6 +170,14 @@ impl Vmm {
                     Err(e) => ApiResponse::fault(500, e.to_string()),
                 }
             }
+            // allowed_in let it through: the VM is built.
+            ApiRequest::GetVmMemory => match &self.built {
+                Some(b) => ApiResponse::ok_json(&VmMemory {
+                    accounting: b.vm.accounting(),
+                    dirty: b.vm.dirty().map(|d| d.live_report()),
+                }),
+                None => ApiResponse::bad_request(crate::api::NOT_SUPPORTED_PRE_BOOT),
+            },
             ApiRequest::Action(ActionType::InstanceStart) => return Followup::Start(msg),
             ApiRequest::Action(a) => ApiResponse::bad_request(format!(
                 "{a:?} is not supported by memvisor (supported actions: InstanceStart)"
@@ -224,6 +236,15 @@ impl Vmm {
     }
 }
 
+/// `GET /vm/memory`: the accounting, and with `--dirty-log` the dirty log
+/// as of now, as the report's `memory` section has them.
+#[derive(serde::Serialize)]
+struct VmMemory {
+    #[serde(flatten)]
+    accounting: crate::memory::accounting::MemoryAccounting,
+    dirty: Option<crate::memory::dirty::DirtyReport>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,6 +268,21 @@ mod tests {
             backing_for(HugePages::Hugetlbfs2M, Anon),
             (Hugetlbfs, Thp::On)
         );
+    }
+
+    #[test]
+    fn track_dirty_pages_is_the_dirty_log() {
+        let mut r = VmResources::default();
+        let mut m = machine_config(&r);
+        assert!(!m.track_dirty_pages);
+        m.track_dirty_pages = true;
+        r = with_machine(&r, &m).unwrap();
+        assert_eq!(r.dirty_log, DirtyMode::Bitmap);
+        assert!(machine_config(&r).track_dirty_pages);
+        r.dirty_log = DirtyMode::Ring;
+        assert_eq!(with_machine(&r, &m).unwrap().dirty_log, DirtyMode::Ring);
+        m.track_dirty_pages = false;
+        assert_eq!(with_machine(&r, &m).unwrap().dirty_log, DirtyMode::Off);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use crate::guest::events::{VmEvent, VmEvents};
 use crate::guest::log::GuestLog;
 use crate::guest::record::RecordKind;
 use crate::memory::layout::{e820_ram_bytes, e820_ram_pages};
-use crate::memory::rss;
 use crate::report::{ConfigReport, ExitCounts, ExitKind, ExitReport, MemoryReport, Phases, Report};
 use crate::resources::VmResources;
 use crate::rpc::Followup;
@@ -372,8 +371,9 @@ impl Vmm {
             self.resources.cmdline.clone(),
             None,
         );
+        let mut dirty = None;
         if let Some(mut b) = self.built.take() {
-            memory.usage = rss::measure(&b.vm.ram().host_ranges()).unwrap_or_default();
+            memory.accounting = b.vm.accounting();
             vcpu::finish_all(&mut b.vcpus);
             balloon = b.devices.balloon.as_ref().map(|d| {
                 let mut d = d.lock().unwrap_or_else(|p| p.into_inner());
@@ -382,6 +382,7 @@ impl Vmm {
                 d.report()
             });
             phases.teardown_done = Some(since_origin_us(now_ns()));
+            dirty = b.vm.dirty().map(|d| d.finish());
             let c = &b.counters;
             exits = ExitCounts {
                 io: c.io.load(Ordering::Relaxed),
@@ -398,7 +399,6 @@ impl Vmm {
             memory.e820_ram_bytes = e820_ram_bytes(&b.e820);
             memory.e820_ram_pages = e820_ram_pages(&b.e820);
             memory.e820 = std::mem::take(&mut b.e820);
-            memory.regions = b.vm.ram().regions().to_vec();
             memory.prefault_method = b.prefault.map(|p| p.0);
             memory.prefault_us = b.prefault.map(|p| p.1);
             kernel = std::mem::take(&mut b.kernel_name);
@@ -410,7 +410,7 @@ impl Vmm {
             drop(b);
             phases.vm_closed = Some(since_origin_us(now_ns()));
         }
-        Report {
+        let mut report = Report {
             memvisor_version: env!("CARGO_PKG_VERSION"),
             config: ConfigReport {
                 kernel,
@@ -424,6 +424,7 @@ impl Vmm {
                 backing: self.resources.backing,
                 thp: self.resources.thp,
                 prefault: self.resources.prefault,
+                dirty_log: self.resources.dirty_log,
             },
             clock_origin: clock::origin().1,
             tsc_khz,
@@ -440,7 +441,11 @@ impl Vmm {
             exit,
             warnings: self.log.warnings(),
             guest: self.log.into_lines(),
+        };
+        if let Some(d) = dirty {
+            crate::guest::dirty::check_report(&mut report, d);
         }
+        report
     }
 }
 

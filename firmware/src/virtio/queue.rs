@@ -211,6 +211,29 @@ impl Virtqueue {
         }
     }
 
+    /// Hands the chains added since the last publish to a caller that
+    /// stores the index itself (`workload=dirty`, inside a window where no
+    /// other store may happen): the release fence is made here; returns
+    /// the address of the avail index and the value to store there. Always
+    /// notify after the store: the device's `avail_event` is not consulted.
+    pub fn publish_by_hand(&mut self) -> (u64, u16) {
+        fence(Ordering::Release);
+        self.published = self.avail_idx;
+        (self.base + self.layout.avail as u64 + 2, self.avail_idx)
+    }
+
+    /// Where the device stores the used index, and the value it will have
+    /// once every chain published so far is used.
+    pub fn used_idx_when_done(&self) -> (u64, u16) {
+        (self.base + self.layout.used as u64 + 2, self.published)
+    }
+
+    /// Guest-physical address of used element `n` chains from now.
+    pub fn used_elem_addr(&self, n: u16) -> u64 {
+        let slot = self.last_used.wrapping_add(n) % self.size;
+        self.base + (self.layout.used + 4 + 8 * slot as usize) as u64
+    }
+
     /// Chains the device still holds.
     pub fn in_flight(&self) -> u16 {
         ring::distance(self.published, self.last_used)

@@ -59,6 +59,24 @@ pub struct ReadStats {
     pub sleeps: u64,
 }
 
+/// Buffers posted by [`VirtioRng::stage`]: the stores that hand them to
+/// the device (`avail_idx` at `avail_idx_addr`, a fence, `queue` at
+/// `notify_addr`) and the used index that says they are back.
+#[derive(Clone, Copy)]
+pub struct Staged {
+    pub avail_idx_addr: u64,
+    pub avail_idx: u16,
+    pub notify_addr: u64,
+    pub queue: u32,
+    pub used_idx_addr: u64,
+    pub used_idx: u16,
+    /// The first buffer; `buffers` of `BUF_SIZE` bytes follow it.
+    pub bufs: u64,
+    pub buffers: usize,
+    /// Where the device will write the first and last used elements.
+    pub used_elems: (u64, u64),
+}
+
 pub struct VirtioRng {
     t: Transport,
     q: Virtqueue,
@@ -229,6 +247,57 @@ impl VirtioRng {
         }
         st.interrupts = (self.t.interrupts() - irqs_before) as u64;
         Ok(st)
+    }
+
+    /// Posts up to `BATCH` buffers for a caller that publishes and notifies
+    /// by hand, with plain stores (see [`Staged`]), and asks for no
+    /// interrupt for them. Take them back with [`Self::unstage`].
+    pub fn stage(&mut self, n: usize) -> Staged {
+        let mut posted = 0;
+        for i in 0..n.min(BATCH) {
+            let buf = Buffer {
+                addr: self.bufs.addr + (i * BUF_SIZE) as u64,
+                len: BUF_SIZE as u32,
+                device_writes: true,
+            };
+            if self.q.add(&[buf]).is_none() {
+                break;
+            }
+            posted += 1;
+        }
+        let first_elem = self.q.used_elem_addr(0);
+        let last_elem = self.q.used_elem_addr(posted.max(1) as u16 - 1);
+        self.q.interrupt_after(0);
+        let (avail_idx_addr, avail_idx) = self.q.publish_by_hand();
+        let (used_idx_addr, used_idx) = self.q.used_idx_when_done();
+        Staged {
+            avail_idx_addr,
+            avail_idx,
+            notify_addr: self.t.base + super::REG_QUEUE_NOTIFY,
+            queue: self.q.index() as u32,
+            used_idx_addr,
+            used_idx,
+            bufs: self.bufs.addr,
+            buffers: posted,
+            used_elems: (first_elem, last_elem),
+        }
+    }
+
+    /// Takes back the chains of [`Self::stage`] once the used index says
+    /// they are done; returns the bytes the device wrote.
+    pub fn unstage(&mut self, s: &Staged) -> Result<u64, VirtioError> {
+        let mut bytes = 0;
+        for _ in 0..s.buffers {
+            match self.q.pop_used()? {
+                Some(u) => bytes += u.len.min(BUF_SIZE as u32) as u64,
+                None => {
+                    return Err(VirtioError::Timeout {
+                        in_flight: self.q.in_flight(),
+                    })
+                }
+            }
+        }
+        Ok(bytes)
     }
 
     /// Resets the device so it lets go of the rings and buffers, which are

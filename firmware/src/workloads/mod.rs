@@ -3,9 +3,14 @@
 mod alloc;
 mod balloon;
 mod balloon_hostile;
+mod dirty;
 mod entropy;
 mod flood;
 mod memtest;
+mod numa;
+mod touch;
+
+pub use numa::parse_pages as parse_numa_pages;
 
 pub struct Workload {
     pub name: &'static str,
@@ -34,6 +39,10 @@ pub static ALL: &[Workload] = &[
         run: boot,
     },
     Workload {
+        name: "dirty",
+        run: dirty::run,
+    },
+    Workload {
         name: "fault",
         run: fault,
     },
@@ -60,6 +69,14 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "balloon-hostile",
         run: balloon_hostile::run,
+    },
+    Workload {
+        name: "touch",
+        run: touch::run,
+    },
+    Workload {
+        name: "numa",
+        run: numa::run,
     },
 ];
 

@@ -67,6 +67,35 @@ impl Topology {
             cpu_node: [0; MAX_CPUS],
         }
     }
+
+    /// What the allocator needs of a topology that firmware described: a
+    /// node count it supports, every CPU on one of the nodes, and node
+    /// ranges that do not overlap (a page belongs to the first zone that
+    /// spans it, so an overlap would hand one node's pages to another).
+    /// Empty ranges are memoryless nodes.
+    pub fn check(&self) -> Result<(), InitError> {
+        if self.ncpus == 0 || self.ncpus > MAX_CPUS {
+            return Err(InitError::TooManyCpus);
+        }
+        if self.nr_nodes == 0 || self.nr_nodes > MAX_NUMNODES {
+            return Err(InitError::BadTopology);
+        }
+        if self.cpu_node[..self.ncpus]
+            .iter()
+            .any(|&n| n as usize >= self.nr_nodes)
+        {
+            return Err(InitError::BadTopology);
+        }
+        let ranges = &self.node_range[..self.nr_nodes];
+        for (i, a) in ranges.iter().enumerate() {
+            for b in &ranges[i + 1..] {
+                if a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1 {
+                    return Err(InitError::BadTopology);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,12 +314,7 @@ impl PageAllocator {
         topo: Topology,
         grouping: Option<bool>,
     ) -> Result<(), InitError> {
-        if topo.ncpus == 0 || topo.ncpus > MAX_CPUS {
-            return Err(InitError::TooManyCpus);
-        }
-        if topo.nr_nodes == 0 || topo.nr_nodes > MAX_NUMNODES {
-            return Err(InitError::BadTopology);
-        }
+        topo.check()?;
         let (min_pfn, max_pfn) = {
             let regions = mb.memory();
             let (Some(first), Some(last)) = (regions.first(), regions.last()) else {
@@ -547,6 +571,11 @@ impl PageAllocator {
         self.zones
             .iter()
             .position(|z| z.contains(pfn) && z.end_pfn > z.start_pfn)
+    }
+
+    /// The node whose zone holds `pfn`, if any (Linux's `page_to_nid`).
+    pub fn node_of(&self, pfn: Pfn) -> Option<usize> {
+        self.zone_index_of(pfn.0).map(|z| self.zones[z].node)
     }
 
     pub fn zone(&self, node: usize, kind: ZoneType) -> &Zone {

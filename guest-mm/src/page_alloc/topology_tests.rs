@@ -231,6 +231,63 @@ fn init_checks_its_topology() {
     assert_eq!(try_init(t), Err(InitError::BadTopology));
     t.nr_nodes = crate::mmzone::MAX_NUMNODES + 1;
     assert_eq!(try_init(t), Err(InitError::BadTopology));
+
+    // What firmware tables may get wrong: a CPU on a node that does not
+    // exist, two nodes claiming the same memory.
+    let mut two = Topology::single(2);
+    two.nr_nodes = 2;
+    two.distances = Distances::uniform(2);
+    two.node_range[0] = (0, 8 * MIB);
+    two.node_range[1] = (8 * MIB, 16 * MIB);
+    two.cpu_node[1] = 1;
+    assert_eq!(two.check(), Ok(()));
+    assert_eq!(try_init(two), Ok(()));
+    let mut t = two;
+    t.cpu_node[1] = 2;
+    assert_eq!(try_init(t), Err(InitError::BadTopology));
+    // A CPU past ncpus is not looked at.
+    let mut t = two;
+    t.cpu_node[2] = 7;
+    assert_eq!(t.check(), Ok(()));
+    let mut t = two;
+    t.node_range[1] = (8 * MIB - PAGE_SIZE, 16 * MIB);
+    assert_eq!(try_init(t), Err(InitError::BadTopology));
+    let mut t = two;
+    t.node_range[0] = (9 * MIB, 10 * MIB);
+    assert_eq!(try_init(t), Err(InitError::BadTopology), "inside node 1");
+    // Memoryless nodes overlap nothing, wherever their empty range sits.
+    let mut t = two;
+    t.nr_nodes = 3;
+    t.distances = Distances::uniform(3);
+    t.node_range[2] = (4 * MIB, 4 * MIB);
+    t.cpu_node[1] = 2;
+    assert_eq!(try_init(t), Ok(()));
+}
+
+#[test]
+fn node_of_names_the_node_whose_zone_holds_the_page() {
+    let mut topo = Topology::single(2);
+    topo.nr_nodes = 2;
+    topo.distances = Distances::uniform(2);
+    topo.node_range[0] = (0, 32 * MIB);
+    topo.node_range[1] = (32 * MIB, 64 * MIB);
+    topo.cpu_node[1] = 1;
+    let f = fixture_topo(64 * MIB, topo);
+    for (pfn, node) in [
+        (32 * MIB / PAGE_SIZE - 1, Some(0)),
+        (32 * MIB / PAGE_SIZE, Some(1)),
+        (64 * MIB / PAGE_SIZE - 1, Some(1)),
+        (64 * MIB / PAGE_SIZE, None),
+    ] {
+        assert_eq!(f.a.node_of(Pfn(pfn)), node, "pfn {pfn:#x}");
+    }
+    let mut c = f.a.cpu(1);
+    let p = c
+        .alloc_node(Gfp::NOWAIT, 0, 0, Some(NodeMask::single(0)))
+        .unwrap();
+    assert_eq!(f.a.node_of(p), Some(0));
+    let p = c.alloc(Gfp::NOWAIT, 0).unwrap();
+    assert_eq!(f.a.node_of(p), Some(1), "CPU 1's local node");
 }
 
 #[test]

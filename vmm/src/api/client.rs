@@ -128,7 +128,22 @@ mod tests {
 
     use super::*;
 
-    /// A one-shot server that records the request head and sends `answer`.
+    /// Whether `got` holds a whole request: the head and as many body
+    /// bytes as its Content-Length says (the client may send the body in a
+    /// later write than the head).
+    fn whole_request(got: &[u8]) -> bool {
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return false;
+        };
+        let head = String::from_utf8_lossy(&got[..end]);
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+        got.len() >= end + 4 + len
+    }
+
+    /// A one-shot server that records the request and sends `answer`.
     fn one_shot(answer: &'static [u8]) -> (TempDir, PathBuf, JoinHandle<String>) {
         let dir = TempDir::new_with_prefix("/tmp/memvisor-client-").unwrap();
         let path = dir.as_path().join("s.sock");
@@ -138,7 +153,7 @@ mod tests {
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            while !whole_request(&got) {
                 match s.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got.extend_from_slice(&buf[..n]),

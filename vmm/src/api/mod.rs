@@ -87,6 +87,9 @@ pub enum ApiRequest {
     GetVmConfig,
     /// `PATCH /vm` → 204. Post-boot only.
     PatchVm(VmState),
+    /// `GET /vm/memory` → 200 `MemoryAccounting`. Post-boot only (before
+    /// it there is no guest RAM to account).
+    GetVmMemory,
     /// `PUT /boot-source` → 204. Pre-boot only.
     PutBootSource(BootSource),
     /// `PUT /entropy` → 204. Pre-boot only.
@@ -142,6 +145,7 @@ impl ApiRequest {
             | ApiRequest::PatchBalloon(_)
             | ApiRequest::GetBalloonStats
             | ApiRequest::PatchBalloonStats(_)
+            | ApiRequest::GetVmMemory
             | ApiRequest::Action(ActionType::FlushMetrics)
             | ApiRequest::Action(ActionType::SendCtrlAltDel) => {
                 if started {

@@ -2,4 +2,5 @@
 //! never in timed unit tests).
 pub mod api;
 pub mod boot;
+pub mod memory;
 pub mod stats;

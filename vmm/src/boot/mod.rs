@@ -4,6 +4,7 @@
 //!
 //! One path serves our own guest kernel and Linux alike: both take the Linux
 //! x86-64 64-bit boot protocol (paging on, rsi = zero page).
+pub mod acpi;
 pub mod elf_note;
 pub mod pagetables;
 pub mod params;

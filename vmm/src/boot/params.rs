@@ -10,12 +10,15 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 
-/// Writes the command line and boot_params; returns the zero page address.
+/// Writes the command line and boot_params, with `acpi_rsdp` (the RSDP's
+/// address, 0 for none) so the kernel need not scan for it; returns the
+/// zero page address.
 pub fn write_boot_params(
     mem: &GuestMemory,
     kernel: &LoadedKernel,
     cmdline: &str,
     e820: &[E820Entry],
+    acpi_rsdp: u64,
 ) -> Result<u64, BootError> {
     if cmdline.contains('\0') {
         return Err(BootError::CmdlineNul);
@@ -55,6 +58,7 @@ pub fn write_boot_params(
         };
     }
     params.e820_entries = n as u8;
+    params.acpi_rsdp_addr = acpi_rsdp;
     mem.write_obj(params, GuestAddress(ZERO_PAGE))?;
     Ok(ZERO_PAGE)
 }
@@ -79,7 +83,7 @@ mod tests {
     fn zero_page_carries_e820_and_cmdline() {
         let ram = crate::memory::GuestRam::new(32 << 20).unwrap();
         let map = e820_map(32 << 20);
-        write_boot_params(ram.memory(), &kernel(), "workload=memtest", &map).unwrap();
+        write_boot_params(ram.memory(), &kernel(), "workload=memtest", &map, 0xe0000).unwrap();
         let mem = ram.memory();
         let bp: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE)).unwrap();
         assert_eq!(bp.e820_entries as usize, map.len());
@@ -99,13 +103,19 @@ mod tests {
                 .unwrap() as u64,
             CMDLINE
         );
+        // Linux's and our kernel's acpi_rsdp_addr (bootparam.h offset 0x070).
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(ZERO_PAGE + 0x070))
+                .unwrap(),
+            0xe0000
+        );
     }
 
     #[test]
     fn overlong_or_nul_cmdline_is_refused() {
         let ram = crate::memory::GuestRam::new(32 << 20).unwrap();
         let long = "x".repeat(CMDLINE_MAX);
-        let e = write_boot_params(ram.memory(), &kernel(), &long, &[]).unwrap_err();
+        let e = write_boot_params(ram.memory(), &kernel(), &long, &[], 0).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -117,7 +127,7 @@ mod tests {
             "{e}"
         );
         assert!(matches!(
-            write_boot_params(ram.memory(), &kernel(), "a\0b", &[]),
+            write_boot_params(ram.memory(), &kernel(), "a\0b", &[], 0),
             Err(BootError::CmdlineNul)
         ));
     }

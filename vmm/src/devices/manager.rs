@@ -125,6 +125,7 @@ impl DeviceManager {
         mem: &GuestMemory,
         events: &Arc<VmEvents>,
         console: Console,
+        dirty: Option<Arc<crate::memory::dirty::DirtyLog>>,
     ) -> Result<(), DeviceError> {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| DeviceError::EventFd {
             what: "COM1",
@@ -141,7 +142,11 @@ impl DeviceManager {
         let i8042 = Arc::new(Mutex::new(I8042::new(events.clone())));
         self.add_pio("i8042", I8042_BASE, I8042_LEN, i8042)?;
         for which in [HostPort::Results, HostPort::Mark, HostPort::Exit] {
-            let dev = Arc::new(HostIo::new(which, mem.clone(), events.clone()));
+            let mut dev = HostIo::new(which, mem.clone(), events.clone());
+            if which == HostPort::Mark {
+                dev.dirty = dirty.clone();
+            }
+            let dev = Arc::new(dev);
             if which == HostPort::Results {
                 self.results = Some(dev.clone());
             }

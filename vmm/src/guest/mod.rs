@@ -4,6 +4,7 @@
 //! vCPU threads and devices learn to the event loop through a bounded queue;
 //! `log` keeps the guest's lines for the report within a byte budget. Every
 //! path here is fed by the guest, so every one of them is bounded.
+pub mod dirty;
 pub mod events;
 pub mod log;
 pub mod record;

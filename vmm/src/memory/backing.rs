@@ -277,14 +277,23 @@ unsafe impl Sync for HostMapping {}
 
 impl Drop for HostMapping {
     fn drop(&mut self) {
-        // SAFETY: we created exactly this mapping, and the last `RamOwner`
-        // (hence the last region that points into it) is being dropped.
-        unsafe { libc::munmap(self.addr.cast(), self.size) };
+        // SAFETY: we created exactly this mapping and its guard page, and
+        // the last `RamOwner` (hence the last region that points into it)
+        // is being dropped.
+        unsafe { libc::munmap(self.addr.cast(), self.size + GUARD) };
     }
 }
 
-/// Reserves `size` bytes of address space at a 2 MiB-aligned address
-/// (PROT_NONE, nothing committed) and returns that address.
+/// A PROT_NONE page kept after every mapping. Two anonymous regions mapped
+/// back to back with the same flags would be merged by the kernel into one
+/// VMA, whose smaps figures could not be told apart per region
+/// (`accounting`); the guard keeps them apart on kernels without
+/// CONFIG_ANON_VMA_NAME (this host's), where a VMA name cannot.
+const GUARD: usize = PAGE;
+
+/// Reserves `size` bytes of address space at a 2 MiB-aligned address, and
+/// a [`GUARD`] page after them (PROT_NONE, nothing committed), and returns
+/// that address.
 fn reserve_aligned(size: usize) -> io::Result<usize> {
     let span = size + HUGE;
     // SAFETY: a fresh private anonymous reservation; no memory is affected.
@@ -304,14 +313,16 @@ fn reserve_aligned(size: usize) -> io::Result<usize> {
     let start = raw as usize;
     let aligned = (start + HUGE - 1) & !(HUGE - 1);
     let head = aligned - start;
-    let tail = span - head - size;
+    // Never negative: head is at most HUGE - PAGE, which leaves room for
+    // the guard page.
+    let tail = span - head - size - GUARD;
     // SAFETY: trimming the unaligned head and tail of the reservation above.
     unsafe {
         if head > 0 {
             libc::munmap(raw, head);
         }
         if tail > 0 {
-            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+            libc::munmap((aligned + size + GUARD) as *mut libc::c_void, tail);
         }
     }
     Ok(aligned)
@@ -338,6 +349,29 @@ fn memfd(name: &str, hugetlb: bool) -> io::Result<OwnedFd> {
         }
     }
     unreachable!("the loop returns")
+}
+
+/// Names an anonymous mapping (`[anon:NAME]` in smaps), so an operator
+/// reading smaps sees which region it is. Kernels without
+/// CONFIG_ANON_VMA_NAME (this host's) refuse it: only the name is lost
+/// (the guard page, not the name, keeps regions from merging).
+fn name_anon(map: &HostMapping, name: &str) {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return;
+    };
+    // SAFETY: names our own mapping; the kernel copies the string.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_VMA,
+            libc::PR_SET_VMA_ANON_NAME,
+            map.addr as libc::c_ulong,
+            map.size as libc::c_ulong,
+            cname.as_ptr(),
+        )
+    };
+    if rc != 0 {
+        log::debug!("naming {name}: {}", io::Error::last_os_error());
+    }
 }
 
 /// Where mapping failed, for [`super::MemoryError`].
@@ -386,7 +420,7 @@ pub fn map(cfg: BackingConfig, size: usize, name: &str) -> Result<HostMapping, M
     if addr == libc::MAP_FAILED {
         let e = io::Error::last_os_error();
         // SAFETY: the range is our reservation (or what is left of it).
-        unsafe { libc::munmap(at as *mut libc::c_void, size) };
+        unsafe { libc::munmap(at as *mut libc::c_void, size + GUARD) };
         if cfg.backing.is_hugetlb() && e.raw_os_error() == Some(libc::ENOMEM) {
             // The pool shrank, or others reserved pages, since check_host.
             let pool = HugePool::read().map_err(MapError::Backing)?;
@@ -402,6 +436,9 @@ pub fn map(cfg: BackingConfig, size: usize, name: &str) -> Result<HostMapping, M
         fd,
         flags,
     };
+    if cfg.backing == Backing::Anon {
+        name_anon(&map, name);
+    }
     if !cfg.backing.is_hugetlb() {
         let advice = match cfg.thp {
             Thp::On => libc::MADV_HUGEPAGE,
@@ -466,5 +503,34 @@ mod tests {
             assert_eq!(serde_json::to_value(b).unwrap(), b.name());
         }
         assert_eq!(serde_json::to_value(Thp::Off).unwrap(), "off");
+    }
+
+    /// The page after every mapping is a PROT_NONE guard: nothing can be
+    /// mapped right after a region, so two regions never merge into one VMA.
+    #[test]
+    fn every_mapping_has_a_guard_page_after_it() {
+        for cfg in [
+            BackingConfig::default(),
+            BackingConfig {
+                backing: Backing::Anon,
+                thp: Thp::Off,
+            },
+            BackingConfig {
+                backing: Backing::Memfd,
+                thp: Thp::Off,
+            },
+        ] {
+            let m = map(cfg, 4 << 20, "guard-test").unwrap();
+            let end = m.addr as usize + m.size;
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let guard = maps
+                .lines()
+                .find(|l| l.starts_with(&format!("{end:x}-")))
+                .unwrap_or_else(|| panic!("{cfg:?}: nothing mapped at {end:#x}\n{maps}"));
+            assert!(
+                guard.split_whitespace().nth(1) == Some("---p"),
+                "{cfg:?}: {guard}"
+            );
+        }
     }
 }

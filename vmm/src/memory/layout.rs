@@ -16,6 +16,12 @@ pub const CMDLINE_MAX: usize = 4096;
 pub const PD_START: u64 = 0x21000;
 pub const PD_END: u64 = 0x9f000;
 pub const EBDA_START: u64 = 0x9fc00;
+/// The ACPI tables, RSDP first: the BIOS read-only area (abi.rs) where the
+/// ACPI spec has an OS scan for the RSDP, so a guest that ignores
+/// boot_params.acpi_rsdp_addr still finds it, inside the legacy hole e820
+/// keeps out of RAM, so no guest allocator reuses it.
+pub const ACPI_START: u64 = crate::abi::ACPI_AREA_START;
+pub const ACPI_END: u64 = crate::abi::ACPI_AREA_END;
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_GAP_START: u64 = 3 << 30;
 pub const MMIO_GAP_END: u64 = 4 << 30;
@@ -126,6 +132,7 @@ mod tests {
             (PDPT, 0x1000),
             (CMDLINE, CMDLINE_MAX as u64),
             (PD_START, PD_END - PD_START),
+            (ACPI_START, ACPI_END - ACPI_START),
         ];
         for (i, a) in areas.iter().enumerate() {
             for b in &areas[i + 1..] {
@@ -134,7 +141,12 @@ mod tests {
                     "{a:x?} overlaps {b:x?}"
                 );
             }
-            assert!(a.0 + a.1 <= EBDA_START);
+            assert!(a.0 + a.1 <= EBDA_START || a.0 == ACPI_START);
         }
+        // The ACPI area is not RAM in the e820 map of any size.
+        for e in e820_map(16 << 20) {
+            assert!(e.addr + e.size <= ACPI_START || e.addr >= ACPI_END, "{e:?}");
+        }
+        const { assert!(ACPI_END <= HIMEM_START) };
     }
 }

@@ -9,15 +9,18 @@
 //! Discard and collapse take guest-physical ranges that will come from the
 //! guest (balloon PFNs): each range is checked, with overflow-safe
 //! arithmetic, to lie wholly inside one RAM region before anything is done.
+pub mod accounting;
 pub mod backing;
+pub mod dirty;
 pub mod layout;
+pub mod reserve;
 pub mod rss;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use vm_memory::bitmap::{Bitmap, WithBitmapSlice};
+use vm_memory::bitmap::{AtomicBitmap, Bitmap, WithBitmapSlice};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
@@ -67,19 +70,32 @@ pub enum MemoryError {
 }
 
 /// Keeps a region's host mapping alive for as long as any clone of the
-/// region exists.
+/// region exists, and, with `--dirty-log` on, records which pages the VMM
+/// itself wrote.
 ///
 /// Why it lives in vm-memory's bitmap slot: guest RAM is mapped 2 MiB-aligned
 /// by us (vm-memory cannot align its own mmap), so vm-memory sees it as a raw,
 /// unowned pointer. A `GuestMemoryMmap` is cheaply cloneable (virtio devices
 /// keep clones), and a clone that outlived the mapping read freed memory from
 /// safe code. The bitmap is the one value each region carries by ownership,
-/// so an `Arc` of the mapping there makes every clone own it. Dirty tracking
-/// is not done through vm-memory (KVM's dirty log does it), so the slot is
-/// otherwise unused.
-#[derive(Clone, Debug)]
+/// so an `Arc` of the mapping there makes every clone own it.
+///
+/// Why the VMM's writes need a bitmap of their own: KVM's dirty log sees only
+/// what the guest's vCPUs write through stage-2; a device filling a buffer
+/// writes through our mapping, which KVM never sees. Every vm-memory write
+/// marks the pages it touched here ([`dirty`] harvests them). `None` when
+/// dirty logging is off: a write then costs one not-taken branch.
+#[derive(Debug)]
 pub struct RamOwner {
     _mapping: Arc<HostMapping>,
+    vmm_writes: Option<AtomicBitmap>,
+}
+
+impl RamOwner {
+    /// Pages of this region the VMM wrote, if tracked.
+    pub fn vmm_writes(&self) -> Option<&AtomicBitmap> {
+        self.vmm_writes.as_ref()
+    }
 }
 
 /// Which range of the mappings [`GuestRam::locate`] found.
@@ -90,15 +106,19 @@ struct Located<'a> {
 }
 
 impl<'a> WithBitmapSlice<'a> for RamOwner {
-    type S = ();
+    type S = <Option<AtomicBitmap> as WithBitmapSlice<'a>>::S;
 }
 
 impl Bitmap for RamOwner {
-    fn mark_dirty(&self, _offset: usize, _len: usize) {}
-    fn dirty_at(&self, _offset: usize) -> bool {
-        false
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        self.vmm_writes.mark_dirty(offset, len)
     }
-    fn slice_at(&self, _offset: usize) {}
+    fn dirty_at(&self, offset: usize) -> bool {
+        self.vmm_writes.dirty_at(offset)
+    }
+    fn slice_at(&self, offset: usize) -> <Self as WithBitmapSlice<'_>>::S {
+        self.vmm_writes.slice_at(offset)
+    }
 }
 
 /// Guest RAM as vm-memory sees it; every clone keeps the mappings alive.
@@ -121,6 +141,7 @@ pub struct GuestRam {
     /// The region mappings, index for index with `regions`.
     mappings: Vec<Arc<HostMapping>>,
     config: BackingConfig,
+    counters: accounting::OpCounters,
 }
 
 impl GuestRam {
@@ -133,6 +154,16 @@ impl GuestRam {
     /// Maps `size` bytes of guest RAM backed as `config` says. The host's
     /// support for it is checked by [`backing::check_host`] first.
     pub fn with_backing(size: u64, config: BackingConfig) -> Result<Self, MemoryError> {
+        Self::build(size, config, false)
+    }
+
+    /// As [`Self::with_backing`], with the VMM's own writes to each region
+    /// recorded page by page (see [`RamOwner`]), for `--dirty-log`.
+    pub fn with_vmm_write_tracking(size: u64, config: BackingConfig) -> Result<Self, MemoryError> {
+        Self::build(size, config, true)
+    }
+
+    fn build(size: u64, config: BackingConfig, track: bool) -> Result<Self, MemoryError> {
         let mut mm_regions = Vec::new();
         let mut regions = Vec::new();
         let mut mappings = Vec::new();
@@ -159,6 +190,8 @@ impl GuestRam {
                     len as usize,
                     RamOwner {
                         _mapping: map.clone(),
+                        vmm_writes: track
+                            .then(|| AtomicBitmap::new(len as usize, dirty::PAGE_SIZE_NZ)),
                     },
                 )
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
@@ -185,6 +218,7 @@ impl GuestRam {
             regions,
             mappings,
             config,
+            counters: Default::default(),
         })
     }
 
@@ -192,13 +226,27 @@ impl GuestRam {
         self.config
     }
 
+    /// Bytes and ranges discarded and collapsed so far.
+    pub fn op_counts(&self) -> accounting::OpCounts {
+        self.counters.snapshot()
+    }
+
     /// Installs one memslot per region: KVM builds the stage-2 (EPT/NPT, or
     /// shadow) mappings from these lazily, on the guest's first touch.
     pub fn register(&self, vm: &kvm_ioctls::VmFd) -> Result<(), MemoryError> {
+        self.register_with_flags(vm, 0)
+    }
+
+    /// [`Self::register`] with memslot `flags` (KVM_MEM_LOG_DIRTY_PAGES).
+    pub fn register_with_flags(
+        &self,
+        vm: &kvm_ioctls::VmFd,
+        flags: u32,
+    ) -> Result<(), MemoryError> {
         for r in &self.regions {
             let slot = kvm_bindings::kvm_userspace_memory_region {
                 slot: r.slot,
-                flags: 0,
+                flags,
                 guest_phys_addr: r.guest_base,
                 memory_size: r.size,
                 userspace_addr: r.host_addr,
@@ -317,6 +365,7 @@ impl GuestRam {
         if rc != 0 {
             return Err(fail(io::Error::last_os_error()));
         }
+        self.counters.discarded(len);
         Ok(())
     }
 
@@ -350,6 +399,7 @@ impl GuestRam {
                 source: io::Error::last_os_error(),
             });
         }
+        self.counters.collapsed(len);
         Ok(())
     }
 
@@ -626,6 +676,8 @@ mod tests {
     /// do not change the host; tests/memory_backing.rs reserves them).
     #[test]
     fn hugetlb_discards_whole_huge_pages() {
+        // Others reserving and giving back pages must wait until we are done.
+        let _pool = reserve::PoolLock::take().unwrap();
         let need = 4 * MIB;
         if backing::HugePool::read()
             .map_or(true, |p| p.check(Backing::Hugetlbfs, 2 * need).is_err())

@@ -31,6 +31,12 @@ fn kb_field(line: &str, name: &str) -> Option<u64> {
 
 /// Reads VmRSS and the smaps Rss/AnonHugePages of mappings inside `ranges`.
 pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
+    measure_with(&std::fs::read_to_string("/proc/self/smaps")?, ranges)
+}
+
+/// As [`measure`], with smaps already read (so that figures taken from the
+/// same text agree).
+pub fn measure_with(smaps: &str, ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let vm_rss = status
         .lines()
@@ -40,8 +46,7 @@ pub fn measure(ranges: &[(u64, u64)]) -> io::Result<MemoryUsage> {
         .lines()
         .find_map(|l| kb_field(l, "VmHWM:"))
         .unwrap_or(0);
-    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    let g = guest_rss_from_smaps(&smaps, ranges);
+    let g = guest_rss_from_smaps(smaps, ranges);
     Ok(MemoryUsage {
         vm_rss_bytes: vm_rss,
         vm_peak_rss_bytes: peak,
@@ -63,8 +68,20 @@ pub struct SmapsSum {
 /// Sums Rss, AnonHugePages and hugetlb pages of the smaps entries that lie
 /// within `ranges`.
 pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> SmapsSum {
-    let mut inside = false;
     let mut sum = SmapsSum::default();
+    for (start, end, s) in smaps_entries(smaps) {
+        if ranges.iter().any(|&(a, b)| start >= a && end <= b) {
+            sum.rss += s.rss;
+            sum.anon_huge += s.anon_huge;
+            sum.hugetlb += s.hugetlb;
+        }
+    }
+    sum
+}
+
+/// Each smaps entry: its address range and figures.
+pub fn smaps_entries(smaps: &str) -> Vec<(u64, u64, SmapsSum)> {
+    let mut out: Vec<(u64, u64, SmapsSum)> = Vec::new();
     for line in smaps.lines() {
         let header = line
             .split_once(' ')
@@ -76,8 +93,8 @@ pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> SmapsSum {
                 ))
             });
         if let Some((start, end)) = header {
-            inside = ranges.iter().any(|&(s, e)| start >= s && end <= e);
-        } else if inside {
+            out.push((start, end, SmapsSum::default()));
+        } else if let Some((_, _, sum)) = out.last_mut() {
             if let Some(v) = kb_field(line, "Rss:") {
                 sum.rss += v;
             } else if let Some(v) = kb_field(line, "AnonHugePages:") {
@@ -89,7 +106,7 @@ pub fn guest_rss_from_smaps(smaps: &str, ranges: &[(u64, u64)]) -> SmapsSum {
             }
         }
     }
-    sum
+    out
 }
 
 /// The smaps figures of `ranges` in this process now.

@@ -6,6 +6,7 @@
 use super::kvm::KvmError;
 use crate::devices::legacy::ioapic::IOAPIC_PINS;
 use crate::memory::backing::BackingConfig;
+use crate::memory::dirty::{self, DirtyError, DirtyLog, DirtyMode};
 use crate::memory::{GuestMemory, GuestRam, MemoryError};
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_pre_fault_memory, KVM_CAP_SPLIT_IRQCHIP,
@@ -23,6 +24,8 @@ pub enum VmError {
     Kvm(#[from] KvmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Dirty(#[from] DirtyError),
 }
 
 /// Which interrupt controllers KVM emulates (`--irqchip`).
@@ -55,6 +58,8 @@ pub enum PrefaultMethod {
 }
 
 pub struct Vm {
+    /// `--dirty-log`; holds a clone of `fd`, so it goes first (see Drop).
+    dirty: Option<Arc<DirtyLog>>,
     /// Shared with the userspace IOAPIC of a split irqchip, which sets GSI
     /// routes; it lives on the device bus, dropped before the VM.
     pub fd: Arc<VmFd>,
@@ -67,7 +72,15 @@ impl Vm {
     /// [`Vm::add_interrupt_controllers`], after the memslots: on the PVM hosts
     /// measured here the first KVM_SET_USER_MEMORY_REGION took ~4.8 ms once an
     /// in-kernel irqchip existed and ~0.25 ms before it.
-    pub fn new(kvm: &Kvm, memory: u64, backing: BackingConfig) -> Result<Self, VmError> {
+    ///
+    /// Dirty logging is set up here because KVM wants it before the vCPUs
+    /// (the ring) and in the memslot flags (both modes).
+    pub fn new(
+        kvm: &Kvm,
+        memory: u64,
+        backing: BackingConfig,
+        dirty_mode: DirtyMode,
+    ) -> Result<Self, VmError> {
         if !kvm.check_extension(Cap::Irqchip) {
             return Err(KvmError::MissingCap("KVM_CAP_IRQCHIP").into());
         }
@@ -78,10 +91,26 @@ impl Vm {
             what: "KVM_CREATE_VM",
             source,
         })?;
-        let ram = GuestRam::with_backing(memory, backing)?;
-        ram.register(&fd)?;
+        let (slot_flags, ring) = dirty::enable(&fd, dirty_mode)?;
+        let ram = if dirty_mode == DirtyMode::Off {
+            GuestRam::with_backing(memory, backing)?
+        } else {
+            GuestRam::with_vmm_write_tracking(memory, backing)?
+        };
+        ram.register_with_flags(&fd, slot_flags)?;
+        let fd = Arc::new(fd);
+        let dirty = (dirty_mode != DirtyMode::Off).then(|| {
+            Arc::new(DirtyLog::new(
+                dirty_mode,
+                fd.clone(),
+                ram.regions(),
+                ram.memory().clone(),
+                ring,
+            ))
+        });
         Ok(Vm {
-            fd: Arc::new(fd),
+            dirty,
+            fd,
             ram: Arc::new(ram),
         })
     }
@@ -170,6 +199,11 @@ impl Vm {
         Ok(())
     }
 
+    /// The dirty log, with `--dirty-log` bitmap or ring.
+    pub fn dirty(&self) -> Option<&Arc<DirtyLog>> {
+        self.dirty.as_ref()
+    }
+
     pub fn ram(&self) -> &GuestRam {
         &self.ram
     }
@@ -182,12 +216,22 @@ impl Vm {
     pub fn memory(&self) -> &GuestMemory {
         self.ram.memory()
     }
+
+    /// What guest RAM costs now, host and KVM side (the report's memory
+    /// figures and `GET /vm/memory`).
+    pub fn accounting(&self) -> crate::memory::accounting::MemoryAccounting {
+        let kvm = super::kvm_stats::KvmStats::read_vm(&self.fd)
+            .map_err(|e| log::debug!("KVM statistics: {e}"))
+            .ok();
+        crate::memory::accounting::measure(&self.ram, kvm)
+    }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
         // The VM fd must close here, before the RAM it maps is unmapped:
-        // whoever shared it (the IOAPIC) is gone by now.
+        // whoever shared it (the IOAPIC, the dirty log) is gone by now.
+        self.dirty = None;
         debug_assert_eq!(Arc::strong_count(&self.fd), 1, "the VM fd outlives the Vm");
     }
 }

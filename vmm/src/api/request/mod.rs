@@ -18,6 +18,7 @@ pub mod entropy;
 pub mod instance_info;
 mod json;
 pub mod machine_config;
+pub mod memory;
 pub mod vm;
 
 use super::{ApiRequest, ApiResponse, MAX_PAYLOAD_BYTES};
@@ -50,6 +51,7 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         ("PUT", ["machine-config"]) => machine_config::parse_put(body),
         ("PATCH", ["machine-config"]) => machine_config::parse_patch(body),
         ("GET", ["vm", "config"]) => vm::parse_get_config(),
+        ("GET", ["vm", "memory"]) => memory::parse_get(),
         ("PATCH", ["vm"]) => vm::parse_patch(body),
         ("PUT", ["boot-source"]) => boot_source::parse_put(body),
         ("PUT", ["entropy"]) => entropy::parse_put(body),

@@ -4,11 +4,14 @@
 //! They are devices on the bus like any other, so the vCPU loop names none of
 //! them. Each access reads what the guest points at right here, on the vCPU
 //! thread (bounded by `abi::RECORD_MAX_LEN`), and hands the result to the
-//! event loop through the bounded [`VmEvents`] queue.
+//! event loop through the bounded [`VmEvents`] queue. The dirty-window marks
+//! act at once, on the vCPU thread: the guest's window must be cleared and
+//! read while it waits on its `out`, not when the event loop gets to it.
 use crate::abi;
 use crate::clock::now_ns;
 use crate::guest::events::{VmEvent, VmEvents};
 use crate::guest::record::read_record;
+use crate::memory::dirty::DirtyLog;
 use crate::memory::GuestMemory;
 use crate::vstate::vcpu::current_vcpu;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +42,8 @@ pub struct HostIo {
     mem: GuestMemory,
     events: Arc<VmEvents>,
     pub records: AtomicU64,
+    /// The mark port's dirty log, with `--dirty-log`.
+    pub dirty: Option<Arc<DirtyLog>>,
 }
 
 impl HostIo {
@@ -48,6 +53,7 @@ impl HostIo {
             mem,
             events,
             records: AtomicU64::new(0),
+            dirty: None,
         }
     }
 }
@@ -87,11 +93,24 @@ impl DevicePio for HostIo {
                     at_ns,
                 }),
             },
-            HostPort::Mark => self.events.push(VmEvent::Mark {
-                vcpu,
-                value: value(data),
-                at_ns,
-            }),
+            HostPort::Mark => {
+                let value = value(data);
+                if let Some(d) = &self.dirty {
+                    let r = match value {
+                        abi::MARK_DIRTY_START => d.window_start(),
+                        abi::MARK_DIRTY_END => d.window_end(),
+                        _ => Ok(()),
+                    };
+                    if let Err(e) = r {
+                        self.events.push(VmEvent::Failed {
+                            vcpu,
+                            error: e.to_string(),
+                            at_ns,
+                        });
+                    }
+                }
+                self.events.push(VmEvent::Mark { vcpu, value, at_ns })
+            }
             HostPort::Exit => self.events.push(VmEvent::GuestExit {
                 vcpu,
                 status: value(data),

@@ -42,6 +42,8 @@ pub enum Exit<'a> {
     IoapicEoi {
         vector: u8,
     },
+    /// KVM_EXIT_DIRTY_RING_FULL: this vCPU's dirty ring has no room left.
+    DirtyRingFull,
     Other {
         reason: u32,
     },
@@ -88,6 +90,8 @@ pub enum Action {
     Idle,
     /// Pulled out of KVM_RUN by a kick: look at the vCPU's messages.
     Kicked,
+    /// Empty the dirty rings (KVM_RESET_DIRTY_RINGS), then enter again.
+    HarvestDirtyRing,
     Crash(Crash),
 }
 
@@ -123,6 +127,7 @@ pub fn handle(exit: Exit<'_>, bus: &dyn Bus) -> Action {
         }
         Exit::IoapicEoi { .. } => true,
         Exit::Hlt => return Action::Idle,
+        Exit::DirtyRingFull => return Action::HarvestDirtyRing,
         Exit::Interrupted => return Action::Kicked,
         Exit::Shutdown => return Action::Crash(Crash::TripleFault),
         Exit::InternalError { suberror } => return Action::Crash(Crash::InternalError(suberror)),
@@ -293,6 +298,13 @@ mod tests {
         );
         assert_eq!(handle(Exit::Interrupted, &bus), Action::Kicked);
         assert_eq!(handle(Exit::Hlt, &bus), Action::Idle);
+    }
+
+    #[test]
+    fn a_full_dirty_ring_is_harvested_and_the_vcpu_goes_on() {
+        let bus = FakeBus::default();
+        assert_eq!(handle(Exit::DirtyRingFull, &bus), Action::HarvestDirtyRing);
+        assert!(bus.log.borrow().is_empty(), "no device is involved");
     }
 
     #[test]

@@ -95,6 +95,8 @@ pub struct VcpuContext {
     pub bus: Arc<dyn Bus + Send + Sync>,
     pub events: Arc<VmEvents>,
     pub counters: Arc<ExitCounters>,
+    /// `--dirty-log ring`: emptied here when a vCPU's ring fills.
+    pub dirty: Option<Arc<crate::memory::dirty::DirtyLog>>,
 }
 
 /// The event loop's handle on one vCPU thread.
@@ -274,6 +276,7 @@ fn next_exit<'a>(
         VcpuExit::SystemEvent(kind, _) => Exit::SystemEvent { kind },
         VcpuExit::Intr => Exit::Interrupted,
         VcpuExit::IoapicEoi(vector) => Exit::IoapicEoi { vector },
+        VcpuExit::Unsupported(kvm_bindings::KVM_EXIT_DIRTY_RING_FULL) => Exit::DirtyRingFull,
         // SAFETY: reading the exit reason KVM wrote.
         _ => Exit::Other {
             reason: unsafe { (*run_ptr).exit_reason },
@@ -359,6 +362,25 @@ fn run(
                 n.fetch_add(1, Ordering::Relaxed);
                 if unclaimed && c.unclaimed.fetch_add(1, Ordering::Relaxed) < 8 {
                     log::debug!("vCPU {id}: an access no device claimed (further ones counted)");
+                }
+            }
+            Action::HarvestDirtyRing => {
+                // KVM re-enters only once the ring has room again.
+                let r = ctx.dirty.as_ref().map(|d| d.ring_full());
+                if let Some(Err(e)) = r {
+                    push(VmEvent::Failed {
+                        vcpu: id,
+                        error: e.to_string(),
+                        at_ns: now_ns(),
+                    });
+                    state = VcpuState::Exited;
+                } else if r.is_none() {
+                    push(VmEvent::Failed {
+                        vcpu: id,
+                        error: "KVM_EXIT_DIRTY_RING_FULL without a dirty ring".into(),
+                        at_ns: now_ns(),
+                    });
+                    state = VcpuState::Exited;
                 }
             }
             Action::Idle => {
