@@ -178,6 +178,12 @@ fn cycle(mode: &str, vcpus: &str) {
         0,
         "{w}"
     );
+    // Nothing leaked: with the balloon empty, every page is free again.
+    assert_eq!(
+        u64_at(w, "free_pages_end"),
+        u64_at(w, "free_pages_start"),
+        "{w}"
+    );
     // The deflated memory was used again: more than the 512 MiB that was
     // in the balloon is reused.
     assert!(u64_at(w, "reused_pages") > 131072, "{w}");
@@ -231,6 +237,11 @@ fn an_oom_deflates_the_balloon_and_the_allocation_goes_on() {
         assert!(u64_at(b, "oom_deflates") > 1, "{mode}: {b}");
         assert!(u64_at(b, "oom_deflated_pages") >= 190 * 256, "{mode}: {b}");
         assert!(u64_at(w, "reused_pages") > 200 * 256, "{mode}: {w}");
+        assert_eq!(
+            u64_at(w, "free_pages_end"),
+            u64_at(w, "free_pages_start"),
+            "{mode}: {w}"
+        );
         assert_eq!(w["ok"], true, "{w}");
     }
 }
@@ -274,12 +285,36 @@ fn free_page_reporting_hands_freed_memory_back_without_inflating() {
     // watermark's share.
     assert!(u64_at(b, "reported_pages") >= 400 * 256, "{b}");
     assert!(u64_at(b, "report_passes") >= 1, "{b}");
+    // What the end freed was reported within the linger.
+    assert!(u64_at(w, "reported_after_free") >= 200 * 256, "{w}");
+    // Every reported block came back to the free lists.
+    assert_eq!(
+        u64_at(w, "free_pages_end"),
+        u64_at(w, "free_pages_start"),
+        "{w}"
+    );
     let host = &out.report()["balloon"];
     assert!(u64_at(host, "report_pages") >= 400 * 256, "{host}");
     // And the host let go of it: the guest's Rss at the end is what was
     // not reported.
     let rss = u64_at(&out.report()["memory"], "guest_rss_bytes");
     assert!(rss < 112 * MIB, "guest Rss {rss} after reporting");
+
+    // A pass waits for the frees to gather: ending 100 ms after the last
+    // free, before the delay is up, reports none of it.
+    let out = run(&[
+        "--memory",
+        "512M",
+        "--balloon",
+        "amount_mib=0,free_page_reporting=on",
+        "--cmdline",
+        "workload=balloon-hold size=256M seconds=1 cycles=0 linger=100",
+    ]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let w = out.guest_event("workload");
+    assert_eq!(u64_at(w, "reported_after_free"), 0, "{w}");
+    // Reporting ran before that all the same (what was free at boot).
+    assert!(u64_at(&w["balloon"], "reported_pages") > 0, "{w}");
 }
 
 #[test]

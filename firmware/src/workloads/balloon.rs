@@ -51,6 +51,10 @@ static HELD: AtomicU64 = AtomicU64::new(0);
 static DONE: AtomicBool = AtomicBool::new(false);
 static ERRORS: AtomicU64 = AtomicU64::new(0);
 static TOUCHES: AtomicU64 = AtomicU64::new(0);
+/// Free pages (per-CPU lists drained) once the driver is up, before the
+/// hold takes its memory: what the end must come back to when the balloon
+/// is empty again.
+static FREE_START: AtomicU64 = AtomicU64::new(0);
 
 /// Blocks (pfn, order) kept in chained index pages of
 /// `[next, count, entry × ENTRIES]`, entry = pfn << 8 | order.
@@ -202,6 +206,7 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
                 }
             }
         }
+        FREE_START.store(mm::free_pages_drained(), Relaxed);
         // SAFETY: CPU 0 alone writes the list, before the barrier; the
         // others only read it after.
         let list = unsafe { &mut *core::ptr::addr_of_mut!(HELD_LIST) };
@@ -273,7 +278,8 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
     let linger: u64 = cmdline::get(line, "linger")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let tpm = balloon::with(|b| b.tsc_per_ms).unwrap_or(1);
+    let (tpm, reported_before) =
+        balloon::with(|b| (b.tsc_per_ms, b.c.reported_pages)).unwrap_or((1, 0));
     let freed_at = cpu::rdtsc();
     loop {
         balloon::service(0);
@@ -282,6 +288,7 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
         }
         core::hint::spin_loop();
     }
+    let free_end = mm::free_pages_drained();
     let (c, mode, target, actual, pages, features, list_pages) = balloon::with(|b| {
         (
             b.c,
@@ -310,12 +317,14 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
          \"held_pages\":{held},\"held_blocks\":{},\"touches\":{},\"held_errors\":{held_errors},\
          \"reused_pages\":{reused},\"reuse_errors\":{reuse_errors},\"free_errors\":{},\
          \"hold_ms\":{held_secs_ms},\"cycles_seen\":{},\"target\":{target},\"actual\":{actual},\
-         \"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
+         \"reported_after_free\":{},\"free_pages_start\":{},\"free_pages_end\":{free_end},\"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
         mode.name(),
         held_blocks,
         TOUCHES.load(Relaxed),
         held_free_errors + reuse_free_errors,
         steps.cycles,
+        c.reported_pages - reported_before,
+        FREE_START.load(Relaxed),
     ));
     counters_json(&mut l, &c);
     if let Some(Some(e)) = balloon::with(|b| b.error) {
