@@ -148,13 +148,32 @@ struct Vmm {
     guard: Guard,
     sock: std::path::PathBuf,
     report: std::path::PathBuf,
+    stderr: std::path::PathBuf,
     spawn_ns: u64,
+}
+
+impl Vmm {
+    /// What the run said on stderr, for an error message.
+    fn said(&self) -> String {
+        let s = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let s = s.trim();
+        // The end says why; keep the message short.
+        let start = (s.len().saturating_sub(2000)..s.len())
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(s.len());
+        s[start..].to_string()
+    }
 }
 
 fn spawn(dir: &TempDir, memory_mib: u64, balloon: &str, cmdline: &str) -> Result<Vmm> {
     let exe = std::env::current_exe().context("locating the memvisor binary")?;
-    let sock = dir.0.join("balloon.sock");
+    // A socket path must fit sun_path (108 bytes); a deep TMPDIR does not.
+    let mut sock = dir.0.join("balloon.sock");
+    if sock.as_os_str().len() >= 100 {
+        sock = format!("/tmp/memvisor-bench-balloon-{}.sock", std::process::id()).into();
+    }
     let report = dir.0.join("balloon.json");
+    let stderr = dir.0.join("balloon.err");
     let _ = std::fs::remove_file(&report);
     let spawn_ns = now_ns();
     let child = Command::new(exe)
@@ -168,13 +187,14 @@ fn spawn(dir: &TempDir, memory_mib: u64, balloon: &str, cmdline: &str) -> Result
         .env(SPAWN_ENV, spawn_ns.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).context("creating the run's stderr file")?)
         .spawn()
         .context("spawning memvisor run")?;
     Ok(Vmm {
         guard: Guard(child),
         sock,
         report,
+        stderr,
         spawn_ns,
     })
 }
@@ -202,7 +222,7 @@ fn finish(vmm: &mut Vmm) -> Result<Value> {
         std::thread::sleep(Duration::from_millis(5));
     };
     if !st.success() {
-        bail!("memvisor run failed ({st}); rerun it by hand with the same flags to see why");
+        bail!("memvisor run failed ({st}): {}", vmm.said());
     }
     serde_json::from_slice(&std::fs::read(&vmm.report).context("reading the run's report")?)
         .context("parsing the run's report")
@@ -243,12 +263,15 @@ fn cycle_once(dir: &TempDir, c: &Case) -> Result<CycleSample> {
     let pid = vmm.guard.0.id();
     // Firecracker refuses a target until the guest's driver is up.
     let sock = vmm.sock.clone();
-    wait_for(
+    let up = wait_for(
         &mut vmm.guard,
         Duration::from_secs(120),
         "bring the balloon up",
         || set_target(&sock, 0).is_ok(),
-    )?;
+    );
+    if let Err(e) = up {
+        bail!("{e:#}: {}", vmm.said());
+    }
     std::thread::sleep(Duration::from_millis(200));
     let before = vm_rss_of(pid)?;
     let t0 = now_ns();
