@@ -178,3 +178,102 @@ fn bench_output_into_a_closed_pipe_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?} {err}");
 }
+
+/// `memvisor bench balloon --quick --json`: both modes' rows and the
+/// reporting row are there, with figures that say the balloon did what it
+/// is timed for (no timing thresholds).
+#[test]
+fn bench_balloon_json_is_well_formed() {
+    require_kvm!();
+    let tmp = TempDir::new("bench-balloon-tmp");
+    let out = memvisor(
+        &["bench", "balloon", "--runs", "1", "--quick", "--json"],
+        &[("TMPDIR", tmp.as_str())],
+    );
+    let ctx = out.describe();
+    assert_eq!(out.code, Some(0), "{ctx}");
+    assert!(out.leftovers.is_empty(), "{:?}\n{ctx}", out.leftovers);
+    let r: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{ctx}"));
+    assert_eq!(r["runs"], 1, "{r:#}");
+    assert_eq!(r["written_first"], "--prefault", "{r:#}");
+    let rows = r["cycles"].as_array().expect("cycles rows");
+    let modes: Vec<_> = rows.iter().map(|c| c["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["4k", "2m"], "{r:#}");
+    for c in rows {
+        assert_eq!(
+            (c["guest_mib"].as_u64(), c["balloon_mib"].as_u64()),
+            (Some(256), Some(128))
+        );
+        for key in [
+            "reclaim_gib_s",
+            "complete_ms",
+            "drop_90_ms",
+            "return_gib_s",
+            "return_ms",
+        ] {
+            let s = &c[key];
+            let (min, median, max) = (f64_at(s, "min"), f64_at(s, "median"), f64_at(s, "max"));
+            assert!(
+                min <= median && median <= max && median > 0.0,
+                "{key}: {c:#}"
+            );
+        }
+        // The figures time a real drop: the Rss fell by about the balloon.
+        let share = f64_at(c, "dropped_share");
+        assert!(
+            (0.95..1.1).contains(&share),
+            "Rss drop {share} of the balloon: {c:#}"
+        );
+        assert!(
+            f64_at(&c["drop_90_ms"], "median") <= f64_at(&c["complete_ms"], "median"),
+            "{c:#}"
+        );
+        assert!(f64_at(c, "device_rss_done_ms") > 0.0, "{c:#}");
+    }
+    let rep = r["reporting"].as_array().expect("reporting rows");
+    assert_eq!(rep.len(), 1, "{r:#}");
+    assert!(rep[0]["not_measured"].is_null(), "{:#}", rep[0]);
+    assert!(
+        f64_at(&rep[0]["free_to_90_ms"], "median") > 0.0,
+        "{:#}",
+        rep[0]
+    );
+    let goals: Vec<_> = r["goals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    assert_eq!(goals.len(), 3, "{goals:#?}");
+    // Each reclaim goal line carries its row's median and says met exactly
+    // when that reaches the mode's goal.
+    for (g, (row, goal)) in goals.iter().zip(rows.iter().zip([2.0, 20.0])) {
+        let mode = row["mode"].as_str().unwrap();
+        let median = f64_at(&row["reclaim_gib_s"], "median");
+        let head =
+            format!("{mode} reclaim, 128 MiB of 256 MiB: {median:.2} GiB/s, goal >= {goal}: ");
+        assert!(g.starts_with(&head), "{g} does not start with {head}");
+        assert_eq!(g.ends_with(": met"), median >= goal, "{g}");
+    }
+    assert!(goals[2].starts_with("free page reporting") && goals[2].contains("goal <= 1000 ms"));
+    assert!(
+        goals
+            .iter()
+            .all(|g| g.ends_with(": met") || g.ends_with(": NOT met")),
+        "{goals:#?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "bench left files behind: {left:?}");
+}
+
+#[test]
+fn bench_balloon_zero_runs_exits_2() {
+    let out = memvisor(&["bench", "balloon", "--runs", "0"], &[]);
+    assert_eq!(out.code, Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("--runs must be at least 1 (got 0)"),
+        "{}",
+        out.describe()
+    );
+}

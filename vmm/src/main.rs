@@ -204,6 +204,20 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Balloon benchmark: reclaim and return speed, time to 90% of the Rss
+    /// drop (1G guest inflated by 768M, 4G by 3G, `4k` and `2m` modes) and
+    /// free page reporting's free → Rss drop; medians beside the goals.
+    Balloon {
+        /// Runs of each configuration.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        /// One 256M guest inflated by 128M instead (a smoke run).
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -322,6 +336,20 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench api: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Balloon { runs, quick, json }) => {
+            if runs == 0 {
+                eprintln!("memvisor: bench balloon: error: --runs must be at least 1 (got 0)");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            let o = memvisor::bench::balloon::BalloonBenchOptions { runs, quick, json };
+            match memvisor::bench::balloon::bench_balloon(&o) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench balloon: {e:#}");
                     ExitCode::from(1)
                 }
             }

@@ -273,6 +273,18 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
     let held_blocks = list.len;
     // SAFETY: every other CPU is past the last barrier and done with it.
     let held_free_errors = unsafe { (*core::ptr::addr_of_mut!(HELD_LIST)).free(0) };
+    // The host stamps each record on arrival: this one marks the free that
+    // free page reporting answers (`memvisor bench balloon` times the Rss
+    // drop from it), one exit after the free.
+    {
+        let mut l = LINE.lock();
+        l.begin(abi::RECORD_JSON);
+        l.fmt(format_args!(
+            "{{\"event\":\"balloon-freed\",\"pages\":{}}}",
+            HELD.load(Relaxed)
+        ));
+        hostio::send(l.finish());
+    }
     // The balloon's work after the frees goes on for `linger` ms, so that
     // free page reporting can hand them to the host.
     let linger: u64 = cmdline::get(line, "linger")

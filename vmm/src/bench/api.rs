@@ -76,14 +76,39 @@ fn latency(ms: &[f64]) -> Latency {
 }
 
 /// Kills the child VMM on every path out.
-struct Guard(Child);
+pub(super) struct Guard(pub(super) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // Only a child not yet reaped: a reaped one's pid may be reused.
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
+}
+
+/// Polls `ready` every 2 ms until it holds; fails if the VMM exits first
+/// or `limit` passes.
+pub(super) fn wait_for(
+    guard: &mut Guard,
+    limit: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let t = Instant::now();
+    while !ready() {
+        if let Some(st) = guard.0.try_wait()? {
+            bail!("the VMM exited ({st}) before it would {what}");
+        }
+        if t.elapsed() > limit {
+            bail!("the VMM did not {what} within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 fn timed(sock: &Path, method: &str, uri: &str, body: Option<&str>, want: u16) -> Result<f64> {
@@ -116,13 +141,9 @@ pub fn bench_api(o: &ApiBenchOptions) -> Result<()> {
         .spawn()
         .context("spawning memvisor run")?;
     let mut guard = Guard(child);
-    let t = Instant::now();
-    while request(&sock, "GET", "/", None).is_err() {
-        if t.elapsed() > Duration::from_secs(10) || guard.0.try_wait()?.is_some() {
-            bail!("the VMM did not serve its API within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(&mut guard, Duration::from_secs(10), "serve its API", || {
+        request(&sock, "GET", "/", None).is_ok()
+    })?;
     // Let every vCPU reach its spin loop.
     std::thread::sleep(Duration::from_millis(100));
     let mut get = Vec::new();
