@@ -5,6 +5,8 @@
 #[macro_use]
 mod common;
 
+use common::api_vmm::ApiVmm;
+
 use common::{memvisor, unique_path, TempFile, BIN};
 use memvisor::api::client::request;
 use std::path::{Path, PathBuf};
@@ -12,44 +14,24 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A memvisor process serving the API on its own socket.
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    report: TempFile,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Vmm {
+    fn deref_mut(&mut self) -> &mut ApiVmm {
+        &mut self.0
+    }
 }
 
 impl Vmm {
     fn spawn(extra: &[&str]) -> Vmm {
-        let sock = unique_path("api.sock");
-        let report = TempFile::new("api-report");
-        let mut args = vec!["run", "--quiet", "--timeout", "60", "--api-sock"];
-        args.push(sock.to_str().unwrap());
-        args.extend_from_slice(&["--report", report.as_str()]);
-        args.extend_from_slice(extra);
-        let child = Command::new(BIN)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        // The file appears at bind(); wait until it accepts connections.
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "no API socket after 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Vmm {
-            child,
-            sock,
-            report,
-        }
-    }
-
-    fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, String) {
-        request(&self.sock, method, uri, body).unwrap_or_else(|e| panic!("{method} {uri}: {e}"))
+        Vmm(ApiVmm::spawn(60, extra, Stdio::piped()))
     }
 
     fn state(&self) -> String {
@@ -61,20 +43,9 @@ impl Vmm {
 
     /// Waits for exit; returns the exit code and the report.
     fn wait(mut self) -> (i32, serde_json::Value) {
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if t.elapsed() > Duration::from_secs(80) {
-                let _ = self.child.kill();
-                panic!("memvisor did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let done = self.wait_report(Duration::from_secs(80));
         assert!(!self.sock.exists(), "the socket file is removed on exit");
-        let r = serde_json::from_slice(&std::fs::read(self.report.path()).unwrap()).unwrap();
-        (status.code().unwrap_or(-1), r)
+        done
     }
 }
 

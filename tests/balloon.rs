@@ -4,49 +4,35 @@
 #[macro_use]
 mod common;
 
-use common::{memvisor, unique_path, TempFile, BIN};
-use memvisor::api::client::request;
+use common::api_vmm::ApiVmm;
+
+use common::{memvisor, TempFile};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    report: TempFile,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Vmm {
+    fn deref_mut(&mut self) -> &mut ApiVmm {
+        &mut self.0
+    }
 }
 
 impl Vmm {
     fn spawn(cmdline: &str, extra: &[&str]) -> Vmm {
-        let sock = unique_path("balloon.sock");
-        let report = TempFile::new("balloon-report");
-        let mut args = vec!["run", "--quiet", "--timeout", "150", "--cmdline", cmdline];
-        args.extend_from_slice(&["--api-sock", sock.to_str().unwrap()]);
-        args.extend_from_slice(&["--report", report.as_str()]);
+        let mut args = vec!["--cmdline", cmdline];
         args.extend_from_slice(extra);
-        let child = Command::new(BIN)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Vmm {
-            child,
-            sock,
-            report,
-        }
-    }
-
-    fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, String) {
-        request(&self.sock, method, uri, body).unwrap_or_else(|e| panic!("{method} {uri}: {e}"))
+        Vmm(ApiVmm::spawn(150, &args, Stdio::null()))
     }
 
     fn stats(&self) -> Value {
@@ -101,19 +87,7 @@ impl Vmm {
     }
 
     fn wait(mut self) -> (i32, Value) {
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if t.elapsed() > Duration::from_secs(150) {
-                let _ = self.child.kill();
-                panic!("memvisor did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let r = serde_json::from_slice(&std::fs::read(self.report.path()).unwrap()).unwrap();
-        (status.code().unwrap_or(-1), r)
+        self.wait_report(Duration::from_secs(150))
     }
 }
 

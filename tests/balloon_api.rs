@@ -4,50 +4,36 @@
 #[macro_use]
 mod common;
 
-use common::{memvisor, unique_path, TempFile, BIN};
-use memvisor::api::client::request;
+use common::api_vmm::ApiVmm;
+
+use common::memvisor;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// An idle guest: every vCPU halted until SIGTERM.
 const IDLE: &str = "console=ttyS0 workload=idle";
 
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    report: TempFile,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Vmm {
+    fn deref_mut(&mut self) -> &mut ApiVmm {
+        &mut self.0
+    }
 }
 
 impl Vmm {
     fn spawn(extra: &[&str]) -> Vmm {
-        let sock = unique_path("balloon-api.sock");
-        let report = TempFile::new("balloon-api-report");
-        let mut args = vec!["run", "--quiet", "--timeout", "60", "--cmdline", IDLE];
-        args.extend_from_slice(&["--api-sock", sock.to_str().unwrap()]);
-        args.extend_from_slice(&["--report", report.as_str()]);
+        let mut args = vec!["--cmdline", IDLE];
         args.extend_from_slice(extra);
-        let child = Command::new(BIN)
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Vmm {
-            child,
-            sock,
-            report,
-        }
-    }
-
-    fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, String) {
-        request(&self.sock, method, uri, body).unwrap_or_else(|e| panic!("{method} {uri}: {e}"))
+        Vmm(ApiVmm::spawn(60, &args, Stdio::null()))
     }
 
     fn json(&self, uri: &str) -> Value {

@@ -5,46 +5,35 @@
 #[macro_use]
 mod common;
 
-use common::{run, u64_at, unique_path, TempFile, BIN};
+use common::api_vmm::ApiVmm;
+
+use common::{run, u64_at};
 use memvisor::api::client::request;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
 /// A memvisor process running a balloon workload with the API on.
-struct Vmm {
-    child: Child,
-    sock: PathBuf,
-    report: TempFile,
+struct Vmm(ApiVmm);
+
+impl std::ops::Deref for Vmm {
+    type Target = ApiVmm;
+    fn deref(&self) -> &ApiVmm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Vmm {
+    fn deref_mut(&mut self) -> &mut ApiVmm {
+        &mut self.0
+    }
 }
 
 impl Vmm {
     fn spawn(args: &[&str]) -> Vmm {
-        let sock = unique_path("balloon.sock");
-        let report = TempFile::new("balloon-report");
-        let mut all = vec!["run", "--quiet", "--timeout", "80", "--api-sock"];
-        all.push(sock.to_str().unwrap());
-        all.extend_from_slice(&["--report", report.as_str()]);
-        all.extend_from_slice(args);
-        let child = Command::new(BIN)
-            .args(&all)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Vmm {
-            child,
-            sock,
-            report,
-        }
+        Vmm(ApiVmm::spawn(80, args, Stdio::null()))
     }
 
     fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (u16, Value) {
@@ -88,19 +77,7 @@ impl Vmm {
     }
 
     fn wait(mut self) -> (i32, Value) {
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if t.elapsed() > Duration::from_secs(90) {
-                let _ = self.child.kill();
-                panic!("memvisor did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let r = serde_json::from_slice(&std::fs::read(self.report.path()).unwrap()).unwrap();
-        (status.code().unwrap_or(-1), r)
+        self.wait_report(Duration::from_secs(90))
     }
 }
 

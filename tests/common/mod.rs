@@ -8,6 +8,7 @@
 //!   hang and clean up their temporary files.
 #![allow(dead_code)]
 
+pub mod api_vmm;
 pub mod hugetlb;
 
 use serde_json::Value;
