@@ -270,6 +270,24 @@ pub fn attach_mmio_device<D: VirtioDevice + 'static>(
     })
 }
 
+/// Makes a device's timer fd non-blocking. The event loop reads a timer
+/// when epoll saw it expire, but a reset on a vCPU thread may disarm it
+/// (which zeroes its count) in between: a blocking read would then hang the
+/// event loop with the device locked.
+pub(crate) fn set_nonblocking(fd: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own change only its flags.
+    let ok = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;

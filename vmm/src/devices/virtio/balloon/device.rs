@@ -174,7 +174,7 @@ impl Balloon {
     ) -> Result<Self, BalloonError> {
         cfg.validate(ram_bytes)?;
         let stats_timer = TimerFd::new().map_err(|e| BalloonError::Fd(e.into()))?;
-        set_nonblocking(&stats_timer).map_err(BalloonError::Fd)?;
+        crate::devices::virtio::set_nonblocking(&stats_timer).map_err(BalloonError::Fd)?;
         let shared = Arc::new(Shared::default());
         let inflated = Arc::new(Mutex::new(PageMap::new(ram_end)));
         let worker = CollapseWorker::spawn(host.clone(), shared.clone(), inflated.clone(), delay)
@@ -646,22 +646,6 @@ pub fn whole_blocks(start: u64, end: u64) -> u64 {
     let first = start.next_multiple_of(HUGE_PAGE);
     let last = end / HUGE_PAGE * HUGE_PAGE;
     last.saturating_sub(first) / HUGE_PAGE
-}
-
-/// The event loop reads the timer when epoll saw it expire, but a reset on
-/// a vCPU thread may disarm it in between: a blocking read would hang.
-fn set_nonblocking(fd: &impl AsRawFd) -> std::io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own change only its flags.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 impl VirtioDevice for Balloon {

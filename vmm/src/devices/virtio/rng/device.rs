@@ -72,7 +72,7 @@ impl Rng {
             None => RateLimiter::unlimited(),
         };
         let timer = TimerFd::new().map_err(|e| RngError::Fd(e.into()))?;
-        set_nonblocking(&timer).map_err(RngError::Fd)?;
+        crate::devices::virtio::set_nonblocking(&timer).map_err(RngError::Fd)?;
         Ok(Rng {
             acked_features: 0,
             queue_max: [RNG_QUEUE_SIZE],
@@ -204,23 +204,6 @@ impl Rng {
 
     pub(super) fn queue_evt_fd(&self) -> Option<i32> {
         self.queue_evt.as_ref().map(|e| e.as_raw_fd())
-    }
-}
-
-/// The event loop reads the timer when epoll saw it expire, but a reset on
-/// a vCPU thread may disarm it (which zeroes its count) in between: a
-/// blocking read would then hang the event loop with the device locked.
-fn set_nonblocking(fd: &impl AsRawFd) -> std::io::Result<()> {
-    let fd = fd.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own change only its flags.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) == 0
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
