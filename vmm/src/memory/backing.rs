@@ -458,8 +458,24 @@ pub fn map(cfg: BackingConfig, size: usize, name: &str) -> Result<HostMapping, M
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Anon THP on and off, and memfd with 4 KiB pages: what needs no
+    /// hugetlb pool.
+    pub(crate) fn pool_free_backings() -> [BackingConfig; 3] {
+        [
+            BackingConfig::default(),
+            BackingConfig {
+                backing: Backing::Anon,
+                thp: Thp::Off,
+            },
+            BackingConfig {
+                backing: Backing::Memfd,
+                thp: Thp::Off,
+            },
+        ]
+    }
 
     #[test]
     fn sysfs_modes_parse() {
@@ -515,17 +531,7 @@ mod tests {
     /// mapped right after a region, so two regions never merge into one VMA.
     #[test]
     fn every_mapping_has_a_guard_page_after_it() {
-        for cfg in [
-            BackingConfig::default(),
-            BackingConfig {
-                backing: Backing::Anon,
-                thp: Thp::Off,
-            },
-            BackingConfig {
-                backing: Backing::Memfd,
-                thp: Thp::Off,
-            },
-        ] {
+        for cfg in pool_free_backings() {
             let m = map(cfg, 4 << 20, "guard-test").unwrap();
             let end = m.addr as usize + m.size;
             let maps = std::fs::read_to_string("/proc/self/maps").unwrap();

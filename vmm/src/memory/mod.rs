@@ -534,21 +534,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// Anon THP on and off, and memfd with 4 KiB pages: what needs no
-    /// hugetlb pool.
-    fn pool_free_backings() -> [BackingConfig; 3] {
-        [
-            BackingConfig::default(),
-            BackingConfig {
-                backing: Backing::Anon,
-                thp: Thp::Off,
-            },
-            BackingConfig {
-                backing: Backing::Memfd,
-                thp: Thp::Off,
-            },
-        ]
-    }
+    use backing::tests::pool_free_backings;
 
     /// Writes a non-zero byte to every 4 KiB page of `[0, size)`.
     fn touch(ram: &GuestRam, size: u64) {
