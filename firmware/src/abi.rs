@@ -33,6 +33,11 @@ pub const RECORD_MAGIC: u32 = 0x3152_564d;
 pub const RECORD_JSON: u32 = 1;
 /// Payload is human-readable console text (printed like serial output).
 pub const RECORD_CONSOLE: u32 = 2;
+/// Payload is one [`PtWalkRequest`]: the VMM runs its 2D page-walk model
+/// over the guest's live page tables synchronously on the requesting
+/// vCPU's exit, so the guest only has to keep those tables unchanged until
+/// its port write returns (`workload=ptrepl`).
+pub const RECORD_PTWALK: u32 = 3;
 /// Upper bound the VMM accepts for one record's payload.
 pub const RECORD_MAX_LEN: u32 = 64 * 1024;
 /// Size of [`RecordHeader`] in bytes.
@@ -48,6 +53,34 @@ pub struct RecordHeader {
     pub len: u32,
     pub reserved: u32,
 }
+
+/// Page-table placement of one `workload=ptrepl` configuration.
+pub const PTREPL_LOCAL: u32 = 0;
+pub const PTREPL_REMOTE: u32 = 1;
+pub const PTREPL_REPLICATED: u32 = 2;
+/// Addresses the VMM samples per walk request at most, whatever the guest asks.
+pub const PTWALK_MAX_SAMPLES: u32 = 65536;
+
+/// Layout of a [`RECORD_PTWALK`] payload (little endian, 48 bytes): "model
+/// the walks vCPU `cpu` makes, with `root` in CR3, for `samples` addresses
+/// spread over [start, start + len)". `config` is a `PTREPL_*` value and
+/// `thp` 1 when the data is mapped with 2 MiB pages; both only label the
+/// result. `levels` is 4 or 5 (LA57).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PtWalkRequest {
+    pub cpu: u32,
+    pub config: u32,
+    pub root: u64,
+    pub start: u64,
+    pub len: u64,
+    pub samples: u32,
+    pub levels: u32,
+    pub thp: u32,
+    pub reserved: u32,
+}
+/// Size of [`PtWalkRequest`] in bytes.
+pub const PTWALK_REQUEST_LEN: u32 = 48;
 
 /// Values the guest writes to [`EXIT_PORT`].
 pub const GUEST_EXIT_SUCCESS: u32 = 0;
@@ -73,3 +106,6 @@ pub const MAX_VCPUS: usize = 64;
 /// thousands of emulated CPL0 instructions per vCPU on PVM hosts.
 pub const NOTE_NAME: &[u8] = b"memvisor\0";
 pub const NOTE_TYPE_SMP_ENTRY: u32 = 0x4d56_0001;
+
+const _: () = assert!(core::mem::size_of::<PtWalkRequest>() == PTWALK_REQUEST_LEN as usize);
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == RECORD_HEADER_LEN as usize);
