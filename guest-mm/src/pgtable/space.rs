@@ -139,7 +139,7 @@ impl<M: PhysMemory> AddressSpace<M> {
         if !g.has_room(may_free) {
             return Err(PtError::GatherFull);
         }
-        g.add_range(va, va + size.bytes());
+        g.add_range(va, size.bytes());
         for node in 0..MAX_NUMNODES {
             let Some(root) = self.roots[node] else {
                 continue;
@@ -192,7 +192,7 @@ impl<M: PhysMemory> AddressSpace<M> {
             // bit the walker sets meanwhile.
             let _ = slot.fetch_update(Relaxed, Relaxed, |e| Some((e & !RIGHTS) | prot.bits()));
         }
-        g.add_range(va, va + size.bytes());
+        g.add_range(va, size.bytes());
         Ok(())
     }
 
@@ -249,7 +249,7 @@ impl<M: PhysMemory> AddressSpace<M> {
             ad |= slot.fetch_and(!(PTE_A | PTE_D), Relaxed) & (PTE_A | PTE_D);
         }
         if ad != 0 {
-            g.add_range(va, va + size.bytes());
+            g.add_range(va, size.bytes());
         }
         Ok((ad & PTE_A != 0, ad & PTE_D != 0))
     }
