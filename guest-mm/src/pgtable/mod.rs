@@ -298,6 +298,8 @@ const fn leaf_pa(e: u64, level: usize) -> u64 {
 }
 
 #[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
 mod test_support;
 #[cfg(test)]
 mod tests;

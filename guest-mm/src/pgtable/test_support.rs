@@ -67,16 +67,14 @@ impl PtAlloc for SimPool {
             self.fail_after.set(Some(n - 1));
         }
         let pa = self.free.borrow_mut().get_mut(node)?.pop()?;
-        for i in 0..ENTRIES as u64 {
-            // SAFETY: the frame lies in the simulated RAM; tests are
-            // single-threaded.
-            unsafe {
-                self.mem
-                    .phys_to_ptr(PhysAddr(pa + 8 * i))
-                    .cast::<u64>()
-                    .write(0)
-            };
-        }
+        // SAFETY: the frame lies in the simulated RAM, which is contiguous
+        // and 8-aligned; tests are single-threaded.
+        unsafe {
+            self.mem
+                .phys_to_ptr(PhysAddr(pa))
+                .cast::<u64>()
+                .write_bytes(0, ENTRIES)
+        };
         self.out.borrow_mut()[node] += 1;
         Some(PhysAddr(pa))
     }
