@@ -522,7 +522,12 @@ fn replicas_live_on_their_node_and_drop_frees_after_full_flush() {
     let mut tlb = CountingTlb::new(&pool);
     assert_eq!(s.drop_replica(&mut g, 5), Err(PtError::NoSuchNode(5)));
     assert_eq!(s.replicate(&pool, 8), Err(PtError::NoSuchNode(8)));
+    // A write through node 1's replica only: its dirty bit must survive
+    // the drop of that replica.
+    hw_walk(&pool.mem, s.root(1), Levels::Four, 0x1000, true).unwrap();
     s.drop_replica(&mut g, 1).unwrap();
+    let t = s.translate(0x1000).unwrap();
+    assert!(t.accessed && t.dirty, "A/D of the dropped replica lost");
     assert_eq!(s.home_node(), 0, "lowest remaining node became home");
     assert_eq!(s.root(1), s.root(0));
     assert_eq!(pool.out(1), 4, "freed before the flush");
