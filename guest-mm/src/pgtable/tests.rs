@@ -443,6 +443,20 @@ fn row53_map_ptes_equals_single_maps_and_stays_in_one_table() {
     }
     let pool = SimPool::new(1, 64);
     let mut s = space(&pool, Levels::Four);
+    // The last frames below MAXPHYADDR: as map() would take them one by one.
+    let top = PhysAddr(ADDR_MASK - PAGE_SIZE);
+    s.map_ptes(&pool, 0, top, 2, RW).unwrap();
+    let far = PhysAddr(ADDR_MASK);
+    let misaligned = Err(PtError::Misaligned {
+        va: 0x2000,
+        pa: far,
+        size: PageSize::Size4K,
+    });
+    assert_eq!(s.map_ptes(&pool, 0x2000, far, 2, RW), misaligned);
+    let mut g = MmuGather::new();
+    s.unmap(&mut g, 0, PageSize::Size4K).unwrap();
+    s.unmap(&mut g, 0x1000, PageSize::Size4K).unwrap();
+    g.finish(&pool, &mut CountingTlb::new(&pool));
     let before = pool.mem.snapshot();
     for (first, n) in [(500u64, 13u64), (0, 513), (511, 2), (0, 0)] {
         let va = (1 << 30) + first * PAGE_SIZE;
