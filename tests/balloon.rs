@@ -233,6 +233,47 @@ fn check_split_and_collapsed_back(b: &Value) {
     assert!(after > 0.9, "THP coverage after the cycle {after}: {b}");
 }
 
+/// An aged guest's 4k balloon goes out and back while the guest idles
+/// (it does not touch the deflated pages): the host's Rss must stay down.
+/// MADV_COLLAPSE fills a block's missing pages, so collapsing a deflated
+/// block before the guest reused it would give the host back up to 2 MiB
+/// per block, the whole balloon, for memory the guest does not use. Once
+/// the guest reuses the memory, the blocks are collapsed.
+#[test]
+fn deflated_memory_the_guest_has_not_reused_stays_off_the_host() {
+    require_kvm!();
+    let vmm = Vmm::spawn(
+        "console=ttyS0 workload=balloon-hold size=128M cycles=0 seconds=15 \
+         balloon_mode=4k fragment=4",
+        &[
+            "--memory",
+            "1G",
+            "--prefault",
+            "--balloon",
+            "amount_mib=0,stats_polling_interval_s=1",
+        ],
+    );
+    drive_cycle(&vmm, "4k");
+    let deflated = vmm.rss();
+    // Three looks of the collapse worker (1 s apart) while the guest holds
+    // its 128M and nothing else.
+    let t = Instant::now();
+    let mut high = deflated;
+    while t.elapsed() < Duration::from_millis(3500) {
+        high = high.max(vmm.status("VmRSS:").unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        high <= deflated + 32 * MIB,
+        "Rss climbed while the guest idled after the deflate: {} -> {} MiB",
+        deflated / MIB,
+        high / MIB
+    );
+    let (code, r) = vmm.wait();
+    check_cycle_end("4k", code, &r);
+    check_split_and_collapsed_back(&r["balloon"]);
+}
+
 /// Free page reporting after a 4k cycle: the guest reuses everything,
 /// frees it and idles; reporting hands the memory back, and the host's
 /// Rss stays down while the collapse worker still has deflated blocks to
