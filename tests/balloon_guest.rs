@@ -348,6 +348,20 @@ fn balloon_mode_and_sizes_are_checked() {
         .unwrap()
         .to_string();
     assert!(m.contains("size=12345"), "{m}");
+    for bad in ["fragment=1", "fragment=513", "fragment=abc"] {
+        let out = run(&[
+            "--balloon",
+            "amount_mib=0",
+            "--cmdline",
+            &format!("workload=balloon-hold {bad}"),
+        ]);
+        assert_eq!(out.code, Some(1), "{bad}: {}", out.describe());
+        let m = out.guest_event("error")["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(m.contains(bad) && m.contains("from 2 to 512"), "{m}");
+    }
     // No device: say how to get one.
     let out = run(&["--cmdline", "workload=balloon-hold"]);
     assert_eq!(out.code, Some(1), "{}", out.describe());

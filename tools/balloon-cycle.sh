@@ -5,10 +5,14 @@
 # the host Rss before and after, whole 2 MiB blocks freed, collapses and THP
 # coverage before inflate, after inflate and after deflate and reuse.
 #
-#   tools/balloon-cycle.sh [--mode 2m|4k] [--memory SIZE] [--amount MIB] [--bin PATH]
+#   tools/balloon-cycle.sh [--mode 2m|4k] [--memory SIZE] [--amount MIB]
+#                          [--fragment K] [--bin PATH]
 #
-# Defaults: 2m, 1G, 512, target/release/memvisor (build it first:
-# `cargo build --release`). Needs /dev/kvm and jq.
+# Defaults: 2m, 1G, 512, no fragment, target/release/memvisor (build it
+# first: `cargo build --release`). `--fragment K` ages the guest first
+# (balloon-hold's fragment=K: free memory scattered through every 2 MiB
+# block), so a 4k inflate splits the host's huge pages. Needs /dev/kvm and
+# jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,13 +20,15 @@ mode=2m
 memory=1G
 amount=512
 bin=target/release/memvisor
+fragment=
 while [ $# -gt 0 ]; do
     case "$1" in
         --mode) mode="$2"; shift 2 ;;
         --memory) memory="$2"; shift 2 ;;
         --amount) amount="$2"; shift 2 ;;
+        --fragment) fragment="fragment=$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,7 +46,7 @@ trap cleanup EXIT
 "$bin" run --quiet --memory "$memory" --prefault --timeout 300 \
     --api-sock "$sock" --report "$report" \
     --balloon amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1 \
-    --cmdline "console=ttyS0 workload=balloon-hold size=128M cycles=1 seconds=240 balloon_mode=$mode" &
+    --cmdline "console=ttyS0 workload=balloon-hold size=128M cycles=1 seconds=240 balloon_mode=$mode $fragment" &
 pid=$!
 
 rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status"; }
@@ -62,6 +68,6 @@ echo "host VmRSS: $((before >> 20)) MiB before inflate, $((after >> 20)) MiB at 
 jq -r --argjson mib "$amount" '.balloon as $b |
   ($b.steps[] | "\(.kind) \(.from_pages / 256 | floor) -> \(.to_pages / 256 | floor) MiB: actual reached in \(.actual_reached_ms * 100 | round / 100) ms" +
      (if .rss_done_ms then ", Rss drop complete in \(.rss_done_ms * 100 | round / 100) ms = \((($mib / 1024) / (.rss_done_ms / 1000)) * 100 | round / 100) GiB/s" else "" end)),
-  "discarded \($b.discarded_bytes / 1048576) MiB in \($b.discards) ranges, \($b.whole_2m_freed) whole 2 MiB blocks; collapsed \($b.ranges_collapsed) (failed \($b.collapse_errors), skipped \($b.collapse_skipped))",
+  "discarded \($b.discarded_bytes / 1048576) MiB in \($b.discards) ranges, \($b.whole_2m_freed) whole 2 MiB blocks; collapsed \($b.ranges_collapsed) (failed \($b.collapse_errors), skipped \($b.collapse_skipped), not resident \($b.collapse_not_resident))",
   "THP coverage: before inflate \($b.thp_before_inflate.coverage // "n/a"), after inflate \($b.thp_after_inflate.coverage // "n/a"), after deflate and reuse \($b.thp_after_deflate.coverage // "n/a")",
   "interrupts \($b.interrupts), guest kicks \($b.notifications), rejected \($b.rejected_total)"' "$report"

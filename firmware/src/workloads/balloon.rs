@@ -1,12 +1,20 @@
 //! balloon-hold: memory held busy while the host moves the balloon.
 //!
 //! `workload=balloon-hold size=N [seconds=S] [cycles=C] [linger=MS]
-//! [balloon_mode=4k|2m]`
+//! [fragment=K] [balloon_mode=4k|2m]`
 //! (with a virtio-balloon device on the command line):
 //!
 //! 1. CPU 0 brings the driver up, takes `size` bytes from guest-mm
 //!    (pageblocks first, smaller blocks when none is left) and writes
-//!    `address ^ PATTERN` into every word.
+//!    `address ^ PATTERN` into every word. With `fragment=K` it then ages
+//!    the guest: it takes every free page one at a time, keeps one in K
+//!    (written, checked at the end like the held memory) and frees the
+//!    rest, so what is free is single pages and short runs scattered
+//!    through every 2 MiB block, as on a guest that has run a while. A
+//!    `4k` balloon then gets scattered PFNs, as Linux's driver does on a
+//!    used guest, and its inflate splits the host's huge pages (on a fresh
+//!    guest the allocator hands out consecutive pages, which the device
+//!    merges into whole 2 MiB ranges).
 //! 2. Every CPU keeps touching its share of that memory (one block per
 //!    step, the pattern read and written back) and calls the driver's
 //!    `service` after every block, so the balloon follows the host's
@@ -39,6 +47,8 @@ use guest_mm::{Pfn, PAGE_SIZE};
 const PATTERN: u64 = 0x6261_6c6c_6f6f_6e21;
 pub const DEFAULT_SIZE: u64 = 64 << 20;
 pub const DEFAULT_SECONDS: u64 = 60;
+/// `fragment=K`: keep one page in K, K from 2 to a pageblock's pages.
+const FRAGMENT_MAX: u64 = 1 << PAGEBLOCK_ORDER;
 /// Held memory: movable, within the watermarks, no reclaim.
 const GFP_HOLD: Gfp = Gfp::MOVABLE.union(Gfp::NOWAIT).union(Gfp::NOWARN);
 /// Reuse at order 0 may reclaim: the slow path's OOM step deflates.
@@ -109,9 +119,19 @@ impl Blocks {
 
     /// Frees every block and the index pages.
     fn free(&mut self, cpu: usize) -> u64 {
+        self.free_owned(cpu, |_| true)
+    }
+
+    /// Frees the blocks whose index `owned` accepts (the others were freed
+    /// already) and the index pages.
+    fn free_owned(&mut self, cpu: usize, owned: impl Fn(u64) -> bool) -> u64 {
         let a = mm::allocator();
         let mut bad = 0;
-        self.for_each(|_, pfn, order| bad += a.free_pages(cpu, Pfn(pfn), order).is_err() as u64);
+        self.for_each(|i, pfn, order| {
+            if owned(i) {
+                bad += a.free_pages(cpu, Pfn(pfn), order).is_err() as u64;
+            }
+        });
         while self.head != 0 {
             let next = words(self.head, PAGE_SIZE)[0];
             bad += a.free_pages(cpu, Pfn(self.head / PAGE_SIZE), 0).is_err() as u64;
@@ -180,12 +200,40 @@ fn take(cpu: usize, bytes: u64, gfp: Gfp, list: &mut Blocks) -> u64 {
     pages
 }
 
+/// `fragment=K`: takes every free page, one at a time, into `list`, then
+/// frees all but one in `keep_one_in` in the order they came (so the free
+/// pages lie between kept ones in every block they came from) and writes
+/// the kept ones. Returns the pages kept.
+fn fragment(cpu: usize, keep_one_in: u64, list: &mut Blocks) -> u64 {
+    let a = mm::allocator();
+    while let Some(Pfn(p)) = a.alloc_pages(cpu, GFP_HOLD, 0) {
+        if !list.push(cpu, p, 0) {
+            let _ = a.free_pages(cpu, Pfn(p), 0);
+            break;
+        }
+    }
+    let mut kept = 0;
+    list.for_each(|i, pfn, _| {
+        if i % keep_one_in == 0 {
+            fill(pfn, 0);
+            kept += 1;
+        } else if a.free_pages(cpu, Pfn(pfn), 0).is_err() {
+            ERRORS.fetch_add(1, Relaxed);
+        }
+    });
+    kept
+}
+
 fn parse_size(v: &str) -> Option<u64> {
     crate::virtio::cmdline::parse_size(v).filter(|&n| n > 0 && n.is_multiple_of(PAGE_SIZE))
 }
 
 pub fn hold(cpu: usize, ncpus: usize) -> bool {
     static mut HELD_LIST: Blocks = Blocks::new();
+    static mut FRAGMENT_LIST: Blocks = Blocks::new();
+    static FRAGMENT_KEPT: AtomicU64 = AtomicU64::new(0);
+    /// K of `fragment=K`; 0 without.
+    static FRAGMENT_K: AtomicU64 = AtomicU64::new(0);
     let line = user::cmdline();
     if cpu == 0 {
         if let Err(e) = balloon::init(line, 0) {
@@ -206,11 +254,27 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
                 }
             }
         }
+        let keep_one_in = cmdline::get(line, "fragment").map(|v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|k| (2..=FRAGMENT_MAX).contains(k))
+                .unwrap_or_else(|| {
+                    user::fail(format_args!(
+                        "fragment={v}: keep one page in K, K a whole number from 2 to {FRAGMENT_MAX}"
+                    ))
+                })
+        });
         FREE_START.store(mm::free_pages_drained(), Relaxed);
-        // SAFETY: CPU 0 alone writes the list, before the barrier; the
-        // others only read it after.
+        // SAFETY: CPU 0 alone writes the lists, before the barrier; the
+        // others only read the held one after.
         let list = unsafe { &mut *core::ptr::addr_of_mut!(HELD_LIST) };
         HELD.store(take(0, size, GFP_HOLD, list), Relaxed);
+        if let Some(k) = keep_one_in {
+            // SAFETY: as above; no other CPU ever reads this one.
+            let frag = unsafe { &mut *core::ptr::addr_of_mut!(FRAGMENT_LIST) };
+            FRAGMENT_KEPT.store(fragment(0, k, frag), Relaxed);
+            FRAGMENT_K.store(k, Relaxed);
+        }
     }
     BARRIER.wait(ncpus);
     // SAFETY: read only from here until CPU 0 frees it after the last
@@ -272,7 +336,20 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
     list.for_each(|_, pfn, order| held_errors += check(pfn, order));
     let held_blocks = list.len;
     // SAFETY: every other CPU is past the last barrier and done with it.
-    let held_free_errors = unsafe { (*core::ptr::addr_of_mut!(HELD_LIST)).free(0) };
+    let mut held_free_errors = unsafe { (*core::ptr::addr_of_mut!(HELD_LIST)).free(0) };
+    // The pages the fragment step kept (every K-th it took) are checked
+    // and freed with the held memory.
+    // SAFETY: CPU 0 alone ever touches this list.
+    let frag = unsafe { &mut *core::ptr::addr_of_mut!(FRAGMENT_LIST) };
+    let k = FRAGMENT_K.load(Relaxed);
+    if k > 0 {
+        frag.for_each(|i, pfn, _| {
+            if i % k == 0 {
+                held_errors += check(pfn, 0);
+            }
+        });
+        held_free_errors += frag.free_owned(0, |i| i % k == 0);
+    }
     // The host stamps each record on arrival: this one marks the free that
     // free page reporting answers (`memvisor bench balloon` times the Rss
     // drop from it), one exit after the free.
@@ -329,13 +406,14 @@ pub fn hold(cpu: usize, ncpus: usize) -> bool {
          \"held_pages\":{held},\"held_blocks\":{},\"touches\":{},\"held_errors\":{held_errors},\
          \"reused_pages\":{reused},\"reuse_errors\":{reuse_errors},\"free_errors\":{},\
          \"hold_ms\":{held_secs_ms},\"cycles_seen\":{},\"target\":{target},\"actual\":{actual},\
-         \"reported_after_free\":{},\"free_pages_start\":{},\"free_pages_end\":{free_end},\"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
+         \"reported_after_free\":{},\"fragment_kept_pages\":{},\"free_pages_start\":{},\"free_pages_end\":{free_end},\"balloon_pages\":{pages},\"list_pages\":{list_pages},\"features\":{features},\"balloon\":",
         mode.name(),
         held_blocks,
         TOUCHES.load(Relaxed),
         held_free_errors + reuse_free_errors,
         steps.cycles,
         c.reported_pages - reported_before,
+        FRAGMENT_KEPT.load(Relaxed),
         FREE_START.load(Relaxed),
     ));
     counters_json(&mut l, &c);

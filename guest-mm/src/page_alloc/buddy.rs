@@ -579,6 +579,14 @@ impl Buddy<'_> {
     /// the buddy is the same one bit away.
     #[inline(always)]
     pub fn free_one(&mut self, idx: u32, order: usize, mt: MigrateType) {
+        self.free_one_at(idx, order, mt, false);
+    }
+
+    /// [`Self::free_one`], the block queued at the tail of its free list
+    /// when `to_tail` (Linux's FPI_TO_TAIL: allocations take the head, so
+    /// it is handed out last).
+    #[inline(always)]
+    pub fn free_one_at(&mut self, idx: u32, order: usize, mt: MigrateType, to_tail: bool) {
         assert!(order <= MAX_ORDER, "free of order {order}");
         let (lo, span) = (self.lo, self.hi - self.lo);
         assert!(
@@ -626,12 +634,13 @@ impl Buddy<'_> {
         };
         // Likely to merge further soon if the next-higher buddy is free: put
         // it at the tail so it is not handed out first (buddy_merge_likely).
-        let tail = order < MAX_ORDER - 1 && {
-            let higher = (idx & !((2u32 << order) - 1)) ^ (2u32 << order);
-            // SAFETY: checked against the zone span as above.
-            higher.wrapping_sub(lo) < span
-                && unsafe { self.map.at_unchecked(higher) }.flags & PG_BUDDY != 0
-        };
+        let tail = to_tail
+            || order < MAX_ORDER - 1 && {
+                let higher = (idx & !((2u32 << order) - 1)) ^ (2u32 << order);
+                // SAFETY: checked against the zone span as above.
+                higher.wrapping_sub(lo) < span
+                    && unsafe { self.map.at_unchecked(higher) }.flags & PG_BUDDY != 0
+            };
         // SAFETY: the merged block's head is the freed block's or a buddy's
         // that was checked against the zone span.
         let p = unsafe { self.map.at_unchecked(idx) };

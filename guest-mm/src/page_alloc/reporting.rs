@@ -20,6 +20,12 @@
 //!   its own order is marked reported, a merged one is not (the merge took
 //!   unreported memory in), as `page_reporting_drain` does
 //!   ([`PageAllocator::report_putback`]).
+//! - They go back to the *tail* of their free list (Linux's
+//!   `__putback_isolated_page` frees with FPI_TO_TAIL): allocations take
+//!   the head, so free memory the host still backs is used first. A
+//!   reported block has no host memory behind it; the first write to it
+//!   costs a host fault, and on a THP host a whole 2 MiB page of Rss, even
+//!   for one 4 KiB allocation out of it.
 //! - A pass isolates at most a budget of blocks and leaves each zone's low
 //!   watermark plus the budget's worth of free memory alone, so reporting
 //!   never pushes a zone into reclaim.
@@ -128,7 +134,7 @@ impl PageAllocator {
             let mut area = zone.lock();
             let order = b.order as usize;
             let mut buddy = zone.buddy(&self.map, &mut area, self.grouping);
-            buddy.free_one(idx, order, MigrateType::from_index(b.mt as usize));
+            buddy.free_one_at(idx, order, MigrateType::from_index(b.mt as usize), true);
             area.reportable_frees -= 1;
             zone.vm_free.add_global(1i64 << order);
             // SAFETY: the zone lock is held.

@@ -16,6 +16,7 @@ pub mod layout;
 pub mod mempolicy;
 pub mod numa;
 pub mod reserve;
+mod resident;
 pub mod rss;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};

@@ -17,9 +17,20 @@
 //! under the lock of the inflated-page map, which the device takes before
 //! it marks pages inflated and discards them, so the two never interleave.
 //!
+//! For the same reason a block is collapsed only once the guest has
+//! touched it again: at least [`MIN_RESIDENT_PAGES`] of its 512 pages on
+//! the host (mincore). A deflated block the guest has not reused yet, or
+//! has since handed back by free page reporting (which discards whole
+//! 2 MiB blocks and leaves no mark here: the guest may reuse them without
+//! telling anyone), would otherwise come back as a whole 2 MiB of Rss the
+//! guest does not use, and after a large free the host's Rss would climb
+//! back by 2 MiB per reported block. Such a block stays pending and is
+//! looked at again after each delay, [`MAX_TRIES`] times, then given up
+//! (`collapse_not_resident`).
+//!
 //! The worker also reads guest RAM's smaps (Rss, AnonHugePages) for the
 //! timeline, since that read takes milliseconds for a large guest.
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +42,13 @@ use super::HUGE_PAGE;
 use crate::clock::{now_ns, since_origin_us};
 
 pub const DEFAULT_COLLAPSE_DELAY: Duration = Duration::from_secs(1);
+/// Pages of a 2 MiB block (of 512) the host must hold before it is
+/// collapsed: the other 64 at most (256 KiB) are filled with zeros, a
+/// bounded cost for a block the guest is clearly using again; a reported
+/// block (none resident) is never filled.
+pub const MIN_RESIDENT_PAGES: u64 = 448;
+/// Looks at a block that is not resident enough before giving it up.
+pub const MAX_TRIES: u8 = 30;
 
 /// What the device asks of the worker.
 #[derive(Debug)]
@@ -109,9 +127,9 @@ fn run(
     inflated: &Mutex<PageMap>,
     delay: Duration,
 ) {
-    // A set: a block deflated twice is collapsed once, and the set never
-    // holds more than guest RAM's 2 MiB blocks.
-    let mut pending = BTreeSet::new();
+    // Block → times looked at. A map: a block deflated twice is collapsed
+    // once, and the map never holds more than guest RAM's 2 MiB blocks.
+    let mut pending = BTreeMap::new();
     let mut due: Option<Instant> = None;
     loop {
         let job = match due {
@@ -120,12 +138,15 @@ fn run(
         };
         match job {
             Ok(Job::Collapse(blocks)) => {
-                pending.extend(blocks);
+                for b in blocks {
+                    // Deflated again: the guest is reusing it, a fresh start.
+                    pending.insert(b, 0);
+                }
                 due = Some(Instant::now() + delay);
             }
             Ok(Job::Flush) | Err(RecvTimeoutError::Timeout) => {
                 collapse(host, &shared.metrics, inflated, &mut pending);
-                due = None;
+                due = (!pending.is_empty()).then(|| Instant::now() + delay);
                 if let Some(p) = point(host) {
                     shared.timeline().thp_after_deflate = Some(p);
                 }
@@ -146,26 +167,47 @@ fn run(
                     }
                 }
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                // The device is gone: what is still waiting is given up.
+                let m = &shared.metrics;
+                BalloonMetrics::add(&m.collapse_not_resident, pending.len() as u64);
+                return;
+            }
         }
     }
 }
 
+/// One look at every pending block: collapsed, dropped (in the balloon,
+/// or out of tries) or kept for the next look (not resident enough yet).
 fn collapse(
     host: &dyn HostMemory,
     m: &BalloonMetrics,
     inflated: &Mutex<PageMap>,
-    pending: &mut BTreeSet<u64>,
+    pending: &mut BTreeMap<u64, u8>,
 ) {
-    for gpa in std::mem::take(pending) {
+    pending.retain(|&gpa, tries| {
         let map = inflated.lock().unwrap_or_else(|p| p.into_inner());
         if map.any_in(gpa, HUGE_PAGE) {
             BalloonMetrics::add(&m.collapse_skipped, 1);
-            continue;
+            return false;
+        }
+        // A block the residency query refuses (past the last whole block
+        // of a region) goes on to `collapse`, which refuses and counts it.
+        if host
+            .resident(gpa, HUGE_PAGE)
+            .is_some_and(|n| n < MIN_RESIDENT_PAGES)
+        {
+            *tries += 1;
+            if *tries < MAX_TRIES {
+                return true;
+            }
+            BalloonMetrics::add(&m.collapse_not_resident, 1);
+            return false;
         }
         match host.collapse(gpa, HUGE_PAGE) {
             Ok(()) => BalloonMetrics::add(&m.ranges_collapsed, 1),
             Err(_) => BalloonMetrics::add(&m.collapse_errors, 1),
         }
-    }
+        false
+    });
 }

@@ -49,6 +49,9 @@ pub trait HostMemory: Send + Sync {
     fn discard(&self, gpa: u64, len: u64) -> Result<(), MemoryError>;
     /// Rebuilds huge pages over `[gpa, gpa + len)`.
     fn collapse(&self, gpa: u64, len: u64) -> Result<(), MemoryError>;
+    /// Pages (4 KiB) of `[gpa, gpa + len)` the host holds now; None if
+    /// the range cannot be asked about.
+    fn resident(&self, gpa: u64, len: u64) -> Option<u64>;
     /// The smallest range the backing can discard (4 KiB, 2 MiB hugetlb).
     fn page_size(&self) -> u64;
     /// (Rss, AnonHugePages) of guest RAM in bytes, if smaps can be read.
@@ -61,6 +64,9 @@ impl HostMemory for GuestRam {
     }
     fn collapse(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
         GuestRam::collapse(self, GuestAddress(gpa), len)
+    }
+    fn resident(&self, gpa: u64, len: u64) -> Option<u64> {
+        self.resident_pages(gpa, len).ok()
     }
     fn page_size(&self) -> u64 {
         self.config().backing.page_size()
@@ -405,7 +411,7 @@ impl Balloon {
                 if !bufs.is_empty() {
                     match role {
                         QueueRole::Inflate | QueueRole::Deflate => {
-                            self.take_pfns(&mem, &bufs, role == QueueRole::Inflate);
+                            self.take_pfns(&mem, &bufs, role);
                             self.done.push(head);
                         }
                         QueueRole::Reporting => {
@@ -424,11 +430,7 @@ impl Balloon {
                 _ => break,
             }
         }
-        match role {
-            QueueRole::Inflate | QueueRole::Reporting => self.flush_discard(),
-            QueueRole::Deflate => self.flush_deflate(),
-            QueueRole::Stats => {}
-        }
+        self.flush(role);
         let heads = std::mem::take(&mut self.done);
         let n = heads.len();
         self.give_back(index, &heads);
@@ -456,21 +458,32 @@ impl Balloon {
     }
 
     /// Adds a page range to the pass's runs, flushing when they are many.
-    fn push_run(&mut self, gpa: u64, len: u64, inflate: bool) {
+    fn push_run(&mut self, gpa: u64, len: u64, role: QueueRole) {
         match self.runs.last_mut() {
             Some(last) if last.0 + last.1 == gpa => last.1 += len,
             _ => self.runs.push((gpa, len)),
         }
         if self.runs.len() >= MAX_RUNS {
-            if inflate {
-                self.flush_discard();
-            } else {
-                self.flush_deflate();
-            }
+            self.flush(role);
         }
     }
 
-    fn take_pfns(&mut self, mem: &GuestMemory, bufs: &[Buf], inflate: bool) {
+    /// Acts on the pass's runs as the queue `role` asks.
+    fn flush(&mut self, role: QueueRole) {
+        match role {
+            QueueRole::Inflate => self.flush_discard(true),
+            // Reported pages are the guest's free memory, not the
+            // balloon's: it takes them back without a word, so they must
+            // not keep a deflated block from its collapse (the collapse
+            // worker's residency check keeps it from refilling them).
+            QueueRole::Reporting => self.flush_discard(false),
+            QueueRole::Deflate => self.flush_deflate(),
+            QueueRole::Stats => {}
+        }
+    }
+
+    fn take_pfns(&mut self, mem: &GuestMemory, bufs: &[Buf], role: QueueRole) {
+        let inflate = role == QueueRole::Inflate;
         let m = self.shared.clone();
         let m = &m.metrics;
         let mut scratch = [0u8; 4096];
@@ -501,7 +514,7 @@ impl Balloon {
                         continue;
                     }
                     pages += 1;
-                    self.push_run(gpa, BALLOON_PAGE, inflate);
+                    self.push_run(gpa, BALLOON_PAGE, role);
                 }
                 off += n as u64;
             }
@@ -520,7 +533,7 @@ impl Balloon {
         let mut pages = 0;
         for b in bufs {
             pages += u64::from(b.len) / BALLOON_PAGE;
-            self.push_run(b.addr, b.len.into(), true);
+            self.push_run(b.addr, b.len.into(), QueueRole::Reporting);
         }
         let m = &self.shared.metrics;
         BalloonMetrics::add(&m.report_requests, 1);
@@ -565,13 +578,16 @@ impl Balloon {
 
     /// Discards the pass's runs (inflate or reporting), merged into as few
     /// ranges as possible, each range in one call so whole 2 MiB blocks go
-    /// back whole.
-    fn flush_discard(&mut self) {
+    /// back whole. `in_balloon`: the pages are inflated (marked in the map
+    /// until deflated), not reported.
+    fn flush_discard(&mut self, in_balloon: bool) {
         if self.runs.is_empty() {
             return;
         }
         let ranges = coalesce(self.runs.drain(..));
-        let first = self.shared.timeline().thp_before_inflate.is_none();
+        // Before the first inflate's discards (reporting's do not count:
+        // they come and go with the guest's frees).
+        let first = in_balloon && self.shared.timeline().thp_before_inflate.is_none();
         if first {
             if let Some((rss, huge)) = self.host.usage() {
                 let p = ThpPoint::new(since_origin_us(now_ns()), rss, huge);
@@ -584,7 +600,9 @@ impl Balloon {
         // block between its pages being marked and being discarded.
         let mut map = self.inflated.lock().unwrap_or_else(|p| p.into_inner());
         for &(gpa, len) in &ranges {
-            map.set(gpa, len, true);
+            if in_balloon {
+                map.set(gpa, len, true);
+            }
             // A hugetlb backing frees only whole huge pages.
             let start = gpa.next_multiple_of(page);
             let end = (gpa + len) / page * page;

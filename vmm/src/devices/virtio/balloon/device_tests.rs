@@ -42,6 +42,14 @@ impl HostMemory for Recorder {
         }
         GuestRam::collapse(&self.ram, GuestAddress(gpa), len)
     }
+    fn resident(&self, gpa: u64, len: u64) -> Option<u64> {
+        // Recording only: every block counts as reused, so the fuzzer sees
+        // every collapse the worker would try.
+        if !self.real {
+            return Some(len / 4096);
+        }
+        self.ram.resident_pages(gpa, len).ok()
+    }
     fn page_size(&self) -> u64 {
         4096
     }
@@ -191,6 +199,46 @@ fn pfn_range(from: u64, to: u64) -> Vec<u32> {
     (from / 4096..to / 4096).map(|p| p as u32).collect()
 }
 
+/// The guest writes every page of `[from, to)`.
+fn touch(f: &Fx, from: u64, to: u64) {
+    for a in (from..to).step_by(4096) {
+        f.mem.write_obj(1u8, GuestAddress(a)).unwrap();
+    }
+}
+
+/// The guest reports `[gpa, gpa + 2 MiB)` free on queue 2 (reporting
+/// without stats), with descriptor `slot`.
+fn report_block(f: &mut Fx, slot: u16, gpa: u64) {
+    f.desc(2, slot, gpa, (2 * MIB) as u32, F_WRITE, 0);
+    f.publish(2, slot);
+    assert_eq!(f.dev.process_queue(2), 1);
+}
+
+fn reporting_fixture() -> Fx {
+    let cfg = BalloonConfig {
+        free_page_reporting: true,
+        ..Default::default()
+    };
+    let mut f = fixture(16 * MIB, cfg);
+    f.activate(REPORTING, false);
+    f
+}
+
+/// Waits until the collapse worker has settled every pending block.
+fn wait_collapses_settled(f: &Fx, blocks: u64) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let m = f.m();
+        let settled =
+            m.ranges_collapsed + m.collapse_errors + m.collapse_skipped + m.collapse_not_resident;
+        if settled >= blocks {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "unsettled: {m:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn inflate_discards_one_range_per_run_keeping_2m_blocks_whole() {
     let mut f = fixture(16 * MIB, BalloonConfig::default());
@@ -322,6 +370,8 @@ fn deflate_collapses_only_blocks_with_nothing_left_in_the_balloon() {
     assert_eq!(f.dev.process_queue(1), 1);
     assert!(f.discards().len() == 1, "deflate discards nothing");
     assert_eq!(f.m().deflate_pages, 768);
+    // The guest reuses what came back.
+    touch(&f, 4 * MIB, 7 * MIB);
     f.dev.flush_collapses();
     let t0 = std::time::Instant::now();
     while f.m().ranges_collapsed + f.m().collapse_errors == 0 {
@@ -391,6 +441,7 @@ fn the_collapse_waits_for_its_delay() {
     f.dev.process_queue(0);
     f.pfns(1, &pfn_range(4 * MIB, 6 * MIB));
     f.dev.process_queue(1);
+    touch(&f, 4 * MIB, 6 * MIB);
     assert!(f.host.collapses.lock().unwrap().is_empty(), "not at once");
     let t0 = std::time::Instant::now();
     while f.host.collapses.lock().unwrap().is_empty() {
@@ -603,3 +654,69 @@ fn reject_kinds_index_their_counters() {
 
 #[path = "fuzz.rs"]
 mod fuzz;
+
+/// Free page reporting hands a deflated block back after the guest used it
+/// again: the collapse worker must not fill it (2 MiB of Rss per reported
+/// block, climbing back after a large free).
+#[test]
+fn a_collapse_never_refills_a_block_the_guest_reported() {
+    let mut f = reporting_fixture();
+    touch(&f, 0, 16 * MIB);
+    let page = (4 * MIB + 0x5000) / 4096;
+    f.pfns(0, &[page as u32]);
+    f.dev.process_queue(0);
+    f.pfns(1, &[page as u32]);
+    f.dev.process_queue(1);
+    touch(&f, 4 * MIB, 6 * MIB);
+    report_block(&mut f, 0, 4 * MIB);
+    assert_eq!(f.host.ram.resident_pages(4 * MIB, 2 * MIB).unwrap(), 0);
+    f.dev.flush_collapses();
+    wait_collapses_settled(&f, 1);
+    assert!(f.host.collapses.lock().unwrap().is_empty());
+    assert_eq!(f.m().collapse_not_resident, 1, "{:?}", f.m());
+    assert_eq!(
+        f.host.ram.resident_pages(4 * MIB, 2 * MIB).unwrap(),
+        0,
+        "the reported block stays given back"
+    );
+}
+
+/// Reported pages are the guest's free memory, not the balloon's: once the
+/// guest reuses a reported block, a later 4 KiB inflate and deflate of it
+/// ends in a collapse like any other.
+#[test]
+fn reported_pages_do_not_keep_a_deflated_block_from_its_collapse() {
+    let mut f = reporting_fixture();
+    report_block(&mut f, 0, 6 * MIB);
+    touch(&f, 6 * MIB, 8 * MIB);
+    let page = (6 * MIB + 0x3000) / 4096;
+    f.pfns(0, &[page as u32]);
+    f.dev.process_queue(0);
+    f.pfns(1, &[page as u32]);
+    f.dev.process_queue(1);
+    touch(&f, 6 * MIB, 8 * MIB);
+    f.dev.flush_collapses();
+    wait_collapses_settled(&f, 1);
+    assert_eq!(f.m().collapse_skipped, 0, "{:?}", f.m());
+    assert_eq!(*f.host.collapses.lock().unwrap(), vec![(6 * MIB, 2 * MIB)]);
+}
+
+/// A deflated block the guest has not reused yet is looked at again after
+/// each delay and collapsed once it is.
+#[test]
+fn a_block_not_yet_reused_waits_for_its_reuse() {
+    let mut f = fixture(16 * MIB, BalloonConfig::default());
+    f.activate(0, false);
+    f.pfns(0, &pfn_range(2 * MIB, 4 * MIB));
+    f.dev.process_queue(0);
+    f.pfns(1, &pfn_range(2 * MIB, 4 * MIB));
+    f.dev.process_queue(1);
+    f.dev.flush_collapses();
+    // Two looks at 20 ms: nothing to collapse yet.
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(f.host.collapses.lock().unwrap().is_empty());
+    touch(&f, 2 * MIB, 4 * MIB);
+    wait_collapses_settled(&f, 1);
+    assert_eq!(*f.host.collapses.lock().unwrap(), vec![(2 * MIB, 2 * MIB)]);
+    assert_eq!(f.m().collapse_not_resident, 0);
+}

@@ -30,6 +30,11 @@ pub struct BalloonMetrics {
     pub collapse_errors: AtomicU64,
     /// Deflated blocks left alone: pages of them were in the balloon again.
     pub collapse_skipped: AtomicU64,
+    /// Deflated blocks given up because too few of their pages were on the
+    /// host whenever the worker looked (the guest had not reused them, or
+    /// had handed them over by free page reporting): collapsing would have
+    /// filled them, memory for nothing.
+    pub collapse_not_resident: AtomicU64,
     pub notifications: AtomicU64,
     pub interrupts: AtomicU64,
     pub config_interrupts: AtomicU64,
@@ -204,6 +209,7 @@ pub struct BalloonReport {
     pub ranges_collapsed: u64,
     pub collapse_errors: u64,
     pub collapse_skipped: u64,
+    pub collapse_not_resident: u64,
     pub notifications: u64,
     pub interrupts: u64,
     pub config_interrupts: u64,
@@ -237,6 +243,7 @@ impl BalloonReport {
             ranges_collapsed: r(&m.ranges_collapsed),
             collapse_errors: r(&m.collapse_errors),
             collapse_skipped: r(&m.collapse_skipped),
+            collapse_not_resident: r(&m.collapse_not_resident),
             notifications: r(&m.notifications),
             interrupts: r(&m.interrupts),
             config_interrupts: r(&m.config_interrupts),
