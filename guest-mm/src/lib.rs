@@ -14,6 +14,7 @@ pub mod mmzone;
 pub mod page;
 pub mod page_alloc;
 pub mod pcp;
+pub mod pgtable;
 pub mod phys;
 pub mod slab;
 pub mod sync;
