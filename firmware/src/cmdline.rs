@@ -75,6 +75,12 @@ pub static OPTIONS: &[Opt] = &[
         valid: &"a whole number from 1 to 65536",
         accepts: |v| crate::workloads::parse_numa_pages(v).is_some(),
     },
+    Opt {
+        key: "kmap",
+        what: "values",
+        valid: &"auto, 1g, 2m or boot",
+        accepts: |v| crate::vm_space::KmapMode::parse(v).is_some(),
+    },
 ];
 
 /// `dirty_pages=N`: pages `workload=dirty` writes (at most 1 GiB of them).

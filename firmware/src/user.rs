@@ -149,8 +149,8 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         l.raw("],");
         crate::numa::write_json(&mut l, &mm.numa, mm::allocator());
         l.fmt(format_args!(
-            ",\"kernel_map\":{{\"mode\":\"{kmap_mode:?}\",\"root\":{},\"leaves_1g\":{},\"leaves_2m\":{},\"pt_pages\":{},\"build_cycles\":{},\"load_cycles\":{},\"cycles\":{}}}",
-            kmap.root, kmap.leaves_1g, kmap.leaves_2m, kmap.pt_pages, kmap.build_cycles, kmap.load_cycles,
+            ",\"kernel_map\":{{\"mode\":\"{}\",\"root\":{},\"leaves_1g\":{},\"leaves_2m\":{},\"pt_pages\":{},\"build_cycles\":{},\"load_cycles\":{},\"cycles\":{}}}",
+            kmap_mode.name(), kmap.root, kmap.leaves_1g, kmap.leaves_2m, kmap.pt_pages, kmap.build_cycles, kmap.load_cycles,
             tsc_kmap_done - tsc_mm_done
         ));
         l.fmt(format_args!(

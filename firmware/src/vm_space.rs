@@ -148,6 +148,15 @@ pub enum KmapMode {
 }
 
 impl KmapMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            KmapMode::Auto => "auto",
+            KmapMode::Gib => "1g",
+            KmapMode::TwoMib => "2m",
+            KmapMode::Boot => "boot",
+        }
+    }
+
     pub fn parse(v: &str) -> Option<KmapMode> {
         match v {
             "auto" => Some(KmapMode::Auto),
@@ -159,15 +168,11 @@ impl KmapMode {
     }
 }
 
-/// CPUID.80000001H:EDX.PDPE1GB: the CPU walks 1 GiB leaves.
+/// CPUID.80000001H:EDX.PDPE1GB: the CPU walks 1 GiB leaves. The leaf
+/// exists on every CPU that runs long mode (its LM bit is in it), so one
+/// `cpuid` (an exit on PVM) is enough.
 pub fn cpu_has_gib_pages() -> bool {
-    // SAFETY: cpuid is available on every x86-64 CPU and only reads.
-    let r = unsafe { core::arch::x86_64::__cpuid(0x8000_0000) };
-    if r.eax < 0x8000_0001 {
-        return false;
-    }
-    // SAFETY: as above; the leaf exists.
-    let r = unsafe { core::arch::x86_64::__cpuid(0x8000_0001) };
+    let r = core::arch::x86_64::__cpuid(0x8000_0001);
     r.edx & (1 << 26) != 0
 }
 
