@@ -24,7 +24,8 @@ pub struct Opt {
     pub accepts: fn(&str) -> bool,
 }
 
-/// Every option the kernel reads. Add new ones here, so that they are
+/// Every option the kernel reads. Add new ones here (or, for a workload
+/// with many, in its own list chained in [`check`]), so that they are
 /// validated before anything runs.
 pub static OPTIONS: &[Opt] = &[
     Opt {
@@ -144,7 +145,8 @@ pub fn check(cmdline: &str) -> Result<(), BadOption<'_>> {
             Some((k, v)) => (k, Some(v)),
             None => (w, None),
         };
-        let Some(opt) = OPTIONS.iter().find(|o| o.key == k) else {
+        let mut known = OPTIONS.iter().chain(&crate::workloads::PTREPL_OPTIONS);
+        let Some(opt) = known.find(|o| o.key == k) else {
             continue;
         };
         if !v.is_some_and(opt.accepts) {

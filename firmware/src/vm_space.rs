@@ -331,6 +331,17 @@ pub enum MapError {
     Pt(PtError),
 }
 
+impl core::fmt::Display for MapError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            MapError::TooManyRegions => write!(f, "no room for another region or root"),
+            MapError::BadRegion => write!(f, "region not aligned to its page size or below {REGION_BASE:#x}"),
+            MapError::NoMemory { node } => write!(f, "node {node} has no free frames left"),
+            MapError::Pt(e) => write!(f, "page tables refused: {e:?}"),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Region {
     va: u64,
@@ -368,7 +379,7 @@ impl VmSpace {
             regions: [None; MAX_REGIONS],
         };
         if !mmu::register_root(root) {
-            s.teardown();
+            let _ = s.teardown();
             return Err(MapError::TooManyRegions);
         }
         Ok(s)
@@ -462,6 +473,29 @@ impl VmSpace {
                 self.alloc.free_frames(pa, order);
             }
         }
+    }
+
+    /// Maps one 4 KiB page per frame from `va` on (the caller owns the
+    /// frames and unmaps them with [`VmSpace::unmap_frames`]).
+    pub fn map_frames(&mut self, va: u64, frames: &[PhysAddr]) -> Result<(), PtError> {
+        for (i, &pa) in frames.iter().enumerate() {
+            let at = va + i as u64 * PAGE_SIZE;
+            self.space
+                .map(&self.alloc, at, pa, PageSize::Size4K, PROT_RW)?;
+        }
+        Ok(())
+    }
+
+    /// Unmaps `n` 4 KiB pages from `va` in one mmu_gather batch (the
+    /// frames stay the caller's); returns the TLB flushes it took.
+    pub fn unmap_frames(&mut self, va: u64, n: u64) -> Result<u64, PtError> {
+        let mut tlb = SyscallTlb::default();
+        let mut g = MmuGather::attached(&self.alloc, &mut tlb);
+        for i in 0..n {
+            self.space.unmap(&mut g, va + i * PAGE_SIZE, PageSize::Size4K)?;
+        }
+        g.finish_attached();
+        Ok(g.flushes())
     }
 
     /// Replicas on exactly the nodes of `nodes` (the home table always
