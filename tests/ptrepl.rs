@@ -86,7 +86,7 @@ fn kernel_runs_on_its_own_identity_map() {
     // Not the VMM's boot PML4 (0x9000, in reserved low memory): a page
     // the kernel allocated.
     let root = u64_at(k, "root");
-    assert!(root >= 1 << 20 && root % 4096 == 0, "{k:#}");
+    assert!(root >= 1 << 20 && root.is_multiple_of(4096), "{k:#}");
     assert!(u64_at(k, "pt_pages") >= 3, "{k:#}");
     // 4 GiB covered: 2048 2 MiB leaves, or 1 GiB leaves where uniform.
     let (g, m) = (u64_at(k, "leaves_1g"), u64_at(k, "leaves_2m"));
@@ -189,7 +189,10 @@ fn each_vcpu_that_ran_asks_for_the_walk_model() {
             .unwrap()
             .iter()
             .any(|w| w.as_str().is_some_and(|w| w.contains("kind 3")));
-        assert!(warned, "no ptwalk array and no warning of kind 3: {report:#}");
+        assert!(
+            warned,
+            "no ptwalk array and no warning of kind 3: {report:#}"
+        );
         return;
     };
     assert_eq!(walks.len(), 2 * (1 + 1 + 2), "{walks:#?}");
@@ -275,7 +278,10 @@ fn bad_ptrepl_values_are_refused_naming_the_value_and_the_range() {
     ] {
         let out = run(&["--quiet", "--cmdline", &format!("workload=ptrepl {arg}")]);
         assert_eq!(out.code, Some(1), "{arg}: {}", out.describe());
-        let msg = out.guest_event("error")["message"].as_str().unwrap().to_string();
+        let msg = out.guest_event("error")["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let (key, value) = arg.split_once('=').unwrap();
         assert!(
             msg.contains(&format!("'{value}'")) && msg.contains(key) && msg.contains(valid),

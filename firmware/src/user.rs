@@ -177,7 +177,9 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
 fn ap_main(cpu: usize, ncpus: usize) -> ! {
     use core::sync::atomic::Ordering::Acquire;
     if !vm_space::enter_kernel(cpu) {
-        fail(format_args!("cpu {cpu}: SYS_LOAD_CR3 refused the kernel root"));
+        fail(format_args!(
+            "cpu {cpu}: SYS_LOAD_CR3 refused the kernel root"
+        ));
     }
     let idx = loop {
         match smp::GO.load(Acquire) {

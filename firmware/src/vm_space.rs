@@ -27,8 +27,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use guest_mm::gfp::Gfp;
 use guest_mm::ident_map::{IdentPlan, SIZE_1G};
 use guest_mm::mmzone::MAX_NUMNODES;
-use guest_mm::pgtable::{AddressSpace, Levels, MmuGather, PageSize, Prot, PtAlloc, PtError};
 use guest_mm::pgtable::TlbFlush;
+use guest_mm::pgtable::{AddressSpace, Levels, MmuGather, PageSize, Prot, PtAlloc, PtError};
 use guest_mm::{IdentityMap, Pfn, PhysAddr, SpinLock, PAGE_SIZE};
 
 /// Where workload regions start: PML4 slot 32, far above any RAM the
@@ -327,7 +327,9 @@ pub enum MapError {
     /// Not page-aligned, or zero, or overlapping REGION_BASE's rules.
     BadRegion,
     /// The node ran out of frames (data or page tables).
-    NoMemory { node: usize },
+    NoMemory {
+        node: usize,
+    },
     Pt(PtError),
 }
 
@@ -335,12 +337,19 @@ impl core::fmt::Display for MapError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             MapError::TooManyRegions => write!(f, "no room for another region or root"),
-            MapError::BadRegion => write!(f, "region not aligned to its page size or below {REGION_BASE:#x}"),
+            MapError::BadRegion => write!(
+                f,
+                "region not aligned to its page size or below {REGION_BASE:#x}"
+            ),
             MapError::NoMemory { node } => write!(f, "node {node} has no free frames left"),
             MapError::Pt(e) => write!(f, "page tables refused: {e:?}"),
         }
     }
 }
+
+/// A teardown refused because a CPU still had the space loaded.
+#[derive(Debug)]
+pub struct InUse;
 
 #[derive(Clone, Copy)]
 struct Region {
@@ -408,7 +417,11 @@ impl VmSpace {
         node: usize,
     ) -> Result<(), MapError> {
         let step = size.bytes();
-        if size == PageSize::Size1G || bytes == 0 || va % step != 0 || bytes % step != 0 {
+        if size == PageSize::Size1G
+            || bytes == 0
+            || !va.is_multiple_of(step)
+            || !bytes.is_multiple_of(step)
+        {
             return Err(MapError::BadRegion);
         }
         if va < REGION_BASE || va.checked_add(bytes).is_none() {
@@ -492,7 +505,8 @@ impl VmSpace {
         let mut tlb = SyscallTlb::default();
         let mut g = MmuGather::attached(&self.alloc, &mut tlb);
         for i in 0..n {
-            self.space.unmap(&mut g, va + i * PAGE_SIZE, PageSize::Size4K)?;
+            self.space
+                .unmap(&mut g, va + i * PAGE_SIZE, PageSize::Size4K)?;
         }
         g.finish_attached();
         Ok(g.flushes())
@@ -526,9 +540,10 @@ impl VmSpace {
         Ok(())
     }
 
-    /// Gives back every data page and page-table page. Refused (the space
-    /// is returned) while any CPU still has one of its roots loaded.
-    pub fn teardown(mut self) -> Result<(), VmSpace> {
+    /// Gives back every data page and page-table page. While any CPU still
+    /// has one of its roots loaded nothing is freed (that CPU could walk
+    /// reused pages): the space is leaked and the caller told.
+    pub fn teardown(mut self) -> Result<(), InUse> {
         let mut roots = [0u64; MAX_NUMNODES];
         let mut nr = 0;
         for n in self.space.replica_nodes() {
@@ -536,7 +551,8 @@ impl VmSpace {
             nr += 1;
         }
         if roots[..nr].iter().any(|&r| in_use(r)) {
-            return Err(self);
+            // Dropping frees nothing: the pages stay out of the allocator.
+            return Err(InUse);
         }
         for &r in &roots[..nr] {
             mmu::unregister_root(r);

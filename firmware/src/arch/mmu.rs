@@ -47,14 +47,11 @@ static REGISTERING: guest_mm::SpinLock<()> = guest_mm::SpinLock::new(());
 /// Makes `root` loadable (CPL3). False when it is not a page address or
 /// the registry is full.
 pub fn register_root(root: u64) -> bool {
-    if root == 0 || root % PAGE != 0 {
+    if root == 0 || !root.is_multiple_of(PAGE) {
         return false;
     }
     let _g = REGISTERING.lock();
-    let Some(i) = ROOTS
-        .iter()
-        .position(|r| r.load(Ordering::Relaxed) == 0)
-    else {
+    let Some(i) = ROOTS.iter().position(|r| r.load(Ordering::Relaxed) == 0) else {
         return false;
     };
     ROOTS[i].store(root, Ordering::Release);

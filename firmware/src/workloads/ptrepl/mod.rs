@@ -275,7 +275,9 @@ fn finish_pair(p: &Params, ncpus: usize, config: u32, thp: bool) {
         r.store(0, Relaxed);
     }
     if space.teardown().is_err() {
-        error(format_args!("ptrepl: a CPU still had the space loaded at teardown"));
+        error(format_args!(
+            "ptrepl: a CPU still had the space loaded at teardown"
+        ));
     }
 }
 
