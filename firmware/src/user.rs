@@ -79,6 +79,12 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
             workloads::Names
         ));
     };
+    let kmap_mode = cmdline::get(cmdline, "kmap")
+        .and_then(vm_space::KmapMode::parse)
+        .unwrap_or(vm_space::KmapMode::Auto);
+    if let Err(e) = vm_space::plan_kernel(&boot, kmap_mode) {
+        fail(format_args!("{e}"));
+    }
     let tsc_mm_start = cpu::rdtsc();
     let grouping = cmdline::get(cmdline, "mobility_grouping")
         .and_then(cmdline::parse_grouping)
@@ -88,10 +94,7 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         Err(e) => fail(format_args!("{e}")),
     };
     let tsc_mm_done = cpu::rdtsc();
-    let kmap_mode = cmdline::get(cmdline, "kmap")
-        .and_then(vm_space::KmapMode::parse)
-        .unwrap_or(vm_space::KmapMode::Auto);
-    let kmap = match vm_space::init_kernel(&boot, kmap_mode) {
+    let kmap = match vm_space::init_kernel() {
         Ok(k) => k,
         Err(e) => fail(format_args!("{e}")),
     };
