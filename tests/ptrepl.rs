@@ -91,6 +91,8 @@ fn kernel_runs_on_its_own_identity_map() {
     // 4 GiB covered: 2048 2 MiB leaves, or 1 GiB leaves where uniform.
     let (g, m) = (u64_at(k, "leaves_1g"), u64_at(k, "leaves_2m"));
     assert_eq!(g * 512 + m, 2048, "{k:#}");
+    // Every CPU loaded it, not only the BSP.
+    assert_eq!(k["cpu_roots"], serde_json::json!([root, root]), "{k:#}");
 
     // kmap=boot stays on the VMM's map, for comparison.
     let out = run(&["--quiet", "--cmdline", "workload=boot kmap=boot"]);
@@ -98,6 +100,7 @@ fn kernel_runs_on_its_own_identity_map() {
     let k = &out.guest_event("ready")["kernel_map"];
     assert_eq!(u64_at(k, "root"), 0x9000, "{k:#}");
     assert_eq!(u64_at(k, "pt_pages"), 0, "{k:#}");
+    assert_eq!(k["cpu_roots"], serde_json::json!([0x9000]), "{k:#}");
 }
 
 #[test]
