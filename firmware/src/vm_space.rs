@@ -131,6 +131,11 @@ pub fn load(cpu: usize, root: u64) -> bool {
     true
 }
 
+/// The root `cpu` last loaded (0: none since entry, still the VMM's map).
+pub fn current_root(cpu: usize) -> u64 {
+    CURRENT[cpu].load(Ordering::Acquire)
+}
+
 /// Whether any CPU has `root` loaded.
 fn in_use(root: u64) -> bool {
     CURRENT.iter().any(|c| c.load(Ordering::Acquire) == root)
