@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod gfp;
+pub mod ident_map;
 pub mod memblock;
 pub mod mempolicy;
 pub mod mmzone;
