@@ -17,6 +17,7 @@ pub mod mempolicy;
 pub mod numa;
 pub mod reserve;
 pub mod rss;
+pub mod walk_model;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};
 use std::io;
