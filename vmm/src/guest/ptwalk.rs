@@ -197,6 +197,10 @@ pub struct PtWalker {
     state: Mutex<State>,
 }
 
+/// What [`PtWalker::for_vm`] needs to know of the host: the CPUs each
+/// guest node's vCPUs are pinned to (None: unpinned).
+pub type Pins = Option<Vec<CpuList>>;
+
 /// Nodes from the `--numa` layout.
 struct GuestView<'a>(&'a [RamRegion]);
 
@@ -239,6 +243,23 @@ impl NodeView for HostView<'_> {
 }
 
 impl PtWalker {
+    /// The walker of a VM: each vCPU's guest node from `--numa` (node 0
+    /// without it), its host node from `pins` and the host topology.
+    pub fn for_vm(
+        mem: GuestMemory,
+        regions: Vec<RamRegion>,
+        numa: Option<&crate::memory::numa::NumaConfig>,
+        vcpus: u32,
+        pins: Pins,
+    ) -> Self {
+        let guest_node: Vec<u32> = (0..vcpus)
+            .map(|v| numa.and_then(|n| n.node_of_vcpu(v)).unwrap_or(0))
+            .collect();
+        let host = HostNuma::read().ok();
+        let host_node = vcpu_host_nodes(&guest_node, pins.as_deref(), host.as_ref());
+        Self::new(mem, regions, guest_node, host_node)
+    }
+
     /// `guest_node[i]` and `host_node[i]` are vCPU i's (see
     /// [`vcpu_host_nodes`]).
     pub fn new(
