@@ -163,8 +163,20 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
 
     let a = &walks[0];
     assert_eq!(
-        (&a["sender"], &a["cpu"], &a["guest_node"], &a["config"], &a["thp"]),
-        (&0.into(), &0.into(), &0.into(), &"local".into(), &true.into()),
+        (
+            &a["sender"],
+            &a["cpu"],
+            &a["guest_node"],
+            &a["config"],
+            &a["thp"]
+        ),
+        (
+            &0.into(),
+            &0.into(),
+            &0.into(),
+            &"local".into(),
+            &true.into()
+        ),
         "{a:#}"
     );
     assert_eq!((n(&a["walks"]), n(&a["leaves"]["2m"])), (512, 512), "{a:#}");
@@ -181,7 +193,11 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
     // are on host node 0, where both vCPU threads run.
     let h = &a["host_placement"];
     assert_eq!(a["host_node"], 0, "{a:#}");
-    assert_eq!(n(&h["ept_first_touch"]["guest_pt"]["local"]), 3 * 512, "{h:#}");
+    assert_eq!(
+        n(&h["ept_first_touch"]["guest_pt"]["local"]),
+        3 * 512,
+        "{h:#}"
+    );
     assert!(a["host_us"].as_f64().unwrap() > 0.0);
 
     // vCPU 1 on node 1 walking node 0's table: every guest-PT reference
@@ -190,15 +206,30 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
     let b = &walks[1];
     let g = &b["guest_topology"];
     assert_eq!((&b["sender"], &b["guest_node"]), (&0.into(), &1.into()));
-    assert_eq!(n(&g["ept_first_touch"]["guest_pt"]["remote"]), 3 * 512, "{g:#}");
-    assert_eq!(n(&g["ept_first_touch"]["two_d"]["remote"]), 19 * 512, "{g:#}");
+    assert_eq!(
+        n(&g["ept_first_touch"]["guest_pt"]["remote"]),
+        3 * 512,
+        "{g:#}"
+    );
+    assert_eq!(
+        n(&g["ept_first_touch"]["two_d"]["remote"]),
+        19 * 512,
+        "{g:#}"
+    );
     assert_eq!(n(&g["ept_replicated"]["two_d"]["local"]), 16 * 512, "{g:#}");
     assert_eq!(n(&g["ept_replicated"]["two_d"]["remote"]), 3 * 512, "{g:#}");
 
     let (mmio, none, capped) = (&walks[2], &walks[3], &walks[4]);
     assert_eq!((n(&mmio["mmio"]), n(&mmio["walks"])), (512, 0), "{mmio:#}");
-    assert_eq!(n(&mmio["guest_topology"]["ept_first_touch"]["two_d"]["local"]), 0);
-    assert_eq!((n(&none["non_present"]), n(&none["walks"])), (512, 0), "{none:#}");
+    assert_eq!(
+        n(&mmio["guest_topology"]["ept_first_touch"]["two_d"]["local"]),
+        0
+    );
+    assert_eq!(
+        (n(&none["non_present"]), n(&none["walks"])),
+        (512, 0),
+        "{none:#}"
+    );
     assert_eq!(n(&capped["samples"]), abi::PTWALK_MAX_SAMPLES as u64);
     assert_eq!(n(&capped["walks"]), abi::PTWALK_MAX_SAMPLES as u64);
 
@@ -212,13 +243,7 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
             "samples_capped"
         ]
         .map(|k| n(&rej[k])),
-        [
-            1,
-            1,
-            1,
-            1,
-            (u32::MAX - abi::PTWALK_MAX_SAMPLES) as u64
-        ],
+        [1, 1, 1, 1, (u32::MAX - abi::PTWALK_MAX_SAMPLES) as u64],
         "{rej:#}"
     );
     assert_eq!(
@@ -268,9 +293,8 @@ fn ptrepl_replicas_make_every_guest_pt_reference_local() {
     let r = out.report();
     assert_eq!(r["exit"]["status"], "success", "{ctx}");
     let walks = r["ptwalk"].as_array().unwrap();
-    let of = |config: &str| -> Vec<&Value> {
-        walks.iter().filter(|w| w["config"] == config).collect()
-    };
+    let of =
+        |config: &str| -> Vec<&Value> { walks.iter().filter(|w| w["config"] == config).collect() };
     let (repl, remote) = (of("replicated"), of("remote"));
     assert!(!repl.is_empty() && !remote.is_empty(), "{:#}", r["ptwalk"]);
     for w in &repl {

@@ -27,9 +27,7 @@
 use crate::abi;
 use crate::clock::{now_ns, since_origin_us};
 use crate::memory::numa::{CpuList, HostNuma};
-use crate::memory::walk_model::{
-    self, is_canonical, Leaves, NodeView, ViewCounts, PAGE, PTE_ADDR,
-};
+use crate::memory::walk_model::{self, is_canonical, Leaves, NodeView, ViewCounts, PAGE, PTE_ADDR};
 use crate::memory::{accounting, GuestMemory, RamRegion};
 use serde::Serialize;
 use std::mem::offset_of;
@@ -206,7 +204,10 @@ struct GuestView<'a>(&'a [RamRegion]);
 
 impl NodeView for GuestView<'_> {
     fn nodes_of(&self, pages: &[u64]) -> Vec<Option<u32>> {
-        pages.iter().map(|&p| region_of(self.0, p).map(|r| r.node)).collect()
+        pages
+            .iter()
+            .map(|&p| region_of(self.0, p).map(|r| r.node))
+            .collect()
     }
 }
 
@@ -230,10 +231,7 @@ impl NodeView for HostView<'_> {
             .map(|&p| region_of(self.regions, p).map_or(0, |r| r.host_addr + (p - r.guest_base)))
             .collect();
         match accounting::query_nodes(&addrs) {
-            Ok(status) => status
-                .into_iter()
-                .map(|s| u32::try_from(s).ok())
-                .collect(),
+            Ok(status) => status.into_iter().map(|s| u32::try_from(s).ok()).collect(),
             Err(e) => {
                 *self.error.borrow_mut() = Some(format!("move_pages: {e}"));
                 vec![None; pages.len()]

@@ -79,7 +79,17 @@ fn requests_decode_at_the_abi_offsets() {
     let d = decode(&encode(&r)).unwrap();
     assert_eq!(
         (d.cpu, d.config, d.root, d.start, d.len, d.samples, d.levels, d.thp, d.reserved),
-        (3, 2, 0x1234_5000, 0xffff_8000_0000_0000, 1 << 30, 77, 5, 1, 9)
+        (
+            3,
+            2,
+            0x1234_5000,
+            0xffff_8000_0000_0000,
+            1 << 30,
+            77,
+            5,
+            1,
+            9
+        )
     );
     assert_eq!(decode(&[0u8; 47]).err(), Some(PtWalkReject::BadLength(47)));
     assert_eq!(decode(&[0u8; 49]).err(), Some(PtWalkReject::BadLength(49)));
@@ -156,7 +166,10 @@ fn walks_are_counted_in_both_views() {
     let (r, rej) = w.report();
     assert_eq!(rej.walked, 2000);
     let (a, b) = (&r[0], &r[1]);
-    assert_eq!((a.sender, a.cpu, a.guest_node, a.config, a.thp), (0, 0, 0, "local", true));
+    assert_eq!(
+        (a.sender, a.cpu, a.guest_node, a.config, a.thp),
+        (0, 0, 0, "local", true)
+    );
     assert_eq!((a.walks, a.leaves.m2, a.non_present), (1000, 1000, 0));
     let g = &a.guest_topology;
     assert_eq!(g.ept_first_touch.guest_pt.local, 3000);
@@ -243,7 +256,10 @@ fn vcpu_host_nodes_come_from_the_pinned_cpus() {
         .into(),
         online: CpuList::parse("0-3").unwrap(),
     };
-    let pins = [CpuList::parse("2-3").unwrap(), CpuList::parse("1-2").unwrap()];
+    let pins = [
+        CpuList::parse("2-3").unwrap(),
+        CpuList::parse("1-2").unwrap(),
+    ];
     assert_eq!(
         vcpu_host_nodes(&[0, 1, 0], Some(&pins), Some(&host)),
         vec![Some(1), None, Some(1)]

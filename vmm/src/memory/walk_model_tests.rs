@@ -257,7 +257,15 @@ fn hostile_tables_end_walks_in_their_counters() {
     assert_eq!(walk(mem, 0xfec0_0000, 5, 0), Walk::Mmio);
     // Tallied: only complete walks carry references.
     let mut tally = WalkTally::default();
-    for va in [va_loop, 2 << 39, 3 << 39, 4 << 39, 5 << 39, 6 << 39, 7 << 39] {
+    for va in [
+        va_loop,
+        2 << 39,
+        3 << 39,
+        4 << 39,
+        5 << 39,
+        6 << 39,
+        7 << 39,
+    ] {
         tally.add(walk(mem, root, 4, va));
     }
     assert_eq!(
@@ -318,7 +326,11 @@ fn samples_are_spread_over_the_range_and_repeatable() {
     let pages: std::collections::BTreeSet<u64> = a.iter().map(|v| v >> 12).collect();
     // 4096 random draws over 16384 pages: ~16384 * (1 - e^-0.25) = 3624
     // distinct, as GUPS's updates would be; a stride would give 4096.
-    assert!((3450..3800).contains(&pages.len()), "{} distinct pages", pages.len());
+    assert!(
+        (3450..3800).contains(&pages.len()),
+        "{} distinct pages",
+        pages.len()
+    );
     assert!(sample_vas(u64::MAX - 3, 3, 100).all(|v| v >= u64::MAX - 3));
     assert_eq!(sample_vas(5, 1, 10).collect::<Vec<_>>(), vec![5; 10]);
 }

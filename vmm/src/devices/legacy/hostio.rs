@@ -91,11 +91,7 @@ impl DevicePio for HostIo {
                         None => Err("ptwalk request: this VM has no walk model".into()),
                     };
                     if let Err(error) = answer {
-                        self.events.push(VmEvent::BadRecord {
-                            vcpu,
-                            error,
-                            at_ns,
-                        });
+                        self.events.push(VmEvent::BadRecord { vcpu, error, at_ns });
                     }
                 }
                 Ok((kind, payload)) => {
