@@ -31,11 +31,13 @@ use crate::memory::walk_model::{self, is_canonical, Leaves, NodeView, ViewCounts
 use crate::memory::{accounting, GuestMemory, RamRegion};
 use serde::Serialize;
 use std::mem::offset_of;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Sampled walks per run, all requests together: about a second of host
-/// work on a vCPU thread at most (a walk costs well under a microsecond),
-/// and 16 requests of the largest size.
+/// Sampled walks per run, all requests together: 16 requests of the
+/// largest size, about 1.3 s of host work on the vCPU threads in all (a
+/// largest request over 256 MiB of 4 KiB pages took 80 ms here, both views
+/// and move_pages included: `cargo run --release -p memvisor --example
+/// ptwalk_cost`).
 pub const WALK_BUDGET: u64 = 16 * abi::PTWALK_MAX_SAMPLES as u64;
 /// Requests whose results the report keeps.
 pub const MAX_RESULTS: usize = 256;
@@ -189,9 +191,12 @@ struct State {
 pub struct PtWalker {
     mem: GuestMemory,
     regions: Vec<RamRegion>,
-    /// Per vCPU: its guest node, and the host node of its CPUs.
+    /// Per vCPU: its guest node, and the host node of its CPUs, found on
+    /// the first request (reading the host topology costs every boot
+    /// otherwise) from `pins`.
     guest_node: Vec<u32>,
-    host_node: Vec<Option<u32>>,
+    host_node: OnceLock<Vec<Option<u32>>>,
+    pins: Pins,
     state: Mutex<State>,
 }
 
@@ -253,9 +258,17 @@ impl PtWalker {
         let guest_node: Vec<u32> = (0..vcpus)
             .map(|v| numa.and_then(|n| n.node_of_vcpu(v)).unwrap_or(0))
             .collect();
-        let host = HostNuma::read().ok();
-        let host_node = vcpu_host_nodes(&guest_node, pins.as_deref(), host.as_ref());
-        Self::new(mem, regions, guest_node, host_node)
+        let mut w = Self::new(mem, regions, guest_node, Vec::new());
+        w.host_node = OnceLock::new();
+        w.pins = pins;
+        w
+    }
+
+    fn host_nodes(&self) -> &[Option<u32>] {
+        self.host_node.get_or_init(|| {
+            let host = HostNuma::read().ok();
+            vcpu_host_nodes(&self.guest_node, self.pins.as_deref(), host.as_ref())
+        })
     }
 
     /// `guest_node[i]` and `host_node[i]` are vCPU i's (see
@@ -270,7 +283,8 @@ impl PtWalker {
             mem,
             regions,
             guest_node,
-            host_node,
+            host_node: OnceLock::from(host_node),
+            pins: None,
             state: Mutex::new(State {
                 rejected: PtWalkRejected {
                     walk_budget: WALK_BUDGET,
@@ -383,13 +397,14 @@ impl PtWalker {
             regions: &self.regions,
             error: Default::default(),
         };
-        let host = tally.count(&host_view, self.host_node[cpu], self.host_node[first]);
+        let host_node = |i: usize| self.host_nodes().get(i).copied().flatten();
+        let host = tally.count(&host_view, host_node(cpu), host_node(first));
         let host_error = host_view.error.into_inner();
         let result = PtWalkResult {
             sender,
             cpu: r.cpu,
             guest_node: self.guest_node[cpu],
-            host_node: self.host_node[cpu],
+            host_node: host_node(cpu),
             config: config_name(r.config).unwrap_or("?"),
             thp: r.thp == 1,
             levels: r.levels,
