@@ -258,6 +258,29 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
         "{warnings}"
     );
     assert_eq!(n(&r["exits"]["records"]), records.len() as u64, "{r:#}");
+    let walked = 4 * 512 + abi::PTWALK_MAX_SAMPLES;
+    assert!(
+        out.stdout.contains(&format!(
+            "ptwalk: 5 requests answered ({walked} walks), 4 refused"
+        )),
+        "{ctx}"
+    );
+}
+
+#[test]
+fn bench_ptrepl_bad_values_exit_2_naming_them() {
+    for (args, want) in [
+        (&["--runs", "0"][..], "got 0, 64 and 1000000"),
+        (&["--mib", "0"][..], "--mib 1 to 4096"),
+        (&["--mib", "4097"][..], "got 1, 4097 and"),
+        (&["--ops", "0"][..], "--ops 1 to 1000000000"),
+    ] {
+        let mut all = vec!["bench", "ptrepl"];
+        all.extend_from_slice(args);
+        let out = common::memvisor(&all, &[]);
+        assert_eq!(out.code, Some(2), "{args:?}: {}", out.describe());
+        assert!(out.stderr.contains(want), "{args:?}: {}", out.describe());
+    }
 }
 
 /// The bundled kernel's `workload=ptrepl` (branch fw-ptrepl): replication

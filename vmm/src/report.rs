@@ -309,6 +309,14 @@ impl Report {
                 );
             }
         }
+        let refused = self.ptwalk_rejected.refused();
+        if !self.ptwalk.is_empty() || refused > 0 {
+            s += &format!(
+                "  ptwalk: {} requests answered ({} walks), {refused} refused\n",
+                self.ptwalk.len(),
+                self.ptwalk_rejected.walked
+            );
+        }
         if self.dropped_records > 0 {
             s += &format!(
                 "  guest output dropped: {} records, {} bytes (budget {} bytes)\n",

@@ -90,6 +90,20 @@ pub struct PtWalkRejected {
 }
 
 impl PtWalkRejected {
+    /// Requests refused, all reasons.
+    pub fn refused(&self) -> u64 {
+        self.bad_length
+            + self.bad_levels
+            + self.bad_cpu
+            + self.bad_config
+            + self.bad_thp
+            + self.no_samples
+            + self.bad_range
+            + self.bad_root
+            + self.too_many_requests
+            + self.over_budget
+    }
+
     fn count(&mut self, r: &PtWalkReject) {
         *match r {
             PtWalkReject::BadLength(_) => &mut self.bad_length,
