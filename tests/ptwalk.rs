@@ -258,6 +258,21 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
         "{warnings}"
     );
     assert_eq!(n(&r["exits"]["records"]), records.len() as u64, "{r:#}");
+    // Every field of an answer is in README's report section.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("reading README.md");
+    let mut fields: Vec<String> = Vec::new();
+    let mut keys = |v: &Value| fields.extend(v.as_object().unwrap().keys().cloned());
+    keys(a);
+    keys(&a["leaves"]);
+    keys(g);
+    keys(&g["ept_first_touch"]);
+    keys(&g["ept_first_touch"]["two_d"]);
+    let missing: Vec<_> = fields
+        .iter()
+        .filter(|f| !readme.contains(&format!("`{f}`")))
+        .collect();
+    assert!(missing.is_empty(), "README lacks {missing:?}");
     let walked = 4 * 512 + abi::PTWALK_MAX_SAMPLES;
     assert!(
         out.stdout.contains(&format!(
