@@ -24,7 +24,8 @@ pub struct Opt {
     pub accepts: fn(&str) -> bool,
 }
 
-/// Every option the kernel reads. Add new ones here, so that they are
+/// Every option the kernel reads. Add new ones here (or, for a workload
+/// with many, in its own list chained in [`check`]), so that they are
 /// validated before anything runs.
 pub static OPTIONS: &[Opt] = &[
     Opt {
@@ -74,6 +75,12 @@ pub static OPTIONS: &[Opt] = &[
         what: "values",
         valid: &"a whole number from 1 to 65536",
         accepts: |v| crate::workloads::parse_numa_pages(v).is_some(),
+    },
+    Opt {
+        key: "kmap",
+        what: "values",
+        valid: &"auto, 1g, 2m or boot",
+        accepts: |v| crate::vm_space::KmapMode::parse(v).is_some(),
     },
 ];
 
@@ -138,7 +145,8 @@ pub fn check(cmdline: &str) -> Result<(), BadOption<'_>> {
             Some((k, v)) => (k, Some(v)),
             None => (w, None),
         };
-        let Some(opt) = OPTIONS.iter().find(|o| o.key == k) else {
+        let mut known = OPTIONS.iter().chain(&crate::workloads::PTREPL_OPTIONS);
+        let Some(opt) = known.find(|o| o.key == k) else {
             continue;
         };
         if !v.is_some_and(opt.accepts) {

@@ -14,6 +14,48 @@ pub fn send(rec: &[u8]) {
     cpu::outl(abi::RESULTS_PORT, rec.as_ptr() as u32);
 }
 
+/// A binary record: header and payload, one per CPU (below 4 GiB, in the
+/// image).
+#[repr(C, align(16))]
+struct PtWalkRecord {
+    hdr: abi::RecordHeader,
+    req: abi::PtWalkRequest,
+}
+static mut PTWALK: [PtWalkRecord; crate::MAX_CPUS] = [const {
+    PtWalkRecord {
+        hdr: abi::RecordHeader {
+            magic: abi::RECORD_MAGIC,
+            kind: abi::RECORD_PTWALK,
+            len: abi::PTWALK_REQUEST_LEN,
+            reserved: 0,
+        },
+        req: abi::PtWalkRequest {
+            cpu: 0,
+            config: 0,
+            root: 0,
+            start: 0,
+            len: 0,
+            samples: 0,
+            levels: 0,
+            thp: 0,
+            reserved: 0,
+        },
+    }
+}; crate::MAX_CPUS];
+
+/// Asks the VMM to model `req`'s page walks (`abi::RECORD_PTWALK`), from
+/// CPU `req.cpu`'s own buffer. The VMM works synchronously on this exit and
+/// answers nothing (one without the model drops the unknown kind with a
+/// warning), so the guest neither waits for nor depends on a reply; it
+/// only keeps the tables unchanged until this returns.
+pub fn send_ptwalk(req: abi::PtWalkRequest) {
+    let cpu = req.cpu as usize;
+    // SAFETY: each CPU writes only its own slot; the header is constant.
+    let rec = unsafe { &mut *core::ptr::addr_of_mut!(PTWALK[cpu]) };
+    rec.req = req;
+    cpu::outl(abi::RESULTS_PORT, rec as *const PtWalkRecord as u32);
+}
+
 /// Ends the VM with `status` (see `abi::GUEST_EXIT_*`).
 pub fn exit(status: u32) -> ! {
     cpu::outl(abi::EXIT_PORT, status);

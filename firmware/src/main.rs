@@ -24,6 +24,7 @@ mod syscall;
 mod trap;
 mod user;
 mod virtio;
+mod vm_space;
 mod workloads;
 
 /// Upper bound on vCPUs: sizes the per-CPU stacks and TSS array.

@@ -8,7 +8,7 @@
 //! over them and dispatches the same call: one kernel, both hosts. Kept tiny:
 //! each call costs tens of microseconds on PVM, so CPL3 code asks for
 //! privileged work only.
-use crate::arch::cpu;
+use crate::arch::{cpu, mmu};
 use crate::trap::TrapFrame;
 use core::arch::{asm, global_asm};
 
@@ -25,8 +25,21 @@ const RFLAGS_IF: u64 = 1 << 9;
 /// them may be set (see `arch::irq::wait`). The idle loop without a
 /// scheduler: the vCPU sleeps in KVM instead of spinning on a host core.
 pub const SYS_WAIT_INTERRUPT: u64 = 4;
+/// rdi = a page-table root `arch::mmu` has registered: loads it into CR3
+/// (which also flushes this CPU's TLB). Anything else: [`EINVAL`], CR3
+/// unchanged.
+pub const SYS_LOAD_CR3: u64 = 5;
+/// rdi = start, rsi = end: invalidates this CPU's TLB entries for
+/// [start, end) (`invlpg` per page up to `arch::mmu::FLUSH_CEILING_PAGES`,
+/// else a CR3 reload); [`EINVAL`] for an empty range. Other CPUs are not
+/// told: see `arch::mmu` for the rule that makes that safe.
+pub const SYS_FLUSH_TLB: u64 = 6;
+/// Drops every TLB entry of this CPU.
+pub const SYS_FLUSH_TLB_ALL: u64 = 7;
 /// Returned for an unknown number.
 pub const ENOSYS: u64 = u64::MAX;
+/// Returned for arguments the call refuses.
+pub const EINVAL: u64 = u64::MAX - 1;
 /// Encoding of `int 0x80`.
 pub const INT80: [u8; 2] = [0xcd, 0x80];
 
@@ -61,8 +74,23 @@ pub extern "C" fn dispatch(f: &mut TrapFrame) {
             f.rflags |= RFLAGS_IF;
             0
         }
+        SYS_LOAD_CR3 => ok_or_einval(mmu::load_cr3(f.rdi)),
+        SYS_FLUSH_TLB => ok_or_einval(mmu::flush_range(f.rdi, f.rsi)),
+        SYS_FLUSH_TLB_ALL => {
+            mmu::flush_all();
+            0
+        }
         _ => ENOSYS,
     };
+}
+
+#[link_section = ".text.cpl0"]
+fn ok_or_einval(ok: bool) -> u64 {
+    if ok {
+        0
+    } else {
+        EINVAL
+    }
 }
 
 #[inline(always)]
@@ -78,6 +106,17 @@ pub fn call1(nr: u64, a0: u64) -> u64 {
     let ret: u64;
     // SAFETY: as call0; rdi is preserved by the gate.
     unsafe { asm!("int 0x80", inlateout("rax") nr => ret, in("rdi") a0, options(nostack)) }
+    ret
+}
+
+#[inline(always)]
+pub fn call2(nr: u64, a0: u64, a1: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: as call0; rdi and rsi are preserved by the gate.
+    unsafe {
+        asm!("int 0x80", inlateout("rax") nr => ret, in("rdi") a0, in("rsi") a1,
+             options(nostack))
+    }
     ret
 }
 

@@ -2,7 +2,7 @@
 use crate::arch::cpu;
 use crate::bootinfo::{BootInfo, E820_RAM};
 use crate::hostio::{self, LINE};
-use crate::{abi, cmdline, mm, smp, syscall, workloads, MAX_CPUS};
+use crate::{abi, cmdline, mm, smp, syscall, vm_space, workloads, MAX_CPUS};
 
 /// Every CPU arrives here from the iretq in `_start`.
 pub extern "C" fn user_main(cpu: u64, boot_params: u64, ncpus: u64) -> ! {
@@ -88,6 +88,15 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         Err(e) => fail(format_args!("{e}")),
     };
     let tsc_mm_done = cpu::rdtsc();
+    let kmap_mode = cmdline::get(cmdline, "kmap")
+        .and_then(vm_space::KmapMode::parse)
+        .unwrap_or(vm_space::KmapMode::Auto);
+    let kmap = match vm_space::init_kernel(&boot, kmap_mode) {
+        Ok(k) => k,
+        Err(e) => fail(format_args!("{e}")),
+    };
+    vm_space::wait_all_entered(ncpus);
+    let tsc_kmap_done = cpu::rdtsc();
     smp::wait_all_checked_in(ncpus);
     let tsc_all_in = cpu::rdtsc();
     let gate_ok = syscall::call0(syscall::SYS_NOP) == 0;
@@ -140,11 +149,16 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         l.raw("],");
         crate::numa::write_json(&mut l, &mm.numa, mm::allocator());
         l.fmt(format_args!(
+            ",\"kernel_map\":{{\"mode\":\"{}\",\"root\":{},\"leaves_1g\":{},\"leaves_2m\":{},\"pt_pages\":{},\"build_cycles\":{},\"load_cycles\":{},\"cycles\":{}}}",
+            kmap_mode.name(), kmap.root, kmap.leaves_1g, kmap.leaves_2m, kmap.pt_pages, kmap.build_cycles, kmap.load_cycles,
+            tsc_kmap_done - tsc_mm_done
+        ));
+        l.fmt(format_args!(
             ",\"boot_cycles\":{{\"cpl0\":{},\"to_mm\":{},\"mm\":{},\"checkins\":{},\"syscall\":{},\"to_ready\":{}}}}}",
             cpl3.wrapping_sub(entry),
             tsc_mm_start.wrapping_sub(cpl3),
             tsc_mm_done - tsc_mm_start,
-            tsc_all_in - tsc_mm_done,
+            tsc_all_in - tsc_kmap_done,
             tsc_gate - tsc_all_in,
             cpu::rdtsc() - tsc_gate
         ));
@@ -162,6 +176,11 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
 
 fn ap_main(cpu: usize, ncpus: usize) -> ! {
     use core::sync::atomic::Ordering::Acquire;
+    if !vm_space::enter_kernel(cpu) {
+        fail(format_args!(
+            "cpu {cpu}: SYS_LOAD_CR3 refused the kernel root"
+        ));
+    }
     let idx = loop {
         match smp::GO.load(Acquire) {
             u32::MAX => core::hint::spin_loop(),

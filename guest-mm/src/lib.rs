@@ -7,12 +7,14 @@
 
 pub mod addr;
 pub mod gfp;
+pub mod ident_map;
 pub mod memblock;
 pub mod mempolicy;
 pub mod mmzone;
 pub mod page;
 pub mod page_alloc;
 pub mod pcp;
+pub mod pgtable;
 pub mod phys;
 pub mod slab;
 pub mod sync;

@@ -31,6 +31,14 @@ pub unsafe trait PhysMemory {
     fn phys_to_ptr(&self, pa: PhysAddr) -> *mut u8;
 }
 
+// SAFETY: a shared reference translates exactly as the memory it refers
+// to, so it keeps every promise that memory makes.
+unsafe impl<T: PhysMemory + ?Sized> PhysMemory for &T {
+    fn phys_to_ptr(&self, pa: PhysAddr) -> *mut u8 {
+        (**self).phys_to_ptr(pa)
+    }
+}
+
 /// The guest kernel's view: it runs with physical memory identity mapped,
 /// so the translation is the identity.
 #[derive(Debug, Clone, Copy, Default)]

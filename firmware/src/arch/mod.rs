@@ -4,3 +4,4 @@ pub mod entry;
 pub mod gdt;
 pub mod idt;
 pub mod irq;
+pub mod mmu;

@@ -8,9 +8,11 @@ mod entropy;
 mod flood;
 mod memtest;
 mod numa;
+mod ptrepl;
 mod touch;
 
 pub use numa::parse_pages as parse_numa_pages;
+pub use ptrepl::OPTIONS as PTREPL_OPTIONS;
 
 pub struct Workload {
     pub name: &'static str,
@@ -77,6 +79,10 @@ pub static ALL: &[Workload] = &[
     Workload {
         name: "numa",
         run: numa::run,
+    },
+    Workload {
+        name: "ptrepl",
+        run: ptrepl::run,
     },
 ];
 

@@ -1,0 +1,119 @@
+//! The cost of a page-table update with 1 and with N replicas
+//! (`ptrepl_update` records): map, then unmap in one mmu_gather batch,
+//! [`PAGES`] 4 KiB pages in a live address space.
+//!
+//! "Live" matters on hosts whose KVM shadows guest page tables (PVM here):
+//! KVM write-protects a guest table page once it has built a shadow of it,
+//! so a write to it may trap and be emulated, while a write to a table no
+//! walk has reached yet costs what it costs natively. So before timing,
+//! one anchor page is mapped in the same page table and read through every
+//! replica's root (CPU 0 loads each in turn): every replica's tables on the
+//! path have then been walked, as they would be in a running process. The
+//! anchor also keeps the page table alive across the unmap, so the timing
+//! is of leaf updates and the batch's flush, not of freeing tables.
+use super::error;
+use crate::arch::cpu;
+use crate::hostio::{self, LINE};
+use crate::vm_space::{self, VmSpace, REGION_BASE};
+use crate::{abi, mm};
+use guest_mm::mmzone::MAX_NUMNODES;
+use guest_mm::pgtable::PageSize;
+use guest_mm::{PhysAddr, PAGE_SIZE};
+
+/// Pages mapped and unmapped per measurement: half a page table, beyond
+/// the flush ceiling, so the batch ends in one CR3 reload.
+pub const PAGES: usize = 256;
+/// Past every vCPU's workload region.
+const VA: u64 = super::REGION_STRIDE * crate::MAX_CPUS as u64 + REGION_BASE;
+
+struct Update {
+    map_cycles: u64,
+    unmap_cycles: u64,
+    flushes: u64,
+}
+
+/// CPU 0, every other CPU idle on the kernel's map.
+pub fn measure() {
+    let nr = mm::allocator().topology().nr_nodes;
+    let counts: &[usize] = if nr > 1 { &[1, nr] } else { &[1] };
+    for &replicas in counts {
+        match one(replicas) {
+            Ok(u) => {
+                let mut l = LINE.lock();
+                l.begin(abi::RECORD_JSON);
+                l.fmt(format_args!(
+                    "{{\"event\":\"ptrepl_update\",\"replicas\":{replicas},\"pages\":{PAGES},\
+                     \"map_cycles\":{},\"unmap_cycles\":{},\"flushes\":{}}}",
+                    u.map_cycles, u.unmap_cycles, u.flushes
+                ));
+                hostio::send(l.finish());
+            }
+            Err(e) => error(format_args!("ptrepl_update with {replicas} replicas: {e}")),
+        }
+    }
+}
+
+fn one(replicas: usize) -> Result<Update, &'static str> {
+    let mut space = VmSpace::new(0, 0).map_err(|_| "no memory for the address space")?;
+    let mut frames = [PhysAddr(0); PAGES];
+    let mut got = 0;
+    let r = timed(&mut space, replicas, &mut frames, &mut got);
+    // Whatever happened: off the space, frames back, space torn down.
+    let left = vm_space::leave(0);
+    for &pa in &frames[..got] {
+        space.alloc().free_frames(pa, 0);
+    }
+    if space.teardown().is_err() {
+        return Err("the space was still loaded at teardown");
+    }
+    if !left {
+        return Err("could not load the kernel root again");
+    }
+    r
+}
+
+fn timed(
+    space: &mut VmSpace,
+    replicas: usize,
+    frames: &mut [PhysAddr; PAGES],
+    got: &mut usize,
+) -> Result<Update, &'static str> {
+    let nodes: [usize; MAX_NUMNODES] = core::array::from_fn(|n| n);
+    space
+        .set_replicas(&nodes[..replicas])
+        .map_err(|_| "replication failed")?;
+    space
+        .map_region(VA, PAGE_SIZE, PageSize::Size4K, 0)
+        .map_err(|_| "no memory for the anchor page")?;
+    for f in frames.iter_mut() {
+        *f = space
+            .alloc()
+            .alloc_frames(0, 0)
+            .ok_or("no memory for the pages to map")?;
+        *got += 1;
+    }
+    for n in 0..replicas {
+        if !vm_space::load(0, space.root(n)) {
+            return Err("SYS_LOAD_CR3 refused a replica root");
+        }
+        // SAFETY: the anchor page is mapped in every replica.
+        unsafe { core::ptr::read_volatile(VA as *const u64) };
+    }
+    if !vm_space::load(0, space.root(0)) {
+        return Err("SYS_LOAD_CR3 refused the home root");
+    }
+    let t0 = cpu::rdtsc();
+    space
+        .map_frames(VA + PAGE_SIZE, &frames[..])
+        .map_err(|_| "map failed")?;
+    let t1 = cpu::rdtsc();
+    let flushes = space
+        .unmap_frames(VA + PAGE_SIZE, PAGES as u64)
+        .map_err(|_| "unmap failed")?;
+    let t2 = cpu::rdtsc();
+    Ok(Update {
+        map_cycles: t1 - t0,
+        unmap_cycles: t2 - t1,
+        flushes,
+    })
+}
