@@ -283,8 +283,9 @@ pub struct RunData {
     timings: BTreeMap<Key, (f64, f64)>,
     /// Per (config, thp, guest node).
     walks: BTreeMap<(String, bool, u64), WalkSums>,
-    /// Per row: (replicas, pt_pages per node, identical).
-    replicas: BTreeMap<Key, (u64, Vec<u64>, bool)>,
+    /// Per (config, thp), the space both works ran in: (replicas,
+    /// pt_pages per node, identical).
+    replicas: BTreeMap<(String, bool), (u64, Vec<u64>, bool)>,
     /// Per replica count: (pages, maps/s, unmaps/s, updates/s, flushes).
     updates: BTreeMap<u64, (u64, f64, f64, f64, f64)>,
 }
@@ -307,7 +308,7 @@ pub fn parse_run(r: &Value) -> Result<RunData> {
     let mut d = RunData::default();
     // Per row: Σ ops/s, Σ ops, Σ cycles of node-0 vCPUs.
     let mut t: BTreeMap<Key, (f64, f64, f64)> = BTreeMap::new();
-    for (i, e) in guest.iter().enumerate() {
+    for e in guest {
         match e["event"].as_str() {
             Some("ptrepl") if e["node"] == 0 => {
                 let key = key_of(e).context("a ptrepl line without work, config or thp")?;
@@ -325,18 +326,10 @@ pub fn parse_run(r: &Value) -> Result<RunData> {
                 }
             }
             Some("ptrepl_replicas") => {
-                let config = e["config"].as_str().unwrap_or_default();
-                // The workload this check followed: the last ptrepl line of
-                // its config before it (else the first after it).
-                let same = |x: &&Value| x["event"] == "ptrepl" && x["config"] == config;
-                let owner = guest[..i]
-                    .iter()
-                    .rev()
-                    .find(same)
-                    .or_else(|| guest[i..].iter().find(same));
-                let Some(key) = owner.and_then(key_of) else {
+                let (Some(config), Some(thp)) = (e["config"].as_str(), e["thp"].as_bool()) else {
                     continue;
                 };
+                let key = (config.to_string(), thp);
                 let pages = e["pt_pages"]
                     .as_array()
                     .map(|a| a.iter().filter_map(Value::as_u64).collect())
@@ -409,7 +402,7 @@ fn summary_of(runs: &[RunData], f: impl Fn(&RunData) -> Option<f64>) -> Option<S
 pub fn assemble(runs: &[RunData]) -> (Vec<Row>, Vec<UpdateFigures>, Vec<Goal>) {
     let mut keys: Vec<Key> = runs
         .iter()
-        .flat_map(|r| r.timings.keys().chain(r.replicas.keys()).cloned())
+        .flat_map(|r| r.timings.keys().cloned())
         .collect();
     let rank = |k: &Key| {
         let pos = |list: &[&str], s: &str| list.iter().position(|x| *x == s).unwrap_or(list.len());
@@ -421,7 +414,10 @@ pub fn assemble(runs: &[RunData]) -> (Vec<Row>, Vec<UpdateFigures>, Vec<Goal>) {
         .into_iter()
         .map(|k| {
             let w = sum_walks(runs, |(c, t, n)| *c == k.1 && *t == k.2 && *n == 0);
-            let repl = runs.iter().rev().find_map(|r| r.replicas.get(&k));
+            let repl = runs
+                .iter()
+                .rev()
+                .find_map(|r| r.replicas.get(&(k.1.clone(), k.2)));
             Row {
                 ops_per_s: summary_of(runs, |r| r.timings.get(&k).map(|t| t.0)),
                 cycles_per_op: summary_of(runs, |r| r.timings.get(&k).map(|t| t.1)),
@@ -530,19 +526,21 @@ fn goals(runs: &[RunData], rows: &[Row], updates: &[UpdateFigures]) -> Vec<Goal>
         met: matches!((one, n_rate), (Some(a), Some(b)) if b >= GOAL_UPDATE_RATIO * a),
     });
     // 4. Overhead per replica reported.
-    let over: Vec<String> = rows
+    // Both works of a THP setting ran in one space: one figure per setting.
+    let mut over: Vec<String> = rows
         .iter()
         .filter(|r| r.config == "replicated")
         .filter_map(|r| {
             let p = r.pt_pages_per_replica.as_ref()?;
             Some(format!(
-                "{} thp {}: {} PT pages",
-                r.work,
+                "thp {}: {} PT pages ({} KiB)",
                 if r.thp { "on" } else { "off" },
-                p.iter().map(u64::to_string).collect::<Vec<_>>().join("+")
+                p.iter().map(u64::to_string).collect::<Vec<_>>().join("+"),
+                p.iter().map(|x| (x * 4).to_string()).collect::<Vec<_>>().join("+")
             ))
         })
         .collect();
+    over.dedup();
     g.push(Goal {
         goal: "replica memory overhead reported per replica".into(),
         figure: if over.is_empty() {

@@ -59,13 +59,15 @@ fn report() -> Value {
             {"event": "ready"},
             ptrepl("gups", "local", false, 0, 1_000_000, 2_000_000_000),
             ptrepl("gups", "local", false, 1, 1, 1),
-            {"event": "ptrepl_replicas", "config": "local", "replicas": 1, "pt_pages": [40, 0], "identical": true, "mappings": 16384},
+            {"event": "ptrepl_replicas", "config": "local", "thp": false, "replicas": 1, "pt_pages": [40, 0], "identical": true, "mappings": 16384},
             ptrepl("gups", "remote", false, 0, 1_000_000, 4_000_000_000u64),
-            {"event": "ptrepl_replicas", "config": "remote", "replicas": 1, "pt_pages": [0, 40], "identical": true, "mappings": 16384},
-            // The check may arrive before the timings of its run.
-            {"event": "ptrepl_replicas", "config": "replicated", "replicas": 2, "pt_pages": [40, 41], "identical": true, "mappings": 16384},
+            {"event": "ptrepl_replicas", "config": "remote", "thp": false, "replicas": 1, "pt_pages": [0, 40], "identical": true, "mappings": 16384},
+            // The check may arrive before the timings of its run; it is
+            // the space's, shared by both works.
+            {"event": "ptrepl_replicas", "config": "replicated", "thp": false, "replicas": 2, "pt_pages": [40, 41], "identical": true, "mappings": 16384},
             ptrepl("gups", "replicated", false, 0, 1_000_000, 2_000_000_000),
             ptrepl("gups", "replicated", false, 1, 1_000_000, 2_000_000_000),
+            ptrepl("chase", "replicated", false, 0, 1_000_000, 8_000_000_000u64),
             {"event": "ptrepl_update", "replicas": 1, "pages": 1000, "map_cycles": 1_000_000, "unmap_cycles": 1_000_000, "flushes": 2},
             {"event": "ptrepl_update", "replicas": 2, "pages": 1000, "map_cycles": 1_500_000, "unmap_cycles": 1_500_000, "flushes": 2},
         ],
@@ -112,9 +114,13 @@ fn rows_come_from_node0_timings_walks_and_replica_checks() {
         [
             ("gups", "local", false),
             ("gups", "remote", false),
-            ("gups", "replicated", false)
+            ("gups", "replicated", false),
+            ("chase", "replicated", false)
         ]
     );
+    // Both works ran in the one space the replica check is about.
+    assert_eq!(rows[3].pt_pages_per_replica, Some(vec![40, 41]));
+    assert_eq!(rows[3].cycles_per_op.unwrap().median, 8000.0);
     let local = &rows[0];
     // 1e6 ops in 2e9 cycles at 1 GHz: 2 s; node 1's line left out.
     assert_eq!(local.ops_per_s.unwrap().median, 500_000.0);
@@ -158,7 +164,7 @@ fn goals_say_met_exactly_when_the_figures_reach_them() {
         "{}",
         r.goals[1].figure
     );
-    assert!(r.goals[4].figure.contains("gups thp off: 40+41 PT pages"));
+    assert_eq!(r.goals[4].figure, "thp off: 40+41 PT pages (160+164 KiB)");
 
     // A remote guest-PT reference in a replicated walk (node 1's vCPU),
     // replicated 2D refs only 50% fewer, updates at 40% with 2 replicas,
@@ -167,8 +173,8 @@ fn goals_say_met_exactly_when_the_figures_reach_them() {
     bad["ptwalk"][3] = walk("replicated", false, 1, 4096, 1);
     bad["ptwalk"][2] = walk("replicated", false, 0, 4096, 2);
     bad["guest"][6]["pt_pages"] = json!([40, 0]);
-    bad["guest"][10]["map_cycles"] = json!(2_500_000);
-    bad["guest"][10]["unmap_cycles"] = json!(2_500_000);
+    bad["guest"][11]["map_cycles"] = json!(2_500_000);
+    bad["guest"][11]["unmap_cycles"] = json!(2_500_000);
     let r = result(&[parse_run(&bad).unwrap()], pvm(), 1);
     let met: Vec<bool> = r.goals.iter().map(|g| g.met).collect();
     assert_eq!(met, [false, false, false, false, false], "{:#?}", r.goals);
@@ -180,8 +186,8 @@ fn goals_say_met_exactly_when_the_figures_reach_them() {
     assert!(r.goals[4].goal.contains("per replica"));
     // Exactly at the update goal's edge: 50% is met.
     let mut edge = report();
-    edge["guest"][10]["map_cycles"] = json!(2_000_000);
-    edge["guest"][10]["unmap_cycles"] = json!(2_000_000);
+    edge["guest"][11]["map_cycles"] = json!(2_000_000);
+    edge["guest"][11]["unmap_cycles"] = json!(2_000_000);
     let r = result(&[parse_run(&edge).unwrap()], pvm(), 1);
     assert!(r.goals[3].met, "{:?}", r.goals[3]);
 }
@@ -255,7 +261,7 @@ fn the_table_says_where_it_ran_and_keeps_anchors_apart() {
     );
     // The JSON is the same result.
     let j = serde_json::to_value(&r).unwrap();
-    assert_eq!(j["rows"].as_array().unwrap().len(), 3);
+    assert_eq!(j["rows"].as_array().unwrap().len(), 4);
     assert_eq!(j["kvm"]["nested_paging"], false);
     assert_eq!(j["goals"][0]["met"], true);
 }
