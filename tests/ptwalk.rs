@@ -305,16 +305,7 @@ fn bench_ptrepl_bad_values_exit_2_naming_them() {
 #[test]
 fn ptrepl_replicas_make_every_guest_pt_reference_local() {
     require_kvm!();
-    let has = memvisor::firmware::BUNDLED
-        .windows(b"ptrepl_mib".len())
-        .any(|w| w == b"ptrepl_mib");
-    if !has {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping {}: the bundled kernel has no workload=ptrepl yet (branch fw-ptrepl)",
-            common::current_test()
-        );
+    if !bundled_has_ptrepl() {
         return;
     }
     let out = run(&[
@@ -345,4 +336,63 @@ fn ptrepl_replicas_make_every_guest_pt_reference_local() {
         assert!(n(&g["remote"]) > 0, "{w:#}");
     }
     assert_eq!(n(&r["ptwalk_rejected"]["bad_root"]), 0);
+}
+
+/// `bench ptrepl --json` end to end (with the bundled kernel's
+/// workload=ptrepl): one row per work × config × thp, the walk model's
+/// figures in them, the goals the model decides met, the anchors apart.
+#[test]
+fn bench_ptrepl_json_is_well_formed() {
+    require_kvm!();
+    if !bundled_has_ptrepl() {
+        return;
+    }
+    let out = common::memvisor(
+        &["bench", "ptrepl", "--json", "--mib", "8", "--ops", "20000"],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let j: Value = serde_json::from_str(&out.stdout).expect("one JSON object");
+    let rows = j["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12, "{j:#}");
+    for r in rows {
+        assert!(r["ops_per_s"]["median"].as_f64().unwrap() > 0.0, "{r:#}");
+        let g = &r["walk"]["guest_topology"]["ept_first_touch"];
+        let (local, remote) = (
+            g["guest_pt"]["local"].as_f64().unwrap(),
+            g["guest_pt"]["remote"].as_f64().unwrap(),
+        );
+        // 4 levels: 4 guest-PT refs per walk with 4 KiB data pages, 3
+        // with 2 MiB; remote only where the table is on the other node.
+        let want = if r["thp"] == true { 3.0 } else { 4.0 };
+        if r["config"] == "remote" {
+            assert_eq!((local, remote), (0.0, want), "{r:#}");
+        } else {
+            assert_eq!((local, remote), (want, 0.0), "{r:#}");
+        }
+        assert!(r["pt_pages_per_replica"].as_array().is_some(), "{r:#}");
+    }
+    let goals = j["goals"].as_array().unwrap();
+    assert_eq!(goals.len(), 5);
+    for g in &goals[..3] {
+        assert_eq!(g["met"], true, "{g:#}");
+    }
+    assert_eq!(j["anchors"].as_array().unwrap().len(), 2);
+    assert!(j["honesty"].as_str().unwrap().starts_with("timings"));
+    assert_eq!(j["updates"].as_array().unwrap().len(), 2, "{j:#}");
+}
+
+fn bundled_has_ptrepl() -> bool {
+    let has = memvisor::firmware::BUNDLED
+        .windows(b"ptrepl_mib".len())
+        .any(|w| w == b"ptrepl_mib");
+    if !has {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping {}: the bundled kernel has no workload=ptrepl (branch fw-ptrepl)",
+            common::current_test()
+        );
+    }
+    has
 }
