@@ -91,6 +91,8 @@ fn kernel_runs_on_its_own_identity_map() {
     // 4 GiB covered: 2048 2 MiB leaves, or 1 GiB leaves where uniform.
     let (g, m) = (u64_at(k, "leaves_1g"), u64_at(k, "leaves_2m"));
     assert_eq!(g * 512 + m, 2048, "{k:#}");
+    // Every CPU loaded it, not only the BSP.
+    assert_eq!(k["cpu_roots"], serde_json::json!([root, root]), "{k:#}");
 
     // kmap=boot stays on the VMM's map, for comparison.
     let out = run(&["--quiet", "--cmdline", "workload=boot kmap=boot"]);
@@ -98,6 +100,7 @@ fn kernel_runs_on_its_own_identity_map() {
     let k = &out.guest_event("ready")["kernel_map"];
     assert_eq!(u64_at(k, "root"), 0x9000, "{k:#}");
     assert_eq!(u64_at(k, "pt_pages"), 0, "{k:#}");
+    assert_eq!(k["cpu_roots"], serde_json::json!([0x9000]), "{k:#}");
 }
 
 #[test]
@@ -169,8 +172,59 @@ fn update_cost_is_measured_with_one_and_two_replicas() {
     for u in ups {
         assert_eq!(u64_at(u, "pages"), 256, "{u}");
         assert!(u64_at(u, "map_cycles") > 0 && u64_at(u, "unmap_cycles") > 0);
-        // One mmu_gather batch: one flush for all 256 unmaps.
+        // One mmu_gather batch: one flush for all 256 unmaps, past the
+        // 33-page ceiling, so a CR3 reload rather than 256 invlpg.
         assert_eq!(u64_at(u, "flushes"), 1, "{u}");
+        assert_eq!(u64_at(u, "full_flushes"), 1, "{u}");
+        assert_eq!(u64_at(u, "invlpg_pages"), 0, "{u}");
+    }
+}
+
+/// SYS_LOAD_CR3 refuses a torn-down root and a non-page value; a remap
+/// with one flush is seen at once (the old translation gone), and a
+/// one-page flush is one invlpg.
+#[test]
+fn cr3_loads_are_checked_and_a_remap_flush_drops_the_old_page() {
+    require_kvm!();
+    let out = shared();
+    ok(out);
+    let p = out.guest_event("ptrepl_probe");
+    assert_eq!(p["stale_root_refused"], true, "{p:#}");
+    assert_eq!(p["bad_root_refused"], true, "{p:#}");
+    assert_eq!(p["remap_seen"], true, "{p:#}");
+    assert_eq!(u64_at(p, "invlpg_pages"), 1, "{p:#}");
+    assert_eq!(u64_at(p, "full_flushes"), 0, "{p:#}");
+}
+
+/// Each vCPU runs on its own node's replica when replicated, and on the
+/// one table otherwise.
+#[test]
+fn every_vcpu_loads_its_own_nodes_root() {
+    require_kvm!();
+    let out = shared();
+    ok(out);
+    let reps = events(out, "ptrepl_replicas");
+    for r in events(out, "ptrepl") {
+        let rep = reps
+            .iter()
+            .find(|x| x["config"] == r["config"] && x["thp"] == r["thp"])
+            .unwrap();
+        let roots: Vec<u64> = rep["roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            u64_at(r, "root"),
+            roots[u64_at(r, "node") as usize],
+            "{r}\n{rep}"
+        );
+        if rep["config"] == "replicated" {
+            assert_ne!(roots[0], roots[1], "{rep}");
+        } else {
+            assert_eq!(roots[0], roots[1], "{rep}");
+        }
     }
 }
 

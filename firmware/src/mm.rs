@@ -80,6 +80,8 @@ pub fn init(
             .map_err(|_| "memblock_add failed on an e820 entry")?;
     }
     let total_pages = mb.total_pages();
+    // The kernel's own page tables, before the allocator takes the rest.
+    crate::vm_space::reserve_kernel_tables(mb, &mem, LOW_RESERVED)?;
     // SAFETY: as for MEMBLOCK; READY is not yet set, so no shared
     // reference to PAGE_ALLOC exists.
     let a = unsafe { &mut *addr_of_mut!(PAGE_ALLOC) };

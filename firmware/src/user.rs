@@ -79,6 +79,12 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
             workloads::Names
         ));
     };
+    let kmap_mode = cmdline::get(cmdline, "kmap")
+        .and_then(vm_space::KmapMode::parse)
+        .unwrap_or(vm_space::KmapMode::Auto);
+    if let Err(e) = vm_space::plan_kernel(&boot, kmap_mode) {
+        fail(format_args!("{e}"));
+    }
     let tsc_mm_start = cpu::rdtsc();
     let grouping = cmdline::get(cmdline, "mobility_grouping")
         .and_then(cmdline::parse_grouping)
@@ -88,10 +94,7 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         Err(e) => fail(format_args!("{e}")),
     };
     let tsc_mm_done = cpu::rdtsc();
-    let kmap_mode = cmdline::get(cmdline, "kmap")
-        .and_then(vm_space::KmapMode::parse)
-        .unwrap_or(vm_space::KmapMode::Auto);
-    let kmap = match vm_space::init_kernel(&boot, kmap_mode) {
+    let kmap = match vm_space::init_kernel() {
         Ok(k) => k,
         Err(e) => fail(format_args!("{e}")),
     };
@@ -149,10 +152,16 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
         l.raw("],");
         crate::numa::write_json(&mut l, &mm.numa, mm::allocator());
         l.fmt(format_args!(
-            ",\"kernel_map\":{{\"mode\":\"{}\",\"root\":{},\"leaves_1g\":{},\"leaves_2m\":{},\"pt_pages\":{},\"build_cycles\":{},\"load_cycles\":{},\"cycles\":{}}}",
+            ",\"kernel_map\":{{\"mode\":\"{}\",\"root\":{},\"leaves_1g\":{},\"leaves_2m\":{},\"pt_pages\":{},\"build_cycles\":{},\"load_cycles\":{},\"cycles\":{}",
             kmap_mode.name(), kmap.root, kmap.leaves_1g, kmap.leaves_2m, kmap.pt_pages, kmap.build_cycles, kmap.load_cycles,
             tsc_kmap_done - tsc_mm_done
         ));
+        l.raw(",\"cpu_roots\":[");
+        for c in 0..ncpus {
+            let sep = if c == 0 { "" } else { "," };
+            l.fmt(format_args!("{sep}{}", vm_space::current_root(c)));
+        }
+        l.raw("]}");
         l.fmt(format_args!(
             ",\"boot_cycles\":{{\"cpl0\":{},\"to_mm\":{},\"mm\":{},\"checkins\":{},\"syscall\":{},\"to_ready\":{}}}}}",
             cpl3.wrapping_sub(entry),

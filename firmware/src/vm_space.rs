@@ -131,6 +131,11 @@ pub fn load(cpu: usize, root: u64) -> bool {
     true
 }
 
+/// The root `cpu` last loaded (0: none since entry, still the VMM's map).
+pub fn current_root(cpu: usize) -> u64 {
+    CURRENT[cpu].load(Ordering::Acquire)
+}
+
 /// Whether any CPU has `root` loaded.
 fn in_use(root: u64) -> bool {
     CURRENT.iter().any(|c| c.load(Ordering::Acquire) == root)
@@ -182,6 +187,9 @@ struct Kernel {
     ram: [(u64, u64); MAX_RAM],
     nr_ram: usize,
     gib_pages: bool,
+    mode: KmapMode,
+    /// Table pages set aside in memblock for the map: base, count.
+    pool: (u64, u64),
 }
 
 static KERNEL: SpinLock<Kernel> = SpinLock::new(Kernel {
@@ -189,7 +197,80 @@ static KERNEL: SpinLock<Kernel> = SpinLock::new(Kernel {
     ram: [(0, 0); MAX_RAM],
     nr_ram: 0,
     gib_pages: false,
+    mode: KmapMode::Boot,
+    pool: (0, 0),
 });
+
+/// The kernel map's table pages come from memblock, before the page
+/// allocator exists (as Linux's early page tables do): the map lives for
+/// the whole run, so its pages never count as allocated and freed, and the
+/// allocator's books start clean. A bump allocator over the reserved run.
+struct BootPool {
+    next: core::cell::Cell<u64>,
+    end: u64,
+}
+
+impl PtAlloc for BootPool {
+    fn alloc_pt(&self, node: usize) -> Option<PhysAddr> {
+        let pa = self.next.get();
+        if node != 0 || pa >= self.end {
+            return None;
+        }
+        self.next.set(pa + PAGE_SIZE);
+        // SAFETY: reserved for this map, identity mapped.
+        unsafe { core::ptr::write_bytes(pa as *mut u8, 0, PAGE_SIZE as usize) };
+        Some(PhysAddr(pa))
+    }
+
+    /// The kernel map is never torn down; a failed build fails the boot.
+    fn free_pt(&self, _pa: PhysAddr) {}
+
+    fn node_of(&self, _pa: PhysAddr) -> Option<usize> {
+        Some(0)
+    }
+}
+
+/// BSP, before `mm::init`: decides the kernel map's shape (`kmap=`) and
+/// remembers the RAM it covers, so `mm::init` can set its table pages
+/// aside ([`reserve_kernel_tables`]).
+pub fn plan_kernel(boot: &BootInfo, mode: KmapMode) -> Result<(), &'static str> {
+    let mut k = KERNEL.lock();
+    let mut n = 0;
+    for e in boot.e820().filter(|e| e.kind == E820_RAM) {
+        if n == MAX_RAM {
+            return Err("more e820 RAM ranges than the kernel map plan holds");
+        }
+        k.ram[n] = (e.addr, e.size);
+        n += 1;
+    }
+    k.nr_ram = n;
+    k.mode = mode;
+    k.gib_pages = match mode {
+        KmapMode::Auto => cpu_has_gib_pages(),
+        KmapMode::Gib => true,
+        KmapMode::TwoMib | KmapMode::Boot => false,
+    };
+    Ok(())
+}
+
+/// Inside `mm::init`, with memblock complete and before the page
+/// allocator takes the free memory: reserves the kernel map's table pages.
+pub fn reserve_kernel_tables(
+    mb: &mut guest_mm::Memblock,
+    mem: &IdentityMap,
+    min: u64,
+) -> Result<(), &'static str> {
+    let mut k = KERNEL.lock();
+    if k.mode == KmapMode::Boot {
+        return Ok(());
+    }
+    let pages = IdentPlan::new(&k.ram[..k.nr_ram], k.gib_pages).table_pages();
+    let base = mb
+        .alloc(mem, pages * PAGE_SIZE, PAGE_SIZE, PhysAddr(min))
+        .map_err(|_| "no memory for the kernel's page tables")?;
+    k.pool = (base.0, pages);
+    Ok(())
+}
 /// The root every CPU runs on outside workload spaces (0 until built).
 static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
 
@@ -208,7 +289,7 @@ pub struct KmapSummary {
 /// Maps the identity plan into `space`; (1 GiB leaves, 2 MiB leaves).
 fn map_identity(
     space: &mut AddressSpace<IdentityMap>,
-    alloc: &NodePtAlloc,
+    alloc: &dyn PtAlloc,
     ram: &[(u64, u64)],
     gib_pages: bool,
 ) -> Result<(u64, u64), PtError> {
@@ -230,41 +311,51 @@ fn map_identity(
     Ok((g, m))
 }
 
-/// BSP, right after `mm::init`: builds the kernel's identity map on node 0
-/// and loads it. With `KmapMode::Boot` the VMM's map is registered as the
-/// kernel root instead, so everything else works unchanged.
-pub fn init_kernel(boot: &BootInfo, mode: KmapMode) -> Result<KmapSummary, &'static str> {
+/// Spot check of the built map before anything runs on it: the LAPIC's
+/// page (in the device hole) is identity-mapped uncached, the kernel image
+/// (RAM) cached. Three walks; the whole plan is checked on the host
+/// (`guest_mm::ident_map`'s tests).
+fn hole_uncached(space: &AddressSpace<IdentityMap>) -> bool {
+    let lapic = crate::arch::irq::LAPIC_BASE;
+    let ram = kernel_start();
+    let is = |va: u64, uncached: bool| {
+        space
+            .translate(va)
+            .is_some_and(|t| t.pa.0 == va && t.prot.uncached == uncached && t.prot.user)
+    };
+    is(lapic, true) && is(lapic + 0xff0, true) && is(ram, false)
+}
+
+fn kernel_start() -> u64 {
+    extern "C" {
+        static __kernel_start: u8;
+    }
+    &raw const __kernel_start as u64
+}
+
+/// BSP, right after `mm::init`: builds the kernel's identity map in the
+/// pages [`reserve_kernel_tables`] set aside and loads it. With
+/// `KmapMode::Boot` the VMM's map is registered as the kernel root instead,
+/// so everything else works unchanged.
+pub fn init_kernel() -> Result<KmapSummary, &'static str> {
     let t0 = crate::arch::cpu::rdtsc();
     let mut k = KERNEL.lock();
-    let mut n = 0;
-    for e in boot.e820().filter(|e| e.kind == E820_RAM) {
-        if n == MAX_RAM {
-            return Err("more e820 RAM ranges than the kernel map plan holds");
-        }
-        k.ram[n] = (e.addr, e.size);
-        n += 1;
-    }
-    k.nr_ram = n;
-    k.gib_pages = match mode {
-        KmapMode::Auto => cpu_has_gib_pages(),
-        KmapMode::Gib => true,
-        KmapMode::TwoMib | KmapMode::Boot => false,
-    };
     let mut s = KmapSummary::default();
-    if mode == KmapMode::Boot {
+    if k.mode == KmapMode::Boot {
         s.root = syscall::call0(syscall::SYS_READ_CR3) & !0xfff;
     } else {
-        let alloc = NodePtAlloc { cpu: 0 };
-        let mut space = AddressSpace::new(IdentityMap, &alloc, LEVELS, 0)
+        let (base, pages) = k.pool;
+        let pool = BootPool {
+            next: core::cell::Cell::new(base),
+            end: base + pages * PAGE_SIZE,
+        };
+        let mut space = AddressSpace::new(IdentityMap, &pool, LEVELS, 0)
             .map_err(|_| "no memory for the kernel's page tables")?;
         let ram = k.ram;
-        match map_identity(&mut space, &alloc, &ram[..n], k.gib_pages) {
-            Ok((g, m)) => (s.leaves_1g, s.leaves_2m) = (g, m),
-            Err(_) => {
-                let mut tlb = SyscallTlb::default();
-                space.destroy(&mut MmuGather::attached(&alloc, &mut tlb));
-                return Err("building the kernel's identity map failed");
-            }
+        (s.leaves_1g, s.leaves_2m) = map_identity(&mut space, &pool, &ram[..k.nr_ram], k.gib_pages)
+            .map_err(|_| "building the kernel's identity map failed")?;
+        if !hole_uncached(&space) {
+            return Err("the kernel's identity map does not map the LAPIC uncached and RAM cached");
         }
         s.root = space.root(0).0;
         s.pt_pages = space.pt_pages(0);
@@ -510,6 +601,21 @@ impl VmSpace {
         }
         g.finish_attached();
         Ok(g.flushes())
+    }
+
+    /// Points the 4 KiB page at `va` to `pa` instead: unmap, map, one
+    /// flush (the order Linux's `ptep_clear_flush` + `set_pte_at` keeps:
+    /// no CPU may use the old frame after this returns). Returns the old
+    /// frame, the caller's again.
+    pub fn replace_frame(&mut self, va: u64, pa: PhysAddr) -> Result<PhysAddr, PtError> {
+        let mut tlb = SyscallTlb::default();
+        let mut g = MmuGather::attached(&self.alloc, &mut tlb);
+        let old = self.space.unmap(&mut g, va, PageSize::Size4K)?;
+        let r = self
+            .space
+            .map(&self.alloc, va, pa, PageSize::Size4K, PROT_RW);
+        g.finish_attached();
+        r.map(|()| old)
     }
 
     /// Replicas on exactly the nodes of `nodes` (the home table always

@@ -35,6 +35,7 @@ pub struct Leaf {
 }
 
 /// The leaves covering `[0, top)` in address order; see the module doc.
+#[derive(Clone, Copy)]
 pub struct IdentPlan<'a> {
     ram: &'a [(u64, u64)],
     next: u64,
@@ -63,6 +64,26 @@ impl<'a> IdentPlan<'a> {
     /// One past the last mapped address.
     pub fn top(&self) -> u64 {
         self.top
+    }
+
+    /// Table pages a 4-level map of this plan needs: the PML4, one PDPT
+    /// per 512 GiB slot used, one page directory per GiB holding 2 MiB
+    /// leaves. So they can be set aside before the page allocator exists.
+    pub fn table_pages(&self) -> u64 {
+        let plan = IdentPlan { next: 0, ..*self };
+        let (mut pdpts, mut pds) = (0, 0);
+        let (mut last_slot, mut last_gib) = (u64::MAX, u64::MAX);
+        for l in plan {
+            if l.addr >> 39 != last_slot {
+                last_slot = l.addr >> 39;
+                pdpts += 1;
+            }
+            if l.size == SIZE_2M && l.addr >> 30 != last_gib {
+                last_gib = l.addr >> 30;
+                pds += 1;
+            }
+        }
+        1 + pdpts + pds
     }
 
     fn has_ram(&self, start: u64, len: u64) -> bool {
@@ -191,6 +212,30 @@ mod tests {
                 .collect();
             assert!(hole.iter().all(|l| l.uncached), "{hole:?}");
         }
+    }
+
+    #[test]
+    fn table_pages_count_the_pml4_pdpts_and_page_directories() {
+        // 4 GiB of 2 MiB pages: PML4, one PDPT, four page directories.
+        assert_eq!(IdentPlan::new(&SMALL, false).table_pages(), 6);
+        // 1 GiB pages above the first GiB: only GiB 0 needs a directory.
+        assert_eq!(IdentPlan::new(&SMALL, true).table_pages(), 3);
+        // RAM past 512 GiB needs a second PDPT.
+        let big = [
+            (0, 0x9f000),
+            (MIB, 3 * GIB - MIB),
+            (4 * GIB, 509 * GIB + 2 * MIB),
+        ];
+        let plan = IdentPlan::new(&big, true);
+        assert_eq!(plan.top(), 514 * GIB);
+        // Every GiB is all RAM or none of it except GiB 513 (RAM in its
+        // first 2 MiB only): PML4, two PDPTs, one page directory.
+        assert_eq!(plan.table_pages(), 4);
+        let dirs: Vec<u64> = plan
+            .filter(|l| l.size == SIZE_2M)
+            .map(|l| l.addr >> 30)
+            .collect();
+        assert_eq!(dirs, [513; 512]);
     }
 
     #[test]

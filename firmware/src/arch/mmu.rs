@@ -37,6 +37,11 @@ pub const MAX_ROOTS: usize = 32;
 pub const FLUSH_CEILING_PAGES: u64 = 33;
 const PAGE: u64 = 4096;
 
+/// Pages invalidated one by one, and full flushes (CR3 reloads), ever, on
+/// all CPUs: so a test can see which way a flush went.
+pub static INVLPG_PAGES: AtomicU64 = AtomicU64::new(0);
+pub static FULL_FLUSHES: AtomicU64 = AtomicU64::new(0);
+
 /// Registered roots; 0 marks a free slot.
 static ROOTS: [AtomicU64; MAX_ROOTS] = [const { AtomicU64::new(0) }; MAX_ROOTS];
 /// Slots in use are all below this: the CPL0 scan stops there.
@@ -102,6 +107,7 @@ pub fn flush_range(start: u64, end: u64) -> bool {
         flush_all();
         return true;
     }
+    INVLPG_PAGES.fetch_add((end - first).div_ceil(PAGE), Ordering::Relaxed);
     let mut va = first;
     while va < end {
         // SAFETY: CPL0; invlpg has no effect beyond this CPU's TLB.
@@ -115,6 +121,7 @@ pub fn flush_range(start: u64, end: u64) -> bool {
 /// exist, so a CR3 reload is a full flush).
 #[link_section = ".text.cpl0"]
 pub fn flush_all() {
+    FULL_FLUSHES.fetch_add(1, Ordering::Relaxed);
     // SAFETY: CPL0; reloading the current CR3 changes no mapping.
     unsafe {
         asm!(

@@ -22,10 +22,11 @@ pub const GATHER_PT_PAGES: usize = 256;
 
 /// A batch of TLB invalidations and deferred page-table frees.
 pub struct MmuGather<'a> {
-    /// Lowest and one-past-highest virtual address touched; `start >= end`
-    /// when nothing is pending.
+    /// Lowest and highest virtual address touched (inclusive, so the top
+    /// page of the address space fits); `start > last` when nothing is
+    /// pending.
     start: u64,
-    end: u64,
+    last: u64,
     /// A whole table went away (a dropped replica): only a full flush
     /// covers every address it mapped.
     all: bool,
@@ -46,7 +47,7 @@ impl<'a> MmuGather<'a> {
     pub fn new() -> Self {
         MmuGather {
             start: u64::MAX,
-            end: 0,
+            last: 0,
             all: false,
             freed: [PhysAddr(0); GATHER_PT_PAGES],
             nr_freed: 0,
@@ -70,8 +71,8 @@ impl<'a> MmuGather<'a> {
         if self.all {
             tlb.flush_all();
             self.flushes += 1;
-        } else if self.start < self.end {
-            tlb.flush_range(self.start, self.end);
+        } else if self.start <= self.last {
+            tlb.flush_range(self.start, self.last.saturating_add(1));
             self.flushes += 1;
         }
         // Only now, with no TLB or paging-structure cache able to reach
@@ -81,7 +82,7 @@ impl<'a> MmuGather<'a> {
         }
         self.nr_freed = 0;
         self.start = u64::MAX;
-        self.end = 0;
+        self.last = 0;
         self.all = false;
     }
 
@@ -110,10 +111,10 @@ impl<'a> MmuGather<'a> {
         self.sink.is_some() || GATHER_PT_PAGES - self.nr_freed >= pages
     }
 
-    /// Records that translations of `[start, end)` changed.
-    pub(super) fn add_range(&mut self, start: u64, end: u64) {
-        self.start = self.start.min(start);
-        self.end = self.end.max(end);
+    /// Records that translations of `[va, va + bytes)` changed.
+    pub(super) fn add_range(&mut self, va: u64, bytes: u64) {
+        self.start = self.start.min(va);
+        self.last = self.last.max(va + (bytes - 1));
     }
 
     /// Records that every translation of some table changed.

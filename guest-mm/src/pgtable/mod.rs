@@ -263,8 +263,10 @@ pub trait PtAlloc {
 /// What a finished batch asks of the TLB (firmware: one system call doing
 /// invlpg per page or a CR3 reload).
 pub trait TlbFlush {
-    /// Invalidate translations of `[start, end)` (and, as INVLPG does, the
-    /// paging-structure caches).
+    /// Invalidate translations of the pages in `[start, end)` (and, as
+    /// INVLPG does, the paging-structure caches). For the top page of the
+    /// address space `end` is `u64::MAX`, one byte short of 2^64, which
+    /// still names that page.
     fn flush_range(&mut self, start: u64, end: u64);
     /// Invalidate everything (a CR3 reload).
     fn flush_all(&mut self);
@@ -295,6 +297,8 @@ const fn leaf_pa(e: u64, level: usize) -> u64 {
     e & ADDR_MASK & !(PageSize::from_level(level).bytes() - 1)
 }
 
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

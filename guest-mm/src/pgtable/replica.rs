@@ -21,6 +21,7 @@ use super::{
 use crate::addr::PhysAddr;
 use crate::mmzone::MAX_NUMNODES;
 use crate::phys::PhysMemory;
+use core::sync::atomic::Ordering::Relaxed;
 
 /// Where the replicas disagree, found by [`AddressSpace::check_replicas`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +70,8 @@ impl<M: PhysMemory> AddressSpace<M> {
     }
 
     /// Removes the replica of `node`, its pages into `g` (freed after a
-    /// full flush: CPUs of that node may cache its entries). The caller must
+    /// full flush: CPUs of that node may cache its entries); its accessed
+    /// and dirty bits are kept, ORed into the home table. The caller must
     /// have switched those CPUs to another root ([`AddressSpace::root`] now
     /// gives the home table). Dropping the home replica makes the lowest
     /// remaining node home.
@@ -91,6 +93,10 @@ impl<M: PhysMemory> AddressSpace<M> {
                 .find(|&n| self.roots[n].is_some())
                 .unwrap();
         }
+        // A/D set only in the dropped replica would be lost, and a page
+        // written through it would read clean: fold them into the home
+        // table first.
+        self.merge_ad(root.0, self.home_root().0, self.levels.count() - 1);
         g.add_all();
         self.free_tree(g, root.0, self.levels.count() - 1);
         Ok(())
@@ -206,6 +212,25 @@ impl<M: PhysMemory> AddressSpace<M> {
             }
         }
         Ok(dst)
+    }
+
+    /// ORs the A/D bits of every leaf under `from` into the same leaf under
+    /// `into` (two replicas of the same shape).
+    fn merge_ad(&self, from: u64, into: u64, level: usize) {
+        for i in 0..ENTRIES {
+            let e = self.read(from, i);
+            if e == 0 {
+                continue;
+            }
+            if is_leaf(e, level) {
+                if e & (PTE_A | PTE_D) != 0 {
+                    self.entry(into, i).fetch_or(e & (PTE_A | PTE_D), Relaxed);
+                }
+            } else {
+                let other = self.read(into, i) & ADDR_MASK;
+                self.merge_ad(e & ADDR_MASK, other, level - 1);
+            }
+        }
     }
 
     /// Hands the table at `level` and all tables below it to `g`.

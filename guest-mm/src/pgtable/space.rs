@@ -15,7 +15,10 @@ use super::{
 use crate::addr::PhysAddr;
 use crate::mmzone::MAX_NUMNODES;
 use crate::phys::PhysMemory;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering::{Relaxed, Release},
+};
 
 /// Most tables one mapping can need: one per level below the root, per
 /// replica.
@@ -131,29 +134,25 @@ impl<M: PhysMemory> AddressSpace<M> {
         size: PageSize,
     ) -> Result<PhysAddr, PtError> {
         self.check_leaf_va(va, size)?;
-        let home = self.home_root();
-        let (_, e) = self.find_leaf(home, va, size)?;
+        // The home walk validates and is reused: one walk per replica.
+        let (home_path, e) = self.leaf_path(self.home_root(), va, size)?;
         let target = size.level();
         let top = self.levels.count() - 1;
         let may_free = (top - target) * self.nr_replicas();
         if !g.has_room(may_free) {
             return Err(PtError::GatherFull);
         }
-        g.add_range(va, va + size.bytes());
+        g.add_range(va, size.bytes());
         for node in 0..MAX_NUMNODES {
-            let Some(root) = self.roots[node] else {
-                continue;
+            let path = match self.roots[node] {
+                None => continue,
+                Some(_) if node == self.home => home_path,
+                // Same shape as the home table, so the walk succeeds.
+                Some(root) => match self.leaf_path(root, va, size) {
+                    Ok((p, _)) => p,
+                    Err(_) => unreachable!("replica {node} differs in shape"),
+                },
             };
-            // path[l] = (table at level l, index of va in it).
-            let mut path = [(0u64, 0usize); 5];
-            let mut table = root.0;
-            for (level, slot) in path.iter_mut().enumerate().take(top + 1).skip(target).rev() {
-                let i = index(va, level);
-                *slot = (table, i);
-                if level > target {
-                    table = self.read(table, i) & ADDR_MASK;
-                }
-            }
             let (t, i) = path[target];
             self.entry(t, i).swap(0, Relaxed);
             // Walk up while tables become empty: the entry for the table at
@@ -183,16 +182,14 @@ impl<M: PhysMemory> AddressSpace<M> {
         prot: Prot,
     ) -> Result<(), PtError> {
         self.check_leaf_va(va, size)?;
-        self.find_leaf(self.home_root(), va, size)?;
         const RIGHTS: u64 = PTE_RW | PTE_US | PTE_PWT | PTE_PCD | PTE_NX;
-        for root in self.roots.iter().flatten() {
-            let (slot, _) = self.find_leaf(*root, va, size)?;
+        self.each_leaf(va, size, |slot| {
             // fetch_and then fetch_or would briefly grant no rights; one
             // compare-exchange loop switches atomically and keeps any A/D
             // bit the walker sets meanwhile.
             let _ = slot.fetch_update(Relaxed, Relaxed, |e| Some((e & !RIGHTS) | prot.bits()));
-        }
-        g.add_range(va, va + size.bytes());
+        })?;
+        g.add_range(va, size.bytes());
         Ok(())
     }
 
@@ -242,14 +239,12 @@ impl<M: PhysMemory> AddressSpace<M> {
         size: PageSize,
     ) -> Result<(bool, bool), PtError> {
         self.check_leaf_va(va, size)?;
-        self.find_leaf(self.home_root(), va, size)?;
         let mut ad = 0;
-        for root in self.roots.iter().flatten() {
-            let (slot, _) = self.find_leaf(*root, va, size)?;
+        self.each_leaf(va, size, |slot| {
             ad |= slot.fetch_and(!(PTE_A | PTE_D), Relaxed) & (PTE_A | PTE_D);
-        }
+        })?;
         if ad != 0 {
-            g.add_range(va, va + size.bytes());
+            g.add_range(va, size.bytes());
         }
         Ok((ad & PTE_A != 0, ad & PTE_D != 0))
     }
@@ -293,9 +288,11 @@ impl<M: PhysMemory> AddressSpace<M> {
         self.entry(table, i).load(Relaxed)
     }
 
+    /// Release, so a walker that sees an entry pointing to a new table also
+    /// sees that table zeroed (free on x86, where every store is a release).
     #[inline]
     pub(super) fn write(&self, table: u64, i: usize, v: u64) {
-        self.entry(table, i).store(v, Relaxed)
+        self.entry(table, i).store(v, Release)
     }
 
     fn check_va(&self, va: u64, pa: PhysAddr, size: PageSize) -> Result<(), PtError> {
@@ -313,6 +310,27 @@ impl<M: PhysMemory> AddressSpace<M> {
         self.check_va(va, PhysAddr(0), size)
     }
 
+    /// Applies `f` to the leaf of `size` at `va` in every replica, the home
+    /// one first; if the home table has no such leaf, returns why and
+    /// changes nothing.
+    fn each_leaf(
+        &self,
+        va: u64,
+        size: PageSize,
+        mut f: impl FnMut(&AtomicU64),
+    ) -> Result<(), PtError> {
+        let (home, _) = self.find_leaf(self.home_root(), va, size)?;
+        f(home);
+        for root in self.replica_roots_except_home() {
+            // Same shape as the home table, so the walk succeeds.
+            match self.find_leaf(root, va, size) {
+                Ok((slot, _)) => f(slot),
+                Err(_) => unreachable!("replicas differ in shape"),
+            }
+        }
+        Ok(())
+    }
+
     /// The leaf entry of `size` for `va` under `root`, and its value.
     fn find_leaf(
         &self,
@@ -320,12 +338,28 @@ impl<M: PhysMemory> AddressSpace<M> {
         va: u64,
         size: PageSize,
     ) -> Result<(&AtomicU64, u64), PtError> {
+        let (path, e) = self.leaf_path(root, va, size)?;
+        let (t, i) = path[size.level()];
+        Ok((self.entry(t, i), e))
+    }
+
+    /// The walk to the leaf of `size` for `va` under `root`: for each level
+    /// from the leaf's up, the table and the index of `va` in it; and the
+    /// leaf's value. Errors if there is no leaf of that size.
+    fn leaf_path(
+        &self,
+        root: PhysAddr,
+        va: u64,
+        size: PageSize,
+    ) -> Result<([(u64, usize); 5], u64), PtError> {
         let target = size.level();
+        let mut path = [(0u64, 0usize); 5];
         let mut table = root.0;
         let mut level = self.levels.count() - 1;
         loop {
-            let slot = self.entry(table, index(va, level));
-            let e = slot.load(Relaxed);
+            let i = index(va, level);
+            path[level] = (table, i);
+            let e = self.read(table, i);
             if e & PTE_P == 0 {
                 return Err(PtError::NotMapped(va));
             }
@@ -339,7 +373,7 @@ impl<M: PhysMemory> AddressSpace<M> {
                         found,
                     });
                 }
-                return Ok((slot, e));
+                return Ok((path, e));
             }
             if leaf {
                 let found = PageSize::from_level(level);
@@ -368,11 +402,15 @@ impl<M: PhysMemory> AddressSpace<M> {
         let target = size.level();
         let top = self.levels.count() - 1;
         // Validate on the home table: how many levels are missing, and is
-        // anything in the way?
+        // anything in the way? The walk is kept, so the home replica is
+        // walked once.
         let mut table = self.home_root().0;
+        let mut parent = None;
+        let mut level = top;
         let mut missing = 0;
-        for level in (target + 1..=top).rev() {
-            let e = self.read(table, index(va, level));
+        while level > target {
+            let i = index(va, level);
+            let e = self.read(table, i);
             if e == 0 {
                 missing = level - target;
                 break;
@@ -380,7 +418,9 @@ impl<M: PhysMemory> AddressSpace<M> {
             if is_leaf(e, level) {
                 return Err(PtError::AlreadyMapped(va));
             }
+            parent = Some((table, i));
             table = e & ADDR_MASK;
+            level -= 1;
         }
         if missing == 0 {
             let i0 = index(va, target);
@@ -390,6 +430,7 @@ impl<M: PhysMemory> AddressSpace<M> {
                 }
             }
         }
+        let home_start = (table, level, parent);
         // Allocate every new table before touching anything.
         let mut new = [PhysAddr(0); MAX_NEW_TABLES];
         let mut nr_new = 0;
@@ -418,24 +459,22 @@ impl<M: PhysMemory> AddressSpace<M> {
         }
         let mut next_new = 0;
         for node in 0..MAX_NUMNODES {
-            let Some(root) = self.roots[node] else {
-                continue;
+            let (mut table, mut level, mut parent) = match self.roots[node] {
+                None => continue,
+                Some(_) if node == self.home => home_start,
+                Some(root) => (root.0, top, None),
             };
-            let mut table = root.0;
-            let mut parent: Option<&AtomicU64> = None;
             let mut added = n as u64;
             let first_new = next_new;
-            let mut level = top;
             while level > target {
                 let i = index(va, level);
-                let slot = self.entry(table, i);
-                let e = slot.load(Relaxed);
+                let e = self.read(table, i);
                 if e == 0 {
                     // The table at `level` gains one entry (for the chain
                     // of new tables below), each new table holds one, and
                     // the leaf table holds the n leaves.
-                    if let Some(p) = parent {
-                        p.fetch_add(COUNT_ONE, Relaxed);
+                    if let Some((pt, pi)) = parent {
+                        self.entry(pt, pi).fetch_add(COUNT_ONE, Relaxed);
                     }
                     while level > target {
                         let t = new[next_new].0;
@@ -452,13 +491,13 @@ impl<M: PhysMemory> AddressSpace<M> {
                     added = 0;
                     break;
                 }
-                parent = Some(slot);
+                parent = Some((table, i));
                 table = e & ADDR_MASK;
                 level -= 1;
             }
             if added > 0 {
-                if let Some(p) = parent {
-                    p.fetch_add(added * COUNT_ONE, Relaxed);
+                if let Some((pt, pi)) = parent {
+                    self.entry(pt, pi).fetch_add(added * COUNT_ONE, Relaxed);
                 }
             }
             let i0 = index(va, target);

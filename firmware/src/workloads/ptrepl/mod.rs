@@ -25,6 +25,7 @@
 //! other CPU waits at a barrier on the kernel's map (`arch::mmu`'s rule:
 //! no IPIs needed).
 mod params;
+mod probes;
 mod update;
 mod work;
 
@@ -54,6 +55,8 @@ static ROOTS: [AtomicU64; MAX_NUMNODES] = [const { AtomicU64::new(0) }; MAX_NUMN
 static FAILED: AtomicBool = AtomicBool::new(false);
 /// Cycles and a checksum per CPU per work of the current pair.
 static CYCLES: [[AtomicU64; 2]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 2] }; MAX_CPUS];
+/// The root each CPU had loaded for the current pair.
+static LOADED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static SUMS: [[AtomicU64; 2]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 2] }; MAX_CPUS];
 
 fn fail_flag() {
@@ -118,6 +121,9 @@ pub fn run(cpu: usize, ncpus: usize) -> bool {
     }
     if !FAILED.load(Relaxed) {
         update::measure();
+        if !probes::run() {
+            fail_flag();
+        }
     }
     report(before)
 }
@@ -173,6 +179,7 @@ fn run_pair(p: &Params, cpu: usize, ncpus: usize, config: u32, thp: bool) {
     if runs(config, cpu) && root != 0 && !active {
         fail_flag();
     }
+    LOADED[cpu].store(if active { root } else { 0 }, Relaxed);
     for w in Work::ALL {
         if p.works & (1 << w as u32) == 0 {
             continue;
@@ -226,9 +233,10 @@ fn finish_pair(p: &Params, ncpus: usize, config: u32, thp: bool) {
             l.begin(abi::RECORD_JSON);
             l.fmt(format_args!(
                 "{{\"event\":\"ptrepl\",\"work\":\"{}\",\"config\":\"{name}\",\"thp\":{thp},\"cpu\":{c},\
-                 \"node\":{},\"ops\":{},\"cycles\":{},\"checksum\":{}}}",
+                 \"node\":{},\"root\":{},\"ops\":{},\"cycles\":{},\"checksum\":{}}}",
                 w.name(),
                 node_of_cpu(c),
+                LOADED[c].load(Relaxed),
                 p.ops,
                 CYCLES[c][w as usize].load(Relaxed),
                 SUMS[c][w as usize].load(Relaxed)
@@ -252,6 +260,11 @@ fn finish_pair(p: &Params, ncpus: usize, config: u32, thp: bool) {
         for n in 0..nr {
             let sep = if n == 0 { "" } else { "," };
             l.fmt(format_args!("{sep}{}", space.space().pt_pages(n)));
+        }
+        l.raw("],\"roots\":[");
+        for n in 0..nr {
+            let sep = if n == 0 { "" } else { "," };
+            l.fmt(format_args!("{sep}{}", space.root(n)));
         }
         l.fmt(format_args!("],\"identical\":{}", check.is_ok()));
         match check {

@@ -24,12 +24,24 @@ use guest_mm::{PhysAddr, PAGE_SIZE};
 /// the flush ceiling, so the batch ends in one CR3 reload.
 pub const PAGES: usize = 256;
 /// Past every vCPU's workload region.
-const VA: u64 = super::REGION_STRIDE * crate::MAX_CPUS as u64 + REGION_BASE;
+pub const VA: u64 = super::REGION_STRIDE * crate::MAX_CPUS as u64 + REGION_BASE;
 
 struct Update {
     map_cycles: u64,
     unmap_cycles: u64,
     flushes: u64,
+    /// How the batch's flush went out (`arch::mmu`'s counters).
+    invlpg_pages: u64,
+    full_flushes: u64,
+}
+
+/// (pages invalidated one by one, full flushes) so far, all CPUs.
+pub fn flush_counts() -> (u64, u64) {
+    use core::sync::atomic::Ordering::Relaxed;
+    (
+        crate::arch::mmu::INVLPG_PAGES.load(Relaxed),
+        crate::arch::mmu::FULL_FLUSHES.load(Relaxed),
+    )
 }
 
 /// CPU 0, every other CPU idle on the kernel's map.
@@ -43,8 +55,9 @@ pub fn measure() {
                 l.begin(abi::RECORD_JSON);
                 l.fmt(format_args!(
                     "{{\"event\":\"ptrepl_update\",\"replicas\":{replicas},\"pages\":{PAGES},\
-                     \"map_cycles\":{},\"unmap_cycles\":{},\"flushes\":{}}}",
-                    u.map_cycles, u.unmap_cycles, u.flushes
+                     \"map_cycles\":{},\"unmap_cycles\":{},\"flushes\":{},\"invlpg_pages\":{},\
+                     \"full_flushes\":{}}}",
+                    u.map_cycles, u.unmap_cycles, u.flushes, u.invlpg_pages, u.full_flushes
                 ));
                 hostio::send(l.finish());
             }
@@ -107,13 +120,17 @@ fn timed(
         .map_frames(VA + PAGE_SIZE, &frames[..])
         .map_err(|_| "map failed")?;
     let t1 = cpu::rdtsc();
+    let before = flush_counts();
     let flushes = space
         .unmap_frames(VA + PAGE_SIZE, PAGES as u64)
         .map_err(|_| "unmap failed")?;
     let t2 = cpu::rdtsc();
+    let after = flush_counts();
     Ok(Update {
         map_cycles: t1 - t0,
         unmap_cycles: t2 - t1,
         flushes,
+        invlpg_pages: after.0 - before.0,
+        full_flushes: after.1 - before.1,
     })
 }
