@@ -164,6 +164,18 @@ fn goals_say_met_exactly_when_the_figures_reach_them() {
         "{}",
         r.goals[1].figure
     );
+    // Node 1's vCPU reaches first-touch stage-2 tables on node 0: 20
+    // remote refs per walk of its, 10 per walk over both vCPUs.
+    assert!(
+        r.goals[1].figure.ends_with("every vCPU: 10.00"),
+        "{}",
+        r.goals[1].figure
+    );
+    assert!(
+        r.goals[2].figure.ends_with("every vCPU: 0.00"),
+        "{}",
+        r.goals[2].figure
+    );
     assert_eq!(r.goals[4].figure, "thp off: 40+41 PT pages (160+164 KiB)");
 
     // A remote guest-PT reference in a replicated walk (node 1's vCPU),
