@@ -70,16 +70,26 @@ fn record(r: &Req, len: u32) -> Vec<u8> {
     v
 }
 
+/// A PML4 of the guest's own, in its image: entry 0 points at the VMM's
+/// PDPT (0xa000), so it maps the first 4 GiB like the boot map.
+const OWN_PML4: u64 = LOAD + 0x1000;
+
 /// Code that sends each record in turn (`mov eax, addr; mov dx, 0x6e0;
 /// out dx, eax`), then writes 0 to the exit port and halts; the records
-/// follow at RECORDS_AT.
-fn guest(records: &[Vec<u8>]) -> Vec<u8> {
+/// follow at RECORDS_AT. With `own_table`, OWN_PML4 is in the image and
+/// its entry 0 is cleared right after the first record's `out` returns.
+fn guest(records: &[Vec<u8>], own_table: bool) -> Vec<u8> {
     let mut code = Vec::new();
     for i in 0..records.len() as u64 {
         let at = (LOAD + RECORDS_AT + 128 * i) as u32;
         code.push(0xb8);
         code.extend_from_slice(&at.to_le_bytes());
         code.extend_from_slice(&[0x66, 0xba, 0xe0, 0x06, 0xef]);
+        if own_table && i == 0 {
+            // xor eax, eax; mov [OWN_PML4], rax
+            code.extend_from_slice(&[0x31, 0xc0, 0x48, 0x89, 0x04, 0x25]);
+            code.extend_from_slice(&(OWN_PML4 as u32).to_le_bytes());
+        }
     }
     // xor eax, eax; mov dx, 0xf4; out dx, eax; 1: hlt; jmp 1b
     code.extend_from_slice(&[0x31, 0xc0, 0x66, 0xba, 0xf4, 0x00, 0xef, 0xf4, 0xeb, 0xfd]);
@@ -90,6 +100,12 @@ fn guest(records: &[Vec<u8>]) -> Vec<u8> {
         let mut r = r.clone();
         r.resize(128, 0);
         code.extend_from_slice(&r);
+    }
+    if own_table {
+        assert!(code.len() as u64 <= OWN_PML4 - LOAD);
+        code.resize((OWN_PML4 - LOAD) as usize, 0);
+        code.extend_from_slice(&(0xa000u64 | 7).to_le_bytes());
+        code.resize((OWN_PML4 - LOAD) as usize + 4096, 0);
     }
     code
 }
@@ -144,7 +160,7 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
         record(&good(0, MIB), 40),
         record(&good(0x7fff_ffff_0000, 1 << 20), 48),
     ];
-    let kernel = TempFile::with_contents("ptwalk.elf", &elf(&guest(&records)));
+    let kernel = TempFile::with_contents("ptwalk.elf", &elf(&guest(&records, false)));
     let out = run(&[
         "--kernel",
         kernel.as_str(),
@@ -279,6 +295,39 @@ fn walk_requests_are_answered_in_the_report_and_hostile_ones_counted() {
             "ptwalk: 5 requests answered ({walked} walks), 4 refused"
         )),
         "{ctx}"
+    );
+}
+
+/// The walk happens before the guest's `out` returns: a guest that clears
+/// its table's only entry right after the request still gets complete
+/// walks for it, and a second request over the cleared table finds
+/// nothing mapped. Answered later (on the event loop), the first would
+/// read the cleared table too.
+#[test]
+fn a_walk_reads_the_tables_as_they_were_during_the_out() {
+    require_kvm!();
+    let own = Req {
+        root: OWN_PML4,
+        ..good(0, 64 * MIB)
+    };
+    let records = vec![record(&own, 48), record(&own, 48)];
+    let kernel = TempFile::with_contents("ptwalk-sync.elf", &elf(&guest(&records, true)));
+    let out = run(&["--kernel", kernel.as_str(), "--timeout", "20"]);
+    let r = out.report();
+    assert_eq!(r["exit"]["status"], "success", "{}", out.describe());
+    let walks = r["ptwalk"].as_array().unwrap();
+    assert_eq!(walks.len(), 2, "{r:#}");
+    assert_eq!(
+        (n(&walks[0]["walks"]), n(&walks[0]["non_present"])),
+        (512, 0),
+        "{:#}",
+        walks[0]
+    );
+    assert_eq!(
+        (n(&walks[1]["walks"]), n(&walks[1]["non_present"])),
+        (0, 512),
+        "{:#}",
+        walks[1]
     );
 }
 
