@@ -87,10 +87,11 @@ fn kernel_runs_on_its_own_identity_map() {
     // the kernel allocated.
     let root = u64_at(k, "root");
     assert!(root >= 1 << 20 && root.is_multiple_of(4096), "{k:#}");
-    assert!(u64_at(k, "pt_pages") >= 3, "{k:#}");
-    // 4 GiB covered: 2048 2 MiB leaves, or 1 GiB leaves where uniform.
-    let (g, m) = (u64_at(k, "leaves_1g"), u64_at(k, "leaves_2m"));
-    assert_eq!(g * 512 + m, 2048, "{k:#}");
+    // 4 GiB covered with 2 MiB leaves: PML4, PDPT, 4 page directories.
+    assert_eq!(k["mode"], "2m", "{k:#}");
+    assert_eq!(u64_at(k, "leaves_2m"), 2048, "{k:#}");
+    assert_eq!(u64_at(k, "leaves_1g"), 0, "{k:#}");
+    assert_eq!(u64_at(k, "pt_pages"), 6, "{k:#}");
     // Every CPU loaded it, not only the BSP.
     assert_eq!(k["cpu_roots"], serde_json::json!([root, root]), "{k:#}");
 
@@ -328,7 +329,7 @@ fn bad_ptrepl_values_are_refused_naming_the_value_and_the_range() {
         ("ptrepl_thp=", "off, on"),
         ("ptrepl_work=gups,", "gups, chase"),
         ("ptrepl_samples=65537", "from 1 to 65536"),
-        ("kmap=4k", "auto, 1g, 2m or boot"),
+        ("kmap=4k", "2m, 1g or boot"),
     ] {
         let out = run(&["--quiet", "--cmdline", &format!("workload=ptrepl {arg}")]);
         assert_eq!(out.code, Some(1), "{arg}: {}", out.describe());

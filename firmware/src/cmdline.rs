@@ -79,7 +79,7 @@ pub static OPTIONS: &[Opt] = &[
     Opt {
         key: "kmap",
         what: "values",
-        valid: &"auto, 1g, 2m or boot",
+        valid: &"2m, 1g or boot",
         accepts: |v| crate::vm_space::KmapMode::parse(v).is_some(),
     },
 ];

@@ -81,7 +81,7 @@ fn bsp_main(boot: BootInfo, ncpus: usize) -> ! {
     };
     let kmap_mode = cmdline::get(cmdline, "kmap")
         .and_then(vm_space::KmapMode::parse)
-        .unwrap_or(vm_space::KmapMode::Auto);
+        .unwrap_or(vm_space::KmapMode::TwoMib);
     if let Err(e) = vm_space::plan_kernel(&boot, kmap_mode) {
         fail(format_args!("{e}"));
     }

@@ -4,7 +4,7 @@
 //! The VMM enters every vCPU on an identity map it built (2 MiB pages, all
 //! user-accessible, the device hole uncached). Right after `mm::init` the
 //! BSP builds the kernel's map with `pgtable` to the same effect (planned
-//! by `guest_mm::ident_map`: 1 GiB pages where the CPU has PDPE1GB) and
+//! by `guest_mm::ident_map`; 2 MiB pages, see [`KmapMode`]) and
 //! every CPU loads it, so from then on the kernel owns every table it runs
 //! on and the VMM's map is only for entry. A workload [`VmSpace`] starts
 //! as a copy of that map (its own tables, so its replicas can be local
@@ -142,12 +142,18 @@ fn in_use(root: u64) -> bool {
 }
 
 /// How the identity map is built (`kmap=` on the command line).
+///
+/// 2 MiB pages by default, like the VMM's map. 1 GiB pages only when
+/// asked: this host's KVM (PVM, shadow paging) advertises PDPE1GB in
+/// CPUID but triple-faults as soon as the CPU runs through a guest 1 GiB
+/// leaf (measured: `kmap=1g` with 1 GiB of RAM, the kernel inside a
+/// 1 GiB page, dies on the instruction after the CR3 load; with 2 MiB
+/// pages there it runs), so CPUID cannot be trusted to choose.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum KmapMode {
-    /// 1 GiB pages if the CPU has them, else 2 MiB.
-    Auto,
-    Gib,
     TwoMib,
+    /// 1 GiB pages where a whole GiB is RAM or none of it.
+    Gib,
     /// Stay on the VMM's map (for comparison): nothing is built.
     Boot,
 }
@@ -155,27 +161,24 @@ pub enum KmapMode {
 impl KmapMode {
     pub fn name(self) -> &'static str {
         match self {
-            KmapMode::Auto => "auto",
-            KmapMode::Gib => "1g",
             KmapMode::TwoMib => "2m",
+            KmapMode::Gib => "1g",
             KmapMode::Boot => "boot",
         }
     }
 
     pub fn parse(v: &str) -> Option<KmapMode> {
         match v {
-            "auto" => Some(KmapMode::Auto),
-            "1g" => Some(KmapMode::Gib),
             "2m" => Some(KmapMode::TwoMib),
+            "1g" => Some(KmapMode::Gib),
             "boot" => Some(KmapMode::Boot),
             _ => None,
         }
     }
 }
 
-/// CPUID.80000001H:EDX.PDPE1GB: the CPU walks 1 GiB leaves. The leaf
-/// exists on every CPU that runs long mode (its LM bit is in it), so one
-/// `cpuid` (an exit on PVM) is enough.
+/// CPUID.80000001H:EDX.PDPE1GB: the CPU says it walks 1 GiB leaves. The
+/// leaf exists on every CPU that runs long mode (its LM bit is in it).
 pub fn cpu_has_gib_pages() -> bool {
     let r = core::arch::x86_64::__cpuid(0x8000_0001);
     r.edx & (1 << 26) != 0
@@ -245,11 +248,10 @@ pub fn plan_kernel(boot: &BootInfo, mode: KmapMode) -> Result<(), &'static str> 
     }
     k.nr_ram = n;
     k.mode = mode;
-    k.gib_pages = match mode {
-        KmapMode::Auto => cpu_has_gib_pages(),
-        KmapMode::Gib => true,
-        KmapMode::TwoMib | KmapMode::Boot => false,
-    };
+    k.gib_pages = mode == KmapMode::Gib;
+    if k.gib_pages && !cpu_has_gib_pages() {
+        return Err("kmap=1g, but this CPU has no 1 GiB pages (CPUID PDPE1GB)");
+    }
     Ok(())
 }
 

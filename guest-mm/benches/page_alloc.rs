@@ -32,12 +32,13 @@
 //! `tools/alloc-instructions.sh`.
 
 mod common;
+mod estimates;
 
 use common::*;
 use criterion::Criterion;
+use estimates::{criterion_dir, estimate};
 use guest_mm::page_alloc::{CpuCache, PageAllocator};
 use guest_mm::Pfn;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 fn main() {
@@ -153,49 +154,6 @@ fn order9(crit: &mut Criterion, a: &PageAllocator, c: &mut CpuCache) {
 /// Where criterion writes (its own rule: `$CRITERION_HOME`, else
 /// `$CARGO_TARGET_DIR/criterion`, else the target directory, which holds
 /// this binary at `<target>/[<triple>/]<profile>/deps/`).
-fn criterion_dir() -> PathBuf {
-    if let Some(h) = std::env::var_os("CRITERION_HOME") {
-        return h.into();
-    }
-    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(t).join("criterion");
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dirs = exe.ancestors().skip(3).take(2).map(|t| t.join("criterion"));
-    let first = dirs.clone().next();
-    dirs.find(|d| d.is_dir())
-        .or(first)
-        .unwrap_or_else(|| PathBuf::from("target/criterion"))
-}
-
-/// `point_estimate` of `stat` ("median", "mean") in an estimates.json.
-fn point_estimate(json: &str, stat: &str) -> Option<f64> {
-    let rest = &json[json.find(&format!("\"{stat}\""))?..];
-    let rest = &rest[rest.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    let end = rest.find([',', '}'])?;
-    rest[..end].trim().parse().ok()
-}
-
-struct Estimate {
-    median: f64,
-    mean: f64,
-    /// Written by this run (not left over from an earlier one).
-    fresh: bool,
-}
-
-fn estimate(dir: &std::path::Path, case: &str, who: &str, since: SystemTime) -> Option<Estimate> {
-    let path = dir.join(case).join(who).join("new/estimates.json");
-    let json = std::fs::read_to_string(&path).ok()?;
-    let fresh = std::fs::metadata(&path)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t >= since);
-    Some(Estimate {
-        median: point_estimate(&json, "median")?,
-        mean: point_estimate(&json, "mean")?,
-        fresh,
-    })
-}
-
 fn summary(since: SystemTime) {
     let dir = criterion_dir();
     println!();

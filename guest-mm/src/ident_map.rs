@@ -14,8 +14,10 @@
 //! * a 2 MiB page holding any RAM is write-back, one holding none is
 //!   uncached (PCD|PWT), which is what the device hole needs and what
 //!   nothing else cares about (no code touches non-RAM outside the hole);
-//! * with `gib_pages` (the CPU has PDPE1GB), every 1 GiB that is uniform
-//!   (all of it RAM-holding, or none of it) is one 1 GiB page. Fewer pages
+//! * with `gib_pages` (for CPUs that walk 1 GiB leaves; see the
+//!   firmware's `vm_space::KmapMode` for a host that says so and does
+//!   not), every 1 GiB that is uniform (all of it RAM-holding, or none of
+//!   it) is one 1 GiB page. Fewer pages
 //!   matter on hosts whose KVM shadows guest page tables: every guest
 //!   page-table page the kernel touches is one more shadow page to build
 //!   after the switch.

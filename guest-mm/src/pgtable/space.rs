@@ -110,11 +110,9 @@ impl<M: PhysMemory> AddressSpace<M> {
         if pages == 0 || index(va, 0) as u64 + pages > ENTRIES as u64 {
             return Err(PtError::CrossesTable { va, pages });
         }
-        if pa
-            .0
-            .checked_add(pages * PageSize::Size4K.bytes())
-            .is_none_or(|e| e - 1 > ADDR_MASK)
-        {
+        // The last frame must be nameable too (pa < 2^52 and pages <= 512,
+        // so this cannot overflow).
+        if (pa.0 + (pages - 1) * PageSize::Size4K.bytes()) & !ADDR_MASK != 0 {
             return Err(PtError::Misaligned {
                 va,
                 pa,

@@ -443,6 +443,20 @@ fn row53_map_ptes_equals_single_maps_and_stays_in_one_table() {
     }
     let pool = SimPool::new(1, 64);
     let mut s = space(&pool, Levels::Four);
+    // The last frames below MAXPHYADDR: as map() would take them one by one.
+    let top = PhysAddr(ADDR_MASK - PAGE_SIZE);
+    s.map_ptes(&pool, 0, top, 2, RW).unwrap();
+    let far = PhysAddr(ADDR_MASK);
+    let misaligned = Err(PtError::Misaligned {
+        va: 0x2000,
+        pa: far,
+        size: PageSize::Size4K,
+    });
+    assert_eq!(s.map_ptes(&pool, 0x2000, far, 2, RW), misaligned);
+    let mut g = MmuGather::new();
+    s.unmap(&mut g, 0, PageSize::Size4K).unwrap();
+    s.unmap(&mut g, 0x1000, PageSize::Size4K).unwrap();
+    g.finish(&pool, &mut CountingTlb::new(&pool));
     let before = pool.mem.snapshot();
     for (first, n) in [(500u64, 13u64), (0, 513), (511, 2), (0, 0)] {
         let va = (1 << 30) + first * PAGE_SIZE;
@@ -522,7 +536,12 @@ fn replicas_live_on_their_node_and_drop_frees_after_full_flush() {
     let mut tlb = CountingTlb::new(&pool);
     assert_eq!(s.drop_replica(&mut g, 5), Err(PtError::NoSuchNode(5)));
     assert_eq!(s.replicate(&pool, 8), Err(PtError::NoSuchNode(8)));
+    // A write through node 1's replica only: its dirty bit must survive
+    // the drop of that replica.
+    hw_walk(&pool.mem, s.root(1), Levels::Four, 0x1000, true).unwrap();
     s.drop_replica(&mut g, 1).unwrap();
+    let t = s.translate(0x1000).unwrap();
+    assert!(t.accessed && t.dirty, "A/D of the dropped replica lost");
     assert_eq!(s.home_node(), 0, "lowest remaining node became home");
     assert_eq!(s.root(1), s.root(0));
     assert_eq!(pool.out(1), 4, "freed before the flush");
