@@ -273,3 +273,66 @@ fn vcpu_host_nodes_come_from_the_pinned_cpus() {
     assert_eq!(vcpu_host_nodes(&[0, 0], None, Some(&one)), vec![Some(0); 2]);
     assert_eq!(vcpu_host_nodes(&[0], None, None), vec![None]);
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Whatever bytes a guest sends, a request is answered or refused,
+        /// never both and never a panic, and a walk ends in exactly one
+        /// counter. Most payloads are 48 bytes, half of those with
+        /// plausible levels, cpu, config, thp and root, over ranges mostly
+        /// inside RAM, so random ranges are really walked; samples are kept under 256 to keep the test fast (the
+        /// caps have their own test).
+        #[test]
+        fn random_requests_are_answered_or_refused(
+            reqs in proptest::collection::vec(
+                (proptest::collection::vec(any::<u8>(), 48), 0u8..8, any::<bool>()),
+                1..12,
+            ),
+        ) {
+            let ram = two_node_ram();
+            let w = walker(&ram);
+            let mut answered = 0u64;
+            for (bytes, odd, plausible) in &reqs {
+                use abi::PtWalkRequest as R;
+                let mut p = bytes.clone();
+                p[offset_of!(R, samples) + 1..][..3].fill(0);
+                if *plausible {
+                    let (a, b, c, d) = (p[0] as u32, p[1] as u32, p[2] as u32, p[3]);
+                    // Mostly inside the 32 MiB of RAM, sometimes up to 8 GiB.
+                    let raw = u64::from_le_bytes(p[16..24].try_into().unwrap());
+                    let start = raw & if d & 0x80 == 0 { 0x1ff_ffff } else { 0x1_ffff_ffff };
+                    let mut put = |o: usize, v: &[u8]| p[o..o + v.len()].copy_from_slice(v);
+                    put(offset_of!(R, levels), &4u32.to_le_bytes());
+                    put(offset_of!(R, root), &0x9000u64.to_le_bytes());
+                    put(offset_of!(R, cpu), &(a % 2).to_le_bytes());
+                    put(offset_of!(R, config), &(b % 3).to_le_bytes());
+                    put(offset_of!(R, thp), &(c % 2).to_le_bytes());
+                    put(offset_of!(R, start), &start.to_le_bytes());
+                    put(offset_of!(R, len), &(1u64 << (d % 27)).to_le_bytes());
+                }
+                // One in eight of the wrong length.
+                if *odd == 0 {
+                    p.truncate(40 + (p[4] as usize % 8));
+                }
+                answered += w.handle(0, &p).is_ok() as u64;
+            }
+            let (results, rej) = w.report();
+            prop_assert_eq!(results.len() as u64, answered);
+            prop_assert_eq!(rej.refused() + answered, reqs.len() as u64);
+            for r in &results {
+                prop_assert!(r.samples <= 255 && r.samples == r.samples_asked);
+                prop_assert_eq!(
+                    r.walks + r.non_present + r.outside_ram + r.mmio + r.reserved,
+                    r.samples as u64
+                );
+                let g = r.guest_topology.ept_first_touch;
+                prop_assert!(g.guest_pt.total() <= 4 * r.walks);
+                prop_assert!(g.two_d.total() <= 24 * r.walks);
+            }
+        }
+    }
+}
