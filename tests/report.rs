@@ -31,7 +31,14 @@ fn readme_names_every_report_field() {
     let r = out.report();
     let doc = readme_report_section();
     let mut fields = keys(r);
-    for section in ["config", "phases_us", "memory", "exits", "exit"] {
+    for section in [
+        "config",
+        "phases_us",
+        "memory",
+        "exits",
+        "exit",
+        "ptwalk_rejected",
+    ] {
         fields.extend(keys(&r[section]));
     }
     fields.extend(keys(&r["memory"]["regions"][0]));

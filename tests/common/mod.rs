@@ -314,3 +314,39 @@ pub fn f64_at(v: &Value, key: &str) -> f64 {
         .as_f64()
         .unwrap_or_else(|| panic!("{key} is not a number in {v:#}"))
 }
+
+pub const LOAD: u64 = 0x10_0000;
+
+/// A minimal ELF64 executable for guests that are a few bytes of x86-64
+/// code (entered in long mode on the VMM's identity map): one PT_LOAD segment at 1 MiB holding `code`,
+/// entered at its first byte.
+pub fn elf(code: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    e.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&LOAD.to_le_bytes()); // e_entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    // Program header: PT_LOAD, RWX, file offset 0x1000.
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&7u32.to_le_bytes());
+    for v in [
+        0x1000,
+        LOAD,
+        LOAD,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        e.extend_from_slice(&v.to_le_bytes());
+    }
+    e.resize(0x1000, 0);
+    e.extend_from_slice(code);
+    e
+}

@@ -137,6 +137,16 @@ pub fn build(
         devices.add_ioapic(&vm.fd)?;
     }
     devices.add_legacy(&vm.fd, vm.memory(), events, console, vm.dirty().cloned())?;
+    if let Some(results) = &devices.results {
+        let walker = crate::guest::ptwalk::PtWalker::for_vm(
+            vm.memory().clone(),
+            vm.ram().regions().to_vec(),
+            res.numa.as_ref(),
+            res.vcpus,
+            pins.clone(),
+        );
+        let _ = results.ptwalk.set(Arc::new(walker));
+    }
     let mut cl = Cmdline::new(CMDLINE_MAX).map_err(|e| DeviceError::Cmdline(e.to_string()))?;
     cl.insert_str(&res.cmdline)
         .map_err(|e| DeviceError::Cmdline(format!("{e} ({} bytes)", res.cmdline.len())))?;

@@ -218,6 +218,25 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Page-table replication benchmark: `workload=ptrepl` on 2 guest NUMA
+    /// nodes (GUPS and pointer chase; page tables local, remote,
+    /// replicated; THP off and on): ops/s, cycles/op, the walk model's
+    /// local/remote references, replica overhead and update rates with 1
+    /// and 2 replicas, beside the goals.
+    Ptrepl {
+        /// Runs (medians over them).
+        #[arg(long, default_value_t = 1)]
+        runs: u32,
+        /// Data region per configuration, MiB (`ptrepl_mib`, 1 to 4096).
+        #[arg(long, value_name = "N", default_value_t = 64)]
+        mib: u64,
+        /// Timed operations per vCPU (`ptrepl_ops`, 1 to 10^9).
+        #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+        ops: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Boot-time benchmark: spawns `memvisor run` N times and prints
     /// spawn→guest-ready and spawn→exit (min/median/max), each phase's share,
     /// and the VMM's own RSS overhead.
@@ -374,6 +393,32 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench memory: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench(BenchCommand::Ptrepl {
+            runs,
+            mib,
+            ops,
+            json,
+        }) => {
+            use memvisor::bench::ptrepl::{bench_ptrepl, PtreplBenchOptions, MAX_MIB, MAX_OPS};
+            if runs == 0 || !(1..=MAX_MIB).contains(&mib) || !(1..=MAX_OPS).contains(&ops) {
+                eprintln!(
+                    "memvisor: bench ptrepl: error: --runs must be at least 1, --mib 1 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {runs}, {mib} and {ops})"
+                );
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            match bench_ptrepl(&PtreplBenchOptions {
+                runs,
+                json,
+                mib,
+                ops,
+            }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("memvisor: bench ptrepl: {e:#}");
                     ExitCode::from(1)
                 }
             }

@@ -187,6 +187,11 @@ pub struct Report {
     /// The virtio-balloon (`--balloon`, `PUT /balloon`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balloon: Option<crate::devices::virtio::balloon::BalloonReport>,
+    /// The 2D page-walk model's answers to the guest's RECORD_PTWALK
+    /// requests (`guest::ptwalk`), in arrival order, and the requests
+    /// refused or cut, by reason.
+    pub ptwalk: Vec<crate::guest::ptwalk::PtWalkResult>,
+    pub ptwalk_rejected: crate::guest::ptwalk::PtWalkRejected,
     /// Guest records (JSON lines and console text) beyond the budget or the
     /// event queue's limit, and their bytes.
     pub dropped_records: u64,
@@ -304,6 +309,14 @@ impl Report {
                 );
             }
         }
+        let refused = self.ptwalk_rejected.refused();
+        if !self.ptwalk.is_empty() || refused > 0 {
+            s += &format!(
+                "  ptwalk: {} requests answered ({} walks), {refused} refused\n",
+                self.ptwalk.len(),
+                self.ptwalk_rejected.walked
+            );
+        }
         if self.dropped_records > 0 {
             s += &format!(
                 "  guest output dropped: {} records, {} bytes (budget {} bytes)\n",
@@ -407,6 +420,8 @@ pub(crate) mod tests {
             vcpus: Vec::new(),
             exits: ExitCounts::default(),
             balloon: None,
+            ptwalk: Vec::new(),
+            ptwalk_rejected: Default::default(),
             dropped_records: 0,
             dropped_bytes: 0,
             exit: ExitReport {

@@ -240,6 +240,11 @@ impl Vmm {
                 payload,
                 at_ns,
             } => self.log.line(vcpu, &payload, at_ns),
+            // Answered on the vCPU's exit (devices::legacy::hostio).
+            VmEvent::Record {
+                kind: RecordKind::PtWalk,
+                ..
+            } => {}
             VmEvent::BadRecord { vcpu, error, .. } => {
                 self.log.warn(format!("vCPU {vcpu}: {error}"))
             }
@@ -375,6 +380,7 @@ impl Vmm {
             None,
         );
         let mut dirty = None;
+        let mut ptwalk = Default::default();
         if let Some(mut b) = self.built.take() {
             memory.accounting = b.vm.accounting();
             vcpus = VcpuReport::of(&b.vcpus, self.resources.numa.as_ref());
@@ -385,6 +391,9 @@ impl Vmm {
                 d.finish_collapses();
                 d.report()
             });
+            if let Some(w) = b.devices.results.as_ref().and_then(|r| r.ptwalk.get()) {
+                ptwalk = w.report();
+            }
             phases.teardown_done = Some(since_origin_us(now_ns()));
             dirty = b.vm.dirty().map(|d| d.finish());
             let c = &b.counters;
@@ -442,6 +451,8 @@ impl Vmm {
             vcpus,
             exits,
             balloon,
+            ptwalk: ptwalk.0,
+            ptwalk_rejected: ptwalk.1,
             dropped_records: self.log.dropped_records,
             dropped_bytes: self.log.dropped_bytes,
             exit,

@@ -4,4 +4,5 @@ pub mod api;
 pub mod balloon;
 pub mod boot;
 pub mod memory;
+pub mod ptrepl;
 pub mod stats;

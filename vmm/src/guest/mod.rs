@@ -7,4 +7,5 @@
 pub mod dirty;
 pub mod events;
 pub mod log;
+pub mod ptwalk;
 pub mod record;

@@ -12,6 +12,8 @@ use vm_memory::{Bytes, GuestAddress};
 pub enum RecordKind {
     Json,
     Console,
+    /// An `abi::PtWalkRequest`, answered on the vCPU's exit (`ptwalk`).
+    PtWalk,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub enum RecordError {
         abi::RECORD_MAGIC
     )]
     BadMagic { gpa: u64, found: u32 },
-    #[error("record at {gpa:#x} has unknown kind {kind} (valid: 1 json, 2 console)")]
+    #[error("record at {gpa:#x} has unknown kind {kind} (valid: 1 json, 2 console, 3 ptwalk)")]
     BadKind { gpa: u64, kind: u32 },
     #[error(
         "record at {gpa:#x} claims {len} bytes; at most {} are accepted",
@@ -46,6 +48,7 @@ pub fn read_record(mem: &GuestMemory, gpa: u64) -> Result<(RecordKind, Vec<u8>),
     let kind = match kind {
         abi::RECORD_JSON => RecordKind::Json,
         abi::RECORD_CONSOLE => RecordKind::Console,
+        abi::RECORD_PTWALK => RecordKind::PtWalk,
         kind => return Err(RecordError::BadKind { gpa, kind }),
     };
     if len > abi::RECORD_MAX_LEN {

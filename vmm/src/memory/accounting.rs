@@ -173,8 +173,9 @@ pub fn sample_addresses(host: u64, size: u64, page: u64) -> Vec<u64> {
 }
 
 /// move_pages in query mode: the node of each page, or a negative errno
-/// (-ENOENT: not present).
-fn query_nodes(addrs: &[u64]) -> io::Result<Vec<i32>> {
+/// (-ENOENT: not present). Also the walk model's host view
+/// (`guest::ptwalk`).
+pub(crate) fn query_nodes(addrs: &[u64]) -> io::Result<Vec<i32>> {
     let ptrs: Vec<*const libc::c_void> = addrs.iter().map(|&a| a as *const _).collect();
     let mut status = vec![0i32; addrs.len()];
     // SAFETY: query mode (nodes NULL) reads `count` pointers and writes

@@ -18,6 +18,7 @@ pub mod numa;
 pub mod reserve;
 mod resident;
 pub mod rss;
+pub mod walk_model;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};
 use std::io;

@@ -7,10 +7,13 @@
 //! event loop through the bounded [`VmEvents`] queue. The dirty-window marks
 //! act at once, on the vCPU thread: the guest's window must be cleared and
 //! read while it waits on its `out`, not when the event loop gets to it.
+//! Page-walk requests too (`guest::ptwalk`): the guest keeps its tables
+//! unchanged only until its `out` returns.
 use crate::abi;
 use crate::clock::now_ns;
 use crate::guest::events::{VmEvent, VmEvents};
-use crate::guest::record::read_record;
+use crate::guest::ptwalk::PtWalker;
+use crate::guest::record::{read_record, RecordKind};
 use crate::memory::dirty::DirtyLog;
 use crate::memory::GuestMemory;
 use crate::vstate::vcpu::current_vcpu;
@@ -44,6 +47,8 @@ pub struct HostIo {
     pub records: AtomicU64,
     /// The mark port's dirty log, with `--dirty-log`.
     pub dirty: Option<Arc<DirtyLog>>,
+    /// The results port's walk model, set once by the builder.
+    pub ptwalk: std::sync::OnceLock<Arc<PtWalker>>,
 }
 
 impl HostIo {
@@ -54,6 +59,7 @@ impl HostIo {
             events,
             records: AtomicU64::new(0),
             dirty: None,
+            ptwalk: Default::default(),
         }
     }
 }
@@ -78,6 +84,16 @@ impl DevicePio for HostIo {
             // Only whole 32-bit writes at the port itself carry a value.
             HostPort::Results | HostPort::Mark if offset != 0 || data.len() != 4 => {}
             HostPort::Results => match read_record(&self.mem, value(data) as u64) {
+                Ok((RecordKind::PtWalk, payload)) => {
+                    self.records.fetch_add(1, Ordering::Relaxed);
+                    let answer = match self.ptwalk.get() {
+                        Some(w) => w.handle(vcpu, &payload).map_err(|e| e.to_string()),
+                        None => Err("ptwalk request: this VM has no walk model".into()),
+                    };
+                    if let Err(error) = answer {
+                        self.events.push(VmEvent::BadRecord { vcpu, error, at_ns });
+                    }
+                }
                 Ok((kind, payload)) => {
                     self.records.fetch_add(1, Ordering::Relaxed);
                     self.events.push(VmEvent::Record {
