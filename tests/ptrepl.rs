@@ -171,9 +171,11 @@ fn update_cost_is_measured_with_one_and_two_replicas() {
     let replicas: Vec<u64> = ups.iter().map(|u| u64_at(u, "replicas")).collect();
     assert_eq!(replicas, [1, 2], "{ups:#?}");
     for u in ups {
-        assert_eq!(u64_at(u, "pages"), 256, "{u}");
+        assert_eq!(u64_at(u, "pages"), 1024, "{u}");
+        assert_eq!(u64_at(u, "rounds"), 7, "{u}");
         assert!(u64_at(u, "map_cycles") > 0 && u64_at(u, "unmap_cycles") > 0);
-        // One mmu_gather batch: one flush for all 256 unmaps, past the
+        assert!(u64_at(u, "touch_cycles") > 0, "{u}");
+        // One mmu_gather batch: one flush for all 1024 unmaps, past the
         // 33-page ceiling, so a CR3 reload rather than 256 invlpg.
         assert_eq!(u64_at(u, "flushes"), 1, "{u}");
         assert_eq!(u64_at(u, "full_flushes"), 1, "{u}");

@@ -347,16 +347,12 @@ fn bench_ptrepl_bad_values_exit_2_naming_them() {
     }
 }
 
-/// The bundled kernel's `workload=ptrepl` (branch fw-ptrepl): replication
-/// leaves vCPUs no remote guest-PT reference in the walk model, and the
-/// remote configuration some. Skipped, saying so, while the bundled kernel
-/// has no such workload.
+/// The bundled kernel's `workload=ptrepl`: replication leaves every vCPU,
+/// on either node, no remote guest-PT reference in the walk model, and the
+/// remote configuration some.
 #[test]
 fn ptrepl_replicas_make_every_guest_pt_reference_local() {
     require_kvm!();
-    if !bundled_has_ptrepl() {
-        return;
-    }
     let out = run(&[
         "--numa",
         "node=0,size=256M,cpus=0,host-node=0",
@@ -375,6 +371,13 @@ fn ptrepl_replicas_make_every_guest_pt_reference_local() {
         |config: &str| -> Vec<&Value> { walks.iter().filter(|w| w["config"] == config).collect() };
     let (repl, remote) = (of("replicated"), of("remote"));
     assert!(!repl.is_empty() && !remote.is_empty(), "{:#}", r["ptwalk"]);
+    for node in [0, 1] {
+        assert!(
+            repl.iter().any(|w| w["guest_node"] == node),
+            "no replicated walk from a node-{node} vCPU: {:#}",
+            r["ptwalk"]
+        );
+    }
     for w in &repl {
         let g = &w["guest_topology"]["ept_first_touch"]["guest_pt"];
         assert!(n(&w["walks"]) > 0, "{w:#}");
@@ -393,9 +396,6 @@ fn ptrepl_replicas_make_every_guest_pt_reference_local() {
 #[test]
 fn bench_ptrepl_json_is_well_formed() {
     require_kvm!();
-    if !bundled_has_ptrepl() {
-        return;
-    }
     let out = common::memvisor(
         &["bench", "ptrepl", "--json", "--mib", "8", "--ops", "20000"],
         &[],
@@ -429,19 +429,4 @@ fn bench_ptrepl_json_is_well_formed() {
     assert_eq!(j["anchors"].as_array().unwrap().len(), 2);
     assert!(j["honesty"].as_str().unwrap().starts_with("timings"));
     assert_eq!(j["updates"].as_array().unwrap().len(), 2, "{j:#}");
-}
-
-fn bundled_has_ptrepl() -> bool {
-    let has = memvisor::firmware::BUNDLED
-        .windows(b"ptrepl_mib".len())
-        .any(|w| w == b"ptrepl_mib");
-    if !has {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "skipping {}: the bundled kernel has no workload=ptrepl (branch fw-ptrepl)",
-            common::current_test()
-        );
-    }
-    has
 }

@@ -251,6 +251,10 @@ pub struct UpdateFigures {
     /// Maps and unmaps together: 2 × pages over both times.
     pub updates_per_s: Option<Summary>,
     pub flushes: Option<f64>,
+    /// The first read of each newly mapped page, in µs: on a host that
+    /// shadows guest page tables (PVM) this, not the update, is what a
+    /// remapping experiment pays per page.
+    pub touch_us_per_page: Option<Summary>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -276,6 +280,8 @@ pub struct PtreplBenchResult {
     pub anchors: [&'static str; 2],
 }
 
+type UpdateSample = (u64, f64, f64, f64, f64, f64);
+
 /// Row key: work, config, thp.
 type Key = (String, String, bool);
 
@@ -289,8 +295,9 @@ pub struct RunData {
     /// Per (config, thp), the space both works ran in: (replicas,
     /// pt_pages per node, identical).
     replicas: BTreeMap<(String, bool), (u64, Vec<u64>, bool)>,
-    /// Per replica count: (pages, maps/s, unmaps/s, updates/s, flushes).
-    updates: BTreeMap<u64, (u64, f64, f64, f64, f64)>,
+    /// Per replica count: (pages, maps/s, unmaps/s, updates/s, flushes,
+    /// µs per first touch).
+    updates: BTreeMap<u64, UpdateSample>,
 }
 
 fn key_of(e: &Value) -> Option<Key> {
@@ -358,6 +365,7 @@ pub fn parse_run(r: &Value) -> Result<RunData> {
                             pages / (unmap / hz),
                             2.0 * pages / ((map + unmap) / hz),
                             n("flushes"),
+                            n("touch_cycles") / hz * 1e6 / pages.max(1.0),
                         ),
                     );
                 }
@@ -449,9 +457,7 @@ pub fn assemble(runs: &[RunData]) -> (Vec<Row>, Vec<UpdateFigures>, Vec<Goal>) {
     let updates: Vec<UpdateFigures> = counts
         .iter()
         .map(|&n| {
-            let u = |f: fn(&(u64, f64, f64, f64, f64)) -> f64| {
-                summary_of(runs, |r| r.updates.get(&n).map(f))
-            };
+            let u = |f: fn(&UpdateSample) -> f64| summary_of(runs, |r| r.updates.get(&n).map(f));
             UpdateFigures {
                 replicas: n,
                 pages: runs
@@ -462,6 +468,7 @@ pub fn assemble(runs: &[RunData]) -> (Vec<Row>, Vec<UpdateFigures>, Vec<Goal>) {
                 unmaps_per_s: u(|x| x.2),
                 updates_per_s: u(|x| x.3),
                 flushes: u(|x| x.4).map(|s| s.median),
+                touch_us_per_page: u(|x| x.5),
             }
         })
         .collect();
@@ -751,6 +758,18 @@ pub fn table(r: &PtreplBenchResult) -> String {
         );
     }
     s += "(PT pg/repl: page-table pages of each replica, 4 KiB each; upd/s: 4 KiB maps+unmaps per second in a live address space with 1 and N replicas)\n";
+    for u in &r.updates {
+        let ns = |x: Option<Summary>| opt(x, |s| format!("{:.0}", 1e9 / s.median));
+        s += &format!(
+            "page-table update cost, {} replica(s), {} pages: map {} ns/page, unmap {} ns/page (one batch, {} flush), first touch of a newly mapped page {} us\n",
+            u.replicas,
+            u.pages,
+            ns(u.maps_per_s),
+            ns(u.unmaps_per_s),
+            opt(u.flushes, |f| format!("{f:.0}")),
+            opt(u.touch_us_per_page, |t| format!("{:.2}", t.median)),
+        );
+    }
     for g in &r.goals {
         s += &format!(
             "goal: {}: {} ({})\n",

@@ -68,8 +68,8 @@ fn report() -> Value {
             ptrepl("gups", "replicated", false, 0, 1_000_000, 2_000_000_000),
             ptrepl("gups", "replicated", false, 1, 1_000_000, 2_000_000_000),
             ptrepl("chase", "replicated", false, 0, 1_000_000, 8_000_000_000u64),
-            {"event": "ptrepl_update", "replicas": 1, "pages": 1000, "map_cycles": 1_000_000, "unmap_cycles": 1_000_000, "flushes": 2},
-            {"event": "ptrepl_update", "replicas": 2, "pages": 1000, "map_cycles": 1_500_000, "unmap_cycles": 1_500_000, "flushes": 2},
+            {"event": "ptrepl_update", "replicas": 1, "pages": 1000, "map_cycles": 1_000_000, "unmap_cycles": 1_000_000, "touch_cycles": 5_000_000, "flushes": 2},
+            {"event": "ptrepl_update", "replicas": 2, "pages": 1000, "map_cycles": 1_500_000, "unmap_cycles": 1_500_000, "touch_cycles": 5_000_000, "flushes": 2},
         ],
         "ptwalk": [
             walk("local", false, 0, 4096, 0),
@@ -149,6 +149,9 @@ fn rows_come_from_node0_timings_walks_and_replica_checks() {
     assert_eq!(updates[0].updates_per_s.unwrap().median, 1_000_000.0);
     assert_eq!(updates[0].maps_per_s.unwrap().median, 1_000_000.0);
     assert!((updates[1].updates_per_s.unwrap().median - 666_666.67).abs() < 1.0);
+    // 5e6 cycles at 1 GHz over 1000 pages: 5 µs per first touch.
+    assert_eq!(updates[0].touch_us_per_page.unwrap().median, 5.0);
+    assert!(updates[1].touch_us_per_page.is_some());
 }
 
 #[test]
