@@ -369,7 +369,10 @@ fn a_pair_that_could_not_be_set_up_sends_no_timings() {
     let err = out.guest_event("error")["message"].as_str().unwrap();
     assert!(err.contains("node 1"), "{err}");
     let reason = out.report()["exit"]["reason"].as_str().unwrap();
-    assert!(reason.contains(err), "the exit reason hides the guest's error: {reason}");
+    assert!(
+        reason.contains(err),
+        "the exit reason hides the guest's error: {reason}"
+    );
     let recs = events(&out, "ptrepl");
     assert!(recs.iter().any(|r| r["config"] == "remote"), "{recs:#?}");
     for r in &recs {

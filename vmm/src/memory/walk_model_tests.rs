@@ -422,7 +422,10 @@ fn tables_at_the_edges_of_the_mmio_gap_and_of_ram() {
         walk(mem, last_low, 4, (4 << 30) + 8 * MIB - 1),
         Walk::Complete { data, leaf: Leaf::G1, .. } if data == last
     ));
-    assert_eq!(walk(mem, last_low, 4, (4 << 30) + 8 * MIB), Walk::OutsideRam);
+    assert_eq!(
+        walk(mem, last_low, 4, (4 << 30) + 8 * MIB),
+        Walk::OutsideRam
+    );
     assert_eq!(walk(mem, last_low, 4, 5 << 30), Walk::Mmio);
     // PS in a PML5 entry is reserved, as in a PML4 entry.
     t.set(last, 1, last_low | RW | PTE_HUGE);

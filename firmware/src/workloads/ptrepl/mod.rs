@@ -61,7 +61,8 @@ static SUMS: [[AtomicU64; 2]; MAX_CPUS] = [const { [const { AtomicU64::new(0) };
 /// Whether each CPU timed each work in the current pair: a pair whose
 /// set-up failed leaves CYCLES as the last pair that ran left them, and a
 /// record must never carry another configuration's timing.
-static RAN: [[AtomicBool; 2]; MAX_CPUS] = [const { [const { AtomicBool::new(false) }; 2] }; MAX_CPUS];
+static RAN: [[AtomicBool; 2]; MAX_CPUS] =
+    [const { [const { AtomicBool::new(false) }; 2] }; MAX_CPUS];
 
 fn fail_flag() {
     FAILED.store(true, Relaxed);
