@@ -431,3 +431,30 @@ fn tables_at_the_edges_of_the_mmio_gap_and_of_ram() {
     t.set(last, 1, last_low | RW | PTE_HUGE);
     assert_eq!(walk(mem, last, 5, 1 << 48), Walk::Reserved);
 }
+
+/// guest-mm keeps a count of non-empty entries in bits 52..=61 of every
+/// entry that points to a table, and a leaf may carry NX (bit 63): the
+/// hardware ignores the first and the address is bits 12..=51, so the
+/// walk must too.
+#[test]
+fn ignored_high_bits_of_entries_do_not_move_the_walk() {
+    let ram = ram();
+    let mem = ram.memory();
+    let mut t = Tables::new(mem);
+    let root = t.alloc(0);
+    let va = 0x4000_1000;
+    t.map(root, 4, va, 9 * MIB, Leaf::K4, &[]);
+    let plain = walk(mem, root, 4, va);
+    // Set the count field (all ones) in every upper entry on the path, and
+    // NX in the leaf.
+    let mut table = root;
+    for level in (1..=4usize).rev() {
+        let i = (va >> (12 + 9 * (level - 1))) & 511;
+        let e = t.entry(table, i);
+        let high = if level == 1 { 1 << 63 } else { 0x3ff << 52 };
+        t.set(table, i, e | high);
+        table = e & PTE_ADDR;
+    }
+    assert_eq!(walk(mem, root, 4, va), plain);
+    assert!(matches!(plain, Walk::Complete { data, .. } if data == 9 * MIB));
+}
