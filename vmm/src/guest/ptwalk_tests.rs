@@ -380,3 +380,32 @@ mod hostile {
         }
     }
 }
+
+/// The last page of RAM is a root like any other (its walks end where its
+/// zeroed entries say); the first page past RAM is not, nor the last page
+/// before it with a flag bit that is not CR3's.
+#[test]
+fn a_root_on_the_last_ram_page_is_answered_and_the_next_page_refused() {
+    let ram = two_node_ram();
+    let w = walker(&ram);
+    let last = ram.end() - PAGE;
+    let req = |root| {
+        encode(&abi::PtWalkRequest {
+            root,
+            samples: 16,
+            ..good()
+        })
+    };
+    w.handle(1, &req(last | 0x18)).unwrap();
+    assert_eq!(
+        w.handle(1, &req(ram.end())),
+        Err(PtWalkReject::BadRoot(ram.end()))
+    );
+    assert_eq!(
+        w.handle(1, &req(last | 1 << 52)),
+        Err(PtWalkReject::BadRoot(last | 1 << 52))
+    );
+    let (r, rej) = w.report();
+    assert_eq!((r.len(), rej.bad_root), (1, 2));
+    assert_eq!((r[0].non_present, r[0].walks), (16, 0));
+}
