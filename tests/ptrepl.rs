@@ -347,3 +347,38 @@ fn bad_ptrepl_values_are_refused_naming_the_value_and_the_range() {
         assert!(events(&out, "ptrepl").is_empty(), "{arg} ran anyway");
     }
 }
+
+/// A configuration whose set-up fails (node 1 too small for vCPU 1's
+/// region in `replicated`) sends no timing for it: the records of a pair
+/// that did not run must not carry the previous pair's cycles. The run
+/// fails, and the summary names why.
+#[test]
+fn a_pair_that_could_not_be_set_up_sends_no_timings() {
+    require_kvm!();
+    let out = run(&[
+        "--vcpus",
+        "2",
+        "--memory",
+        "80M",
+        "--numa",
+        "node=0,size=64M,cpus=0,host-node=0",
+        "--numa",
+        "node=1,size=16M,cpus=1,host-node=0",
+        "--cmdline",
+        "workload=ptrepl ptrepl_mib=16 ptrepl_ops=1000",
+    ]);
+    assert_eq!(out.code, Some(1), "{}", out.describe());
+    let err = out.guest_event("error")["message"].as_str().unwrap();
+    assert!(err.contains("node 1"), "{err}");
+    let reason = out.report()["exit"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(err),
+        "the exit reason hides the guest's error: {reason}"
+    );
+    let recs = events(&out, "ptrepl");
+    assert!(recs.iter().any(|r| r["config"] == "remote"), "{recs:#?}");
+    for r in &recs {
+        assert_ne!(r["config"], "replicated", "a pair that never ran: {r:#}");
+        assert!(u64_at(r, "cycles") > 0, "{r:#}");
+    }
+}

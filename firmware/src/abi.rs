@@ -58,6 +58,9 @@ pub struct RecordHeader {
 pub const PTREPL_LOCAL: u32 = 0;
 pub const PTREPL_REMOTE: u32 = 1;
 pub const PTREPL_REPLICATED: u32 = 2;
+/// `ptrepl_mib` (the data region per vCPU): even, so that it maps whole
+/// 2 MiB pages with THP on, from 2 to this many MiB.
+pub const PTREPL_MAX_MIB: u64 = 1024;
 /// Addresses the VMM samples per walk request at most, whatever the guest asks.
 pub const PTWALK_MAX_SAMPLES: u32 = 65536;
 

@@ -140,7 +140,6 @@ impl<M: PhysMemory> AddressSpace<M> {
         if !g.has_room(may_free) {
             return Err(PtError::GatherFull);
         }
-        g.add_range(va, size.bytes());
         for node in 0..MAX_NUMNODES {
             let path = match self.roots[node] {
                 None => continue,
@@ -153,6 +152,10 @@ impl<M: PhysMemory> AddressSpace<M> {
             };
             let (t, i) = path[target];
             self.entry(t, i).swap(0, Relaxed);
+            // Per replica, after its change: a free below may flush early
+            // and reset the gather's range, and this replica's change (and
+            // the tables it frees) still needs a flush after it.
+            g.add_range(va, size.bytes());
             // Walk up while tables become empty: the entry for the table at
             // `level` lives in the table at `level + 1`.
             for level in target..top {

@@ -591,3 +591,55 @@ fn find_pte(pool: &SimPool, root: PhysAddr, va: u64) -> u64 {
     }
     t + 8 * ((va >> 12) & 511)
 }
+
+/// An attached gather that fills in the middle of an unmap flushes early,
+/// between the home replica's change and the next replica's. The next
+/// replica's cleared leaf (and the table freed with it) must still be
+/// covered by a later flush: the final flush may not forget the range
+/// just because an early one reset it.
+#[test]
+fn an_early_flush_mid_unmap_leaves_the_other_replicas_covered() {
+    let pool = SimPool::new(2, 600);
+    let mut s = space(&pool, Levels::Four);
+    s.replicate(&pool, 1).unwrap();
+    // One 4 KiB page per 2 MiB block: each unmap frees one PTE table per
+    // replica, two pages in all.
+    let per_gather = (GATHER_PT_PAGES / 2) as u64;
+    let va = |b: u64| 0x4000_0000 + (b << 21);
+    for b in 0..=per_gather {
+        s.map(
+            &pool,
+            va(b),
+            PhysAddr(GIB + b * PAGE_SIZE),
+            PageSize::Size4K,
+            RW,
+        )
+        .unwrap();
+    }
+    let mut tlb = CountingTlb::new(&pool);
+    {
+        let mut g = MmuGather::attached(&pool, &mut tlb);
+        // Fills the gather exactly: no flush yet.
+        for b in 0..per_gather {
+            s.unmap(&mut g, va(b), PageSize::Size4K).unwrap();
+        }
+        assert_eq!(g.flushes(), 0);
+        // The home replica's freed table finds the gather full: early
+        // flush, then the other replica's leaf is cleared.
+        let last = va(per_gather);
+        s.unmap(&mut g, last, PageSize::Size4K).unwrap();
+        g.finish_attached();
+        assert_eq!(
+            g.flushes(),
+            2,
+            "the early flush and one after the last change"
+        );
+    }
+    let (start, end) = *tlb.ranges.last().unwrap();
+    let last = va(per_gather);
+    assert!(
+        start <= last && last < end,
+        "{start:#x}..{end:#x} misses {last:#x}"
+    );
+    assert_eq!(s.check_replicas(&pool), Ok(0));
+}

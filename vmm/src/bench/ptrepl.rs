@@ -25,6 +25,7 @@
 //! experiment on this host, it is not a native figure.
 use super::boot::TempDir;
 use super::stats::{summarize, Summary};
+use crate::abi;
 use crate::memory::numa::HostNuma;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -35,13 +36,15 @@ use std::process::{Command, Stdio};
 pub struct PtreplBenchOptions {
     pub runs: u32,
     pub json: bool,
-    /// Data region per run (`ptrepl_mib`), 1 to [`MAX_MIB`].
+    /// Data region per run (`ptrepl_mib`), even, 2 to [`MAX_MIB`].
     pub mib: u64,
     /// Timed operations per vCPU (`ptrepl_ops`), 1 to [`MAX_OPS`].
     pub ops: u64,
 }
 
-pub const MAX_MIB: u64 = 4096;
+pub const MAX_MIB: u64 = abi::PTREPL_MAX_MIB;
+/// Runs per bench at most (each boots a VM and runs every configuration).
+pub const MAX_RUNS: u32 = 100;
 pub const MAX_OPS: u64 = 1_000_000_000;
 /// Goals from issue 10.
 const GOAL_REMOTE_2D_CUT: f64 = 0.90;
@@ -629,9 +632,13 @@ fn one_run(dir: &TempDir, i: u32, o: &PtreplBenchOptions, bind: &[u32]) -> Resul
 }
 
 pub fn bench_ptrepl(o: &PtreplBenchOptions) -> Result<()> {
-    if o.runs == 0 || !(1..=MAX_MIB).contains(&o.mib) || !(1..=MAX_OPS).contains(&o.ops) {
+    if !(1..=MAX_RUNS).contains(&o.runs)
+        || !(2..=MAX_MIB).contains(&o.mib)
+        || o.mib % 2 != 0
+        || !(1..=MAX_OPS).contains(&o.ops)
+    {
         bail!(
-            "--runs must be at least 1, --mib 1 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {}, {} and {})",
+            "--runs must be 1 to {MAX_RUNS}, --mib an even number from 2 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {}, {} and {})",
             o.runs,
             o.mib,
             o.ops

@@ -13,12 +13,20 @@ use crate::memory::layout::{MMIO_GAP_END, MMIO_GAP_START, PDPT, PD_END, PD_START
 use crate::memory::GuestMemory;
 use vm_memory::{Bytes, GuestAddress};
 
-const PRESENT: u64 = 1;
-const WRITABLE: u64 = 2;
-const USER: u64 = 4;
-const PWT: u64 = 8;
-const PCD: u64 = 0x10;
-const HUGE: u64 = 0x80;
+/// x86-64 paging-entry bits (SDM vol. 3, 4.5), for the map built here and
+/// for the walk model that reads the guest's own tables.
+pub mod pte {
+    pub const PRESENT: u64 = 1;
+    pub const WRITABLE: u64 = 2;
+    pub const USER: u64 = 4;
+    pub const PWT: u64 = 8;
+    pub const PCD: u64 = 0x10;
+    /// PS: a leaf at the PD (2 MiB) or PDPT (1 GiB).
+    pub const HUGE: u64 = 0x80;
+    /// Address bits of an entry (and of CR3): 12 to 51.
+    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
+}
+use pte::{HUGE, PCD, PRESENT, PWT, USER, WRITABLE};
 const GIB: u64 = 1 << 30;
 
 /// GiB of address space the map covers for RAM ending at `ram_end`.

@@ -201,10 +201,19 @@ impl GuestLog {
             Some(v) if v["event"] == "error" => {
                 format!("guest error: {}", text(&v["message"]))
             }
-            Some(v) => format!(
-                "workload {} failed (guest exit status {status})",
-                json(&v["name"])
-            ),
+            // A workload that said why before its verdict: the why is what
+            // the user needs, and the verdict alone hides it.
+            Some(v) => match self.last_event(&["error"]) {
+                Some(e) => format!(
+                    "workload {} failed (guest exit status {status}): guest error: {}",
+                    json(&v["name"]),
+                    text(&e["message"])
+                ),
+                None => format!(
+                    "workload {} failed (guest exit status {status})",
+                    json(&v["name"])
+                ),
+            },
             None => format!("guest exit status {status}"),
         }
     }
@@ -273,6 +282,22 @@ mod tests {
             lines.len(),
             2,
             "the filler that fit, and the small error line"
+        );
+    }
+
+    #[test]
+    fn a_failed_workload_names_the_error_it_sent_before_its_verdict() {
+        let mut log = GuestLog::new(DEFAULT_BUDGET);
+        log.line(0, br#"{"event":"workload","name":"a","ok":false}"#, 0);
+        assert_eq!(
+            log.failure_reason(1),
+            "workload \"a\" failed (guest exit status 1)"
+        );
+        log.line(0, br#"{"event":"error","message":"no frames"}"#, 0);
+        log.line(0, br#"{"event":"workload","name":"b","ok":false}"#, 0);
+        assert_eq!(
+            log.failure_reason(1),
+            "workload \"b\" failed (guest exit status 1): guest error: no frames"
         );
     }
 

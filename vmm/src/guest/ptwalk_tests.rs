@@ -246,6 +246,50 @@ fn a_request_flood_keeps_at_most_max_results() {
     assert_eq!(rej.walked, MAX_RESULTS as u64);
 }
 
+/// Many vCPUs flooding at once, each asking for the other's cpu: the
+/// results, the walks and the budget still add up exactly, every answer
+/// names its sender and the cpu it modelled, and the bounds hold.
+#[test]
+fn a_concurrent_flood_from_many_senders_stays_within_the_bounds() {
+    let ram = two_node_ram();
+    let w = walker(&ram);
+    let senders = 8u32;
+    std::thread::scope(|s| {
+        for sender in 0..senders {
+            let w = &w;
+            s.spawn(move || {
+                for i in 0..100u32 {
+                    let samples = if i % 10 == 0 { u32::MAX } else { 1 + i };
+                    let r = abi::PtWalkRequest {
+                        cpu: (sender + 1) % 2,
+                        samples,
+                        ..good()
+                    };
+                    let _ = w.handle(sender, &encode(&r));
+                }
+            });
+        }
+    });
+    let (r, rej) = w.report();
+    assert!(r.len() <= MAX_RESULTS);
+    // 80 requests of u32::MAX samples: the budget ran out (16 fill it).
+    assert_eq!(rej.walked, WALK_BUDGET);
+    assert!(rej.over_budget > 0, "{rej:?}");
+    assert_eq!(
+        rej.too_many_requests + rej.over_budget + r.len() as u64,
+        senders as u64 * 100
+    );
+    assert!(rej.walked <= WALK_BUDGET);
+    assert_eq!(rej.walked, r.iter().map(|x| x.samples as u64).sum::<u64>());
+    for x in &r {
+        assert!(x.sender < senders);
+        assert_eq!(x.cpu, (x.sender + 1) % 2, "{x:?}");
+        assert_eq!(x.guest_node, x.cpu);
+        let ended = x.walks + x.non_present + x.outside_ram + x.mmio + x.reserved;
+        assert_eq!(ended, x.samples as u64);
+    }
+}
+
 #[test]
 fn vcpu_host_nodes_come_from_the_pinned_cpus() {
     let host = HostNuma {
@@ -335,4 +379,33 @@ mod hostile {
             }
         }
     }
+}
+
+/// The last page of RAM is a root like any other (its walks end where its
+/// zeroed entries say); the first page past RAM is not, nor the last page
+/// before it with a flag bit that is not CR3's.
+#[test]
+fn a_root_on_the_last_ram_page_is_answered_and_the_next_page_refused() {
+    let ram = two_node_ram();
+    let w = walker(&ram);
+    let last = ram.end() - PAGE;
+    let req = |root| {
+        encode(&abi::PtWalkRequest {
+            root,
+            samples: 16,
+            ..good()
+        })
+    };
+    w.handle(1, &req(last | 0x18)).unwrap();
+    assert_eq!(
+        w.handle(1, &req(ram.end())),
+        Err(PtWalkReject::BadRoot(ram.end()))
+    );
+    assert_eq!(
+        w.handle(1, &req(last | 1 << 52)),
+        Err(PtWalkReject::BadRoot(last | 1 << 52))
+    );
+    let (r, rej) = w.report();
+    assert_eq!((r.len(), rej.bad_root), (1, 2));
+    assert_eq!((r[0].non_present, r[0].walks), (16, 0));
 }

@@ -42,11 +42,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
-pub const PTE_PRESENT: u64 = 1;
-/// PS: a leaf at the PD (2 MiB) or PDPT (1 GiB).
-pub const PTE_HUGE: u64 = 1 << 7;
-/// Address bits of an entry (and of CR3): 12 to 51.
-pub const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+pub use crate::boot::pagetables::pte::{
+    ADDR as PTE_ADDR, HUGE as PTE_HUGE, PRESENT as PTE_PRESENT,
+};
 pub const PAGE: u64 = 4096;
 /// Stage-2 references per translated guest-physical address (4-level
 /// EPT/NPT).

@@ -377,3 +377,84 @@ proptest! {
         prop_assert!(c.ept_first_touch.two_d.total() <= t.walks * (5 * levels as u64 + 4));
     }
 }
+
+/// RAM split by the MMIO gap (3 GiB + 8 MiB: [0, 3G) and [4G, 4G + 8M)):
+/// tables on the last page below the gap and the first and last pages
+/// above it walk; a table, root or data page in the gap is `Mmio`, one
+/// past RAM's end `OutsideRam`, and a 1 GiB leaf is judged by the 4 KiB
+/// page the address lands on, not by its frame's start.
+#[test]
+fn tables_at_the_edges_of_the_mmio_gap_and_of_ram() {
+    let low = MMIO_GAP_START;
+    let high = MMIO_GAP_END;
+    let ram = GuestRam::new(low + 8 * MIB).unwrap();
+    let mem = ram.memory();
+    let end = high + 8 * MIB;
+    let last_low = low - PAGE;
+    let last = end - PAGE;
+    let t = Tables::new(mem);
+    // PML4 on the last page below the gap → PDPT on the first page above
+    // it → PD on RAM's last page → a 2 MiB leaf ending at RAM's end.
+    t.set(last_low, 0, high | RW);
+    t.set(high, 0, last | RW);
+    t.set(last, 0, (end - 2 * MIB) | RW | PTE_HUGE);
+    match walk(mem, last_low, 4, 2 * MIB - 1) {
+        Walk::Complete { pt, n, data, .. } => {
+            assert_eq!((&pt[..n], data), (&[last_low, high, last][..], last));
+        }
+        w => panic!("{w:?}"),
+    }
+    // A table on the gap's first page, on the page past RAM's end.
+    t.set(high, 1, low | RW);
+    t.set(high, 2, end | RW);
+    assert_eq!(walk(mem, last_low, 4, 1 << 30), Walk::Mmio);
+    assert_eq!(walk(mem, last_low, 4, 2 << 30), Walk::OutsideRam);
+    // 1 GiB leaves: [2G, 3G) is RAM to its last byte; [4G, 5G) only for
+    // its first 8 MiB; [3G, 4G) is all gap.
+    t.set(high, 3, (2 << 30) | RW | PTE_HUGE);
+    t.set(high, 4, high | RW | PTE_HUGE);
+    t.set(high, 5, low | RW | PTE_HUGE);
+    assert!(matches!(
+        walk(mem, last_low, 4, (4 << 30) - 1),
+        Walk::Complete { data, leaf: Leaf::G1, .. } if data == last_low
+    ));
+    assert!(matches!(
+        walk(mem, last_low, 4, (4 << 30) + 8 * MIB - 1),
+        Walk::Complete { data, leaf: Leaf::G1, .. } if data == last
+    ));
+    assert_eq!(
+        walk(mem, last_low, 4, (4 << 30) + 8 * MIB),
+        Walk::OutsideRam
+    );
+    assert_eq!(walk(mem, last_low, 4, 5 << 30), Walk::Mmio);
+    // PS in a PML5 entry is reserved, as in a PML4 entry.
+    t.set(last, 1, last_low | RW | PTE_HUGE);
+    assert_eq!(walk(mem, last, 5, 1 << 48), Walk::Reserved);
+}
+
+/// guest-mm keeps a count of non-empty entries in bits 52..=61 of every
+/// entry that points to a table, and a leaf may carry NX (bit 63): the
+/// hardware ignores the first and the address is bits 12..=51, so the
+/// walk must too.
+#[test]
+fn ignored_high_bits_of_entries_do_not_move_the_walk() {
+    let ram = ram();
+    let mem = ram.memory();
+    let mut t = Tables::new(mem);
+    let root = t.alloc(0);
+    let va = 0x4000_1000;
+    t.map(root, 4, va, 9 * MIB, Leaf::K4, &[]);
+    let plain = walk(mem, root, 4, va);
+    // Set the count field (all ones) in every upper entry on the path, and
+    // NX in the leaf.
+    let mut table = root;
+    for level in (1..=4usize).rev() {
+        let i = (va >> (12 + 9 * (level - 1))) & 511;
+        let e = t.entry(table, i);
+        let high = if level == 1 { 1 << 63 } else { 0x3ff << 52 };
+        t.set(table, i, e | high);
+        table = e & PTE_ADDR;
+    }
+    assert_eq!(walk(mem, root, 4, va), plain);
+    assert!(matches!(plain, Walk::Complete { data, .. } if data == 9 * MIB));
+}

@@ -58,6 +58,11 @@ static CYCLES: [[AtomicU64; 2]; MAX_CPUS] = [const { [const { AtomicU64::new(0) 
 /// The root each CPU had loaded for the current pair.
 static LOADED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static SUMS: [[AtomicU64; 2]; MAX_CPUS] = [const { [const { AtomicU64::new(0) }; 2] }; MAX_CPUS];
+/// Whether each CPU timed each work in the current pair: a pair whose
+/// set-up failed leaves CYCLES as the last pair that ran left them, and a
+/// record must never carry another configuration's timing.
+static RAN: [[AtomicBool; 2]; MAX_CPUS] =
+    [const { [const { AtomicBool::new(false) }; 2] }; MAX_CPUS];
 
 fn fail_flag() {
     FAILED.store(true, Relaxed);
@@ -185,6 +190,7 @@ fn run_pair(p: &Params, cpu: usize, ncpus: usize, config: u32, thp: bool) {
             continue;
         }
         let ok = active && !FAILED.load(Relaxed);
+        RAN[cpu][w as usize].store(false, Relaxed);
         let seed = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(cpu as u64 + 1);
         if ok {
             work::prepare(w, base, bytes, seed);
@@ -197,6 +203,7 @@ fn run_pair(p: &Params, cpu: usize, ncpus: usize, config: u32, thp: bool) {
             let (cycles, sum) = work::run(w, base, bytes, p.ops, seed);
             CYCLES[cpu][w as usize].store(cycles, Relaxed);
             SUMS[cpu][w as usize].store(sum, Relaxed);
+            RAN[cpu][w as usize].store(true, Relaxed);
         }
         BARRIER.wait(ncpus);
     }
@@ -228,7 +235,7 @@ fn finish_pair(p: &Params, ncpus: usize, config: u32, thp: bool) {
         if p.works & (1 << w as u32) == 0 {
             continue;
         }
-        for c in (0..ncpus).filter(|&c| runs(config, c)) {
+        for c in (0..ncpus).filter(|&c| RAN[c][w as usize].load(Relaxed)) {
             let mut l = LINE.lock();
             l.begin(abi::RECORD_JSON);
             l.fmt(format_args!(

@@ -52,7 +52,7 @@ pub static OPTIONS: [Opt; 6] = [
 pub fn parse_mib(v: &str) -> Option<u64> {
     v.parse()
         .ok()
-        .filter(|n| (2..=1024).contains(n) && n % 2 == 0)
+        .filter(|n| (2..=abi::PTREPL_MAX_MIB).contains(n) && n % 2 == 0)
 }
 
 pub fn parse_ops(v: &str) -> Option<u64> {
