@@ -634,7 +634,7 @@ fn one_run(dir: &TempDir, i: u32, o: &PtreplBenchOptions, bind: &[u32]) -> Resul
 pub fn bench_ptrepl(o: &PtreplBenchOptions) -> Result<()> {
     if !(1..=MAX_RUNS).contains(&o.runs)
         || !(2..=MAX_MIB).contains(&o.mib)
-        || o.mib % 2 != 0
+        || !o.mib.is_multiple_of(2)
         || !(1..=MAX_OPS).contains(&o.ops)
     {
         bail!(
