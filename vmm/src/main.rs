@@ -224,10 +224,10 @@ enum BenchCommand {
     /// local/remote references, replica overhead and update rates with 1
     /// and 2 replicas, beside the goals.
     Ptrepl {
-        /// Runs (medians over them).
+        /// Runs (medians over them), 1 to 100.
         #[arg(long, default_value_t = 1)]
         runs: u32,
-        /// Data region per configuration, MiB (`ptrepl_mib`, 1 to 4096).
+        /// Data region per configuration, MiB (`ptrepl_mib`, even, 2 to 1024).
         #[arg(long, value_name = "N", default_value_t = 64)]
         mib: u64,
         /// Timed operations per vCPU (`ptrepl_ops`, 1 to 10^9).
@@ -403,19 +403,18 @@ fn main() -> ExitCode {
             ops,
             json,
         }) => {
-            use memvisor::bench::ptrepl::{bench_ptrepl, PtreplBenchOptions, MAX_MIB, MAX_OPS};
-            if runs == 0 || !(1..=MAX_MIB).contains(&mib) || !(1..=MAX_OPS).contains(&ops) {
-                eprintln!(
-                    "memvisor: bench ptrepl: error: --runs must be at least 1, --mib 1 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {runs}, {mib} and {ops})"
-                );
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
-            match bench_ptrepl(&PtreplBenchOptions {
+            use memvisor::bench::ptrepl::{bench_ptrepl, PtreplBenchOptions};
+            let o = PtreplBenchOptions {
                 runs,
                 json,
                 mib,
                 ops,
-            }) {
+            };
+            if let Err(e) = o.check() {
+                eprintln!("memvisor: bench ptrepl: error: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+            match bench_ptrepl(&o) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("memvisor: bench ptrepl: {e:#}");

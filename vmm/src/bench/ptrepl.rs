@@ -631,19 +631,27 @@ fn one_run(dir: &TempDir, i: u32, o: &PtreplBenchOptions, bind: &[u32]) -> Resul
     parse_run(&r).with_context(|| format!("run {i}"))
 }
 
-pub fn bench_ptrepl(o: &PtreplBenchOptions) -> Result<()> {
-    if !(1..=MAX_RUNS).contains(&o.runs)
-        || !(2..=MAX_MIB).contains(&o.mib)
-        || !o.mib.is_multiple_of(2)
-        || !(1..=MAX_OPS).contains(&o.ops)
-    {
-        bail!(
-            "--runs must be 1 to {MAX_RUNS}, --mib an even number from 2 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {}, {} and {})",
-            o.runs,
-            o.mib,
-            o.ops
-        );
+impl PtreplBenchOptions {
+    /// The options' ranges; what fails is bad input (the CLI exits 2).
+    pub fn check(&self) -> Result<()> {
+        if !(1..=MAX_RUNS).contains(&self.runs)
+            || !(2..=MAX_MIB).contains(&self.mib)
+            || !self.mib.is_multiple_of(2)
+            || !(1..=MAX_OPS).contains(&self.ops)
+        {
+            bail!(
+                "--runs must be 1 to {MAX_RUNS}, --mib an even number from 2 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {}, {} and {})",
+                self.runs,
+                self.mib,
+                self.ops
+            );
+        }
+        Ok(())
     }
+}
+
+pub fn bench_ptrepl(o: &PtreplBenchOptions) -> Result<()> {
+    o.check()?;
     let host = HostNuma::read().context("reading the host's NUMA nodes")?;
     let bind = binding(&host);
     let kvm = kvm_flavour(&|p| {
