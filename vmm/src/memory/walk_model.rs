@@ -30,7 +30,8 @@
 //!
 //! The data access itself is not counted (it is not part of the walk).
 //! Walks that end non-present, outside RAM, in the MMIO gap or on a
-//! reserved entry (PS set at level 4 or 5) count only in their own
+//! reserved entry (PS set at level 4 or 5, a large leaf's address bits
+//! below its size set) count only in their own
 //! counters, not in the references: the figures are what a present walk
 //! costs. Everything read is guest-controlled: a walk reads at most one
 //! entry per level, so a table pointing back at itself (a loop) cannot make
@@ -130,6 +131,11 @@ pub fn walk(mem: &GuestMemory, root: u64, levels: usize, va: u64) -> Walk {
         };
         if let Some(leaf) = leaf {
             let size = leaf.bytes();
+            // A large leaf's address bits below its size, but bit 12
+            // (PAT), are reserved: the MMU faults on them (SDM 4.5).
+            if entry & PTE_ADDR & (size - 1) & !(1 << 12) != 0 {
+                return Walk::Reserved;
+            }
             let frame = entry & PTE_ADDR & !(size - 1);
             let data = (frame + (va & (size - 1))) & !(PAGE - 1);
             if let Some(w) = not_ram(mem, data) {

@@ -432,6 +432,31 @@ fn tables_at_the_edges_of_the_mmio_gap_and_of_ram() {
     assert_eq!(walk(mem, last, 5, 1 << 48), Walk::Reserved);
 }
 
+/// A 2 MiB or 1 GiB leaf with address bits set below its size (but bit 12,
+/// PAT) faults in hardware: the model must not count it as a walk.
+#[test]
+fn large_leaves_with_reserved_address_bits_are_reserved() {
+    let ram = ram();
+    let mem = ram.memory();
+    let mut t = Tables::new(mem);
+    let root = t.alloc(0);
+    let cases = [
+        (Leaf::M2, 8 * MIB, 1 << 13),
+        (Leaf::M2, 8 * MIB, 1 << 20),
+        (Leaf::G1, 0, 1 << 21),
+    ];
+    for (i, (leaf, pa, bad)) in cases.into_iter().enumerate() {
+        let va = (i as u64 + 1) << 39;
+        t.map(root, 4, va, pa | 1 << 12, leaf, &[]);
+        assert!(
+            matches!(walk(mem, root, 4, va), Walk::Complete { .. }),
+            "{leaf:?}: PAT (bit 12) is no reserved bit"
+        );
+        t.map(root, 4, va, pa | 1 << 12 | bad, leaf, &[]);
+        assert_eq!(walk(mem, root, 4, va), Walk::Reserved, "{leaf:?} {bad:#x}");
+    }
+}
+
 /// guest-mm keeps a count of non-empty entries in bits 52..=61 of every
 /// entry that points to a table, and a leaf may carry NX (bit 63): the
 /// hardware ignores the first and the address is bits 12..=51, so the
