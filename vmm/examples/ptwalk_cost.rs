@@ -82,7 +82,7 @@ fn main() {
         r.samples,
         us[us.len() / 2],
         us[us.len() / 2] * 1000.0 / r.samples as f64,
-        r.walks,
+        r.ends.walks,
         r.pages,
         r.guest_topology.ept_first_touch.guest_pt,
         r.host_placement.map(|h| h.ept_first_touch.guest_pt),

@@ -27,7 +27,9 @@
 use crate::abi;
 use crate::clock::{now_ns, since_origin_us};
 use crate::memory::numa::{CpuList, HostNuma};
-use crate::memory::walk_model::{self, is_canonical, Leaves, NodeView, ViewCounts, PAGE, PTE_ADDR};
+use crate::memory::walk_model::{
+    self, is_canonical, NodeView, ViewCounts, WalkEnds, PAGE, PTE_ADDR,
+};
 use crate::memory::{accounting, GuestMemory, RamRegion};
 use serde::Serialize;
 use std::mem::offset_of;
@@ -171,13 +173,8 @@ pub struct PtWalkResult {
     pub samples_asked: u32,
     pub samples: u32,
     /// How the walks ended: complete (the ones counted below), or not.
-    pub walks: u64,
-    pub non_present: u64,
-    pub outside_ram: u64,
-    pub mmio: u64,
-    pub reserved: u64,
-    pub loops: u64,
-    pub leaves: Leaves,
+    #[serde(flatten)]
+    pub ends: WalkEnds,
     /// Distinct guest-physical pages the complete walks touched.
     pub pages: u64,
     /// Nodes from the `--numa` layout: what a host binding guest node i to
@@ -427,13 +424,7 @@ impl PtWalker {
             len: r.len,
             samples_asked: r.samples,
             samples,
-            walks: tally.walks,
-            non_present: tally.non_present,
-            outside_ram: tally.outside_ram,
-            mmio: tally.mmio,
-            reserved: tally.reserved,
-            loops: tally.loops,
-            leaves: tally.leaves,
+            ends: tally.ends,
             pages: tally.pages().len() as u64,
             guest_topology: guest,
             host_placement: host_error.is_none().then_some(host),

@@ -170,7 +170,10 @@ fn walks_are_counted_in_both_views() {
         (a.sender, a.cpu, a.guest_node, a.config, a.thp),
         (0, 0, 0, "local", true)
     );
-    assert_eq!((a.walks, a.leaves.m2, a.non_present), (1000, 1000, 0));
+    assert_eq!(
+        (a.ends.walks, a.ends.leaves.m2, a.ends.non_present),
+        (1000, 1000, 0)
+    );
     let g = &a.guest_topology;
     assert_eq!(g.ept_first_touch.guest_pt.local, 3000);
     assert_eq!(g.ept_first_touch.guest_pt.remote, 0);
@@ -285,7 +288,8 @@ fn a_concurrent_flood_from_many_senders_stays_within_the_bounds() {
         assert!(x.sender < senders);
         assert_eq!(x.cpu, (x.sender + 1) % 2, "{x:?}");
         assert_eq!(x.guest_node, x.cpu);
-        let ended = x.walks + x.non_present + x.outside_ram + x.mmio + x.reserved;
+        let ended =
+            x.ends.walks + x.ends.non_present + x.ends.outside_ram + x.ends.mmio + x.ends.reserved;
         assert_eq!(ended, x.samples as u64);
     }
 }
@@ -370,12 +374,12 @@ mod hostile {
             for r in &results {
                 prop_assert!(r.samples <= 255 && r.samples == r.samples_asked);
                 prop_assert_eq!(
-                    r.walks + r.non_present + r.outside_ram + r.mmio + r.reserved,
+                    r.ends.walks + r.ends.non_present + r.ends.outside_ram + r.ends.mmio + r.ends.reserved,
                     r.samples as u64
                 );
                 let g = r.guest_topology.ept_first_touch;
-                prop_assert!(g.guest_pt.total() <= 4 * r.walks);
-                prop_assert!(g.two_d.total() <= 24 * r.walks);
+                prop_assert!(g.guest_pt.total() <= 4 * r.ends.walks);
+                prop_assert!(g.two_d.total() <= 24 * r.ends.walks);
             }
         }
     }
@@ -407,5 +411,5 @@ fn a_root_on_the_last_ram_page_is_answered_and_the_next_page_refused() {
     );
     let (r, rej) = w.report();
     assert_eq!((r.len(), rej.bad_root), (1, 2));
-    assert_eq!((r[0].non_present, r[0].walks), (16, 0));
+    assert_eq!((r[0].ends.non_present, r[0].ends.walks), (16, 0));
 }

@@ -191,7 +191,16 @@ pub struct Leaves {
 /// What the walks of one request found, before any node is looked up.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WalkTally {
-    /// Complete walks (the ones the reference counts are about).
+    pub ends: WalkEnds,
+    /// Per 4 KiB guest-physical page touched. Bounded by the walks: at most
+    /// MAX_LEVELS + 1 pages per walk.
+    pages: BTreeMap<u64, PageRefs>,
+}
+
+/// How walks ended: complete (the ones the reference counts are about), or
+/// why not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WalkEnds {
     pub walks: u64,
     pub non_present: u64,
     pub outside_ram: u64,
@@ -200,9 +209,6 @@ pub struct WalkTally {
     /// Complete walks that read one table page twice.
     pub loops: u64,
     pub leaves: Leaves,
-    /// Per 4 KiB guest-physical page touched. Bounded by the walks: at most
-    /// MAX_LEVELS + 1 pages per walk.
-    pages: BTreeMap<u64, PageRefs>,
 }
 
 impl WalkTally {
@@ -215,22 +221,22 @@ impl WalkTally {
                 leaf,
                 looped,
             } => {
-                self.walks += 1;
-                self.loops += looped as u64;
+                self.ends.walks += 1;
+                self.ends.loops += looped as u64;
                 match leaf {
-                    Leaf::K4 => self.leaves.k4 += 1,
-                    Leaf::M2 => self.leaves.m2 += 1,
-                    Leaf::G1 => self.leaves.g1 += 1,
+                    Leaf::K4 => self.ends.leaves.k4 += 1,
+                    Leaf::M2 => self.ends.leaves.m2 += 1,
+                    Leaf::G1 => self.ends.leaves.g1 += 1,
                 }
                 for &p in &pt[..n] {
                     self.pages.entry(p).or_default().pt += 1;
                 }
                 self.pages.entry(data).or_default().data += 1;
             }
-            Walk::NonPresent => self.non_present += 1,
-            Walk::OutsideRam => self.outside_ram += 1,
-            Walk::Mmio => self.mmio += 1,
-            Walk::Reserved => self.reserved += 1,
+            Walk::NonPresent => self.ends.non_present += 1,
+            Walk::OutsideRam => self.ends.outside_ram += 1,
+            Walk::Mmio => self.ends.mmio += 1,
+            Walk::Reserved => self.ends.reserved += 1,
         }
     }
 

@@ -83,7 +83,7 @@ fn ram() -> GuestRam {
 fn one(mem: &GuestMemory, root: u64, levels: usize, va: u64, vcpu_node: u32) -> ViewCounts {
     let mut t = WalkTally::default();
     t.add(walk(mem, root, levels, va));
-    assert_eq!(t.walks, 1, "{:?}", walk(mem, root, levels, va));
+    assert_eq!(t.ends.walks, 1, "{:?}", walk(mem, root, levels, va));
     t.count(&two_nodes, Some(vcpu_node), Some(0))
 }
 
@@ -270,12 +270,12 @@ fn hostile_tables_end_walks_in_their_counters() {
     }
     assert_eq!(
         (
-            tally.walks,
-            tally.loops,
-            tally.outside_ram,
-            tally.mmio,
-            tally.reserved,
-            tally.non_present
+            tally.ends.walks,
+            tally.ends.loops,
+            tally.ends.outside_ram,
+            tally.ends.mmio,
+            tally.ends.reserved,
+            tally.ends.non_present
         ),
         (1, 1, 2, 2, 1, 1)
     );
@@ -371,10 +371,10 @@ proptest! {
             mem.write_obj(v, GuestAddress(page + 8 * index)).unwrap();
         }
         let t = walk_range(mem, MIB + root_page * PAGE, levels, start, u64::MAX - start, 256);
-        prop_assert_eq!(t.walks + t.non_present + t.outside_ram + t.mmio + t.reserved, 256);
+        prop_assert_eq!(t.ends.walks + t.ends.non_present + t.ends.outside_ram + t.ends.mmio + t.ends.reserved, 256);
         let c = t.count(&two_nodes, Some(0), Some(0));
-        prop_assert!(c.ept_first_touch.guest_pt.total() <= t.walks * levels as u64);
-        prop_assert!(c.ept_first_touch.two_d.total() <= t.walks * (5 * levels as u64 + 4));
+        prop_assert!(c.ept_first_touch.guest_pt.total() <= t.ends.walks * levels as u64);
+        prop_assert!(c.ept_first_touch.two_d.total() <= t.ends.walks * (5 * levels as u64 + 4));
     }
 }
 
