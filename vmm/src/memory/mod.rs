@@ -12,6 +12,7 @@
 pub mod accounting;
 pub mod backing;
 pub mod dirty;
+mod discard;
 pub mod layout;
 pub mod mempolicy;
 pub mod numa;
@@ -22,7 +23,6 @@ pub mod walk_model;
 
 use backing::{BackingConfig, BackingError, HostMapping, MapError, Thp};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use vm_memory::bitmap::{AtomicBitmap, Bitmap, WithBitmapSlice};
 use vm_memory::mmap::MmapRegionBuilder;
@@ -157,6 +157,8 @@ pub struct GuestRam {
     mappings: Vec<Arc<HostMapping>>,
     config: BackingConfig,
     counters: accounting::OpCounters,
+    /// Batched discards (`discard.rs`).
+    batch: discard::Batcher,
 }
 
 impl GuestRam {
@@ -262,6 +264,7 @@ impl GuestRam {
             mappings,
             config,
             counters: Default::default(),
+            batch: Default::default(),
         })
     }
 
@@ -369,47 +372,6 @@ impl GuestRam {
                 offset: gpa - r.guest_base,
             })
             .ok_or_else(outside)
-    }
-
-    /// Gives the host back the memory of `[gpa, gpa + len)`: the guest
-    /// reads zeros there afterwards, and Rss falls by `len`. Anonymous RAM
-    /// is dropped with MADV_DONTNEED, memfd RAM has a hole punched in its
-    /// file (MADV_DONTNEED would only unmap the shared pages). The range
-    /// must lie wholly inside one RAM region and be aligned to the
-    /// backing's page (4 KiB, or 2 MiB for hugetlb); else nothing is done.
-    pub fn discard(&self, gpa: GuestAddress, len: u64) -> Result<(), MemoryError> {
-        let at = self.locate(gpa.0, len, self.config.backing.page_size())?;
-        let fail = |source| MemoryError::Advice {
-            what: "discard",
-            gpa: gpa.0,
-            len,
-            source,
-        };
-        let rc = match &at.map.fd {
-            // SAFETY: punching a hole in our own memfd, inside its size.
-            Some(fd) => unsafe {
-                libc::fallocate(
-                    fd.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    at.offset as libc::off_t,
-                    len as libc::off_t,
-                )
-            },
-            // SAFETY: `locate` put the range inside our own mapping; the
-            // guest sees zero pages there afterwards, as it asked.
-            None => unsafe {
-                libc::madvise(
-                    at.map.addr.add(at.offset as usize).cast(),
-                    len as usize,
-                    libc::MADV_DONTNEED,
-                )
-            },
-        };
-        if rc != 0 {
-            return Err(fail(io::Error::last_os_error()));
-        }
-        self.counters.discarded(len);
-        Ok(())
     }
 
     /// Asks the host to back `[gpa, gpa + len)` with transparent huge pages
@@ -534,22 +496,22 @@ mod tests {
         assert_eq!(m.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 7);
     }
 
-    const MIB: u64 = 1 << 20;
+    pub(super) const MIB: u64 = 1 << 20;
 
     use backing::tests::pool_free_backings;
 
     /// Writes a non-zero byte to every 4 KiB page of `[0, size)`.
-    fn touch(ram: &GuestRam, size: u64) {
+    pub(super) fn touch(ram: &GuestRam, size: u64) {
         for gpa in (0..size).step_by(4096) {
             ram.memory().write_obj(0xa5u8, GuestAddress(gpa)).unwrap();
         }
     }
 
-    fn smaps(ram: &GuestRam) -> rss::SmapsSum {
+    pub(super) fn smaps(ram: &GuestRam) -> rss::SmapsSum {
         rss::smaps_of(&ram.host_ranges()).unwrap()
     }
 
-    fn byte(ram: &GuestRam, gpa: u64) -> u8 {
+    pub(super) fn byte(ram: &GuestRam, gpa: u64) -> u8 {
         ram.memory().read_obj::<u8>(GuestAddress(gpa)).unwrap()
     }
 

@@ -47,6 +47,17 @@ pub const MAX_RUNS: usize = 8192;
 pub trait HostMemory: Send + Sync {
     /// Gives `[gpa, gpa + len)` back to the host (checked there too).
     fn discard(&self, gpa: u64, len: u64) -> Result<(), MemoryError>;
+    /// [`Self::discard`] for each range, in as few calls to the kernel as
+    /// the host allows; `done` hears of every range once.
+    fn discard_many(
+        &self,
+        ranges: &[(u64, u64)],
+        done: &mut dyn FnMut(u64, u64, Result<(), MemoryError>),
+    ) {
+        for &(gpa, len) in ranges {
+            done(gpa, len, self.discard(gpa, len));
+        }
+    }
     /// Rebuilds huge pages over `[gpa, gpa + len)`.
     fn collapse(&self, gpa: u64, len: u64) -> Result<(), MemoryError>;
     /// Pages (4 KiB) of `[gpa, gpa + len)` the host holds now; None if
@@ -61,6 +72,13 @@ pub trait HostMemory: Send + Sync {
 impl HostMemory for GuestRam {
     fn discard(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
         GuestRam::discard(self, GuestAddress(gpa), len)
+    }
+    fn discard_many(
+        &self,
+        ranges: &[(u64, u64)],
+        done: &mut dyn FnMut(u64, u64, Result<(), MemoryError>),
+    ) {
+        GuestRam::discard_many(self, ranges, done)
     }
     fn collapse(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
         GuestRam::collapse(self, GuestAddress(gpa), len)
@@ -599,6 +617,7 @@ impl Balloon {
         // Held across the discards: the collapse worker must not rebuild a
         // block between its pages being marked and being discarded.
         let mut map = self.inflated.lock().unwrap_or_else(|p| p.into_inner());
+        let mut whole = Vec::with_capacity(ranges.len());
         for &(gpa, len) in &ranges {
             if in_balloon {
                 map.set(gpa, len, true);
@@ -606,18 +625,19 @@ impl Balloon {
             // A hugetlb backing frees only whole huge pages.
             let start = gpa.next_multiple_of(page);
             let end = (gpa + len) / page * page;
-            if end <= start {
-                continue;
-            }
-            match self.host.discard(start, end - start) {
-                Ok(()) => {
-                    BalloonMetrics::add(&m.discards, 1);
-                    BalloonMetrics::add(&m.discarded_bytes, end - start);
-                    BalloonMetrics::add(&m.whole_2m_freed, whole_blocks(start, end));
-                }
-                Err(_) => BalloonMetrics::add(&m.discard_errors, 1),
+            if end > start {
+                whole.push((start, end - start));
             }
         }
+        self.host
+            .discard_many(&whole, &mut |start, len, r| match r {
+                Ok(()) => {
+                    BalloonMetrics::add(&m.discards, 1);
+                    BalloonMetrics::add(&m.discarded_bytes, len);
+                    BalloonMetrics::add(&m.whole_2m_freed, whole_blocks(start, start + len));
+                }
+                Err(_) => BalloonMetrics::add(&m.discard_errors, 1),
+            });
         drop(map);
         let mut t = self.shared.timeline();
         if let Some(s) = t
