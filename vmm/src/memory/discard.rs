@@ -12,7 +12,7 @@
 //! `madvise` per range, as a lone [`GuestRam::discard`] does. memfd RAM
 //! has a hole punched per range: `fallocate` has no vector form.
 use super::backing::HostMapping;
-use super::{GuestRam, MemoryError};
+use super::{GuestRam, Located, MemoryError};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Mutex;
@@ -109,20 +109,77 @@ impl GuestRam {
     /// reads zeros there afterwards, and Rss falls by `len`. Anonymous RAM
     /// is dropped with MADV_DONTNEED, memfd RAM has a hole punched in its
     /// file (MADV_DONTNEED would only unmap the shared pages). The range
-    /// must lie wholly inside one RAM region and be aligned to the
-    /// backing's page (4 KiB, or 2 MiB for hugetlb); else nothing is done.
+    /// must lie wholly inside RAM and be aligned to the backing's page
+    /// (4 KiB, or 2 MiB for hugetlb); else nothing is done. A range across
+    /// regions that follow each other (guest NUMA nodes) is done a region
+    /// at a time.
     pub fn discard(&self, gpa: GuestAddress, len: u64) -> Result<(), MemoryError> {
-        let at = self.locate(gpa.0, len, self.config.backing.page_size())?;
-        one(at.map, at.offset, len).map_err(|e| advice_error(gpa.0, len, e))?;
-        self.counters.discarded(len);
+        let mut r = Ok(());
+        self.pieces(gpa.0, len, &mut |g, l, at| {
+            if r.is_ok() {
+                r = one(at.map, at.offset, l).map_err(|e| advice_error(g, l, e));
+                if r.is_ok() {
+                    self.counters.discarded(l);
+                }
+            }
+        })?;
+        r
+    }
+
+    /// Calls `f(gpa, len, where)` for each piece of `[gpa, gpa + len)` that
+    /// lies in one region: the whole range mostly, but guest NUMA nodes'
+    /// regions follow each other with no gap, so a balloon's run of
+    /// consecutive pages (or a reported free range) can run from one
+    /// node's mapping into the next, and is RAM all the same. The range
+    /// is checked whole first (aligned, non-empty, every byte in RAM):
+    /// refused, `f` is never called. The cut walk visits each region at
+    /// most once, so it is bounded by the regions, not by `len`.
+    fn pieces(
+        &self,
+        gpa: u64,
+        len: u64,
+        f: &mut dyn FnMut(u64, u64, Located<'_>),
+    ) -> Result<(), MemoryError> {
+        let align = self.config.backing.page_size();
+        let outside = match self.locate(gpa, len, align) {
+            Ok(at) => {
+                f(gpa, len, at);
+                return Ok(());
+            }
+            Err(e @ MemoryError::OutsideRam { .. }) if len > 0 => e,
+            Err(e) => return Err(e),
+        };
+        let Some(end) = gpa.checked_add(len) else {
+            return Err(outside);
+        };
+        let mut cuts = Vec::new();
+        let mut at = gpa;
+        while at < end {
+            let Some(r) = self
+                .regions
+                .iter()
+                .find(|r| at >= r.guest_base && at - r.guest_base < r.size)
+            else {
+                return Err(outside);
+            };
+            let piece_end = end.min(r.guest_base + r.size);
+            cuts.push((at, piece_end - at));
+            at = piece_end;
+        }
+        for (g, l) in cuts {
+            // Regions start and end on the backing's page, so each piece
+            // is aligned and inside its region: located.
+            f(g, l, self.locate(g, l, align)?);
+        }
         Ok(())
     }
 
     /// [`Self::discard`] for each of `ranges`, as few system calls as the
     /// host allows; `done(gpa, len, result)` hears of every range once
-    /// (a refused one at once, the others as their batch ends). Each range
-    /// is checked as `discard` checks it, and a refused one changes
-    /// nothing.
+    /// (a refused one at once, the others as their batch ends), or of
+    /// each of its pieces where it runs from one region into the next
+    /// (see [`Self::pieces`]). Each range is checked as `discard` checks
+    /// it, and a refused one changes nothing.
     pub fn discard_many(
         &self,
         ranges: &[(u64, u64)],
@@ -130,30 +187,28 @@ impl GuestRam {
     ) {
         let mut pending: Vec<Pending> = Vec::with_capacity(ranges.len().min(IOV_MAX));
         for &(gpa, len) in ranges {
-            let at = match self.locate(gpa, len, self.config.backing.page_size()) {
-                Ok(at) => at,
-                Err(e) => {
-                    done(gpa, len, Err(e));
-                    continue;
+            let r = self.pieces(gpa, len, &mut |gpa, len, at| {
+                if at.map.fd.is_some() {
+                    let r = one(at.map, at.offset, len).map_err(|e| advice_error(gpa, len, e));
+                    self.finish(gpa, len, r, done);
+                    return;
                 }
-            };
-            if at.map.fd.is_some() {
-                let r = one(at.map, at.offset, len).map_err(|e| advice_error(gpa, len, e));
-                self.finish(gpa, len, r, done);
-                continue;
-            }
-            pending.push(Pending {
-                gpa,
-                len,
-                iov: libc::iovec {
-                    // SAFETY: `locate` put the offset inside the mapping.
-                    iov_base: unsafe { at.map.addr.add(at.offset as usize) }.cast(),
-                    iov_len: len as usize,
-                },
+                pending.push(Pending {
+                    gpa,
+                    len,
+                    iov: libc::iovec {
+                        // SAFETY: `locate` put the offset inside the mapping.
+                        iov_base: unsafe { at.map.addr.add(at.offset as usize) }.cast(),
+                        iov_len: len as usize,
+                    },
+                });
+                if pending.len() == IOV_MAX {
+                    self.send(&pending, done);
+                    pending.clear();
+                }
             });
-            if pending.len() == IOV_MAX {
-                self.send(&pending, done);
-                pending.clear();
+            if let Err(e) = r {
+                done(gpa, len, Err(e));
             }
         }
         self.send(&pending, done);
@@ -328,6 +383,54 @@ mod tests {
         assert_eq!((ok, refused), (8192, vec![(gap - 4096, 8192)]));
         assert_eq!(byte(&ram, gap - 4096), 0);
         assert_eq!(byte(&ram, end), 0);
+    }
+
+    /// Guest NUMA nodes' regions follow each other with no gap, so a
+    /// balloon run of consecutive pages crosses from one node's mapping
+    /// into the next: it is RAM, and must be discarded, not refused.
+    #[test]
+    fn a_range_across_two_nodes_regions_is_discarded_in_pieces() {
+        let node = |size| super::super::numa::NodeRam {
+            size,
+            host_node: None,
+        };
+        for cfg in pool_free_backings() {
+            let ram = GuestRam::with_nodes(&[node(8 * MIB), node(8 * MIB)], cfg, false).unwrap();
+            assert_eq!(ram.regions().len(), 2);
+            touch(&ram, 16 * MIB);
+            let before = smaps(&ram).rss;
+            // 6 MiB, 2 MiB-aligned (hugetlb), across the 8 MiB cut; and a
+            // zero-length one, still refused.
+            let (ok, refused) = {
+                let mut ok = Vec::new();
+                let mut refused = Vec::new();
+                ram.discard_many(
+                    &[(6 * MIB, 6 * MIB), (4 * MIB, 0)],
+                    &mut |g, l, r| match r {
+                        Ok(()) => ok.push((g, l)),
+                        Err(_) => refused.push((g, l)),
+                    },
+                );
+                (ok, refused)
+            };
+            assert_eq!(ok, [(6 * MIB, 2 * MIB), (8 * MIB, 4 * MIB)], "{cfg:?}");
+            assert_eq!(refused, [(4 * MIB, 0)], "{cfg:?}");
+            assert_eq!(before - smaps(&ram).rss, 6 * MIB, "{cfg:?}");
+            assert_eq!(byte(&ram, 6 * MIB - 4096), 0xa5);
+            assert_eq!(byte(&ram, 8 * MIB - 4096), 0, "{cfg:?}");
+            assert_eq!(byte(&ram, 8 * MIB), 0, "{cfg:?}");
+            assert_eq!(byte(&ram, 12 * MIB), 0xa5);
+            // One range, likewise; then past the end of RAM, refused whole.
+            touch(&ram, 16 * MIB);
+            ram.discard(GuestAddress(6 * MIB), 4 * MIB).unwrap();
+            assert_eq!(byte(&ram, 9 * MIB), 0, "{cfg:?}");
+            assert!(ram.discard(GuestAddress(6 * MIB), 12 * MIB).is_err());
+            assert_eq!(
+                byte(&ram, 12 * MIB),
+                0xa5,
+                "a refused range changes nothing"
+            );
+        }
     }
 
     use vm_memory::Bytes;

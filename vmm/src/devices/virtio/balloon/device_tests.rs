@@ -35,6 +35,15 @@ impl HostMemory for Recorder {
         self.discards.lock().unwrap().push((gpa, len));
         GuestRam::discard(&self.ram, GuestAddress(gpa), len)
     }
+    /// The real batched path (process_madvise), recording each range.
+    fn discard_many(
+        &self,
+        ranges: &[(u64, u64)],
+        done: &mut dyn FnMut(u64, u64, Result<(), MemoryError>),
+    ) {
+        self.discards.lock().unwrap().extend_from_slice(ranges);
+        GuestRam::discard_many(&self.ram, ranges, done)
+    }
     fn collapse(&self, gpa: u64, len: u64) -> Result<(), MemoryError> {
         self.collapses.lock().unwrap().push((gpa, len));
         if !self.real {
@@ -78,7 +87,10 @@ pub(super) fn fixture(ram: u64, cfg: BalloonConfig) -> Fx {
 }
 
 pub(super) fn fixture_with(ram: u64, cfg: BalloonConfig, real: bool) -> Fx {
-    let ram = GuestRam::new(ram).unwrap();
+    fixture_on(GuestRam::new(ram).unwrap(), cfg, real)
+}
+
+fn fixture_on(ram: GuestRam, cfg: BalloonConfig, real: bool) -> Fx {
     let mem = ram.memory().clone();
     let (size, end) = (ram.size(), ram.end());
     let host = Arc::new(Recorder {
@@ -236,6 +248,33 @@ fn wait_collapses_settled(f: &Fx, blocks: u64) {
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "unsettled: {m:?}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Two guest NUMA nodes' regions follow each other: a run of pages across
+/// the cut is RAM, and is given back, not counted as a discard error.
+#[test]
+fn an_inflate_across_two_nodes_is_discarded_whole() {
+    let node = |size| crate::memory::numa::NodeRam {
+        size,
+        host_node: None,
+    };
+    let nodes = [node(8 * MIB), node(8 * MIB)];
+    let ram = GuestRam::with_nodes(&nodes, Default::default(), false).unwrap();
+    let mut f = fixture_on(ram, BalloonConfig::default(), true);
+    f.activate(0, false);
+    touch(&f, 6 * MIB, 10 * MIB);
+    f.pfns(0, &pfn_range(6 * MIB, 10 * MIB)[..1024]);
+    assert_eq!(f.dev.process_queue(0), 1);
+    let m = f.m();
+    assert_eq!(m.discard_errors, 0, "{m:?}");
+    assert_eq!((m.discarded_bytes, m.whole_2m_freed), (4 * MIB, 2), "{m:?}");
+    for at in [6 * MIB, 8 * MIB] {
+        assert_eq!(
+            f.host.ram.resident_pages(at, 2 * MIB).unwrap(),
+            0,
+            "{at:#x}"
+        );
     }
 }
 
