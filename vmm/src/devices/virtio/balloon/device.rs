@@ -25,6 +25,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::chain::{Buf, ChainWalker, Payload};
 use super::collapse::{CollapseWorker, Job, DEFAULT_COLLAPSE_DELAY};
 use super::metrics::{BalloonMetrics, BalloonReport, Shared, Step, ThpPoint, MAX_STEPS};
+pub use super::page_map::PageMap;
 use super::{
     queue_index, queue_role, BalloonConfig, BalloonError, QueueRole, Reject, BALLOON_MAX_QUEUES,
     BALLOON_PAGE, BALLOON_QUEUE_SIZE, CONFIG_ACTUAL, CONFIG_SIZE, HUGE_PAGE, PFN_SHIFT,
@@ -92,50 +93,6 @@ impl HostMemory for GuestRam {
     fn usage(&self) -> Option<(u64, u64)> {
         let s = crate::memory::rss::smaps_of(&self.host_ranges()).ok()?;
         Some((s.rss, s.anon_huge))
-    }
-}
-
-/// One bit per 4 KiB page of the guest-physical space up to the end of
-/// RAM: set while the page is in the balloon. Its size is fixed by guest
-/// RAM, never by what the guest sends.
-pub struct PageMap {
-    bits: Vec<u64>,
-}
-
-impl PageMap {
-    pub fn new(end: u64) -> Self {
-        let pages = end.div_ceil(BALLOON_PAGE) as usize;
-        PageMap {
-            bits: vec![0; pages.div_ceil(64)],
-        }
-    }
-
-    /// Sets (or clears) the pages of `[gpa, gpa + len)` that the map covers.
-    fn set(&mut self, gpa: u64, len: u64, on: bool) {
-        let first = gpa >> PFN_SHIFT;
-        for p in first..first + (len >> PFN_SHIFT) {
-            let Some(w) = self.bits.get_mut((p / 64) as usize) else {
-                return;
-            };
-            if on {
-                *w |= 1 << (p % 64);
-            } else {
-                *w &= !(1 << (p % 64));
-            }
-        }
-    }
-
-    pub fn any_in(&self, gpa: u64, len: u64) -> bool {
-        let first = gpa >> PFN_SHIFT;
-        (first..first + (len >> PFN_SHIFT)).any(|p| {
-            self.bits
-                .get((p / 64) as usize)
-                .is_some_and(|w| w & (1 << (p % 64)) != 0)
-        })
-    }
-
-    fn clear_all(&mut self) {
-        self.bits.fill(0);
     }
 }
 
@@ -619,12 +576,29 @@ impl Balloon {
         let mut map = self.inflated.lock().unwrap_or_else(|p| p.into_inner());
         let mut whole = Vec::with_capacity(ranges.len());
         for &(gpa, len) in &ranges {
+            // A hugetlb backing frees only whole huge pages. Inflated
+            // pages stay in the map, so a huge page whose last pages come
+            // in this pass is whole too: Linux's driver sends 256 PFNs
+            // (1 MiB) a chain and waits for each, so no pass of its alone
+            // ever covers a 2 MiB page.
+            let (mut start, mut end) = (gpa.next_multiple_of(page), (gpa + len) / page * page);
             if in_balloon {
                 map.set(gpa, len, true);
+                if page > BALLOON_PAGE {
+                    let (below, above) = (gpa / page * page, (gpa + len).next_multiple_of(page));
+                    if below < start && map.all_in(below, page) {
+                        start = below;
+                    }
+                    if above > end && map.all_in(end, page) {
+                        end = above;
+                    }
+                }
             }
-            // A hugetlb backing frees only whole huge pages.
-            let start = gpa.next_multiple_of(page);
-            let end = (gpa + len) / page * page;
+            // Ranges come sorted: a huge page two of them complete goes
+            // once.
+            if let Some(&(s, l)) = whole.last() {
+                start = start.max(s + l);
+            }
             if end > start {
                 whole.push((start, end - start));
             }

@@ -28,6 +28,8 @@ pub(super) struct Recorder {
     /// Collapse and read smaps for real (the fuzzer only records: a
     /// collapse costs milliseconds).
     pub real: bool,
+    /// What `page_size` says: 2 MiB plays a hugetlb backing.
+    pub page: u64,
 }
 
 impl HostMemory for Recorder {
@@ -60,7 +62,7 @@ impl HostMemory for Recorder {
         self.ram.resident_pages(gpa, len).ok()
     }
     fn page_size(&self) -> u64 {
-        4096
+        self.page
     }
     fn usage(&self) -> Option<(u64, u64)> {
         self.real.then(|| HostMemory::usage(&self.ram)).flatten()
@@ -87,10 +89,10 @@ pub(super) fn fixture(ram: u64, cfg: BalloonConfig) -> Fx {
 }
 
 pub(super) fn fixture_with(ram: u64, cfg: BalloonConfig, real: bool) -> Fx {
-    fixture_on(GuestRam::new(ram).unwrap(), cfg, real)
+    fixture_on(GuestRam::new(ram).unwrap(), cfg, real, 4096)
 }
 
-fn fixture_on(ram: GuestRam, cfg: BalloonConfig, real: bool) -> Fx {
+fn fixture_on(ram: GuestRam, cfg: BalloonConfig, real: bool, page: u64) -> Fx {
     let mem = ram.memory().clone();
     let (size, end) = (ram.size(), ram.end());
     let host = Arc::new(Recorder {
@@ -98,6 +100,7 @@ fn fixture_on(ram: GuestRam, cfg: BalloonConfig, real: bool) -> Fx {
         discards: Mutex::default(),
         collapses: Mutex::default(),
         real,
+        page,
     });
     let dev =
         Balloon::with_collapse_delay(&cfg, host.clone(), size, end, Duration::from_millis(20))
@@ -261,7 +264,7 @@ fn an_inflate_across_two_nodes_is_discarded_whole() {
     };
     let nodes = [node(8 * MIB), node(8 * MIB)];
     let ram = GuestRam::with_nodes(&nodes, Default::default(), false).unwrap();
-    let mut f = fixture_on(ram, BalloonConfig::default(), true);
+    let mut f = fixture_on(ram, BalloonConfig::default(), true, 4096);
     f.activate(0, false);
     touch(&f, 6 * MIB, 10 * MIB);
     f.pfns(0, &pfn_range(6 * MIB, 10 * MIB)[..1024]);
@@ -276,6 +279,42 @@ fn an_inflate_across_two_nodes_is_discarded_whole() {
             "{at:#x}"
         );
     }
+}
+
+/// Linux's driver sends at most 256 PFNs (1 MiB) a chain and waits for
+/// each: on a hugetlb backing no pass alone covers a huge page, so the
+/// balloon's page map must tell when the last page of one comes in.
+#[test]
+fn hugetlb_blocks_inflated_over_several_passes_are_freed_when_whole() {
+    let ram = GuestRam::new(16 * MIB).unwrap();
+    let mut f = fixture_on(ram, BalloonConfig::default(), true, 2 * MIB);
+    f.activate(0, false);
+    // 4M..6M in four passes of 128 pages, the middle ones out of order.
+    let block = pfn_range(4 * MIB, 6 * MIB);
+    for i in [0, 2, 1, 3] {
+        f.pfns(0, &block[128 * i..128 * (i + 1)]);
+        assert_eq!(f.dev.process_queue(0), 1);
+        let freed = if i == 3 {
+            vec![(4 * MIB, 2 * MIB)]
+        } else {
+            vec![]
+        };
+        assert_eq!(f.discards(), freed, "after chunk {i}");
+    }
+    // Half a block, then the page before it: never whole, never freed.
+    f.pfns(0, &pfn_range(9 * MIB, 10 * MIB));
+    f.pfns(0, &pfn_range(8 * MIB - 4096, 8 * MIB));
+    f.dev.process_queue(0);
+    let m = f.m();
+    assert_eq!(f.discards(), [(4 * MIB, 2 * MIB)]);
+    assert_eq!(
+        (m.discards, m.discarded_bytes, m.discard_errors),
+        (1, 2 * MIB, 0)
+    );
+    // Two pages of the freed block sent again in one pass: freed once.
+    f.pfns(0, &[block[1], block[300]]);
+    f.dev.process_queue(0);
+    assert_eq!(f.discards(), [(4 * MIB, 2 * MIB); 2]);
 }
 
 #[test]

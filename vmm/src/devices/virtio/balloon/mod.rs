@@ -37,6 +37,7 @@ pub mod collapse;
 pub mod device;
 pub mod event_handler;
 pub mod metrics;
+mod page_map;
 
 use serde::{Deserialize, Serialize};
 
