@@ -6,7 +6,8 @@
 //! reads run on the collapse worker (`collapse.rs`).
 //!
 //! One pass over a queue serves every available chain (at most
-//! [`MAX_CHAINS_PER_PASS`], then it kicks itself), discards the pass's
+//! [`MAX_CHAINS_PER_PASS`], or until [`MAX_PFN_BYTES_PER_PASS`] are read,
+//! then it kicks itself), discards the pass's
 //! pages coalesced into ranges, and only then returns the chains to the
 //! guest, with at most one interrupt: a guest that waits for its buffer
 //! (Linux's `tell_host` does) sees the host's Rss already dropped. The
@@ -39,6 +40,12 @@ use crate::memory::{coalesce, GuestMemory, GuestRam, MemoryError};
 
 /// Most chains served per wake-up, so one guest cannot hold the event loop.
 pub const MAX_CHAINS_PER_PASS: usize = BALLOON_QUEUE_SIZE as usize;
+/// PFN bytes after which a pass takes no more chains (and kicks itself),
+/// one largest chain's worth: 1 Mi PFNs, 4 GiB of guest pages. The chain
+/// cap alone is no bound: the overlap check is per chain, so 256 chains
+/// may all point at one 4 MiB array, and a pass of 256 Mi scattered PFNs
+/// held the event loop and the device lock for ~30 s (measured here).
+pub const MAX_PFN_BYTES_PER_PASS: u64 = super::chain::MAX_PFN_BYTES_PER_CHAIN;
 /// Runs of PFNs gathered before the pass discards what it has (16 bytes
 /// each: 128 KiB at most).
 pub const MAX_RUNS: usize = 8192;
@@ -132,6 +139,8 @@ pub struct Balloon {
     done: Vec<u16>,
     /// [`MAX_CHAINS_PER_PASS`]; lowered by tests.
     pub(super) max_chains_per_pass: usize,
+    /// [`MAX_PFN_BYTES_PER_PASS`]; lowered by tests.
+    pub(super) max_pfn_bytes_per_pass: u64,
 }
 
 impl Balloon {
@@ -182,6 +191,7 @@ impl Balloon {
             runs: Vec::new(),
             done: Vec::new(),
             max_chains_per_pass: MAX_CHAINS_PER_PASS,
+            max_pfn_bytes_per_pass: MAX_PFN_BYTES_PER_PASS,
         };
         b.set_pages(super::mib_to_pages(cfg.amount_mib));
         Ok(b)
@@ -344,6 +354,7 @@ impl Balloon {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         let mut seen = 0;
+        let mut pfn_bytes = 0u64;
         self.done.clear();
         'batch: loop {
             let act = self.active.as_mut().expect("checked above");
@@ -364,7 +375,7 @@ impl Balloon {
                     }
                 };
                 let Some(head) = head else { break };
-                if seen == self.max_chains_per_pass {
+                if seen == self.max_chains_per_pass || pfn_bytes >= self.max_pfn_bytes_per_pass {
                     q.go_to_previous_position();
                     if let Some(evt) = self.queue_evts.get(index) {
                         _ = evt.write(1);
@@ -386,6 +397,7 @@ impl Balloon {
                 if !bufs.is_empty() {
                     match role {
                         QueueRole::Inflate | QueueRole::Deflate => {
+                            pfn_bytes += bufs.iter().map(|b| u64::from(b.len)).sum::<u64>();
                             self.take_pfns(&mem, &bufs, role);
                             self.done.push(head);
                         }
