@@ -385,6 +385,26 @@ mod tests {
         assert_eq!(byte(&ram, end), 0);
     }
 
+    /// The kernel caps one vector call at MAX_RW_COUNT (2 GiB - 4 KiB),
+    /// cutting the iovec it reaches and dropping the rest: it returns
+    /// less than asked with no error, and the rest must still go.
+    #[test]
+    fn a_batch_past_the_kernels_2g_cap_is_finished_one_range_at_a_time() {
+        let size = layout::MMIO_GAP_START;
+        let ram = GuestRam::new(size).unwrap();
+        let (a, b) = (size / 2, size / 2 - 2 * MIB);
+        let ends = [0, a - 4096, a, a + b - 4096, a + b];
+        for gpa in ends {
+            ram.memory().write_obj(0x5au8, GuestAddress(gpa)).unwrap();
+        }
+        let (ok, refused) = run(&ram, &[(0, a), (a, b)]);
+        assert_eq!((ok, refused), (a + b, vec![]));
+        for gpa in &ends[..4] {
+            assert_eq!(byte(&ram, *gpa), 0, "{gpa:#x}");
+        }
+        assert_eq!(byte(&ram, a + b), 0x5a);
+    }
+
     /// Guest NUMA nodes' regions follow each other with no gap, so a
     /// balloon run of consecutive pages crosses from one node's mapping
     /// into the next: it is RAM, and must be discarded, not refused.
