@@ -34,6 +34,8 @@ pub(super) struct Input {
     avail_idx: Option<u16>,
     data: Vec<u32>,
     config_writes: Vec<(u64, Vec<u8>)>,
+    /// The host's page is 2 MiB (hugetlb RAM): only whole ones go back.
+    huge: bool,
 }
 
 fn addr() -> impl Strategy<Value = u64> {
@@ -92,17 +94,21 @@ fn input() -> impl Strategy<Value = Input> {
         prop::option::of(any::<u16>()),
         any::<u64>().prop_map(pfns),
         prop::collection::vec((0u64..16, prop::collection::vec(any::<u8>(), 0..9)), 0..4),
+        any::<bool>(),
     )
         .prop_map(
-            |(features, event_idx, queue, descs, heads, avail_idx, data, config_writes)| Input {
-                features,
-                event_idx,
-                queue,
-                descs,
-                heads,
-                avail_idx,
-                data,
-                config_writes,
+            |(features, event_idx, queue, descs, heads, avail_idx, data, config_writes, huge)| {
+                Input {
+                    features,
+                    event_idx,
+                    queue,
+                    descs,
+                    heads,
+                    avail_idx,
+                    data,
+                    config_writes,
+                    huge,
+                }
             },
         )
 }
@@ -114,7 +120,8 @@ pub(super) fn run(input: &Input) -> Result<(), String> {
         free_page_reporting: true,
         ..Default::default()
     };
-    let mut f = fixture_with(RAM, cfg, false);
+    let page = if input.huge { 2 * MIB } else { 4096 };
+    let mut f = fixture_on(GuestRam::new(RAM).unwrap(), cfg, false, page);
     f.activate(input.features, input.event_idx);
     let bytes: Vec<u8> = input.data.iter().flat_map(|p| p.to_le_bytes()).collect();
     f.mem.write_slice(&bytes, GuestAddress(DATA)).unwrap();
@@ -142,11 +149,34 @@ pub(super) fn run(input: &Input) -> Result<(), String> {
     if done > offered {
         return Err(format!("{done} chains given back, {offered} offered"));
     }
+    // Only pages the guest gave: in the balloon (inflate), or inside a
+    // device-writable buffer it offered (reporting); whole host pages.
+    let role = queue_role(q, f.dev.acked_features);
+    let map = f.dev.inflated.lock().unwrap();
     for &(gpa, len) in f.host.discards.lock().unwrap().iter() {
         if gpa.checked_add(len).is_none_or(|e| e > RAM) || len == 0 || gpa % 4096 != 0 {
             return Err(format!("discard {gpa:#x}+{len:#x} outside RAM"));
         }
+        if gpa % page != 0 || len % page != 0 {
+            return Err(format!(
+                "discard {gpa:#x}+{len:#x}: not whole {page:#x} pages"
+            ));
+        }
+        let given = match role {
+            Some(QueueRole::Inflate) => map.all_in(gpa, len),
+            Some(QueueRole::Reporting) => (gpa..gpa + len).step_by(4096).all(|p| {
+                input
+                    .descs
+                    .iter()
+                    .any(|&(a, l, fl, _)| fl & F_WRITE != 0 && p >= a && p - a < u64::from(l))
+            }),
+            _ => false,
+        };
+        if !given {
+            return Err(format!("discard {gpa:#x}+{len:#x} on {role:?}: not given"));
+        }
     }
+    drop(map);
     if !f.dev.runs.is_empty() || f.dev.runs.capacity() > MAX_RUNS * 2 {
         return Err(format!("runs left: {}", f.dev.runs.len()));
     }
@@ -192,6 +222,7 @@ fn corpus() {
         avail_idx: None,
         data: vec![0x200; (DATA_LEN / 4) as usize],
         config_writes: vec![],
+        huge: false,
     };
     let cases = [
         // A loop through every descriptor.
@@ -236,6 +267,14 @@ fn corpus() {
                 (15, vec![1]),
                 (u64::MAX, vec![1, 2, 3, 4]),
             ],
+            ..base.clone()
+        },
+        // Hugetlb: a whole 2 MiB block over two buffers of one chain
+        // (freed), and 4 KiB short of the next (kept).
+        Input {
+            huge: true,
+            data: (0x200..0x400).chain(0x600..0x7ff).collect(),
+            descs: chain(vec![(DATA, 0x800, 1, 1), (DATA + 0x800, 0x7fc, 0, 0)]),
             ..base.clone()
         },
         // Head indices past the queue, with and without event-idx.
