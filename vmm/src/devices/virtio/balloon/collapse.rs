@@ -30,7 +30,8 @@
 //!
 //! The worker also reads guest RAM's smaps (Rss, AnonHugePages) for the
 //! timeline, since that read takes milliseconds for a large guest.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -53,9 +54,9 @@ pub const MAX_TRIES: u8 = 30;
 /// What the device asks of the worker.
 #[derive(Debug)]
 pub enum Job {
-    /// Deflated 2 MiB blocks (guest-physical bases) to collapse after the
-    /// delay.
-    Collapse(Vec<u64>),
+    /// Take the deflated 2 MiB blocks waiting in the shared set
+    /// ([`CollapseWorker::collapse_later`]) to collapse after the delay.
+    Collapse,
     /// Collapse what is pending now.
     Flush,
     /// The guest reached an inflate target: THP coverage for the timeline,
@@ -68,6 +69,14 @@ pub enum Job {
 pub struct CollapseWorker {
     tx: Option<mpsc::Sender<Job>>,
     handle: Option<JoinHandle<()>>,
+    /// Deflated blocks the worker has not taken yet. A set and not the
+    /// blocks in each job: while the worker is inside a long round of
+    /// collapses, a guest deflating in a loop would otherwise queue a
+    /// vector per pass, without bound; a set holds each of guest RAM's
+    /// blocks once, and one job wakes the worker for all of them.
+    blocks: Arc<Mutex<BTreeSet<u64>>>,
+    /// Jobs sent and not yet received.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl CollapseWorker {
@@ -78,13 +87,42 @@ impl CollapseWorker {
         delay: Duration,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let blocks = Arc::new(Mutex::new(BTreeSet::new()));
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let queue = Queue {
+            rx,
+            blocks: blocks.clone(),
+            backlog: backlog.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("balloon-collapse".into())
-            .spawn(move || run(rx, &*host, &shared, &inflated, delay))?;
+            .spawn(move || run(queue, &*host, &shared, &inflated, delay))?;
         Ok(CollapseWorker {
             tx: Some(tx),
             handle: Some(handle),
+            blocks,
+            backlog,
         })
+    }
+
+    /// Deflated `blocks` (guest-physical bases) to collapse after the
+    /// delay; the worker is woken only if none were waiting (a job is then
+    /// on its way, and takes these too).
+    pub fn collapse_later(&self, blocks: impl IntoIterator<Item = u64>) {
+        let mut set = self.blocks.lock().unwrap_or_else(|p| p.into_inner());
+        let was_empty = set.is_empty();
+        set.extend(blocks);
+        let wake = was_empty && !set.is_empty();
+        drop(set);
+        if wake {
+            self.send(Job::Collapse);
+        }
+    }
+
+    /// Jobs sent and not yet received by the worker.
+    #[cfg(test)]
+    pub(super) fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
     }
 
     /// Collapses what is pending now and stops the worker, waiting for it:
@@ -101,7 +139,10 @@ impl CollapseWorker {
         if let Some(tx) = &self.tx {
             // A worker that died (it cannot panic short of a bug) only
             // stops collapses; the device goes on.
-            let _ = tx.send(job);
+            self.backlog.fetch_add(1, Ordering::Relaxed);
+            if tx.send(job).is_err() {
+                self.backlog.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -120,8 +161,15 @@ fn point(host: &dyn HostMemory) -> Option<ThpPoint> {
     Some(ThpPoint::new(since_origin_us(now_ns()), rss, huge))
 }
 
-fn run(
+/// The worker's side of what the device sends.
+struct Queue {
     rx: mpsc::Receiver<Job>,
+    blocks: Arc<Mutex<BTreeSet<u64>>>,
+    backlog: Arc<AtomicUsize>,
+}
+
+fn run(
+    q: Queue,
     host: &dyn HostMemory,
     shared: &Shared,
     inflated: &Mutex<PageMap>,
@@ -133,11 +181,18 @@ fn run(
     let mut due: Option<Instant> = None;
     loop {
         let job = match due {
-            Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => {
+                q.rx.recv_timeout(t.saturating_duration_since(Instant::now()))
+            }
+            None => q.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
+        if job.is_ok() {
+            q.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
         match job {
-            Ok(Job::Collapse(blocks)) => {
+            Ok(Job::Collapse) => {
+                let blocks =
+                    std::mem::take(&mut *q.blocks.lock().unwrap_or_else(|p| p.into_inner()));
                 for b in blocks {
                     // Deflated again: the guest is reusing it, a fresh start.
                     pending.insert(b, 0);

@@ -658,7 +658,7 @@ impl Balloon {
         drop(map);
         // Blocks past the last whole one of a region are refused by
         // `collapse` and counted as errors there.
-        self.worker.send(Job::Collapse(blocks));
+        self.worker.collapse_later(blocks);
     }
 
     pub(super) fn queue_index_of_fd(&self, fd: i32) -> Option<usize> {

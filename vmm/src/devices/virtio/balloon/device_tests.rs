@@ -30,6 +30,9 @@ pub(super) struct Recorder {
     pub real: bool,
     /// What `page_size` says: 2 MiB plays a hugetlb backing.
     pub page: u64,
+    /// Held by a test to keep the collapse worker busy (in `usage`, as
+    /// after each round of collapses, without the page map's lock).
+    pub gate: Mutex<()>,
 }
 
 impl HostMemory for Recorder {
@@ -65,6 +68,7 @@ impl HostMemory for Recorder {
         self.page
     }
     fn usage(&self) -> Option<(u64, u64)> {
+        drop(self.gate.lock().unwrap_or_else(|p| p.into_inner()));
         self.real.then(|| HostMemory::usage(&self.ram)).flatten()
     }
 }
@@ -101,6 +105,7 @@ fn fixture_on(ram: GuestRam, cfg: BalloonConfig, real: bool, page: u64) -> Fx {
         collapses: Mutex::default(),
         real,
         page,
+        gate: Mutex::default(),
     });
     let dev =
         Balloon::with_collapse_delay(&cfg, host.clone(), size, end, Duration::from_millis(20))
@@ -646,6 +651,39 @@ fn a_pass_is_bounded_and_reschedules_the_rest() {
         "the chain past the budget ends it"
     );
     assert_eq!(f.m().inflate_pages, 5 + 3 * 2);
+}
+
+/// While the worker is inside a round of collapses, a guest deflating in
+/// a loop queues nothing per pass: its blocks wait in one set.
+#[test]
+fn deflates_while_the_worker_is_busy_queue_no_job_per_pass() {
+    let mut f = fixture_with(16 * MIB, BalloonConfig::default(), false);
+    f.activate(0, false);
+    let host = f.host.clone();
+    let gate = host.gate.lock().unwrap();
+    f.pfns(1, &[0x200]);
+    f.dev.process_queue(1);
+    f.dev.flush_collapses();
+    let t0 = std::time::Instant::now();
+    while f.host.collapses.lock().unwrap().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "worker never collapsed"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for i in 0..2000u32 {
+        f.pfns(1, &[0x400 + i % 2048]);
+        f.dev.process_queue(1);
+    }
+    assert!(
+        f.dev.worker.backlog() <= 1,
+        "{} jobs queued",
+        f.dev.worker.backlog()
+    );
+    drop(gate);
+    f.dev.flush_collapses();
+    wait_collapses_settled(&f, 1 + 4);
 }
 
 #[test]
