@@ -385,6 +385,92 @@ mod hostile {
     }
 }
 
+mod hostile_tables {
+    use super::*;
+    use proptest::prelude::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// A table entry a hostile guest might write: anything, or one of the
+    /// 8 table pages with random flags (PS included: loops and reserved
+    /// leaves), or a page at the node cut, in the MMIO gap or past RAM.
+    fn entry(raw: u64, kind: u8) -> u64 {
+        let page = (raw >> 3) % 8;
+        // PS (bit 7) in one entry of 8 only, or few walks get past it.
+        let flags = raw & if kind & 0x38 == 0 { 0x1ff } else { 0x7f };
+        match kind % 8 {
+            0 => raw,
+            1..=4 => (MIB + page * PAGE) | flags | 1,
+            5 => (16 * MIB - PAGE * (raw & 1)) | flags | 1,
+            6 => 0xc000_0000 | (page << 21) | flags | 1,
+            _ => (32 * MIB + (raw & 0xfff_f000)) | flags | 1,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Hostile tables (loops, PS anywhere, pointers into the gap, past
+        /// RAM or across the node cut) walked through the port with 4 and 5
+        /// levels and any canonical range: every request is answered or
+        /// counted refused, every walk ends in exactly one counter, and a
+        /// complete walk touches at most levels + 1 pages.
+        #[test]
+        fn hostile_tables_through_the_port_stay_bounded(
+            seed in any::<u64>(),
+            reqs in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), any::<u64>(), 0u32..512, any::<bool>(), any::<bool>()),
+                1..6,
+            ),
+        ) {
+            let ram = two_node_ram();
+            let mem = ram.memory();
+            // Every entry of the 8 pages written (from a seed: 4096 values
+            // through proptest's trees would cost more than the walks), so
+            // walks go deep.
+            let mut x = seed | 1;
+            for at in (MIB..MIB + 8 * PAGE).step_by(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                mem.write_obj(entry(x, (x >> 56) as u8), GuestAddress(at)).unwrap();
+            }
+            let w = walker(&ram);
+            let mut answered = 0;
+            for &(root, start, len, samples, five, cpu1) in &reqs {
+                let levels = if five { 5 } else { 4 };
+                let bits = 12 + 9 * levels;
+                let start = ((start << (64 - bits)) as i64 >> (64 - bits)) as u64;
+                let room = if (start as i64) < 0 { 0u64.wrapping_sub(start) } else { (1 << (bits - 1)) - start };
+                let req = abi::PtWalkRequest {
+                    cpu: cpu1 as u32,
+                    root: (MIB + (root % 8) * PAGE) | (root >> 52) & 0xfff | (root & 1 << 63),
+                    start,
+                    len: 1 + len % room,
+                    samples,
+                    levels: levels as u32,
+                    ..good()
+                };
+                answered += w.handle(cpu1 as u32, &encode(&req)).is_ok() as u64;
+            }
+            let (results, rej) = w.report();
+            prop_assert_eq!(results.len() as u64, answered);
+            prop_assert_eq!(rej.refused() + answered, reqs.len() as u64);
+            prop_assert_eq!(rej.no_samples + answered, reqs.len() as u64);
+            for r in &results {
+                let e = r.ends;
+                prop_assert_eq!(e.walks + e.non_present + e.outside_ram + e.mmio + e.reserved, r.samples as u64);
+                prop_assert!(e.loops <= e.walks);
+                let l = r.levels as u64;
+                prop_assert!(r.pages <= (l + 1) * e.walks);
+                for view in [Some(r.guest_topology), r.host_placement].into_iter().flatten() {
+                    let m = view.ept_first_touch;
+                    prop_assert!(m.guest_pt.total() <= l * e.walks);
+                    prop_assert!(m.two_d.total() <= (5 * l + 4) * e.walks);
+                }
+            }
+        }
+    }
+}
+
 /// The last page of RAM is a root like any other (its walks end where its
 /// zeroed entries say); the first page past RAM is not, nor the last page
 /// before it with a flag bit that is not CR3's.
