@@ -36,6 +36,8 @@ pub(super) struct Input {
     config_writes: Vec<(u64, Vec<u8>)>,
     /// The host's page is 2 MiB (hugetlb RAM): only whole ones go back.
     huge: bool,
+    /// RAM is two guest NUMA nodes of 8 MiB: two regions that meet.
+    numa: bool,
 }
 
 fn addr() -> impl Strategy<Value = u64> {
@@ -94,10 +96,20 @@ fn input() -> impl Strategy<Value = Input> {
         prop::option::of(any::<u16>()),
         any::<u64>().prop_map(pfns),
         prop::collection::vec((0u64..16, prop::collection::vec(any::<u8>(), 0..9)), 0..4),
-        any::<bool>(),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(features, event_idx, queue, descs, heads, avail_idx, data, config_writes, huge)| {
+            |(
+                features,
+                event_idx,
+                queue,
+                descs,
+                heads,
+                avail_idx,
+                data,
+                config_writes,
+                (huge, numa),
+            )| {
                 Input {
                     features,
                     event_idx,
@@ -108,6 +120,7 @@ fn input() -> impl Strategy<Value = Input> {
                     data,
                     config_writes,
                     huge,
+                    numa,
                 }
             },
         )
@@ -121,7 +134,16 @@ pub(super) fn run(input: &Input) -> Result<(), String> {
         ..Default::default()
     };
     let page = if input.huge { 2 * MIB } else { 4096 };
-    let mut f = fixture_on(GuestRam::new(RAM).unwrap(), cfg, false, page);
+    let ram = if input.numa {
+        let node = crate::memory::numa::NodeRam {
+            size: RAM / 2,
+            host_node: None,
+        };
+        GuestRam::with_nodes(&[node, node], Default::default(), false).unwrap()
+    } else {
+        GuestRam::new(RAM).unwrap()
+    };
+    let mut f = fixture_on(ram, cfg, false, page);
     f.activate(input.features, input.event_idx);
     let bytes: Vec<u8> = input.data.iter().flat_map(|p| p.to_le_bytes()).collect();
     f.mem.write_slice(&bytes, GuestAddress(DATA)).unwrap();
@@ -177,6 +199,10 @@ pub(super) fn run(input: &Input) -> Result<(), String> {
         }
     }
     drop(map);
+    // Pages the guest gave are RAM: the host never refuses their discard.
+    if f.m().discard_errors != 0 {
+        return Err(format!("{} discards refused", f.m().discard_errors));
+    }
     if !f.dev.runs.is_empty() || f.dev.runs.capacity() > MAX_RUNS * 2 {
         return Err(format!("runs left: {}", f.dev.runs.len()));
     }
@@ -223,6 +249,7 @@ fn corpus() {
         data: vec![0x200; (DATA_LEN / 4) as usize],
         config_writes: vec![],
         huge: false,
+        numa: false,
     };
     let cases = [
         // A loop through every descriptor.
@@ -275,6 +302,13 @@ fn corpus() {
             huge: true,
             data: (0x200..0x400).chain(0x600..0x7ff).collect(),
             descs: chain(vec![(DATA, 0x800, 1, 1), (DATA + 0x800, 0x7fc, 0, 0)]),
+            ..base.clone()
+        },
+        // Two nodes: a run of pages across the cut between their regions.
+        Input {
+            numa: true,
+            data: (0x7f0..0x810).collect(),
+            descs: chain(vec![(DATA, 0x80, 0, 0)]),
             ..base.clone()
         },
         // Head indices past the queue, with and without event-idx.

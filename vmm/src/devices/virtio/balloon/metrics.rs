@@ -21,7 +21,7 @@ pub struct BalloonMetrics {
     /// Bytes the host was given back (inflate and reporting discards that
     /// succeeded).
     pub discarded_bytes: AtomicU64,
-    /// Discard calls (one per coalesced range).
+    /// Discards (one per coalesced range, per RAM region it lies in).
     pub discards: AtomicU64,
     /// Whole aligned 2 MiB blocks inside the discarded ranges.
     pub whole_2m_freed: AtomicU64,
