@@ -276,6 +276,9 @@ fn the_cli_client_speaks_the_same_api() {
     let out = memvisor(&["balloon", "set", "100000", "--api-sock", &sock], &[]);
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains(TOO_LARGE), "{}", out.stderr);
+    // Firecracker's message names neither; the client adds both.
+    let said = "(amount 100000 MiB; valid: 0 to 256, the guest's RAM)";
+    assert!(out.stderr.contains(said), "{}", out.stderr);
     let out = memvisor(
         &["balloon", "stats", "--interval", "0", "--api-sock", &sock],
         &[],
