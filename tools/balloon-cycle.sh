@@ -47,6 +47,8 @@ if [ -n "$fragment" ]; then
     fragment="fragment=$fragment"
 fi
 [ -x "$bin" ] || bad "--bin $bin: not an executable (build it: cargo build --release)"
+# Without jq every stats read below would come back empty.
+command -v jq >/dev/null || bad "needs jq, which is not installed (apt-get install jq)"
 
 dir=$(mktemp -d /tmp/memvisor-balloon-cycle.XXXXXX)
 sock="$dir/api.sock"
