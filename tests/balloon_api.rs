@@ -276,6 +276,9 @@ fn the_cli_client_speaks_the_same_api() {
     let out = memvisor(&["balloon", "set", "100000", "--api-sock", &sock], &[]);
     assert_eq!(out.code, Some(2), "{}", out.describe());
     assert!(out.stderr.contains(TOO_LARGE), "{}", out.stderr);
+    // Firecracker's message names neither; the client adds both.
+    let said = "(amount 100000 MiB; valid: 0 to 256, the guest's RAM)";
+    assert!(out.stderr.contains(said), "{}", out.stderr);
     let out = memvisor(
         &["balloon", "stats", "--interval", "0", "--api-sock", &sock],
         &[],
@@ -323,4 +326,55 @@ fn bad_balloon_flags_exit_2_naming_them() {
         "{}",
         out.stderr
     );
+}
+
+/// `tools/balloon-cycle.sh` refuses a bad argument up front, naming it, and
+/// never waits for ever on a VM that has already ended (it used to poll
+/// `balloon set 0` with no end when the guest refused `--mode bogus` or
+/// `run` refused `--memory 3M`). No KVM needed: both end before a guest
+/// would run.
+#[test]
+fn balloon_cycle_script_names_bad_arguments_and_never_waits_on_a_dead_vm() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/balloon-cycle.sh");
+    for (args, code, says) in [
+        (&["--mode", "bogus"][..], 2, "--mode bogus: valid: 2m or 4k"),
+        (
+            &["--amount", "-1"][..],
+            2,
+            "--amount -1: valid: a whole number",
+        ),
+        (
+            &["--fragment", "1"][..],
+            2,
+            "--fragment 1: valid: a whole number from 2 to 512",
+        ),
+        (&["--mode"][..], 2, "--mode needs a value"),
+        (&["--memory", "3M"][..], 2, "memvisor run ended (exit 2)"),
+    ] {
+        let mut child = std::process::Command::new("bash")
+            .arg(script)
+            .args(["--bin", common::BIN])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning bash");
+        let start = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(30) {
+                // SIGTERM: the script's trap stops its VM.
+                let _ = std::process::Command::new("kill")
+                    .arg(child.id().to_string())
+                    .status();
+                let _ = child.wait();
+                panic!("balloon-cycle.sh {args:?} still waiting after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -382,3 +382,41 @@ fn a_pair_that_could_not_be_set_up_sends_no_timings() {
         assert!(u64_at(r, "cycles") > 0, "{r:#}");
     }
 }
+
+/// README's `ptrepl` entry names every record the workload sends and each
+/// of its fields, so a user reading a report finds what each one means (a
+/// record added without a word there fails this).
+#[test]
+fn readme_names_every_ptrepl_record_and_field() {
+    require_kvm!();
+    let out = shared();
+    ok(out);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("reading README.md");
+    let start = readme.find("- `ptrepl`: ").expect("README's ptrepl entry");
+    let entry = &readme[start..start + readme[start..].find("\n- `boot`").unwrap()];
+    let mut missing = Vec::new();
+    for r in out.report()["guest"].as_array().unwrap() {
+        let name = r["event"].as_str().unwrap_or_default();
+        if !name.starts_with("ptrepl") && name != "workload" {
+            continue;
+        }
+        let named = |k: &str| entry.contains(&format!("`{k}`"));
+        if !named(name) {
+            missing.push(name.to_string());
+        }
+        for k in r.as_object().unwrap().keys() {
+            // Every record has these (the report section explains them).
+            let common = ["event", "vcpu", "at_us", "name"].contains(&k.as_str());
+            if !common && !named(k) {
+                missing.push(format!("{name}.{k}"));
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "README's ptrepl entry lacks {missing:?}"
+    );
+}

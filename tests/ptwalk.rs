@@ -334,12 +334,19 @@ fn a_walk_reads_the_tables_as_they_were_during_the_out() {
 #[test]
 fn bench_ptrepl_bad_values_exit_2_naming_them() {
     for (args, want) in [
-        (&["--runs", "0"][..], "got 0, 64 and 1000000"),
-        (&["--runs", "101"][..], "--runs must be 1 to 100"),
-        (&["--mib", "0"][..], "--mib an even number from 2 to 1024"),
-        (&["--mib", "3"][..], "got 1, 3 and"),
-        (&["--mib", "1026"][..], "got 1, 1026 and"),
-        (&["--ops", "0"][..], "--ops 1 to 1000000000"),
+        (&["--runs", "0"][..], "--runs 0: must be 1 to 100"),
+        (&["--runs", "101"][..], "--runs 101: must be 1 to 100"),
+        (&["--mib", "0"][..], "--mib 0: must be even, 2 to 1024"),
+        (&["--mib", "3"][..], "--mib 3: must be even, 2 to 1024"),
+        (
+            &["--mib", "1026"][..],
+            "--mib 1026: must be even, 2 to 1024",
+        ),
+        (&["--ops", "0"][..], "--ops 0: must be 1 to 1000000000"),
+        (
+            &["--ops", "1000000001"][..],
+            "--ops 1000000001: must be 1 to 1000000000",
+        ),
     ] {
         let mut all = vec!["bench", "ptrepl"];
         all.extend_from_slice(args);

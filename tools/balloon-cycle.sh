@@ -12,7 +12,9 @@
 # first: `cargo build --release`). `--fragment K` ages the guest first
 # (balloon-hold's fragment=K: free memory scattered through every 2 MiB
 # block), so a 4k inflate splits the host's huge pages. Needs /dev/kvm and
-# jq.
+# jq. Exit status: 0 done; 2 a bad argument (named) or an amount the API
+# refuses; memvisor run's own if the VM ends early (2 for a bad --memory;
+# 1 if it ended well); 1 the balloon did not reach the amount in 120 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,17 +23,32 @@ memory=1G
 amount=512
 bin=target/release/memvisor
 fragment=
+bad() { echo "balloon-cycle.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --mode|--memory|--amount|--fragment|--bin)
+            [ $# -ge 2 ] || bad "$1 needs a value (see --help)" ;;&
         --mode) mode="$2"; shift 2 ;;
         --memory) memory="$2"; shift 2 ;;
         --amount) amount="$2"; shift 2 ;;
-        --fragment) fragment="fragment=$2"; shift 2 ;;
+        --fragment) fragment="$2"; shift 2 ;;
         --bin) bin="$2"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-        *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+        *) bad "unknown argument $1 (see --help)" ;;
     esac
 done
+# What the guest or the API would refuse only after a VM is up is refused
+# here, naming the value (the amount's upper bound, guest RAM, is the API's).
+case "$mode" in 2m|4k) ;; *) bad "--mode $mode: valid: 2m or 4k" ;; esac
+[[ "$amount" =~ ^[0-9]+$ ]] || bad "--amount $amount: valid: a whole number of MiB"
+if [ -n "$fragment" ]; then
+    [[ "$fragment" =~ ^[0-9]+$ ]] && [ "$fragment" -ge 2 ] && [ "$fragment" -le 512 ] ||
+        bad "--fragment $fragment: valid: a whole number from 2 to 512"
+    fragment="fragment=$fragment"
+fi
+[ -x "$bin" ] || bad "--bin $bin: not an executable (build it: cargo build --release)"
+# Without jq every stats read below would come back empty.
+command -v jq >/dev/null || bad "needs jq, which is not installed (apt-get install jq)"
 
 dir=$(mktemp -d /tmp/memvisor-balloon-cycle.XXXXXX)
 sock="$dir/api.sock"
@@ -50,11 +67,27 @@ trap cleanup EXIT
 pid=$!
 
 rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$pid/status"; }
+# Every wait ends: with the VM (its own error line is already on stderr)
+# or after 120 s (a guest that cannot give the amount never reaches it).
+deadline=$((SECONDS + 120))
+waited() {
+    if ! kill -0 "$pid" 2>/dev/null; then
+        st=0; wait "$pid" || st=$?; pid=
+        echo "balloon-cycle.sh: memvisor run ended (exit $st) while $1" >&2
+        exit $((st == 0 ? 1 : st))
+    fi
+    [ "$SECONDS" -lt "$deadline" ] || { echo "balloon-cycle.sh: gave up after 120 s $1" >&2; exit 1; }
+}
 # Firecracker refuses a target until the guest's driver is up.
-until "$bin" balloon set 0 --api-sock "$sock" 2>/dev/null; do sleep 0.05; done
+until "$bin" balloon set 0 --api-sock "$sock" 2>/dev/null; do
+    waited "waiting for the guest's balloon driver"
+    sleep 0.05
+done
 before=$(rss)
 "$bin" balloon set "$amount" --api-sock "$sock"
+deadline=$((SECONDS + 120))
 until [ "$("$bin" balloon stats --api-sock "$sock" | jq .actual_mib)" = "$amount" ]; do
+    waited "waiting for the balloon to reach $amount MiB"
     sleep 0.01
 done
 after=$(rss)

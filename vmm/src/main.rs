@@ -565,6 +565,10 @@ fn balloon(action: BalloonAction, sock: Option<PathBuf>) -> ExitCode {
         eprintln!("memvisor: balloon: error: --api-sock PATH is required (the socket of `memvisor run --api-sock PATH`)");
         return ExitCode::from(EXIT_BAD_INPUT);
     };
+    let set_mib = match action {
+        BalloonAction::Set { amount_mib } => Some(amount_mib),
+        _ => None,
+    };
     let (method, uri, body) = match action {
         BalloonAction::Set { amount_mib } => (
             "PATCH",
@@ -595,7 +599,8 @@ fn balloon(action: BalloonAction, sock: Option<PathBuf>) -> ExitCode {
                 .ok()
                 .and_then(|v| v.get("fault_message")?.as_str().map(str::to_owned))
                 .unwrap_or(text);
-            eprintln!("memvisor: balloon: error: {method} {uri} answered {status}: {msg}");
+            let what = set_mib.map_or_else(String::new, |n| too_large(&sock, n, &msg));
+            eprintln!("memvisor: balloon: error: {method} {uri} answered {status}: {msg}{what}");
             ExitCode::from(if status < 500 { EXIT_BAD_INPUT } else { 1 })
         }
         Err(e) => {
@@ -605,6 +610,24 @@ fn balloon(action: BalloonAction, sock: Option<PathBuf>) -> ExitCode {
             );
             ExitCode::from(1)
         }
+    }
+}
+
+/// Firecracker's refusal of a target names neither the amount nor the
+/// limit; a user of `balloon set` is told both (the limit from
+/// `GET /machine-config`, when it answers).
+fn too_large(sock: &std::path::Path, amount_mib: u32, msg: &str) -> String {
+    use memvisor::devices::virtio::balloon::BalloonError;
+    if msg != BalloonError::TooManyPagesRequested.to_string() {
+        return String::new();
+    }
+    let ram = memvisor::api::client::request(sock, "GET", "/machine-config", None)
+        .ok()
+        .and_then(|(_, t)| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("mem_size_mib")?.as_u64());
+    match ram {
+        Some(m) => format!(" (amount {amount_mib} MiB; valid: 0 to {m}, the guest's RAM)"),
+        None => format!(" (amount {amount_mib} MiB; valid: 0 to the guest's RAM)"),
     }
 }
 

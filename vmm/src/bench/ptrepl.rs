@@ -27,7 +27,7 @@ use super::boot::TempDir;
 use super::stats::{summarize, Summary};
 use crate::abi;
 use crate::memory::numa::HostNuma;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -632,20 +632,18 @@ fn one_run(dir: &TempDir, i: u32, o: &PtreplBenchOptions, bind: &[u32]) -> Resul
 }
 
 impl PtreplBenchOptions {
-    /// The options' ranges; what fails is bad input (the CLI exits 2).
+    /// The options' ranges, each refusal naming its option, the value and
+    /// what is valid; what fails is bad input (the CLI exits 2).
     pub fn check(&self) -> Result<()> {
-        if !(1..=MAX_RUNS).contains(&self.runs)
-            || !(2..=MAX_MIB).contains(&self.mib)
-            || !self.mib.is_multiple_of(2)
-            || !(1..=MAX_OPS).contains(&self.ops)
-        {
-            bail!(
-                "--runs must be 1 to {MAX_RUNS}, --mib an even number from 2 to {MAX_MIB} and --ops 1 to {MAX_OPS} (got {}, {} and {})",
-                self.runs,
-                self.mib,
-                self.ops
-            );
-        }
+        let (runs, mib, ops) = (self.runs, self.mib, self.ops);
+        let ok = [
+            (1..=MAX_RUNS).contains(&runs),
+            (2..=MAX_MIB).contains(&mib) && mib.is_multiple_of(2),
+            (1..=MAX_OPS).contains(&ops),
+        ];
+        ensure!(ok[0], "--runs {runs}: must be 1 to {MAX_RUNS}");
+        ensure!(ok[1], "--mib {mib}: must be even, 2 to {MAX_MIB}");
+        ensure!(ok[2], "--ops {ops}: must be 1 to {MAX_OPS}");
         Ok(())
     }
 }

@@ -249,11 +249,20 @@ impl BalloonConfig {
         const KEYS: &str =
             "amount_mib, deflate_on_oom, free_page_reporting, stats_polling_interval_s";
         let mut c = BalloonConfig::default();
+        // A key given twice is refused: silently keeping one of two
+        // targets would run a VM other than the one asked for.
+        let mut seen: Vec<&str> = Vec::new();
         for kv in s.split(',').filter(|kv| !kv.trim().is_empty()) {
             let Some((k, v)) = kv.split_once('=') else {
                 return Err(format!("`{kv}`: expected key=value (keys: {KEYS})"));
             };
             let (k, v) = (k.trim(), v.trim());
+            if seen.contains(&k) {
+                return Err(format!(
+                    "{k}={v}: `{k}` is given more than once (each key at most once)"
+                ));
+            }
+            seen.push(k);
             let onoff = |v: &str| match v {
                 "on" | "true" => Ok(true),
                 "off" | "false" => Ok(false),
@@ -408,6 +417,14 @@ mod tests {
                 "stats_polling_interval_s=70000",
             ),
             ("amount_mib", "expected key=value"),
+            (
+                "amount_mib=0,amount_mib=512",
+                "amount_mib=512: `amount_mib` is given more than once",
+            ),
+            (
+                "deflate_on_oom=on,deflate_on_oom=off",
+                "`deflate_on_oom` is given more than once",
+            ),
         ] {
             let e = BalloonConfig::from_flag(bad).unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");
