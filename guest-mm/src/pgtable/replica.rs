@@ -98,7 +98,7 @@ impl<M: PhysMemory> AddressSpace<M> {
         // table first.
         self.merge_ad(root.0, self.home_root().0, self.levels.count() - 1);
         g.add_all();
-        self.free_tree(g, root.0, self.levels.count() - 1);
+        self.free_tree(root.0, self.levels.count() - 1, &mut |p| g.free_pt(p));
         Ok(())
     }
 
@@ -174,7 +174,7 @@ impl<M: PhysMemory> AddressSpace<M> {
         let top = self.levels.count() - 1;
         for node in 0..MAX_NUMNODES {
             if let Some(root) = self.roots[node].take() {
-                self.free_tree(g, root.0, top);
+                self.free_tree(root.0, top, &mut |p| g.free_pt(p));
             }
         }
     }
@@ -206,7 +206,7 @@ impl<M: PhysMemory> AddressSpace<M> {
                 Ok(child) => self.write(dst, i, (e & !ADDR_MASK) | child),
                 Err(err) => {
                     // Never loaded into any CR3: no flush needed.
-                    self.free_tree_now(alloc, dst, level);
+                    self.free_tree(dst, level, &mut |p| alloc.free_pt(p));
                     return Err(err);
                 }
             }
@@ -233,30 +233,19 @@ impl<M: PhysMemory> AddressSpace<M> {
         }
     }
 
-    /// Hands the table at `level` and all tables below it to `g`.
-    fn free_tree(&self, g: &mut MmuGather, table: u64, level: usize) {
+    /// Hands the table at `level` and every table below it to `free`,
+    /// children first: a gather when CPUs may have seen the tree, the
+    /// allocator straight away when none has.
+    fn free_tree(&self, table: u64, level: usize, free: &mut dyn FnMut(PhysAddr)) {
         if level > 0 {
             for i in 0..ENTRIES {
                 let e = self.read(table, i);
                 if e != 0 && !is_leaf(e, level) {
-                    self.free_tree(g, e & ADDR_MASK, level - 1);
+                    self.free_tree(e & ADDR_MASK, level - 1, free);
                 }
             }
         }
-        g.free_pt(PhysAddr(table));
-    }
-
-    /// Frees a tree no CPU has seen straight to `alloc`.
-    fn free_tree_now(&self, alloc: &dyn PtAlloc, table: u64, level: usize) {
-        if level > 0 {
-            for i in 0..ENTRIES {
-                let e = self.read(table, i);
-                if e != 0 && !is_leaf(e, level) {
-                    self.free_tree_now(alloc, e & ADDR_MASK, level - 1);
-                }
-            }
-        }
-        alloc.free_pt(PhysAddr(table));
+        free(PhysAddr(table));
     }
 
     /// Compares the replica table `rep` with the home table `home` at
