@@ -44,8 +44,12 @@ impl Batcher {
         let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
-        if !matches!(*st, State::Open { pid: p, .. } if p == pid) && !matches!(*st, State::Refused)
-        {
+        let open = match &*st {
+            State::Open { pid: p, .. } => *p != pid,
+            State::Untried => true,
+            State::Refused => false,
+        };
+        if open {
             // SAFETY: pidfd_open on our own pid; the fd is owned below.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
             *st = if fd < 0 {
@@ -98,10 +102,10 @@ impl Batcher {
 }
 
 /// A range located in an anonymous mapping, waiting for its batch.
-struct Pending {
+struct Pending<'a> {
     gpa: u64,
     len: u64,
-    iov: libc::iovec,
+    at: Located<'a>,
 }
 
 impl GuestRam {
@@ -134,11 +138,11 @@ impl GuestRam {
     /// is checked whole first (aligned, non-empty, every byte in RAM):
     /// refused, `f` is never called. The cut walk visits each region at
     /// most once, so it is bounded by the regions, not by `len`.
-    fn pieces(
-        &self,
+    fn pieces<'a>(
+        &'a self,
         gpa: u64,
         len: u64,
-        f: &mut dyn FnMut(u64, u64, Located<'_>),
+        f: &mut dyn FnMut(u64, u64, Located<'a>),
     ) -> Result<(), MemoryError> {
         let align = self.config.backing.page_size();
         let outside = match self.locate(gpa, len, align) {
@@ -193,15 +197,7 @@ impl GuestRam {
                     self.finish(gpa, len, r, done);
                     return;
                 }
-                pending.push(Pending {
-                    gpa,
-                    len,
-                    iov: libc::iovec {
-                        // SAFETY: `locate` put the offset inside the mapping.
-                        iov_base: unsafe { at.map.addr.add(at.offset as usize) }.cast(),
-                        iov_len: len as usize,
-                    },
-                });
+                pending.push(Pending { gpa, len, at });
                 if pending.len() == IOV_MAX {
                     self.send(&pending, done);
                     pending.clear();
@@ -221,7 +217,14 @@ impl GuestRam {
         if batch.is_empty() {
             return;
         }
-        let iov: Vec<libc::iovec> = batch.iter().map(|p| p.iov).collect();
+        let iov: Vec<libc::iovec> = batch
+            .iter()
+            .map(|p| libc::iovec {
+                // SAFETY: `locate` put the offset inside the mapping.
+                iov_base: unsafe { p.at.map.addr.add(p.at.offset as usize) }.cast(),
+                iov_len: p.len as usize,
+            })
+            .collect();
         let mut advised = match self.batch.advise(&iov) {
             Some(Ok(bytes)) => bytes as u64,
             Some(Err(_)) | None => 0,
@@ -233,14 +236,9 @@ impl GuestRam {
                 continue;
             }
             advised = 0;
-            // SAFETY: as in `advise`; a range the batch advised in part is
-            // advised again, which changes nothing more.
-            let rc = unsafe { libc::madvise(p.iov.iov_base, p.iov.iov_len, libc::MADV_DONTNEED) };
-            let r = if rc == 0 {
-                Ok(())
-            } else {
-                Err(advice_error(p.gpa, p.len, io::Error::last_os_error()))
-            };
+            // A range the batch advised in part is advised again, which
+            // changes nothing more.
+            let r = one(p.at.map, p.at.offset, p.len).map_err(|e| advice_error(p.gpa, p.len, e));
             self.finish(p.gpa, p.len, r, done);
         }
     }
