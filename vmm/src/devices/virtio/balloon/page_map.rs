@@ -19,8 +19,7 @@ impl PageMap {
 
     /// Sets (or clears) the pages of `[gpa, gpa + len)` that the map covers.
     pub(super) fn set(&mut self, gpa: u64, len: u64, on: bool) {
-        let first = gpa >> PFN_SHIFT;
-        for p in first..first + (len >> PFN_SHIFT) {
+        for p in Self::pfns(gpa, len) {
             let Some(w) = self.bits.get_mut((p / 64) as usize) else {
                 return;
             };
@@ -32,24 +31,26 @@ impl PageMap {
         }
     }
 
-    pub fn any_in(&self, gpa: u64, len: u64) -> bool {
-        let first = gpa >> PFN_SHIFT;
-        (first..first + (len >> PFN_SHIFT)).any(|p| {
-            self.bits
-                .get((p / 64) as usize)
-                .is_some_and(|w| w & (1 << (p % 64)) != 0)
-        })
+    /// Whether page `pfn` is set (a page the map does not cover is not).
+    fn is_set(&self, pfn: u64) -> bool {
+        self.bits
+            .get((pfn / 64) as usize)
+            .is_some_and(|w| w & (1 << (pfn % 64)) != 0)
     }
 
-    /// Whether every page of `[gpa, gpa + len)` is set (a page the map
-    /// does not cover is not).
-    pub(super) fn all_in(&self, gpa: u64, len: u64) -> bool {
+    /// The pages of `[gpa, gpa + len)`.
+    fn pfns(gpa: u64, len: u64) -> std::ops::Range<u64> {
         let first = gpa >> PFN_SHIFT;
-        (first..first + (len >> PFN_SHIFT)).all(|p| {
-            self.bits
-                .get((p / 64) as usize)
-                .is_some_and(|w| w & (1 << (p % 64)) != 0)
-        })
+        first..first + (len >> PFN_SHIFT)
+    }
+
+    pub fn any_in(&self, gpa: u64, len: u64) -> bool {
+        Self::pfns(gpa, len).any(|p| self.is_set(p))
+    }
+
+    /// Whether every page of `[gpa, gpa + len)` is set.
+    pub(super) fn all_in(&self, gpa: u64, len: u64) -> bool {
+        Self::pfns(gpa, len).all(|p| self.is_set(p))
     }
 
     pub(super) fn clear_all(&mut self) {
