@@ -294,7 +294,7 @@ impl Report {
                      (goal <= 1 per batch: {}), {} interrupts",
                     w["bytes"],
                     w["requests"],
-                    if n <= b { "met" } else { "NOT met" },
+                    crate::bench::verdict(n <= b),
                     w["interrupts"]
                 );
             }

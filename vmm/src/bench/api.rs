@@ -10,6 +10,7 @@
 //! figures are what a user's script sees.
 use super::boot::TempDir;
 use super::stats::percentile;
+use super::verdict;
 use crate::api::client::request;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -182,17 +183,16 @@ pub fn bench_api(o: &ApiBenchOptions) -> Result<()> {
         resume_to_running: latency(&resume),
         goals: Vec::new(),
     };
-    let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let goals = vec![
         format!(
             "GET /machine-config p99 {:.3} ms, goal < {GOAL_REQUEST_P99_MS} ms: {}",
             r.get_machine_config.p99_ms,
-            met(r.get_machine_config.p99_ms < GOAL_REQUEST_P99_MS)
+            verdict(r.get_machine_config.p99_ms < GOAL_REQUEST_P99_MS)
         ),
         format!(
             "pause p99 per vCPU {:.3} ms, goal < {GOAL_PAUSE_PER_VCPU_MS} ms: {}",
             r.pause_p99_per_vcpu_ms,
-            met(r.pause_p99_per_vcpu_ms < GOAL_PAUSE_PER_VCPU_MS)
+            verdict(r.pause_p99_per_vcpu_ms < GOAL_PAUSE_PER_VCPU_MS)
         ),
     ];
     let r = ApiBenchResult { goals, ..r };

@@ -37,6 +37,7 @@
 use super::api::{wait_for, Guard};
 use super::boot::TempDir;
 use super::stats::{summarize, Summary};
+use super::verdict;
 use crate::api::client::request;
 use crate::clock::{now_ns, SPAWN_ENV};
 use crate::memory::rss::vm_rss_of;
@@ -393,14 +394,6 @@ fn median(v: &[f64]) -> f64 {
     summarize(v).map_or(0.0, |s| s.median)
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "NOT met"
-    }
-}
-
 pub fn bench_balloon(o: &BalloonBenchOptions) -> Result<()> {
     let dir = TempDir::new()?;
     let cases = cases(o.quick);
@@ -472,13 +465,13 @@ pub fn bench_balloon(o: &BalloonBenchOptions) -> Result<()> {
             r.balloon_mib,
             r.guest_mib,
             aged(r.fragment),
-            met(gib >= goal)
+            verdict(gib >= goal)
         ));
         if r.mode == "2m" && r.guest_mib == 1024 && r.balloon_mib == 768 && r.fragment == 0 {
             let t = r.drop_90_ms.median;
             goals.push(format!(
                 "2m 90% of the drop, 768 MiB of 1 GiB: {t:.1} ms, goal <= {GOAL_2M_90_MS} ms: {}",
-                met(t <= GOAL_2M_90_MS)
+                verdict(t <= GOAL_2M_90_MS)
             ));
         }
     }
@@ -489,7 +482,7 @@ pub fn bench_balloon(o: &BalloonBenchOptions) -> Result<()> {
                 r.freed_mib,
                 r.guest_mib,
                 s.median,
-                met(s.median <= GOAL_REPORT_MS)
+                verdict(s.median <= GOAL_REPORT_MS)
             ),
             None => format!(
                 "free page reporting, {} MiB freed in {} MiB: not measured ({}), goal <= {GOAL_REPORT_MS} ms: NOT met",

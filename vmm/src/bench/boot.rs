@@ -242,7 +242,7 @@ fn print_table(r: &BenchResult) {
         ("spawn -> exit", r.spawn_to_exit_ms, "ms", 10.0),
         ("VMM RSS overhead", r.vmm_overhead_mib, "MiB", 3.0),
     ] {
-        let verdict = if s.median <= goal { "met" } else { "NOT met" };
+        let verdict = super::verdict(s.median <= goal);
         println!(
             "{:<26} {:>10.3} {:>10.3} {:>10.3}  {unit:<5} <= {goal} {unit}: {verdict}",
             name, s.min, s.median, s.max

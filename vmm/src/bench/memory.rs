@@ -25,6 +25,7 @@
 //! noisy moment hits them all alike.
 use super::boot::{boot_once, BootBenchOptions, TempDir};
 use super::stats::{summarize, Summary};
+use super::verdict;
 use crate::memory::backing::{Backing, Thp, HUGE};
 use crate::memory::reserve::Reservation;
 use crate::memory::{rss, GuestRam};
@@ -410,12 +411,11 @@ pub fn bench_memory(o: &MemoryBenchOptions) -> Result<()> {
         host_row("collapse", &collapses),
     ];
     let numa_boot = numa_row(&dir, o.runs)?;
-    let met = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut goals = Vec::new();
     if let Some(r) = first_touch[0].vs_thp_off {
         goals.push(format!(
             "first touch THP on / THP off {r:.1}x, goal >= {GOAL_THP_RATIO}x: {}",
-            met(r >= GOAL_THP_RATIO)
+            verdict(r >= GOAL_THP_RATIO)
         ));
     }
     goals.push(format!(
@@ -426,7 +426,7 @@ pub fn bench_memory(o: &MemoryBenchOptions) -> Result<()> {
     goals.push(match (&numa_boot.status, numa_boot.difference_ms) {
         (None, Some(d)) => format!(
             "boot with --numa (2 nodes) {d:+.3} ms vs without, goal within {GOAL_NUMA_BOOT_MS} ms: {}",
-            met(d.abs() <= GOAL_NUMA_BOOT_MS)
+            verdict(d.abs() <= GOAL_NUMA_BOOT_MS)
         ),
         (s, _) => format!(
             "boot with --numa within {GOAL_NUMA_BOOT_MS} ms of boot without: {}",

@@ -788,7 +788,7 @@ pub fn table(r: &PtreplBenchResult) -> String {
             "goal: {}: {} ({})\n",
             g.goal,
             g.figure,
-            if g.met { "met" } else { "NOT met" }
+            super::verdict(g.met)
         );
     }
     for a in r.anchors {
