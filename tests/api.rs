@@ -13,21 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A memvisor process serving the API on its own socket.
-struct Vmm(ApiVmm);
-
-impl std::ops::Deref for Vmm {
-    type Target = ApiVmm;
-    fn deref(&self) -> &ApiVmm {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Vmm {
-    fn deref_mut(&mut self) -> &mut ApiVmm {
-        &mut self.0
-    }
-}
+api_vmm_newtype!(
+    /// A memvisor process serving the API on its own socket.
+    Vmm
+);
 
 impl Vmm {
     fn spawn(extra: &[&str]) -> Vmm {

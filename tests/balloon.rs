@@ -13,20 +13,7 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-struct Vmm(ApiVmm);
-
-impl std::ops::Deref for Vmm {
-    type Target = ApiVmm;
-    fn deref(&self) -> &ApiVmm {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Vmm {
-    fn deref_mut(&mut self) -> &mut ApiVmm {
-        &mut self.0
-    }
-}
+api_vmm_newtype!(Vmm);
 
 impl Vmm {
     fn spawn(cmdline: &str, extra: &[&str]) -> Vmm {

@@ -14,20 +14,7 @@ use std::time::{Duration, Instant};
 /// An idle guest: every vCPU halted until SIGTERM.
 const IDLE: &str = "console=ttyS0 workload=idle";
 
-struct Vmm(ApiVmm);
-
-impl std::ops::Deref for Vmm {
-    type Target = ApiVmm;
-    fn deref(&self) -> &ApiVmm {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Vmm {
-    fn deref_mut(&mut self) -> &mut ApiVmm {
-        &mut self.0
-    }
-}
+api_vmm_newtype!(Vmm);
 
 impl Vmm {
     fn spawn(extra: &[&str]) -> Vmm {

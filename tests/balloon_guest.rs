@@ -15,21 +15,10 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-/// A memvisor process running a balloon workload with the API on.
-struct Vmm(ApiVmm);
-
-impl std::ops::Deref for Vmm {
-    type Target = ApiVmm;
-    fn deref(&self) -> &ApiVmm {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Vmm {
-    fn deref_mut(&mut self) -> &mut ApiVmm {
-        &mut self.0
-    }
-}
+api_vmm_newtype!(
+    /// A memvisor process running a balloon workload with the API on.
+    Vmm
+);
 
 impl Vmm {
     fn spawn(args: &[&str]) -> Vmm {

@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::{run, u64_at, Output};
+use common::{run, u64_at, Output, TWO_NODES};
 use serde_json::Value;
 
 fn ok(out: &Output) {
@@ -104,19 +104,9 @@ fn a_bad_numa_pages_value_is_refused() {
 #[test]
 fn two_nodes_from_srat_and_slit() {
     require_kvm!();
-    let out = run(&[
-        "--vcpus",
-        "2",
-        "--memory",
-        "256M",
-        "--numa",
-        "node=0,size=128M,cpus=0,host-node=0",
-        "--numa",
-        "node=1,size=128M,cpus=1,host-node=0,distance=0@20",
-        "--quiet",
-        "--cmdline",
-        "workload=numa numa_pages=200",
-    ]);
+    let mut args = TWO_NODES.to_vec();
+    args.extend(["--quiet", "--cmdline", "workload=numa numa_pages=200"]);
+    let out = run(&args);
     ok(&out);
     let ready = out.guest_event("ready");
     let n = numa(&out);

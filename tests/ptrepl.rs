@@ -8,7 +8,7 @@
 #[macro_use]
 mod common;
 
-use common::{run, u64_at, Output};
+use common::{run, u64_at, Output, TWO_NODES};
 use serde_json::Value;
 use std::sync::OnceLock;
 
@@ -19,19 +19,9 @@ const MIB: u64 = 8;
 
 fn two_nodes(extra: &str) -> Output {
     let cmdline = format!("workload=ptrepl ptrepl_mib={MIB} ptrepl_ops={OPS} {extra}");
-    run(&[
-        "--vcpus",
-        "2",
-        "--memory",
-        "256M",
-        "--numa",
-        "node=0,size=128M,cpus=0,host-node=0",
-        "--numa",
-        "node=1,size=128M,cpus=1,host-node=0,distance=0@20",
-        "--quiet",
-        "--cmdline",
-        &cmdline,
-    ])
+    let mut args = TWO_NODES.to_vec();
+    args.extend(["--quiet", "--cmdline", &cmdline]);
+    run(&args)
 }
 
 /// One two-node run shared by the tests that only read it.

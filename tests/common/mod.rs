@@ -70,6 +70,43 @@ macro_rules! require_kvm {
     };
 }
 
+/// `api_vmm_newtype!(Vmm)` declares a test file's own `struct Vmm(ApiVmm)`
+/// that derefs to the shared [`api_vmm::ApiVmm`] (spawn, call, wait), so
+/// the file can add the methods of its own tests beside them.
+#[allow(unused_macros)] // only the API-driving test files use it
+macro_rules! api_vmm_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        struct $name($crate::common::api_vmm::ApiVmm);
+
+        impl std::ops::Deref for $name {
+            type Target = $crate::common::api_vmm::ApiVmm;
+            fn deref(&self) -> &Self::Target {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.0
+            }
+        }
+    };
+}
+
+/// Two guest NUMA nodes of 128 MiB, CPU 0 on node 0 and CPU 1 on node 1,
+/// distance 20, both on host node 0 (this host has one): `run` arguments.
+pub const TWO_NODES: [&str; 8] = [
+    "--vcpus",
+    "2",
+    "--memory",
+    "256M",
+    "--numa",
+    "node=0,size=128M,cpus=0,host-node=0",
+    "--numa",
+    "node=1,size=128M,cpus=1,host-node=0,distance=0@20",
+];
+
 /// A fresh path in the temp dir; nothing is created.
 pub fn unique_path(what: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
