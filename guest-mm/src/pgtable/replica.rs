@@ -284,32 +284,28 @@ impl<M: PhysMemory> AddressSpace<M> {
         for i in 0..ENTRIES {
             let (h, r) = (self.read(home, i), self.read(rep, i));
             let eva = self.canonical(base + ((i as u64) << (12 + 9 * level)));
-            if r != 0 {
-                used += 1;
-            }
-            if (h == 0) != (r == 0) {
-                return fail(
+            let differs = || {
+                fail(
                     level,
                     eva,
                     Mismatch::Entry {
                         home: h,
                         replica: r,
                     },
-                );
+                )
+            };
+            if r != 0 {
+                used += 1;
+            }
+            if (h == 0) != (r == 0) {
+                return differs();
             }
             if h == 0 {
                 continue;
             }
             if is_leaf(h, level) {
                 if (h ^ r) & !(PTE_A | PTE_D) != 0 {
-                    return fail(
-                        level,
-                        eva,
-                        Mismatch::Entry {
-                            home: h,
-                            replica: r,
-                        },
-                    );
+                    return differs();
                 }
                 c.leaves += 1;
                 continue;
@@ -317,14 +313,7 @@ impl<M: PhysMemory> AddressSpace<M> {
             // A table entry: equal apart from the pointer and the A bit the
             // walker sets in upper levels.
             if is_leaf(r, level) || (h ^ r) & !(ADDR_MASK | PTE_A) != 0 {
-                return fail(
-                    level,
-                    eva,
-                    Mismatch::Entry {
-                        home: h,
-                        replica: r,
-                    },
-                );
+                return differs();
             }
             let actual = self.check_table(c, h & ADDR_MASK, r & ADDR_MASK, level - 1, eva)?;
             let recorded = entry_count(r);
